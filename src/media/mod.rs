@@ -1,0 +1,1 @@
+//! Prompt packs, G.711, call script and RTP playout.

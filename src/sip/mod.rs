@@ -1,0 +1,1 @@
+//! SIP protocol core (sans-IO).

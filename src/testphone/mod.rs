@@ -1,0 +1,1 @@
+//! Built-in answering test phone.
