@@ -2,8 +2,20 @@
 //!
 //! Layers (data flows one way, see DESIGN.md):
 //! `api` -> `verify` -> `store` <- `dialer` -> `call` -> `sip_io` (`sip`) + `media`.
-//! `sip` and `media::script` are pure protocol logic without I/O.
+//! `sip` and `media::script` are pure protocol logic without I/O; `domain`
+//! holds the validated value types everything else uses.
 
+pub mod api;
+pub mod app;
+pub mod call;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod dialer;
+pub mod domain;
 pub mod media;
 pub mod sip;
+pub mod sip_io;
+pub mod store;
 pub mod testphone;
+pub mod verify;

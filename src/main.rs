@@ -1,1 +1,100 @@
-fn main() {}
+//! Thin entry point: parse the command line, load config, init tracing, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use otpdial::cli::{ApikeyCommand, Cli, Command, ConfigCommand, ScopeArg};
+use otpdial::config::Settings;
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("otpdial: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => {
+            init_tracing("info");
+            let settings = Settings::load(config.as_deref())?;
+            otpdial::app::run(settings, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => {
+            init_tracing("warn");
+            let ok = otpdial::demo::run(&mut std::io::stdout()).await?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Migrate { config } => {
+            init_tracing("info");
+            let settings = Settings::load(config.as_deref())?;
+            let store = otpdial::store::Store::connect(&settings.database.url, 1).await?;
+            store.migrate().await?;
+            println!("migrations applied to {}", otpdial::app::redact_url(&settings.database.url));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apikey {
+            command: ApikeyCommand::New { name, scope },
+        } => {
+            let token = otpdial::api::new_token()?;
+            let scopes: Vec<&str> = scope
+                .iter()
+                .map(|s| match s {
+                    ScopeArg::Verify => "\"verify\"",
+                    ScopeArg::Admin => "\"admin\"",
+                })
+                .collect();
+            println!("token (shown once, give it to the client): {token}");
+            println!();
+            println!("[[api.keys]]");
+            println!("name = {name:?}");
+            println!("hash = \"{}\"", otpdial::api::hash_token(&token));
+            println!("scopes = [{}]", scopes.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let settings = Settings::load(Some(&file))?;
+            println!("# {} is valid; effective settings (secrets masked):", file.display());
+            print!("{}", toml::to_string(&settings)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

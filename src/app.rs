@@ -1,0 +1,208 @@
+//! Builds and wires the parts: store, verification service, SIP endpoint,
+//! RTP pacer, call engine, dialer and HTTP API. `start` is what `serve`,
+//! `demo` and the integration tests all call.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiKey, AppState};
+use crate::call::CallEngine;
+use crate::config::Settings;
+use crate::dialer::Dialer;
+use crate::media::{Pacer, PromptLibrary};
+use crate::sip_io::SipEndpoint;
+use crate::store::Store;
+use crate::verify::{CodeKeys, Verifier};
+
+/// A running gateway.
+pub struct RunningApp {
+    pub http_addr: SocketAddr,
+    pub sip_addr: SocketAddr,
+    pub store: Store,
+    pub dialer: Arc<Dialer>,
+    pub verifier: Verifier,
+    shutdown: CancellationToken,
+    http: JoinHandle<()>,
+    dialer_task: Option<JoinHandle<()>>,
+    engine: Arc<CallEngine>,
+}
+
+/// Whether `start` also runs the dialer loop. Tests that drive the dialer
+/// step by step (`Dialer::claim_and_run_one`) turn it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialerMode {
+    Background,
+    Manual,
+}
+
+pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<RunningApp> {
+    let settings = Arc::new(settings);
+    let store = Store::connect(&settings.database.url, settings.database.max_connections)
+        .await
+        .with_context(|| format!("cannot open database {}", redact_url(&settings.database.url)))?;
+    store.migrate().await.context("database migration failed")?;
+
+    let master = match std::env::var(&settings.verification.code_key_env) {
+        Ok(k) if !k.is_empty() => k,
+        _ => {
+            let mut fresh = [0u8; 32];
+            getrandom::fill(&mut fresh).map_err(|e| anyhow::anyhow!("OS RNG failed: {e}"))?;
+            store
+                .server_secret("code_key", &hex::encode(fresh))
+                .await
+                .context("cannot read or store the code key")?
+        }
+    };
+    let keys = CodeKeys::from_master(master.as_bytes());
+
+    let prompts = match &settings.prompts.dir {
+        Some(dir) => PromptLibrary::load_dir(dir)
+            .with_context(|| format!("cannot load prompt packs from {}", dir.display()))?,
+        None => PromptLibrary::builtin(),
+    };
+    let locales = prompts.locales();
+    if !locales.contains(&settings.verification.default_locale) {
+        anyhow::bail!(
+            "config key `verification.default_locale`: no prompt pack {:?} (installed: {})",
+            settings.verification.default_locale,
+            locales.join(", ")
+        );
+    }
+
+    let external = settings.sip.external_address.trim();
+    let external_ip = if external.is_empty() {
+        None
+    } else {
+        Some(resolve_ip(external).await.with_context(|| {
+            format!("config key `sip.external_address`: cannot resolve {external:?}")
+        })?)
+    };
+    let sip = SipEndpoint::bind(
+        settings.sip.listen,
+        (!external.is_empty()).then(|| external.to_string()),
+        settings.sip.user_agent.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot bind SIP on {}", settings.sip.listen))?;
+    let sip_addr = sip.local_addr();
+    let pacer = Pacer::start().context("cannot start the RTP pacer thread")?;
+    let engine = Arc::new(CallEngine::new(
+        sip,
+        pacer,
+        Arc::new(prompts),
+        settings.sip.rtp_ports,
+        external_ip,
+    ));
+
+    let wake = Arc::new(Notify::new());
+    let verifier = Verifier::new(
+        store.clone(),
+        settings.clone(),
+        keys.clone(),
+        locales,
+        wake.clone(),
+    );
+    let dialer = Arc::new(Dialer::new(
+        store.clone(),
+        keys,
+        engine.clone(),
+        settings.clone(),
+        wake,
+    ));
+    let shutdown = CancellationToken::new();
+    let dialer_task = match mode {
+        DialerMode::Background => Some(tokio::spawn(dialer.clone().run(shutdown.clone()))),
+        DialerMode::Manual => None,
+    };
+
+    let state = AppState {
+        verifier: verifier.clone(),
+        store: store.clone(),
+        api_keys: Arc::new(ApiKey::from_settings(&settings.api.keys)),
+        trunk_count: settings.trunks.len(),
+    };
+    let listener = tokio::net::TcpListener::bind(settings.http.listen)
+        .await
+        .with_context(|| format!("cannot bind HTTP on {}", settings.http.listen))?;
+    let http_addr = listener.local_addr()?;
+    let router = api::router(state);
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        let serve = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    tracing::info!(http = %http_addr, sip = %sip_addr, trunks = settings.trunks.len(), "otpdial running");
+    Ok(RunningApp {
+        http_addr,
+        sip_addr,
+        store,
+        dialer,
+        verifier,
+        shutdown,
+        http,
+        dialer_task,
+        engine,
+    })
+}
+
+impl RunningApp {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// Graceful stop: no new requests or claims, calls in progress finish.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.dialer_task {
+            let _ = t.await;
+        }
+        let _ = self.http.await;
+        self.engine.shutdown().await;
+        self.store.close().await;
+    }
+}
+
+/// Runs until `shutdown` resolves (Ctrl-C / SIGTERM for `serve`).
+pub async fn run(
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let app = start(settings, DialerMode::Background).await?;
+    shutdown.await;
+    tracing::info!("shutting down: no new calls, waiting for calls in progress");
+    app.stop().await;
+    Ok(())
+}
+
+async fn resolve_ip(host: &str) -> anyhow::Result<IpAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    let mut addrs = tokio::net::lookup_host((host, 0)).await?;
+    addrs
+        .next()
+        .map(|a| a.ip())
+        .ok_or_else(|| anyhow::anyhow!("no address"))
+}
+
+/// A database URL with any password replaced, for error messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

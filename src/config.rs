@@ -1,0 +1,760 @@
+//! Typed settings (SPEC §2): a TOML file layered with `OTPDIAL_*` environment
+//! overrides (`OTPDIAL_DATABASE__URL` sets `database.url`), secrets read from
+//! the variables named by `*_env` keys, and validation whose messages name
+//! the key and the file. Depends only on `domain`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::domain::Region;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config error: {0}")]
+    Parse(String),
+    #[error("config error in {origin}: key `{key}`: {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub sip: SipSettings,
+    pub api: ApiSettings,
+    pub verification: VerificationSettings,
+    pub webhooks: WebhookSettings,
+    pub limits: LimitSettings,
+    pub prompts: PromptSettings,
+    pub trunks: Vec<TrunkSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://otpdial.db".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipSettings {
+    pub listen: SocketAddr,
+    /// Public IP or host name for Contact and SDP when behind NAT; empty = the
+    /// address of the interface that routes to the trunk.
+    pub external_address: String,
+    pub rtp_ports: PortRange,
+    pub user_agent: String,
+}
+
+impl Default for SipSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            external_address: String::new(),
+            rtp_ports: PortRange {
+                first: 20000,
+                last: 29999,
+            },
+            user_agent: format!("otpdial/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    pub keys: Vec<ApiKeySettings>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    pub name: String,
+    /// `sha256:<64 hex>` of the bearer token.
+    pub hash: String,
+    pub scopes: Vec<Scope>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Verify,
+    Admin,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerificationSettings {
+    pub code_length: usize,
+    pub ttl: HumanDuration,
+    pub max_check_attempts: u32,
+    pub default_locale: String,
+    pub repeat: u32,
+    pub require_keypress: bool,
+    pub allow_unregistered_numbers: bool,
+    pub default_region: String,
+    pub code_key_env: String,
+}
+
+impl Default for VerificationSettings {
+    fn default() -> Self {
+        Self {
+            code_length: 6,
+            ttl: HumanDuration(Duration::from_secs(600)),
+            max_check_attempts: 5,
+            default_locale: "nl".into(),
+            repeat: 3,
+            require_keypress: false,
+            allow_unregistered_numbers: false,
+            default_region: "NL".into(),
+            code_key_env: "OTPDIAL_CODE_KEY".into(),
+        }
+    }
+}
+
+impl VerificationSettings {
+    pub fn region(&self) -> Option<Region> {
+        if self.default_region.trim().is_empty() {
+            None
+        } else {
+            self.default_region.parse().ok()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    pub secret_env: String,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            secret_env: "OTPDIAL_WEBHOOK_SECRET".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    pub per_number: RateLimit,
+    pub per_user: RateLimit,
+    pub global_calls_per_second: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            per_number: RateLimit {
+                count: 3,
+                per: Duration::from_secs(600),
+            },
+            per_user: RateLimit {
+                count: 5,
+                per: Duration::from_secs(3600),
+            },
+            global_calls_per_second: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PromptSettings {
+    /// Directory of prompt packs (`<dir>/<locale>/pack.toml`); unset = the
+    /// `en` and `nl` packs built into the binary.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkSettings {
+    pub name: String,
+    pub proxy: SipTarget,
+    #[serde(default)]
+    pub register: bool,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Digest user name when it differs from `username`.
+    #[serde(default)]
+    pub auth_username: Option<String>,
+    #[serde(default)]
+    pub password: Option<SecretString>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    pub from: String,
+    #[serde(default)]
+    pub from_display: Option<String>,
+    #[serde(default = "default_codecs")]
+    pub codecs: Vec<CodecName>,
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    #[serde(default = "default_max_calls")]
+    pub max_concurrent_calls: u32,
+    #[serde(default = "default_ring_timeout")]
+    pub ring_timeout: HumanDuration,
+}
+
+fn default_codecs() -> Vec<CodecName> {
+    vec![CodecName::Pcma, CodecName::Pcmu]
+}
+fn default_priority() -> u32 {
+    10
+}
+fn default_max_calls() -> u32 {
+    100
+}
+fn default_ring_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+impl TrunkSettings {
+    /// Whether this trunk carries calls to `e164` (by its prefixes).
+    pub fn routes(&self, e164: &str) -> bool {
+        self.prefixes.is_empty() || self.prefixes.iter().any(|p| e164.starts_with(p.as_str()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum CodecName {
+    #[serde(rename = "PCMA")]
+    Pcma,
+    #[serde(rename = "PCMU")]
+    Pcmu,
+}
+
+/// A password: readable by the code that needs it, printed as `***`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(s: String) -> Self {
+        Self(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl Serialize for SecretString {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+/// A duration written as `30s`, `10m`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e}")))
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+/// `count/window`, e.g. `3/10m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl FromStr for RateLimit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (count, per) = s
+            .split_once('/')
+            .ok_or_else(|| format!("rate limit {s:?} must look like \"3/10m\""))?;
+        let count = count
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| format!("rate limit {s:?}: count must be a whole number"))?;
+        let per = humantime::parse_duration(per.trim())
+            .map_err(|e| format!("rate limit {s:?}: bad window: {e}"))?;
+        if count == 0 || per.is_zero() {
+            return Err(format!("rate limit {s:?}: count and window must be > 0"));
+        }
+        Ok(RateLimit { count, per })
+    }
+}
+
+impl<'de> Deserialize<'de> for RateLimit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for RateLimit {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!(
+            "{}/{}",
+            self.count,
+            humantime::format_duration(self.per)
+        ))
+    }
+}
+
+/// `first-last` UDP ports for RTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("port range {s:?} must look like \"20000-29999\""))?;
+        let first = a
+            .trim()
+            .parse::<u16>()
+            .map_err(|_| format!("port range {s:?}: bad first port"))?;
+        let last = b
+            .trim()
+            .parse::<u16>()
+            .map_err(|_| format!("port range {s:?}: bad last port"))?;
+        if first == 0 || last < first {
+            return Err(format!(
+                "port range {s:?}: need 0 < first <= last"
+            ));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}-{}", self.first, self.last))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// A trunk proxy: `sip:host[:port][;transport=udp|tcp]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipTarget {
+    pub host: String,
+    pub port: u16,
+    pub transport: Transport,
+}
+
+impl SipTarget {
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for SipTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = match self.transport {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        };
+        write!(f, "sip:{};transport={t}", self.host_port())
+    }
+}
+
+impl FromStr for SipTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let rest = s
+            .trim()
+            .strip_prefix("sip:")
+            .ok_or_else(|| format!("{s:?} must be a sip: URI such as \"sip:host:5060\""))?;
+        let mut parts = rest.split(';');
+        let hostport = parts.next().unwrap_or_default();
+        let mut transport = Transport::Udp;
+        for p in parts {
+            match p.split_once('=') {
+                Some(("transport", "udp" | "UDP")) => transport = Transport::Udp,
+                Some(("transport", "tcp" | "TCP")) => transport = Transport::Tcp,
+                Some(("transport", t)) => {
+                    return Err(format!("{s:?}: unsupported transport {t:?} (udp or tcp)"))
+                }
+                _ => {}
+            }
+        }
+        let hostport = hostport.rsplit_once('@').map_or(hostport, |(_, h)| h);
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{s:?}: unclosed IPv6 bracket"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => return Err(format!("{s:?}: junk after IPv6 address")),
+            };
+            (h.to_string(), port)
+        } else {
+            match hostport.split_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (hostport.to_string(), None),
+            }
+        };
+        if host.is_empty()
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+        {
+            return Err(format!("{s:?}: bad host {host:?}"));
+        }
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{s:?}: bad port {p:?}"))?,
+            None => 5060,
+        };
+        Ok(SipTarget {
+            host,
+            port,
+            transport,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for SipTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for SipTarget {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl Settings {
+    /// Reads `path` (if any), applies `OTPDIAL_*` overrides, resolves secrets
+    /// from the environment and validates everything.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            // Figment treats a missing file as empty; an operator who names
+            // a file means it, so a missing or unreadable one is an error.
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(env_overrides());
+        let mut settings: Settings = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
+        let origin = path.map_or_else(|| "environment".to_string(), |p| p.display().to_string());
+        settings.resolve_secrets(&origin)?;
+        settings.validate(&origin)?;
+        Ok(settings)
+    }
+
+    /// Parses a TOML string (tests and embedded defaults); no environment.
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        let mut settings: Settings = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
+        settings.resolve_secrets("inline config")?;
+        settings.validate("inline config")?;
+        Ok(settings)
+    }
+
+    fn resolve_secrets(&mut self, origin: &str) -> Result<(), ConfigError> {
+        for (i, t) in self.trunks.iter_mut().enumerate() {
+            if let Some(var) = &t.password_env {
+                let value = std::env::var(var).map_err(|_| ConfigError::Invalid {
+                    origin: origin.to_string(),
+                    key: format!("trunks[{i}].password_env"),
+                    message: format!("environment variable {var} is not set"),
+                })?;
+                t.password = Some(SecretString(value));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |key: String, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            message,
+        };
+        let v = &self.verification;
+        if !(4..=10).contains(&v.code_length) {
+            return Err(err(
+                "verification.code_length".into(),
+                format!("must be 4..10, got {}", v.code_length),
+            ));
+        }
+        if v.max_check_attempts == 0 {
+            return Err(err(
+                "verification.max_check_attempts".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if !(1..=10).contains(&v.repeat) {
+            return Err(err(
+                "verification.repeat".into(),
+                format!("must be 1..10, got {}", v.repeat),
+            ));
+        }
+        if v.ttl.0 < Duration::from_secs(30) || v.ttl.0 > Duration::from_secs(24 * 3600) {
+            return Err(err(
+                "verification.ttl".into(),
+                "must be between 30s and 24h".into(),
+            ));
+        }
+        if !v.default_region.trim().is_empty() && v.default_region.parse::<Region>().is_err() {
+            return Err(err(
+                "verification.default_region".into(),
+                format!("unknown region {:?} (ISO 3166 code such as NL)", v.default_region),
+            ));
+        }
+        if !self.database.url.starts_with("sqlite:")
+            && !self.database.url.starts_with("postgres:")
+            && !self.database.url.starts_with("postgresql:")
+        {
+            return Err(err(
+                "database.url".into(),
+                "must start with sqlite: or postgres:".into(),
+            ));
+        }
+        for (i, k) in self.api.keys.iter().enumerate() {
+            let hex = k.hash.strip_prefix("sha256:").unwrap_or("");
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(err(
+                    format!("api.keys[{i}].hash"),
+                    "must be \"sha256:\" followed by 64 hex digits (from `otpdial apikey new`)"
+                        .into(),
+                ));
+            }
+            if k.name.trim().is_empty() {
+                return Err(err(format!("api.keys[{i}].name"), "must not be empty".into()));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.trunks.iter().enumerate() {
+            if t.name.trim().is_empty() || !names.insert(t.name.as_str()) {
+                return Err(err(
+                    format!("trunks[{i}].name"),
+                    format!("must be non-empty and unique, got {:?}", t.name),
+                ));
+            }
+            if t.register && (t.username.is_none() || t.password.is_none()) {
+                return Err(err(
+                    format!("trunks[{i}].register"),
+                    format!(
+                        "trunk {:?} has register = true but no username and password/password_env",
+                        t.name
+                    ),
+                ));
+            }
+            if !t.from.starts_with("sip:") && !t.from.starts_with("sips:") {
+                return Err(err(
+                    format!("trunks[{i}].from"),
+                    format!("must be a sip: URI, got {:?}", t.from),
+                ));
+            }
+            if t.codecs.is_empty() {
+                return Err(err(format!("trunks[{i}].codecs"), "must not be empty".into()));
+            }
+            for p in &t.prefixes {
+                if !p.starts_with('+') || !p[1..].bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(err(
+                        format!("trunks[{i}].prefixes"),
+                        format!("{p:?} must be an E.164 prefix such as \"+31\""),
+                    ));
+                }
+            }
+            if t.max_concurrent_calls == 0 {
+                return Err(err(
+                    format!("trunks[{i}].max_concurrent_calls"),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `OTPDIAL_A__B=v` sets `a.b`. Variables without `__` (such as
+/// `OTPDIAL_CONFIG` or `OTPDIAL_CODE_KEY`) are not settings and are skipped.
+fn env_overrides() -> Env {
+    Env::prefixed("OTPDIAL_")
+        .filter(|k| k.as_str().contains("__"))
+        .split("__")
+}
+
+fn describe_figment_error(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() {
+                String::new()
+            } else {
+                format!(" (key `{}`)", e.path.join("."))
+            };
+            let source = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref().map(|s| format!(" in {s}")))
+                .unwrap_or_default();
+            format!("{}{key}{source}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Settings::default().validate("defaults").unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Settings::from_toml("[verification]\ncode_lenght = 6\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("code_lenght"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = Settings::from_toml("[verification]\ncode_length = 3\n").unwrap_err();
+        assert!(e.to_string().contains("verification.code_length"), "{e}");
+        let e = Settings::from_toml("[limits]\nper_number = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("per_number"), "{e}");
+    }
+
+    #[test]
+    fn register_without_credentials_is_an_error() {
+        let e = Settings::from_toml(
+            "[[trunks]]\nname = \"a\"\nproxy = \"sip:127.0.0.1:5070\"\nregister = true\nfrom = \"sip:1@x\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("trunks[0].register"), "{e}");
+    }
+
+    #[test]
+    fn sip_target_parses() {
+        let t: SipTarget = "sip:sip.provider.example:5080;transport=tcp".parse().unwrap();
+        assert_eq!(t.host, "sip.provider.example");
+        assert_eq!(t.port, 5080);
+        assert_eq!(t.transport, Transport::Tcp);
+        let t: SipTarget = "sip:[::1]".parse().unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 5060));
+        assert!("http://x".parse::<SipTarget>().is_err());
+        assert!("sip:host:99999".parse::<SipTarget>().is_err());
+        assert!("sip:ho st".parse::<SipTarget>().is_err());
+    }
+
+    #[test]
+    fn rate_limits_and_port_ranges_parse() {
+        let r: RateLimit = "3/10m".parse().unwrap();
+        assert_eq!((r.count, r.per), (3, Duration::from_secs(600)));
+        assert!("0/1m".parse::<RateLimit>().is_err());
+        let p: PortRange = "20000-20010".parse().unwrap();
+        assert_eq!((p.first, p.last), (20000, 20010));
+        assert!("30-20".parse::<PortRange>().is_err());
+    }
+
+    #[test]
+    fn secrets_are_masked_when_printed() {
+        let s = Settings::from_toml(
+            "[[trunks]]\nname = \"a\"\nproxy = \"sip:127.0.0.1\"\nusername = \"u\"\npassword = \"hunter2\"\nfrom = \"sip:1@x\"\n",
+        )
+        .unwrap();
+        let shown = toml::to_string(&s).unwrap();
+        assert!(!shown.contains("hunter2"));
+        assert!(format!("{s:?}").contains("***"));
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

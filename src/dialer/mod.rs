@@ -1,0 +1,321 @@
+//! The dialer: claims queued calls from the store, picks trunks for the
+//! number (prefix match, priority, capacity), asks the call engine to place
+//! each attempt, fails over on 5xx/timeout, and records every `call.status`
+//! transition and attempt. `claim_and_run_one` is the testable unit; `run`
+//! loops it with concurrency until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::call::{AttemptOutcome, CallEngine, PlaceCall, Progress};
+use crate::config::{Settings, TrunkSettings};
+use crate::domain::{self, CallStatus, VerificationStatus};
+use crate::store::{CallUpdate, ClaimedCall, Store, StoreError};
+use crate::verify::CodeKeys;
+
+/// How long a claim is held before another instance may take the call over.
+const LEASE: Duration = Duration::from_secs(300);
+/// Poll interval when nobody wakes the dialer (other instances' work,
+/// retries that become due).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Idle,
+    Finished {
+        call_id: String,
+        status: CallStatus,
+    },
+}
+
+pub struct Dialer {
+    store: Store,
+    keys: CodeKeys,
+    engine: Arc<CallEngine>,
+    settings: Arc<Settings>,
+    instance: String,
+    wake: Arc<Notify>,
+}
+
+impl Dialer {
+    pub fn new(
+        store: Store,
+        keys: CodeKeys,
+        engine: Arc<CallEngine>,
+        settings: Arc<Settings>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            engine,
+            settings,
+            instance: format!("otpdial-{}", ulid::Ulid::new()),
+            wake,
+        }
+    }
+
+    /// Claims one queued call and runs it to its end.
+    pub async fn claim_and_run_one(&self) -> Result<Outcome, StoreError> {
+        match self.claim().await? {
+            Some(claimed) => {
+                let call_id = claimed.call_id.clone();
+                let status = self.run_claimed(claimed).await?;
+                Ok(Outcome::Finished { call_id, status })
+            }
+            None => Ok(Outcome::Idle),
+        }
+    }
+
+    async fn claim(&self) -> Result<Option<ClaimedCall>, StoreError> {
+        let now = domain::now_ms();
+        let lease = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
+        self.store
+            .claim_next_call(&self.instance, now, now + lease)
+            .await
+    }
+
+    /// Claims and runs calls until `shutdown`, then stops claiming and lets
+    /// the calls in progress finish.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut running = JoinSet::new();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match self.claim().await {
+                Ok(Some(claimed)) => {
+                    let me = self.clone();
+                    running.spawn(async move {
+                        let id = claimed.call_id.clone();
+                        if let Err(e) = me.run_claimed(claimed).await {
+                            tracing::error!(call = %id, error = %e, "recording the call failed");
+                        }
+                    });
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "claiming a queued call failed"),
+            }
+            while running.try_join_next().is_some() {}
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        if !running.is_empty() {
+            tracing::info!(calls = running.len(), "waiting for calls in progress");
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    /// Trunks that carry `number`, lowest priority value first.
+    fn routes(&self, number: &str) -> Vec<&TrunkSettings> {
+        let mut routes: Vec<&TrunkSettings> = self
+            .settings
+            .trunks
+            .iter()
+            .filter(|t| t.routes(number))
+            .collect();
+        routes.sort_by_key(|t| t.priority);
+        routes
+    }
+
+    async fn run_claimed(&self, claimed: ClaimedCall) -> Result<CallStatus, StoreError> {
+        let call_id = claimed.call_id.as_str();
+        let code = match claimed
+            .code_sealed
+            .as_deref()
+            .map(|s| self.keys.open(&claimed.verification_id, s))
+        {
+            Some(Ok(code)) => code,
+            Some(Err(e)) => {
+                return self
+                    .finish(&claimed, failed_outcome(format!("cannot open the code: {e}")))
+                    .await
+            }
+            None => {
+                return self
+                    .finish(&claimed, failed_outcome("the code is no longer stored".into()))
+                    .await
+            }
+        };
+        if domain::now_ms() >= claimed.expires_at {
+            return self
+                .finish(&claimed, failed_outcome("verification expired before the call".into()))
+                .await;
+        }
+        let routes = self.routes(&claimed.phone);
+        if routes.is_empty() {
+            return self
+                .finish(
+                    &claimed,
+                    failed_outcome(format!("no trunk routes {}", claimed.phone)),
+                )
+                .await;
+        }
+
+        let mut last = failed_outcome("no trunk could take the call".into());
+        for trunk in routes {
+            let now = domain::now_ms();
+            let seq = self
+                .store
+                .start_attempt(call_id, &claimed.phone, &trunk.name, now)
+                .await?;
+            self.store
+                .advance_call(
+                    call_id,
+                    CallStatus::Dialing,
+                    now,
+                    CallUpdate {
+                        trunk: Some(&trunk.name),
+                        ..CallUpdate::default()
+                    },
+                )
+                .await?;
+            tracing::info!(trunk = %trunk.name, attempt = seq, "dialing");
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let place = self.engine.place(
+                PlaceCall {
+                    to: &claimed.phone,
+                    trunk,
+                    digits: code.digit_values(),
+                    locale: &claimed.locale,
+                    repeat: self.settings.verification.repeat,
+                    cancel: CancellationToken::new(),
+                },
+                tx,
+            );
+            tokio::pin!(place);
+            let outcome = loop {
+                tokio::select! {
+                    biased;
+                    Some(p) = rx.recv() => self.record_progress(call_id, &trunk.name, p).await?,
+                    outcome = &mut place => break outcome,
+                }
+            };
+            // Progress sent just before the end still counts.
+            while let Ok(p) = rx.try_recv() {
+                self.record_progress(call_id, &trunk.name, p).await?;
+            }
+            self.store
+                .finish_attempt(
+                    call_id,
+                    seq,
+                    outcome.status,
+                    outcome.sip_code.map(i64::from),
+                    outcome.reason.as_deref(),
+                    domain::now_ms(),
+                )
+                .await?;
+            tracing::info!(
+                trunk = %trunk.name,
+                status = outcome.status.as_str(),
+                sip_code = outcome.sip_code,
+                reason = outcome.reason.as_deref().unwrap_or(""),
+                "attempt ended"
+            );
+            let failover = outcome.failover;
+            last = outcome;
+            if !failover {
+                break;
+            }
+        }
+        self.finish(&claimed, last).await
+    }
+
+    async fn record_progress(
+        &self,
+        call_id: &str,
+        trunk: &str,
+        p: Progress,
+    ) -> Result<(), StoreError> {
+        let now = domain::now_ms();
+        match p {
+            Progress::Ringing => {
+                self.store
+                    .advance_call(call_id, CallStatus::Ringing, now, CallUpdate::default())
+                    .await?;
+            }
+            Progress::Answered => {
+                self.store
+                    .advance_call(
+                        call_id,
+                        CallStatus::Answered,
+                        now,
+                        CallUpdate {
+                            trunk: Some(trunk),
+                            answered_at: Some(now),
+                            sip_code: Some(200),
+                            ..CallUpdate::default()
+                        },
+                    )
+                    .await?;
+            }
+            Progress::Played(n) => {
+                self.store
+                    .advance_call(
+                        call_id,
+                        CallStatus::Answered,
+                        now,
+                        CallUpdate {
+                            times_played: Some(i64::from(n)),
+                            ..CallUpdate::default()
+                        },
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the final call status; a call that ended without the code
+    /// being read fails its verification (SPEC §3).
+    async fn finish(
+        &self,
+        claimed: &ClaimedCall,
+        outcome: AttemptOutcome,
+    ) -> Result<CallStatus, StoreError> {
+        let now = domain::now_ms();
+        self.store
+            .advance_call(
+                &claimed.call_id,
+                outcome.status,
+                now,
+                CallUpdate {
+                    sip_code: outcome.sip_code.map(i64::from),
+                    times_played: Some(i64::from(outcome.times_played)),
+                    ..CallUpdate::default()
+                },
+            )
+            .await?;
+        if outcome.status != CallStatus::Completed {
+            self.store
+                .finish_verification(&claimed.verification_id, VerificationStatus::Failed, now)
+                .await?;
+        }
+        tracing::info!(
+            call = %claimed.call_id,
+            status = outcome.status.as_str(),
+            times_played = outcome.times_played,
+            reason = outcome.reason.as_deref().unwrap_or(""),
+            "call finished"
+        );
+        Ok(outcome.status)
+    }
+}
+
+fn failed_outcome(reason: String) -> AttemptOutcome {
+    AttemptOutcome {
+        status: CallStatus::Failed,
+        sip_code: None,
+        reason: Some(reason),
+        times_played: 0,
+        failover: false,
+    }
+}

@@ -1,0 +1,122 @@
+//! `OtpCode`: 4 to 10 decimal digits. Its `Debug` never shows the digits, so a
+//! code cannot leak into a log line by accident.
+
+use std::fmt;
+
+pub const MIN_LEN: usize = 4;
+pub const MAX_LEN: usize = 10;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct OtpCode(Vec<u8>);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OtpCodeError {
+    #[error("code must be {MIN_LEN} to {MAX_LEN} digits, got {0}")]
+    Length(usize),
+    #[error("code must contain digits only")]
+    NotDigits,
+    #[error("the operating system's random number generator failed: {0}")]
+    Rng(String),
+}
+
+impl OtpCode {
+    pub fn parse(input: &str) -> Result<Self, OtpCodeError> {
+        if !input.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(OtpCodeError::NotDigits);
+        }
+        if !(MIN_LEN..=MAX_LEN).contains(&input.len()) {
+            return Err(OtpCodeError::Length(input.len()));
+        }
+        Ok(OtpCode(input.as_bytes().to_vec()))
+    }
+
+    /// Draws `len` uniformly distributed digits from the OS CSPRNG.
+    pub fn generate(len: usize) -> Result<Self, OtpCodeError> {
+        if !(MIN_LEN..=MAX_LEN).contains(&len) {
+            return Err(OtpCodeError::Length(len));
+        }
+        let mut digits = Vec::with_capacity(len);
+        let mut buf = [0u8; 32];
+        while digits.len() < len {
+            getrandom::fill(&mut buf).map_err(|e| OtpCodeError::Rng(e.to_string()))?;
+            // Rejection sampling: 250 is the largest multiple of 10 below 256,
+            // so bytes >= 250 would bias the low digits.
+            for b in buf.iter().filter(|b| **b < 250) {
+                if digits.len() == len {
+                    break;
+                }
+                digits.push(b'0' + b % 10);
+            }
+        }
+        buf.fill(0);
+        Ok(OtpCode(digits))
+    }
+
+    /// The ASCII digits. Callers must not log them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Digit values 0..=9, in order, for the call script.
+    pub fn digit_values(&self) -> Vec<u8> {
+        self.expose().iter().map(|b| b - b'0').collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.expose().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.expose().is_empty()
+    }
+}
+
+impl fmt::Debug for OtpCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OtpCode(<{} digits>)", self.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_accepts_4_to_10_digits_only() {
+        assert!(OtpCode::parse("1234").is_ok());
+        assert!(OtpCode::parse("0123456789").is_ok());
+        assert_eq!(OtpCode::parse("123"), Err(OtpCodeError::Length(3)));
+        assert_eq!(
+            OtpCode::parse("12345678901"),
+            Err(OtpCodeError::Length(11))
+        );
+        assert_eq!(OtpCode::parse("12a456"), Err(OtpCodeError::NotDigits));
+        assert_eq!(OtpCode::parse(" 123456"), Err(OtpCodeError::NotDigits));
+        assert_eq!(OtpCode::parse("١٢٣٤٥٦"), Err(OtpCodeError::NotDigits));
+    }
+
+    #[test]
+    fn generate_gives_requested_length_and_all_digits_appear() {
+        let mut seen = [0u32; 10];
+        for _ in 0..2000 {
+            let c = OtpCode::generate(6).unwrap();
+            assert_eq!(c.len(), 6);
+            for d in c.digit_values() {
+                seen[d as usize] += 1;
+            }
+        }
+        // 12,000 digits: each should appear about 1,200 times.
+        for (d, n) in seen.iter().enumerate() {
+            assert!((900..1500).contains(n), "digit {d} seen {n} times");
+        }
+        assert!(OtpCode::generate(3).is_err());
+    }
+
+    #[test]
+    fn debug_hides_digits() {
+        let c = OtpCode::parse("481526").unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("481526"));
+        assert_eq!(shown, "OtpCode(<6 digits>)");
+    }
+}

@@ -1,0 +1,163 @@
+//! `PhoneNumber`: an E.164 number that has been validated against the
+//! libphonenumber metadata. Once constructed it cannot hold an invalid value.
+
+use std::fmt;
+use std::str::FromStr;
+
+use phonenumber::country;
+
+/// A valid phone number in E.164 form (`+31612345678`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PhoneNumber(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PhoneNumberError {
+    #[error("phone number is empty")]
+    Empty,
+    #[error("phone number contains characters other than digits, spaces, dashes, dots, parentheses and a leading '+'")]
+    BadCharacters,
+    #[error("phone number is not in international form (+country code) and no default region is configured")]
+    NoRegion,
+    #[error("unknown default region {0:?}")]
+    UnknownRegion(String),
+    #[error("phone number could not be parsed: {0}")]
+    Unparseable(String),
+    #[error("phone number is not a valid number for its country")]
+    Invalid,
+}
+
+/// The ISO 3166 region used to read national numbers such as `0612345678`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region(country::Id);
+
+impl FromStr for Region {
+    type Err = PhoneNumberError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.trim()
+            .to_ascii_uppercase()
+            .parse::<country::Id>()
+            .map(Region)
+            .map_err(|_| PhoneNumberError::UnknownRegion(s.to_string()))
+    }
+}
+
+impl PhoneNumber {
+    /// Parses international input, or national input read in `region`.
+    pub fn parse(input: &str, region: Option<Region>) -> Result<Self, PhoneNumberError> {
+        let trimmed = input.trim();
+        if trimmed.is_empty() {
+            return Err(PhoneNumberError::Empty);
+        }
+        if trimmed.len() > 32
+            || !trimmed.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_digit()
+                    || matches!(c, ' ' | '-' | '.' | '(' | ')')
+                    || (c == '+' && i == 0)
+            })
+        {
+            return Err(PhoneNumberError::BadCharacters);
+        }
+        let international = trimmed.starts_with('+') || trimmed.starts_with("00");
+        if !international && region.is_none() {
+            return Err(PhoneNumberError::NoRegion);
+        }
+        let normalised = match trimmed.strip_prefix("00") {
+            Some(rest) => format!("+{rest}"),
+            None => trimmed.to_string(),
+        };
+        let parsed = phonenumber::parse(region.map(|r| r.0), &normalised)
+            .map_err(|e| PhoneNumberError::Unparseable(e.to_string()))?;
+        if !phonenumber::is_valid(&parsed) {
+            return Err(PhoneNumberError::Invalid);
+        }
+        Ok(PhoneNumber(
+            parsed.format().mode(phonenumber::Mode::E164).to_string(),
+        ))
+    }
+
+    /// Rebuilds a number that was validated before (read back from the store).
+    pub fn from_trusted(e164: String) -> Self {
+        PhoneNumber(e164)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `+31612345678` -> `+316******78`: enough for a user to recognise
+    /// their own number, not enough to harvest it.
+    pub fn masked(&self) -> String {
+        let chars: Vec<char> = self.0.chars().collect();
+        let keep_head = 4.min(chars.len());
+        let keep_tail = 2.min(chars.len().saturating_sub(keep_head));
+        let hidden = chars.len() - keep_head - keep_tail;
+        let mut out: String = chars[..keep_head].iter().collect();
+        out.extend(std::iter::repeat_n('*', hidden));
+        out.extend(chars[chars.len() - keep_tail..].iter());
+        out
+    }
+
+    /// Digits without the leading '+', for SIP Request-URI user parts.
+    pub fn digits(&self) -> &str {
+        self.0.trim_start_matches('+')
+    }
+}
+
+impl fmt::Display for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nl() -> Option<Region> {
+        Some("NL".parse().unwrap())
+    }
+
+    #[test]
+    fn international_and_national_forms_normalise_to_e164() {
+        for input in [
+            "+31612345678",
+            "0612345678",
+            "06-12345678",
+            "+31 6 1234 5678",
+            "0031612345678",
+        ] {
+            let n = PhoneNumber::parse(input, nl()).unwrap();
+            assert_eq!(n.as_str(), "+31612345678", "input {input}");
+        }
+    }
+
+    #[test]
+    fn national_form_needs_a_region() {
+        assert_eq!(
+            PhoneNumber::parse("0612345678", None),
+            Err(PhoneNumberError::NoRegion)
+        );
+    }
+
+    #[test]
+    fn rejects_garbage_and_invalid_numbers() {
+        assert_eq!(PhoneNumber::parse("", nl()), Err(PhoneNumberError::Empty));
+        assert_eq!(
+            PhoneNumber::parse("+31abc", nl()),
+            Err(PhoneNumberError::BadCharacters)
+        );
+        assert_eq!(
+            PhoneNumber::parse("+3161234+5678", nl()),
+            Err(PhoneNumberError::BadCharacters)
+        );
+        assert!(PhoneNumber::parse("+31123", nl()).is_err());
+        assert!(PhoneNumber::parse("+999123456789", nl()).is_err());
+    }
+
+    #[test]
+    fn masks_the_middle() {
+        let n = PhoneNumber::parse("+31612345678", None).unwrap();
+        assert_eq!(n.masked(), "+316******78");
+        assert_eq!(n.masked().len(), n.as_str().len());
+    }
+}

@@ -1,0 +1,599 @@
+//! Persistence through sqlx on SQLite (default) or PostgreSQL (several
+//! instances sharing the work). One repository type, one error type; the SQL
+//! is written once in the dialect both accept (`$n` placeholders, BIGINT
+//! unix-millisecond times, `RETURNING`). Depends on `domain` only.
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::domain::{CallStatus, VerificationStatus};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored row is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A verification as stored (the code only as its keyed hash).
+#[derive(Debug, Clone)]
+pub struct VerificationRow {
+    pub id: String,
+    pub user_id: Option<String>,
+    pub phone: String,
+    pub locale: String,
+    pub code_hash: String,
+    pub status: VerificationStatus,
+    pub attempts_left: i64,
+    pub expires_at: i64,
+    pub created_at: i64,
+    pub callback_url: Option<String>,
+    pub api_key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CallRow {
+    pub id: String,
+    pub verification_id: String,
+    pub status: CallStatus,
+    pub sip_code: Option<i64>,
+    pub trunk: Option<String>,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub times_played: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    pub seq: i64,
+    pub number: String,
+    pub trunk: String,
+    pub status: String,
+    pub sip_code: Option<i64>,
+    pub reason: Option<String>,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+}
+
+/// A queued call claimed by one dialer instance.
+#[derive(Debug, Clone)]
+pub struct ClaimedCall {
+    pub call_id: String,
+    pub verification_id: String,
+    pub phone: String,
+    pub locale: String,
+    pub code_sealed: Option<String>,
+    pub expires_at: i64,
+}
+
+pub struct NewVerification<'a> {
+    pub id: &'a str,
+    pub user_id: Option<&'a str>,
+    pub phone: &'a str,
+    pub locale: &'a str,
+    pub code_hash: &'a str,
+    pub attempts_left: i64,
+    pub expires_at: i64,
+    pub callback_url: Option<&'a str>,
+    pub api_key: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub call_id: &'a str,
+    pub code_sealed: &'a str,
+    pub now: i64,
+}
+
+/// What one wrong-or-right check did to the stored verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckSlot {
+    /// An attempt was reserved; compare against this hash.
+    Reserved {
+        code_hash: String,
+        attempts_left: i64,
+    },
+    /// Not pending (or expired, or out of attempts): nothing was evaluated.
+    Closed,
+}
+
+impl Store {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let url = if backend == Backend::Sqlite && !url.contains("mode=") {
+            // Create the file on first start.
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}mode=rwc")
+        } else {
+            url.to_string()
+        };
+        let mut options = AnyPoolOptions::new().max_connections(max_connections.max(1));
+        if backend == Backend::Sqlite {
+            options = options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets the API read while the dialer writes; the busy
+                    // timeout turns writer contention into waiting, not errors.
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 5000")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA foreign_keys = ON")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous = NORMAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(&url).await?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Returns the secret stored under `name`, storing `fresh` first if there
+    /// is none yet. Several instances racing here all end up with one value.
+    pub async fn server_secret(&self, name: &str, fresh: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(fresh)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT value FROM server_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<String, _>(0)?)
+    }
+
+    /// Inserts a verification with its queued call. With an idempotency key
+    /// that was used before by the same API key, inserts nothing and returns
+    /// the id of the first verification instead.
+    pub async fn insert_verification(&self, v: &NewVerification<'_>) -> Result<Inserted> {
+        if let Some(key) = v.idempotency_key {
+            if let Some(id) = self.find_idempotent(v.api_key, key).await? {
+                return Ok(Inserted::Existing(id));
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO verifications (id, user_id, phone, locale, code_hash, status, attempts_left, \
+             expires_at, created_at, updated_at, callback_url, api_key, idempotency_key) \
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $8, $9, $10, $11) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(v.id)
+        .bind(v.user_id)
+        .bind(v.phone)
+        .bind(v.locale)
+        .bind(v.code_hash)
+        .bind(v.attempts_left)
+        .bind(v.expires_at)
+        .bind(v.now)
+        .bind(v.callback_url)
+        .bind(v.api_key)
+        .bind(v.idempotency_key)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            tx.rollback().await?;
+            // Lost a race with the same idempotency key.
+            let key = v.idempotency_key.unwrap_or_default();
+            return match self.find_idempotent(v.api_key, key).await? {
+                Some(id) => Ok(Inserted::Existing(id)),
+                None => Err(StoreError::Corrupt(
+                    "verification insert conflicted but no row holds the key".into(),
+                )),
+            };
+        }
+        sqlx::query(
+            "INSERT INTO calls (id, verification_id, status, code_sealed, next_attempt_at, created_at, updated_at) \
+             VALUES ($1, $2, 'queued', $3, $4, $4, $4)",
+        )
+        .bind(v.call_id)
+        .bind(v.id)
+        .bind(v.code_sealed)
+        .bind(v.now)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(&mut tx, v.call_id, CallStatus::Queued, v.now).await?;
+        tx.commit().await?;
+        Ok(Inserted::New)
+    }
+
+    async fn find_idempotent(&self, api_key: &str, key: &str) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT id FROM verifications WHERE api_key = $1 AND idempotency_key = $2",
+        )
+        .bind(api_key)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get::<String, _>(0)).transpose()?)
+    }
+
+    pub async fn get_verification(&self, id: &str) -> Result<Option<VerificationRow>> {
+        let row = sqlx::query(
+            "SELECT id, user_id, phone, locale, code_hash, status, attempts_left, expires_at, \
+             created_at, callback_url, api_key FROM verifications WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| verification_from_row(&r)).transpose()
+    }
+
+    pub async fn get_call_of(&self, verification_id: &str) -> Result<Option<CallRow>> {
+        let row = sqlx::query(
+            "SELECT id, verification_id, status, sip_code, trunk, answered_at, ended_at, times_played \
+             FROM calls WHERE verification_id = $1 ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(verification_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| call_from_row(&r)).transpose()
+    }
+
+    pub async fn get_call(&self, call_id: &str) -> Result<Option<CallRow>> {
+        let row = sqlx::query(
+            "SELECT id, verification_id, status, sip_code, trunk, answered_at, ended_at, times_played \
+             FROM calls WHERE id = $1",
+        )
+        .bind(call_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| call_from_row(&r)).transpose()
+    }
+
+    pub async fn attempts(&self, call_id: &str) -> Result<Vec<AttemptRow>> {
+        let rows = sqlx::query(
+            "SELECT seq, number, trunk, status, sip_code, reason, started_at, ended_at \
+             FROM call_attempts WHERE call_id = $1 ORDER BY seq",
+        )
+        .bind(call_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRow {
+                    seq: r.try_get(0)?,
+                    number: r.try_get(1)?,
+                    trunk: r.try_get(2)?,
+                    status: r.try_get(3)?,
+                    sip_code: r.try_get(4)?,
+                    reason: r.try_get(5)?,
+                    started_at: r.try_get(6)?,
+                    ended_at: r.try_get(7)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every status the call went through, oldest first.
+    pub async fn call_events(&self, call_id: &str) -> Result<Vec<CallStatus>> {
+        let rows = sqlx::query("SELECT status FROM call_events WHERE call_id = $1 ORDER BY seq")
+            .bind(call_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let s: String = r.try_get(0)?;
+                CallStatus::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("call status {s:?}")))
+            })
+            .collect()
+    }
+
+    /// Reserves one check attempt atomically: of many concurrent checks at
+    /// most `attempts_left` get a slot, so brute force cannot outrun the
+    /// counter.
+    pub async fn reserve_check(&self, id: &str, now: i64) -> Result<CheckSlot> {
+        let row = sqlx::query(
+            "UPDATE verifications SET attempts_left = attempts_left - 1, updated_at = $2 \
+             WHERE id = $1 AND status = 'pending' AND attempts_left > 0 AND expires_at > $2 \
+             RETURNING code_hash, attempts_left",
+        )
+        .bind(id)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => CheckSlot::Reserved {
+                code_hash: r.try_get(0)?,
+                attempts_left: r.try_get(1)?,
+            },
+            None => CheckSlot::Closed,
+        })
+    }
+
+    /// Moves a pending verification to `to`; false if it was not pending.
+    pub async fn finish_verification(
+        &self,
+        id: &str,
+        to: VerificationStatus,
+        now: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE verifications SET status = $2, updated_at = $3 WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(to.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Marks pending verifications past their expiry as expired.
+    pub async fn expire_due(&self, now: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE verifications SET status = 'expired', updated_at = $1 \
+             WHERE status = 'pending' AND expires_at <= $1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Claims the oldest queued call for `instance` until `lease_until`.
+    pub async fn claim_next_call(
+        &self,
+        instance: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<ClaimedCall>> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE calls SET status = 'dialing', claimed_by = $1, lease_until = $3, updated_at = $2 \
+             WHERE id = (SELECT id FROM calls WHERE status = 'queued' AND next_attempt_at <= $2 \
+                         ORDER BY next_attempt_at, created_at LIMIT 1{lock}) \
+               AND status = 'queued' \
+             RETURNING id, verification_id, code_sealed"
+        );
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query(&sql)
+            .bind(instance)
+            .bind(now)
+            .bind(lease_until)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let call_id: String = row.try_get(0)?;
+        let verification_id: String = row.try_get(1)?;
+        let code_sealed: Option<String> = row.try_get(2)?;
+        insert_event(&mut tx, &call_id, CallStatus::Dialing, now).await?;
+        let v = sqlx::query("SELECT phone, locale, expires_at FROM verifications WHERE id = $1")
+            .bind(&verification_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let claimed = ClaimedCall {
+            call_id,
+            verification_id,
+            phone: v.try_get(0)?,
+            locale: v.try_get(1)?,
+            code_sealed,
+            expires_at: v.try_get(2)?,
+        };
+        tx.commit().await?;
+        Ok(Some(claimed))
+    }
+
+    /// Records a forward move of the call's status (ignored if the call
+    /// already moved past it, e.g. a late `ringing` after `answered`).
+    pub async fn advance_call(
+        &self,
+        call_id: &str,
+        to: CallStatus,
+        now: i64,
+        update: CallUpdate<'_>,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT status FROM calls WHERE id = $1")
+            .bind(call_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let current: String = row.try_get(0)?;
+        let current = CallStatus::parse(&current)
+            .ok_or_else(|| StoreError::Corrupt(format!("call status {current:?}")))?;
+        let status_changes = current != to;
+        if status_changes && !current.can_become(to) {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let final_status = to.is_final();
+        sqlx::query(
+            "UPDATE calls SET status = $2, updated_at = $3, \
+               sip_code = COALESCE($4, sip_code), trunk = COALESCE($5, trunk), \
+               answered_at = COALESCE($6, answered_at), \
+               times_played = CASE WHEN $7 > times_played THEN $7 ELSE times_played END, \
+               ended_at = CASE WHEN $8 = 1 THEN $3 ELSE ended_at END, \
+               code_sealed = CASE WHEN $8 = 1 THEN NULL ELSE code_sealed END, \
+               claimed_by = CASE WHEN $8 = 1 THEN NULL ELSE claimed_by END \
+             WHERE id = $1",
+        )
+        .bind(call_id)
+        .bind(to.as_str())
+        .bind(now)
+        .bind(update.sip_code)
+        .bind(update.trunk)
+        .bind(update.answered_at)
+        .bind(update.times_played.unwrap_or(0))
+        .bind(i64::from(final_status))
+        .execute(&mut *tx)
+        .await?;
+        if status_changes {
+            insert_event(&mut tx, call_id, to, now).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn start_attempt(
+        &self,
+        call_id: &str,
+        number: &str,
+        trunk: &str,
+        now: i64,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO call_attempts (call_id, seq, number, trunk, status, started_at) \
+             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM call_attempts WHERE call_id = $1), \
+                     $2, $3, 'dialing', $4) RETURNING seq",
+        )
+        .bind(call_id)
+        .bind(number)
+        .bind(trunk)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    pub async fn finish_attempt(
+        &self,
+        call_id: &str,
+        seq: i64,
+        status: CallStatus,
+        sip_code: Option<i64>,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE call_attempts SET status = $3, sip_code = $4, reason = $5, ended_at = $6 \
+             WHERE call_id = $1 AND seq = $2",
+        )
+        .bind(call_id)
+        .bind(seq)
+        .bind(status.as_str())
+        .bind(sip_code)
+        .bind(reason)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Optional fields written together with a call status change.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CallUpdate<'a> {
+    pub sip_code: Option<i64>,
+    pub trunk: Option<&'a str>,
+    pub answered_at: Option<i64>,
+    pub times_played: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    /// The idempotency key was used before: the id of that verification.
+    Existing(String),
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    call_id: &str,
+    status: CallStatus,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO call_events (call_id, seq, status, at) \
+         VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM call_events WHERE call_id = $1), $2, $3)",
+    )
+    .bind(call_id)
+    .bind(status.as_str())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn verification_from_row(r: &AnyRow) -> Result<VerificationRow> {
+    let status: String = r.try_get(5)?;
+    Ok(VerificationRow {
+        id: r.try_get(0)?,
+        user_id: r.try_get(1)?,
+        phone: r.try_get(2)?,
+        locale: r.try_get(3)?,
+        code_hash: r.try_get(4)?,
+        status: VerificationStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("verification status {status:?}")))?,
+        attempts_left: r.try_get(6)?,
+        expires_at: r.try_get(7)?,
+        created_at: r.try_get(8)?,
+        callback_url: r.try_get(9)?,
+        api_key: r.try_get(10)?,
+    })
+}
+
+fn call_from_row(r: &AnyRow) -> Result<CallRow> {
+    let status: String = r.try_get(2)?;
+    Ok(CallRow {
+        id: r.try_get(0)?,
+        verification_id: r.try_get(1)?,
+        status: CallStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("call status {status:?}")))?,
+        sip_code: r.try_get(3)?,
+        trunk: r.try_get(4)?,
+        answered_at: r.try_get(5)?,
+        ended_at: r.try_get(6)?,
+        times_played: r.try_get(7)?,
+    })
+}
