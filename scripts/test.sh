@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine: installs the real SIP
+# peers the tests talk to (SIPp), then builds and runs every test.
+# Needs root (or sudo) for apt-get; PostgreSQL is expected on 127.0.0.1:5432
+# (trust auth, database `test`) for the PostgreSQL half of the store tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+cargo test --locked --all-targets -- --test-threads=4

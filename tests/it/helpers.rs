@@ -1,0 +1,299 @@
+//! Boots the app and real peers for the tests.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use otpdial::app::{self, DialerMode, RunningApp};
+use otpdial::config::{ApiKeySettings, Scope, Settings};
+use otpdial::verify::VerificationView;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub app: RunningApp,
+    pub token: String,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+pub const TOKEN: &str = "test-token-verify";
+
+/// Settings for a gateway on loopback with one trunk at `trunk_port`.
+pub fn base_settings(trunk_port: u16) -> Settings {
+    let mut s = Settings::from_toml(&format!(
+        r#"
+[http]
+listen = "127.0.0.1:0"
+[sip]
+listen = "127.0.0.1:0"
+rtp_ports = "30000-39999"
+[verification]
+default_locale = "en"
+repeat = 2
+allow_unregistered_numbers = true
+[[trunks]]
+name = "trunk-a"
+proxy = "sip:127.0.0.1:{trunk_port}"
+from = "sip:+31508200000@otpdial.test"
+codecs = ["PCMA", "PCMU"]
+ring_timeout = "20s"
+"#
+    ))
+    .expect("test settings");
+    s.api.keys = vec![ApiKeySettings {
+        name: "auth-service".into(),
+        hash: otpdial::api::hash_token(TOKEN),
+        scopes: vec![Scope::Verify],
+    }];
+    s
+}
+
+/// A fresh database of the given kind: a new SQLite file, or a new
+/// PostgreSQL database on the machine's server (127.0.0.1:5432, trust).
+pub async fn fresh_database(db: Db, dir: &std::path::Path) -> String {
+    match db {
+        Db::Sqlite => format!("sqlite://{}", dir.join("otpdial.db").display()),
+        Db::Postgres => {
+            use sqlx::Connection;
+            sqlx::any::install_default_drivers();
+            let admin = "postgres://postgres@127.0.0.1:5432/test";
+            let mut conn = sqlx::AnyConnection::connect(admin)
+                .await
+                .expect("PostgreSQL on 127.0.0.1:5432 (trust auth, database test)");
+            let name = format!("otpdial_t_{}", ulid::Ulid::new()).to_lowercase();
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .expect("create test database");
+            format!("postgres://postgres@127.0.0.1:5432/{name}")
+        }
+    }
+}
+
+pub async fn spawn_app(settings: Settings, db: Db, mode: DialerMode) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = settings;
+    settings.database.url = fresh_database(db, dir.path()).await;
+    let app = app::start(settings, mode).await.expect("app starts");
+    TestApp {
+        app,
+        token: TOKEN.into(),
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.app.base_url())
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn start_verification(&self, body: Value) -> VerificationView {
+        let (status, v) = self.post("/v1/verifications", body).await;
+        assert_eq!(status, StatusCode::CREATED, "start: {v}");
+        serde_json::from_value(v).expect("verification object")
+    }
+
+    pub async fn view(&self, id: &str) -> VerificationView {
+        let (status, v) = self.get(&format!("/v1/verifications/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "get: {v}");
+        serde_json::from_value(v).expect("verification object")
+    }
+
+    /// Polls until the call reaches a final status.
+    pub async fn wait_call_final(&self, id: &str, within: Duration) -> VerificationView {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.view(id).await;
+            if v.call.status.is_final() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "call still {:?} after {within:?}",
+                v.call.status
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn check(&self, id: &str, code: &str) -> (StatusCode, Value) {
+        self.post(
+            &format!("/v1/verifications/{id}/check"),
+            serde_json::json!({ "code": code }),
+        )
+        .await
+    }
+}
+
+/// A UDP port that was free a moment ago on 127.0.0.1.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn sipp_scenario(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sipp")
+        .join(name)
+}
+
+/// SIPp as a callee (UAS) on 127.0.0.1:`port`, for exactly one call.
+pub struct Sipp {
+    child: Child,
+    pub port: u16,
+    log_dir: tempfile::TempDir,
+}
+
+impl Sipp {
+    pub fn uas(scenario: &str, vars: &[(&str, String)]) -> Sipp {
+        let port = free_udp_port();
+        let log_dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new("sipp");
+        cmd.arg("-sf")
+            .arg(sipp_scenario(scenario))
+            .args(["-i", "127.0.0.1", "-mi", "127.0.0.1"])
+            .args(["-p", &port.to_string()])
+            .args(["-m", "1", "-timeout", "90s", "-nostdin"])
+            .arg("-trace_err")
+            .arg("-error_file")
+            .arg(log_dir.path().join("errors.log"))
+            .current_dir(log_dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in vars {
+            cmd.args(["-set", k, v]);
+        }
+        let child = cmd
+            .spawn()
+            .expect("sipp runs (install Debian package sip-tester: scripts/test.sh does)");
+        // SIPp binds within milliseconds; our INVITE retransmission (Timer A)
+        // covers a slow start anyway.
+        std::thread::sleep(Duration::from_millis(200));
+        Sipp {
+            child,
+            port,
+            log_dir,
+        }
+    }
+
+    /// Waits for SIPp to finish its one call; Ok(()) when its scenario
+    /// passed (exit 0), Err with its error log otherwise.
+    pub async fn finish(mut self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => {
+                    let log = std::fs::read_to_string(self.log_dir.path().join("errors.log"))
+                        .unwrap_or_default();
+                    return Err(format!("sipp exited with {status}: {log}"));
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    return Err("sipp did not finish in time".into());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One RTP packet as a loopback receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub seq: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+    pub payload_type: u8,
+    pub marker: bool,
+    pub payload_len: usize,
+}
+
+/// Receives RTP on a loopback socket until `idle` passes without a packet
+/// (after the first one) or `within` runs out.
+pub fn receive_rtp(socket: &UdpSocket, within: Duration, idle: Duration) -> Vec<Received> {
+    let mut out = Vec::new();
+    let start = Instant::now();
+    let mut buf = [0u8; 2048];
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let mut last = Instant::now();
+    while start.elapsed() < within {
+        match socket.recv_from(&mut buf) {
+            Ok((n, _from)) => {
+                last = Instant::now();
+                if let Ok(p) = rtp_rs::RtpReader::new(&buf[..n]) {
+                    out.push(Received {
+                        at: last,
+                        seq: u16::from(p.sequence_number()),
+                        timestamp: p.timestamp(),
+                        ssrc: p.ssrc(),
+                        payload_type: p.payload_type(),
+                        marker: p.mark(),
+                        payload_len: p.payload().len(),
+                    });
+                }
+            }
+            Err(_) => {
+                if !out.is_empty() && last.elapsed() > idle {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}

@@ -1,0 +1,7 @@
+//! Integration tests: one binary that boots the real gateway (HTTP on port
+//! 0, SIP on a free loopback port, SQLite or PostgreSQL) against real SIP
+//! peers: SIPp scenarios and the built-in test phone.
+
+mod calls_sipp;
+mod demo_path;
+mod helpers;
