@@ -1,1 +1,140 @@
-//! Prompt packs, G.711, call script and RTP playout.
+//! Media: prompt packs, G.711, the call script and RTP playout.
+//!
+//! - [`g711`]: sample-level µ-law/A-law helpers (on `audio-codec-algorithms`).
+//! - [`pack`]: prompt packs loaded once (hound WAV) and pre-encoded into 160-byte frames.
+//! - [`script`]: what to say when in a call; pure code, no I/O, no clock.
+//! - [`rtp`]: RTP packetisation of one stream (rtp-rs).
+//! - [`pacer`]: the one thread that sends every call's packets on absolute deadlines.
+//!
+//! Depends on std, tokio (only for the event channel to the async side) and the codec
+//! crates; knows nothing of SIP, HTTP or the store.
+
+pub mod g711;
+pub mod pacer;
+pub mod pack;
+pub mod rtp;
+pub mod script;
+
+pub use pacer::{Pacer, Playout, PlayoutEvent, PlayoutSpec};
+pub use pack::{PromptError, PromptLibrary, PromptPack};
+pub use script::{CallScript, ScriptItem};
+
+/// Samples per RTP packet: 20 ms at 8 kHz, which is also the RTP timestamp step.
+pub const FRAME_SAMPLES: usize = 160;
+/// Duration of one frame (one RTP packet).
+pub const FRAME_DURATION: std::time::Duration = std::time::Duration::from_millis(20);
+/// Sample rate of everything in this module.
+pub const SAMPLE_RATE: u32 = 8000;
+
+/// The two G.711 laws (RFC 3551 static payload types PCMU = 0, PCMA = 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum G711 {
+    /// µ-law, PCMU.
+    Ulaw,
+    /// A-law, PCMA.
+    Alaw,
+}
+
+impl G711 {
+    /// RFC 3551 static payload type.
+    pub fn payload_type(self) -> u8 {
+        match self {
+            G711::Ulaw => 0,
+            G711::Alaw => 8,
+        }
+    }
+
+    /// The law of a static payload type, if it is one of the two.
+    pub fn from_payload_type(pt: u8) -> Option<G711> {
+        match pt {
+            0 => Some(G711::Ulaw),
+            8 => Some(G711::Alaw),
+            _ => None,
+        }
+    }
+
+    /// SDP encoding name (`a=rtpmap:0 PCMU/8000`).
+    pub fn encoding_name(self) -> &'static str {
+        match self {
+            G711::Ulaw => "PCMU",
+            G711::Alaw => "PCMA",
+        }
+    }
+
+    /// The byte that decodes to digital silence in this law.
+    pub fn silence(self) -> u8 {
+        match self {
+            G711::Ulaw => g711::ULAW_SILENCE,
+            G711::Alaw => g711::ALAW_SILENCE,
+        }
+    }
+}
+
+/// One prerecorded phrase of a prompt pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phrase {
+    /// A spoken digit, 0..=9. Other values have no audio (empty frames/PCM).
+    Digit(u8),
+    /// "Your verification code is".
+    Intro,
+    /// "I repeat".
+    Repeat,
+    /// "Goodbye".
+    Outro,
+    /// "Press any key to hear your code".
+    PressKey,
+}
+
+impl Phrase {
+    /// Every phrase a pack must have, in a fixed order (the pack's storage order).
+    pub const ALL: [Phrase; 14] = [
+        Phrase::Digit(0),
+        Phrase::Digit(1),
+        Phrase::Digit(2),
+        Phrase::Digit(3),
+        Phrase::Digit(4),
+        Phrase::Digit(5),
+        Phrase::Digit(6),
+        Phrase::Digit(7),
+        Phrase::Digit(8),
+        Phrase::Digit(9),
+        Phrase::Intro,
+        Phrase::Repeat,
+        Phrase::Outro,
+        Phrase::PressKey,
+    ];
+
+    /// Index into [`Phrase::ALL`]; `None` for a digit above 9.
+    pub(crate) fn index(self) -> Option<usize> {
+        match self {
+            Phrase::Digit(d) if d <= 9 => Some(usize::from(d)),
+            Phrase::Digit(_) => None,
+            Phrase::Intro => Some(10),
+            Phrase::Repeat => Some(11),
+            Phrase::Outro => Some(12),
+            Phrase::PressKey => Some(13),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phrase_index_matches_all_order() {
+        for (i, p) in Phrase::ALL.iter().enumerate() {
+            assert_eq!(p.index(), Some(i));
+        }
+        assert_eq!(Phrase::Digit(10).index(), None);
+    }
+
+    #[test]
+    fn payload_types() {
+        assert_eq!(G711::Ulaw.payload_type(), 0);
+        assert_eq!(G711::Alaw.payload_type(), 8);
+        assert_eq!(G711::from_payload_type(8), Some(G711::Alaw));
+        assert_eq!(G711::from_payload_type(18), None);
+    }
+}

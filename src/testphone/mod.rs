@@ -1,1 +1,3 @@
 //! Built-in answering test phone.
+
+pub mod recognize;

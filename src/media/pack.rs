@@ -1,0 +1,609 @@
+//! Prompt packs: one locale's phrases, decoded and G.711-encoded once at load.
+//!
+//! A pack is a directory `prompts/<locale>/` with `pack.toml` and one WAV per phrase
+//! (SPEC §5). Everything a call needs later is precomputed here, so the pacer only
+//! copies 160-byte frames that already exist (DESIGN principle 7).
+//!
+//! Depends on hound (WAV), toml/serde (pack.toml), humantime (durations).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{g711, Phrase, FRAME_SAMPLES, G711, SAMPLE_RATE};
+
+/// Longest phrase accepted; keeps a wrong file (a whole song) from eating memory.
+const MAX_PHRASE_SECONDS: u32 = 60;
+/// Longest pause accepted in pack.toml.
+const MAX_PAUSE: Duration = Duration::from_secs(10);
+
+/// Why a prompt pack could not be loaded. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    /// A file or directory could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// pack.toml is malformed or has a bad value.
+    #[error("{}: {message}", path.display())]
+    Config {
+        /// The pack.toml file.
+        path: PathBuf,
+        /// What is wrong, naming the key where there is one.
+        message: String,
+    },
+    /// A WAV file is unreadable or in a format we do not take.
+    #[error("{}: {message}", path.display())]
+    Wav {
+        /// The WAV file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The directory has no subdirectory with a pack.toml.
+    #[error("{}: no prompt pack found (expected <locale>/pack.toml below it)", dir.display())]
+    NoPacks {
+        /// The directory searched.
+        dir: PathBuf,
+    },
+}
+
+/// pack.toml as written by operators.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PackToml {
+    language: String,
+    #[serde(default = "default_digit_pause")]
+    digit_pause: String,
+    #[serde(default = "default_group_pause")]
+    group_pause: String,
+    #[serde(default)]
+    files: FilesToml,
+}
+
+fn default_digit_pause() -> String {
+    "400ms".to_owned()
+}
+
+fn default_group_pause() -> String {
+    "800ms".to_owned()
+}
+
+/// `[files]`: every key defaults to the conventional file name, so a pack of
+/// conventionally named files needs only `language`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FilesToml {
+    intro: String,
+    repeat: String,
+    outro: String,
+    press_key: String,
+    digits: Vec<String>,
+}
+
+impl Default for FilesToml {
+    fn default() -> Self {
+        FilesToml {
+            intro: "intro.wav".to_owned(),
+            repeat: "repeat.wav".to_owned(),
+            outro: "outro.wav".to_owned(),
+            press_key: "press-key.wav".to_owned(),
+            digits: (0..10).map(|d| format!("{d}.wav")).collect(),
+        }
+    }
+}
+
+/// One phrase, in every form the rest of the program asks for.
+#[derive(Debug)]
+struct PhraseAudio {
+    pcm: Vec<i16>,
+    ulaw: Vec<[u8; FRAME_SAMPLES]>,
+    alaw: Vec<[u8; FRAME_SAMPLES]>,
+}
+
+impl PhraseAudio {
+    fn new(pcm: Vec<i16>) -> PhraseAudio {
+        let ulaw = encode_frames(G711::Ulaw, &pcm);
+        let alaw = encode_frames(G711::Alaw, &pcm);
+        PhraseAudio { pcm, ulaw, alaw }
+    }
+}
+
+/// Splits PCM into 20 ms frames; the last one is padded with the law's silence code.
+fn encode_frames(codec: G711, pcm: &[i16]) -> Vec<[u8; FRAME_SAMPLES]> {
+    pcm.chunks(FRAME_SAMPLES)
+        .map(|chunk| {
+            let mut frame = [codec.silence(); FRAME_SAMPLES];
+            for (out, &s) in frame.iter_mut().zip(chunk) {
+                *out = g711::encode_sample(codec, s);
+            }
+            frame
+        })
+        .collect()
+}
+
+/// One locale's prompts, ready to play.
+#[derive(Debug)]
+pub struct PromptPack {
+    locale: String,
+    language: String,
+    digit_pause: Duration,
+    group_pause: Duration,
+    /// Indexed by [`Phrase::index`]; always [`Phrase::ALL`]`.len()` entries.
+    phrases: Vec<PhraseAudio>,
+}
+
+impl PromptPack {
+    /// The locale (directory name), e.g. `nl`.
+    pub fn locale(&self) -> &str {
+        &self.locale
+    }
+
+    /// Human name of the language from pack.toml, e.g. `Nederlands`.
+    pub fn language(&self) -> &str {
+        &self.language
+    }
+
+    /// 8 kHz 16-bit mono samples of a phrase (empty for a digit above 9).
+    pub fn pcm(&self, p: Phrase) -> &[i16] {
+        self.audio(p).map_or(&[], |a| a.pcm.as_slice())
+    }
+
+    /// The phrase as 20 ms G.711 frames (empty for a digit above 9).
+    pub fn frames(&self, p: Phrase, codec: G711) -> &[[u8; FRAME_SAMPLES]] {
+        self.audio(p).map_or(&[], |a| match codec {
+            G711::Ulaw => a.ulaw.as_slice(),
+            G711::Alaw => a.alaw.as_slice(),
+        })
+    }
+
+    /// Silence between two digits of a group.
+    pub fn digit_pause(&self) -> Duration {
+        self.digit_pause
+    }
+
+    /// Silence between two groups of digits.
+    pub fn group_pause(&self) -> Duration {
+        self.group_pause
+    }
+
+    fn audio(&self, p: Phrase) -> Option<&PhraseAudio> {
+        p.index().and_then(|i| self.phrases.get(i))
+    }
+
+    /// Loads a pack from `pack.toml` text, fetching each named file through `read`.
+    /// `origin` is the pack's directory (or a pseudo path for the embedded packs) and
+    /// is used in error messages only.
+    fn parse(
+        locale: &str,
+        origin: &Path,
+        toml_text: &str,
+        read: &dyn Fn(&str) -> Result<Vec<u8>, PromptError>,
+    ) -> Result<PromptPack, PromptError> {
+        let toml_path = origin.join("pack.toml");
+        let config_err = |message: String| PromptError::Config {
+            path: toml_path.clone(),
+            message,
+        };
+        let cfg: PackToml = toml::from_str(toml_text).map_err(|e| config_err(e.to_string()))?;
+        if cfg.language.trim().is_empty() {
+            return Err(config_err("`language` must not be empty".to_owned()));
+        }
+        let digit_pause = parse_pause("digit_pause", &cfg.digit_pause).map_err(config_err)?;
+        let group_pause = parse_pause("group_pause", &cfg.group_pause).map_err(config_err)?;
+        if cfg.files.digits.len() != 10 {
+            return Err(config_err(format!(
+                "`files.digits` must name 10 files (0 to 9), found {}",
+                cfg.files.digits.len()
+            )));
+        }
+
+        let mut phrases = Vec::with_capacity(Phrase::ALL.len());
+        for p in Phrase::ALL {
+            let name = match p {
+                Phrase::Digit(d) => cfg.files.digits.get(usize::from(d)),
+                Phrase::Intro => Some(&cfg.files.intro),
+                Phrase::Repeat => Some(&cfg.files.repeat),
+                Phrase::Outro => Some(&cfg.files.outro),
+                Phrase::PressKey => Some(&cfg.files.press_key),
+            };
+            let Some(name) = name else {
+                return Err(config_err(format!("no file named for {p:?}")));
+            };
+            check_file_name(name).map_err(config_err)?;
+            let path = origin.join(name);
+            let bytes = read(name)?;
+            let pcm = decode_wav(&path, &bytes)?;
+            phrases.push(PhraseAudio::new(pcm));
+        }
+
+        Ok(PromptPack {
+            locale: locale.to_owned(),
+            language: cfg.language,
+            digit_pause,
+            group_pause,
+            phrases,
+        })
+    }
+}
+
+fn parse_pause(key: &str, text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("`{key}` = {text:?} is not a duration ({e}); write e.g. \"400ms\""))?;
+    if d > MAX_PAUSE {
+        return Err(format!(
+            "`{key}` = {text:?} is longer than {}s",
+            MAX_PAUSE.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
+/// Pack files live in the pack directory; a path would let pack.toml read anything.
+fn check_file_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "file name {name:?} must be a plain file name in the pack directory"
+        ))
+    }
+}
+
+/// Decodes a WAV file to 8 kHz mono i16.
+///
+/// Accepts mono 16-bit integer PCM at 8000 Hz. Other rates are rejected with a message
+/// that says how to convert: resampling on load is a later issue (SPEC §5 asks for it).
+fn decode_wav(path: &Path, bytes: &[u8]) -> Result<Vec<i16>, PromptError> {
+    let wav_err = |message: String| PromptError::Wav {
+        path: path.to_path_buf(),
+        message,
+    };
+    let reader = hound::WavReader::new(std::io::Cursor::new(bytes))
+        .map_err(|e| wav_err(format!("not a readable WAV file: {e}")))?;
+    let spec = reader.spec();
+    if spec.channels != 1 {
+        return Err(wav_err(format!(
+            "has {} channels; prompts must be mono (sox in.wav -c 1 out.wav)",
+            spec.channels
+        )));
+    }
+    if spec.sample_format != hound::SampleFormat::Int || spec.bits_per_sample != 16 {
+        let kind = match spec.sample_format {
+            hound::SampleFormat::Int => "integer",
+            hound::SampleFormat::Float => "float",
+        };
+        return Err(wav_err(format!(
+            "has {}-bit {kind} samples; prompts must be 16-bit PCM (sox in.wav -b 16 -e signed-integer out.wav)",
+            spec.bits_per_sample
+        )));
+    }
+    if spec.sample_rate != SAMPLE_RATE {
+        return Err(wav_err(format!(
+            "is sampled at {} Hz; prompts must be {SAMPLE_RATE} Hz (resampling on load is not implemented yet; sox in.wav -r 8000 out.wav)",
+            spec.sample_rate
+        )));
+    }
+    if reader.duration() > MAX_PHRASE_SECONDS * SAMPLE_RATE {
+        return Err(wav_err(format!(
+            "is longer than {MAX_PHRASE_SECONDS} s; a prompt is one short phrase"
+        )));
+    }
+    let pcm = reader
+        .into_samples::<i16>()
+        .collect::<Result<Vec<i16>, _>>()
+        .map_err(|e| wav_err(format!("corrupt sample data: {e}")))?;
+    if pcm.is_empty() {
+        return Err(wav_err("has no samples".to_owned()));
+    }
+    Ok(pcm)
+}
+
+/// All loaded packs, by locale.
+#[derive(Debug, Clone, Default)]
+pub struct PromptLibrary {
+    packs: BTreeMap<String, Arc<PromptPack>>,
+}
+
+/// The packs shipped in `prompts/`, compiled into the binary.
+macro_rules! embedded_pack {
+    ($locale:literal) => {
+        (
+            $locale,
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts/", $locale, "/pack.toml")),
+            embedded_pack!(@files $locale, "0.wav", "1.wav", "2.wav", "3.wav", "4.wav", "5.wav",
+                "6.wav", "7.wav", "8.wav", "9.wav", "intro.wav", "repeat.wav", "outro.wav",
+                "press-key.wav"),
+        )
+    };
+    (@files $locale:literal, $($file:literal),*) => {
+        &[$(($file, include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts/", $locale, "/", $file)) as &[u8])),*]
+    };
+}
+
+type EmbeddedPack = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static [u8])],
+);
+
+const EMBEDDED: [EmbeddedPack; 2] = [embedded_pack!("en"), embedded_pack!("nl")];
+
+impl PromptLibrary {
+    /// Loads every subdirectory of `dir` that has a `pack.toml`; the subdirectory's
+    /// name is the locale. Any broken pack fails the whole load (start-up error).
+    pub fn load_dir(dir: &Path) -> Result<PromptLibrary, PromptError> {
+        let io_err = |path: &Path, source| PromptError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut packs = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+            let entry = entry.map_err(|e| io_err(dir, e))?;
+            let sub = entry.path();
+            let toml_path = sub.join("pack.toml");
+            if !sub.is_dir() || !toml_path.is_file() {
+                continue;
+            }
+            let Some(locale) = entry.file_name().to_str().map(str::to_owned) else {
+                return Err(PromptError::Config {
+                    path: toml_path,
+                    message: "the pack directory name (the locale) is not UTF-8".to_owned(),
+                });
+            };
+            let text = std::fs::read_to_string(&toml_path).map_err(|e| io_err(&toml_path, e))?;
+            let read = |name: &str| {
+                let path = sub.join(name);
+                std::fs::read(&path).map_err(|e| io_err(&path, e))
+            };
+            let pack = PromptPack::parse(&locale, &sub, &text, &read)?;
+            packs.insert(locale, Arc::new(pack));
+        }
+        if packs.is_empty() {
+            return Err(PromptError::NoPacks {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Ok(PromptLibrary { packs })
+    }
+
+    /// The `en` and `nl` packs embedded in the binary, so `otpdial demo` works from any
+    /// directory. A unit test proves both load; should one ever not, it is logged and
+    /// left out rather than taking the process down.
+    pub fn builtin() -> PromptLibrary {
+        let mut packs = BTreeMap::new();
+        for (locale, toml_text, files) in EMBEDDED {
+            let origin = PathBuf::from(format!("<builtin>/prompts/{locale}"));
+            let read = |name: &str| {
+                files
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, bytes)| bytes.to_vec())
+                    .ok_or_else(|| PromptError::Io {
+                        path: origin.join(name),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "not embedded in the binary",
+                        ),
+                    })
+            };
+            match PromptPack::parse(locale, &origin, toml_text, &read) {
+                Ok(pack) => {
+                    packs.insert(locale.to_owned(), Arc::new(pack));
+                }
+                Err(e) => tracing::error!(error = %e, "built-in prompt pack is broken"),
+            }
+        }
+        PromptLibrary { packs }
+    }
+
+    /// The pack of a locale.
+    pub fn get(&self, locale: &str) -> Option<Arc<PromptPack>> {
+        self.packs.get(locale).cloned()
+    }
+
+    /// Installed locales, sorted.
+    pub fn locales(&self) -> Vec<String> {
+        self.packs.keys().cloned().collect()
+    }
+
+    /// All packs, sorted by locale.
+    pub fn packs(&self) -> impl Iterator<Item = &Arc<PromptPack>> {
+        self.packs.values()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_loads_en_and_nl() {
+        let lib = PromptLibrary::builtin();
+        assert_eq!(lib.locales(), vec!["en".to_owned(), "nl".to_owned()]);
+        let en = lib.get("en").unwrap();
+        assert_eq!(en.locale(), "en");
+        assert_eq!(en.language(), "English");
+        assert_eq!(lib.get("nl").unwrap().language(), "Nederlands");
+        assert_eq!(en.digit_pause(), Duration::from_millis(400));
+        assert_eq!(en.group_pause(), Duration::from_millis(800));
+        for p in Phrase::ALL {
+            assert!(en.pcm(p).len() > 800, "{p:?} too short");
+        }
+        assert!(en.pcm(Phrase::Digit(10)).is_empty());
+        assert!(en.frames(Phrase::Digit(10), G711::Ulaw).is_empty());
+    }
+
+    #[test]
+    fn load_dir_reads_the_shipped_packs() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
+        let lib = PromptLibrary::load_dir(&dir).unwrap();
+        assert_eq!(lib.locales(), vec!["en".to_owned(), "nl".to_owned()]);
+        let builtin = PromptLibrary::builtin();
+        assert_eq!(
+            lib.get("nl").unwrap().pcm(Phrase::Intro),
+            builtin.get("nl").unwrap().pcm(Phrase::Intro)
+        );
+    }
+
+    #[test]
+    fn frames_are_160_bytes_with_silence_padding() {
+        let lib = PromptLibrary::builtin();
+        let pack = lib.get("en").unwrap();
+        for codec in [G711::Ulaw, G711::Alaw] {
+            for p in Phrase::ALL {
+                let pcm = pack.pcm(p);
+                let frames = pack.frames(p, codec);
+                assert_eq!(frames.len(), pcm.len().div_ceil(FRAME_SAMPLES));
+                let flat: Vec<u8> = frames.iter().flatten().copied().collect();
+                assert_eq!(&flat[..pcm.len()], g711::encode(codec, pcm).as_slice());
+                assert!(flat[pcm.len()..].iter().all(|&b| b == codec.silence()));
+            }
+        }
+    }
+
+    // --- error cases: each message names the file -------------------------------
+
+    fn write_wav(path: &Path, channels: u16, bits: u16, rate: u32, n: usize) {
+        let spec = hound::WavSpec {
+            channels,
+            sample_rate: rate,
+            bits_per_sample: bits,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(path, spec).unwrap();
+        for i in 0..n * usize::from(channels) {
+            let v = ((i as f64 * 0.3).sin() * 60.0) as i32;
+            if bits == 8 {
+                w.write_sample(v as i8).unwrap();
+            } else {
+                w.write_sample((v * 100) as i16).unwrap();
+            }
+        }
+        w.finalize().unwrap();
+    }
+
+    /// A complete valid pack in `<tmp>/xx`.
+    fn make_pack() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("xx");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("pack.toml"), "language = \"Test\"\n").unwrap();
+        for name in FilesToml::default().digits.iter().chain(
+            ["intro.wav", "repeat.wav", "outro.wav", "press-key.wav"]
+                .map(String::from)
+                .iter(),
+        ) {
+            write_wav(&dir.join(name), 1, 16, 8000, 1000);
+        }
+        (tmp, dir)
+    }
+
+    fn load_err(tmp: &tempfile::TempDir) -> String {
+        PromptLibrary::load_dir(tmp.path()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_pack_loads_with_defaults() {
+        let (tmp, _) = make_pack();
+        let lib = PromptLibrary::load_dir(tmp.path()).unwrap();
+        let pack = lib.get("xx").unwrap();
+        assert_eq!(pack.language(), "Test");
+        assert_eq!(pack.digit_pause(), Duration::from_millis(400));
+        assert_eq!(pack.pcm(Phrase::Digit(7)).len(), 1000);
+        assert_eq!(pack.frames(Phrase::Digit(7), G711::Alaw).len(), 7);
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let (tmp, dir) = make_pack();
+        std::fs::remove_file(dir.join("7.wav")).unwrap();
+        let msg = load_err(&tmp);
+        assert!(
+            msg.contains("xx/7.wav") && msg.contains("cannot read"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn stereo_wav_is_rejected_by_name() {
+        let (tmp, dir) = make_pack();
+        write_wav(&dir.join("intro.wav"), 2, 16, 8000, 1000);
+        let msg = load_err(&tmp);
+        assert!(
+            msg.contains("xx/intro.wav") && msg.contains("mono"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn eight_bit_wav_is_rejected_by_name() {
+        let (tmp, dir) = make_pack();
+        write_wav(&dir.join("3.wav"), 1, 8, 8000, 1000);
+        let msg = load_err(&tmp);
+        assert!(msg.contains("xx/3.wav") && msg.contains("8-bit"), "{msg}");
+    }
+
+    #[test]
+    fn other_rate_is_rejected_by_name() {
+        let (tmp, dir) = make_pack();
+        write_wav(&dir.join("outro.wav"), 1, 16, 16000, 1000);
+        let msg = load_err(&tmp);
+        assert!(
+            msg.contains("xx/outro.wav") && msg.contains("16000 Hz"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn not_a_wav_is_rejected_by_name() {
+        let (tmp, dir) = make_pack();
+        std::fs::write(dir.join("repeat.wav"), b"hello").unwrap();
+        let msg = load_err(&tmp);
+        assert!(
+            msg.contains("xx/repeat.wav") && msg.contains("WAV"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_pack_toml_is_named() {
+        for (text, needle) in [
+            ("language = ", "pack.toml"),
+            ("langauge = \"x\"", "langauge"),
+            ("language = \"x\"\ndigit_pause = \"soon\"", "digit_pause"),
+            (
+                "language = \"x\"\n[files]\ndigits = [\"0.wav\"]",
+                "files.digits",
+            ),
+            (
+                "language = \"x\"\n[files]\nintro = \"../../etc/passwd\"",
+                "plain file name",
+            ),
+        ] {
+            let (tmp, dir) = make_pack();
+            std::fs::write(dir.join("pack.toml"), text).unwrap();
+            let msg = load_err(&tmp);
+            assert!(
+                msg.contains("xx/pack.toml") && msg.contains(needle),
+                "{text}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_dir_has_no_packs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let msg = load_err(&tmp);
+        assert!(msg.contains("no prompt pack"), "{msg}");
+    }
+}

@@ -1,0 +1,228 @@
+//! The call script: what to say, and when, in one call. Pure code: no I/O, no clock.
+//!
+//! The pacer walks a script item by item; `Silence` is counted in 20 ms frames so the
+//! script is exactly as long in packets as the call will be.
+
+use std::time::Duration;
+
+use super::{Phrase, PromptPack, FRAME_DURATION};
+
+/// Silence before the first word: the far end often unmutes its audio path a moment
+/// after the 200 OK, and the first syllable would be lost.
+pub const LEAD_IN_FRAMES: u32 = 10;
+/// Silence after "Goodbye" before the BYE, so jitter buffers play it out in full.
+pub const TAIL_FRAMES: u32 = 10;
+
+/// One step of a call script.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScriptItem {
+    /// Play a phrase of the pack.
+    Say(Phrase),
+    /// Send this many 20 ms silence frames.
+    Silence {
+        /// Number of 20 ms frames.
+        frames: u32,
+    },
+    /// A reading of the code begins (no audio; lets the pacer count readings).
+    CodeStart,
+    /// A reading of the code is complete (no audio; reported as `CodePlayed`).
+    CodeEnd,
+}
+
+/// The ordered items of one call.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct CallScript {
+    /// Items in playing order.
+    pub items: Vec<ScriptItem>,
+}
+
+/// Whole 20 ms frames in a duration, rounded to nearest.
+fn frames_of(d: Duration) -> u32 {
+    let frames = (d.as_micros() + FRAME_DURATION.as_micros() / 2) / FRAME_DURATION.as_micros();
+    u32::try_from(frames).unwrap_or(u32::MAX)
+}
+
+/// Sizes of the digit groups, as people say phone codes: at most 4 per group, as even
+/// as possible, the longer groups last (6 = 3+3, 7 = 3+4, 8 = 4+4, 10 = 3+3+4).
+pub fn group_sizes(n: usize) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let groups = n.div_ceil(4);
+    let (base, extra) = (n / groups, n % groups);
+    (0..groups)
+        .map(|g| base + usize::from(g >= groups - extra))
+        .collect()
+}
+
+impl CallScript {
+    /// The standard script: lead-in, intro, then `repeat` readings of the code (the
+    /// second and later ones introduced by "I repeat"), then outro.
+    ///
+    /// `repeat` below 1 is taken as 1: the call exists to read the code. Digits above 9
+    /// are skipped (callers pass a validated code; this function must not panic).
+    pub fn build(pack: &PromptPack, digits: &[u8], repeat: u32) -> CallScript {
+        let digit_pause = frames_of(pack.digit_pause());
+        let group_pause = frames_of(pack.group_pause());
+        let digits: Vec<u8> = digits.iter().copied().filter(|&d| d <= 9).collect();
+
+        let mut items = vec![
+            ScriptItem::Silence {
+                frames: LEAD_IN_FRAMES,
+            },
+            ScriptItem::Say(Phrase::Intro),
+        ];
+        for reading in 0..repeat.max(1) {
+            if reading > 0 {
+                items.push(ScriptItem::Silence {
+                    frames: group_pause,
+                });
+                items.push(ScriptItem::Say(Phrase::Repeat));
+            }
+            items.push(ScriptItem::Silence {
+                frames: digit_pause,
+            });
+            items.push(ScriptItem::CodeStart);
+            let mut rest = digits.as_slice();
+            for (g, size) in group_sizes(digits.len()).into_iter().enumerate() {
+                if g > 0 {
+                    items.push(ScriptItem::Silence {
+                        frames: group_pause,
+                    });
+                }
+                let (group, tail) = rest.split_at(size.min(rest.len()));
+                rest = tail;
+                for (i, &d) in group.iter().enumerate() {
+                    if i > 0 {
+                        items.push(ScriptItem::Silence {
+                            frames: digit_pause,
+                        });
+                    }
+                    items.push(ScriptItem::Say(Phrase::Digit(d)));
+                }
+            }
+            items.push(ScriptItem::CodeEnd);
+        }
+        items.push(ScriptItem::Silence {
+            frames: group_pause,
+        });
+        items.push(ScriptItem::Say(Phrase::Outro));
+        items.push(ScriptItem::Silence {
+            frames: TAIL_FRAMES,
+        });
+        CallScript { items }
+    }
+
+    /// Length of the script in 20 ms frames (= RTP packets) when played with `pack`.
+    pub fn frame_count(&self, pack: &PromptPack) -> u64 {
+        self.items
+            .iter()
+            .map(|item| match *item {
+                ScriptItem::Say(p) => pack.pcm(p).len().div_ceil(super::FRAME_SAMPLES) as u64,
+                ScriptItem::Silence { frames } => u64::from(frames),
+                ScriptItem::CodeStart | ScriptItem::CodeEnd => 0,
+            })
+            .sum()
+    }
+
+    /// How many readings of the code the script holds.
+    pub fn readings(&self) -> u32 {
+        let n = self
+            .items
+            .iter()
+            .filter(|i| matches!(i, ScriptItem::CodeEnd))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::ScriptItem::*;
+    use super::*;
+    use crate::media::PromptLibrary;
+
+    #[test]
+    fn groups() {
+        assert_eq!(group_sizes(0), Vec::<usize>::new());
+        assert_eq!(group_sizes(3), vec![3]);
+        assert_eq!(group_sizes(4), vec![4]);
+        assert_eq!(group_sizes(5), vec![2, 3]);
+        assert_eq!(group_sizes(6), vec![3, 3]);
+        assert_eq!(group_sizes(7), vec![3, 4]);
+        assert_eq!(group_sizes(8), vec![4, 4]);
+        assert_eq!(group_sizes(9), vec![3, 3, 3]);
+        assert_eq!(group_sizes(10), vec![3, 3, 4]);
+    }
+
+    #[test]
+    fn six_digits_read_twice() {
+        let pack = PromptLibrary::builtin().get("en").unwrap();
+        let s = CallScript::build(&pack, &[4, 8, 1, 5, 2, 6], 2);
+        let dp = Silence { frames: 20 }; // 400 ms
+        let gp = Silence { frames: 40 }; // 800 ms
+        let d = |x| Say(Phrase::Digit(x));
+        let code = [
+            dp,
+            CodeStart,
+            d(4),
+            dp,
+            d(8),
+            dp,
+            d(1),
+            gp,
+            d(5),
+            dp,
+            d(2),
+            dp,
+            d(6),
+            CodeEnd,
+        ];
+        let mut want = vec![Silence { frames: 10 }, Say(Phrase::Intro)];
+        want.extend(code);
+        want.extend([gp, Say(Phrase::Repeat)]);
+        want.extend(code);
+        want.extend([gp, Say(Phrase::Outro), Silence { frames: 10 }]);
+        assert_eq!(s.items, want);
+        assert_eq!(s.readings(), 2);
+    }
+
+    #[test]
+    fn seven_digits_group_three_four_and_repeat_zero_reads_once() {
+        let pack = PromptLibrary::builtin().get("nl").unwrap();
+        let s = CallScript::build(&pack, &[1, 2, 3, 4, 5, 6, 7], 0);
+        assert_eq!(s.readings(), 1);
+        let gap_positions: Vec<usize> = s
+            .items
+            .iter()
+            .skip_while(|i| **i != CodeStart)
+            .take_while(|i| **i != CodeEnd)
+            .filter(|i| matches!(i, Say(Phrase::Digit(_)) | Silence { frames: 40 }))
+            .enumerate()
+            .filter(|(_, i)| matches!(i, Silence { frames: 40 }))
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(gap_positions, vec![3], "group pause after the third digit");
+    }
+
+    #[test]
+    fn frame_count_adds_phrases_and_silence() {
+        let pack = PromptLibrary::builtin().get("en").unwrap();
+        let s = CallScript {
+            items: vec![Silence { frames: 3 }, Say(Phrase::Digit(1)), CodeEnd],
+        };
+        let one = pack
+            .frames(Phrase::Digit(1), crate::media::G711::Ulaw)
+            .len() as u64;
+        assert_eq!(s.frame_count(&pack), 3 + one);
+    }
+
+    #[test]
+    fn bad_digits_are_skipped() {
+        let pack = PromptLibrary::builtin().get("en").unwrap();
+        let s = CallScript::build(&pack, &[1, 42], 1);
+        assert!(!s.items.contains(&Say(Phrase::Digit(42))));
+        assert!(s.items.contains(&Say(Phrase::Digit(1))));
+    }
+}

@@ -1,0 +1,542 @@
+//! SIP message text: the normalising pre-pass, parsing into the few fields the user agent
+//! needs, and rendering requests/responses. Built on `rsip`; no I/O, no clocks.
+//!
+//! rsip does not understand compact header names (`v:`, `f:`, ...), folded header lines,
+//! bare-LF line ends or `Via :` (space before the colon), all of which real trunks send, so
+//! [`normalize`] rewrites the header block into the canonical form before rsip sees it.
+
+use rsip::headers::{ToTypedHeader, UntypedHeader};
+use rsip::Header;
+use std::net::{IpAddr, SocketAddr};
+
+/// Why an incoming datagram could not be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ParseError {
+    #[error("empty datagram (keep-alive)")]
+    KeepAlive,
+    #[error("header block is not UTF-8")]
+    NotUtf8,
+    #[error("header line without a colon: {0:?}")]
+    BadHeaderLine(String),
+    #[error("body shorter than Content-Length ({have} < {want})")]
+    Truncated { have: usize, want: usize },
+    #[error("bad Content-Length")]
+    BadContentLength,
+    #[error("rsip: {0}")]
+    Rsip(String),
+    #[error("request lacks mandatory header {0}")]
+    MissingHeader(&'static str, Box<rsip::Request>),
+    #[error("response lacks or has a malformed mandatory header {0}")]
+    BadResponse(&'static str),
+}
+
+/// Compact forms from the IANA SIP header registry (RFC 3261 §7.3.3 and later RFCs).
+fn expand_compact(name: &str) -> Option<&'static str> {
+    if name.len() != 1 {
+        return None;
+    }
+    Some(match name.as_bytes()[0].to_ascii_lowercase() {
+        b'a' => "Accept-Contact",
+        b'b' => "Referred-By",
+        b'c' => "Content-Type",
+        b'd' => "Request-Disposition",
+        b'e' => "Content-Encoding",
+        b'f' => "From",
+        b'i' => "Call-ID",
+        b'j' => "Reject-Contact",
+        b'k' => "Supported",
+        b'l' => "Content-Length",
+        b'm' => "Contact",
+        b'n' => "Identity-Info",
+        b'o' => "Event",
+        b'r' => "Refer-To",
+        b's' => "Subject",
+        b't' => "To",
+        b'u' => "Allow-Events",
+        b'v' => "Via",
+        b'x' => "Session-Expires",
+        b'y' => "Identity",
+        _ => return None,
+    })
+}
+
+/// Rewrites a datagram into the form rsip parses: CRLF line ends, one line per header,
+/// long header names, no space before the colon, body cut to Content-Length.
+pub(crate) fn normalize(data: &[u8]) -> Result<Vec<u8>, ParseError> {
+    // RFC 5626 keep-alives and stray CRLFs before a message are legal on UDP.
+    let start = data
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .ok_or(ParseError::KeepAlive)?;
+    let data = &data[start..];
+    let (head, body) = split_head_body(data);
+    let head = std::str::from_utf8(head).map_err(|_| ParseError::NotUtf8)?;
+
+    let mut lines: Vec<String> = Vec::new();
+    for raw in head.split('\n') {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        if line.is_empty() {
+            continue;
+        }
+        if lines.is_empty() {
+            lines.push(line.trim().to_string());
+            continue;
+        }
+        if line.starts_with(' ') || line.starts_with('\t') {
+            // Folded continuation (RFC 3261 §7.3.1): equivalent to a single space.
+            if lines.len() > 1 {
+                if let Some(prev) = lines.last_mut() {
+                    prev.push(' ');
+                    prev.push_str(line.trim());
+                    continue;
+                }
+            }
+            return Err(ParseError::BadHeaderLine(line.to_string()));
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(ParseError::BadHeaderLine(line.to_string()));
+        };
+        let name = name.trim();
+        let name = expand_compact(name).unwrap_or(name);
+        lines.push(format!("{}: {}", name, value.trim()));
+    }
+
+    let mut body = body;
+    if let Some(len) = lines
+        .iter()
+        .skip(1)
+        .find_map(|l| header_value_of(l, "Content-Length"))
+    {
+        let want: usize = len.parse().map_err(|_| ParseError::BadContentLength)?;
+        if body.len() < want {
+            return Err(ParseError::Truncated {
+                have: body.len(),
+                want,
+            });
+        }
+        body = &body[..want];
+    }
+
+    let mut out = Vec::with_capacity(data.len() + 32);
+    for l in &lines {
+        out.extend_from_slice(l.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+fn header_value_of<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let (n, v) = line.split_once(':')?;
+    n.eq_ignore_ascii_case(name).then(|| v.trim())
+}
+
+/// Splits at the first empty line (CRLF CRLF, or LF LF from sloppy senders). A datagram
+/// without an empty line is taken as headers only.
+fn split_head_body(data: &[u8]) -> (&[u8], &[u8]) {
+    let crlf = find(data, b"\r\n\r\n").map(|i| (i, 4));
+    let lf = find(data, b"\n\n").map(|i| (i, 2));
+    let cut = match (crlf, lf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    };
+    match cut {
+        Some((i, n)) => (&data[..i], &data[i + n..]),
+        None => (data, &[]),
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Splits a header value holding a comma-separated list, ignoring commas inside quotes
+/// and angle brackets (display names and URIs may contain them).
+pub(crate) fn split_list(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_quotes = false;
+    let mut in_angle = false;
+    let mut escaped = false;
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+            cur.push(c);
+            continue;
+        }
+        match c {
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '<' if !in_quotes => in_angle = true,
+            '>' if !in_quotes => in_angle = false,
+            ',' if !in_quotes && !in_angle => {
+                let t = cur.trim();
+                if !t.is_empty() {
+                    out.push(t.to_string());
+                }
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    let t = cur.trim();
+    if !t.is_empty() {
+        out.push(t.to_string());
+    }
+    out
+}
+
+/// Header parameters (`;name=value`) of a name-addr / addr-spec / Via value. For
+/// `<uri;p>;q` forms only the parameters after the closing `>` are header parameters.
+pub(crate) fn header_params(value: &str) -> Vec<(String, Option<String>)> {
+    let tail = match value.rfind('>') {
+        Some(i) if value.contains('<') => &value[i + 1..],
+        _ => value,
+    };
+    let Some((_, params)) = tail.split_once(';') else {
+        return Vec::new();
+    };
+    params
+        .split(';')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((n, v)) => (
+                n.trim().to_ascii_lowercase(),
+                Some(v.trim().trim_matches('"').to_string()),
+            ),
+            None => (p.trim().to_ascii_lowercase(), None),
+        })
+        .collect()
+}
+
+pub(crate) fn header_param(value: &str, name: &str) -> Option<String> {
+    header_params(value)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v)
+}
+
+pub(crate) fn has_header_param(value: &str, name: &str) -> bool {
+    header_params(value).iter().any(|(n, _)| n == name)
+}
+
+/// The URI of a name-addr (`"x" <sip:a@b>;tag=1`) or addr-spec (`sip:a@b;tag=1`).
+pub(crate) fn addr_uri(value: &str) -> &str {
+    if let (Some(a), Some(b)) = (value.find('<'), value.rfind('>')) {
+        if a < b {
+            return value[a + 1..b].trim();
+        }
+    }
+    let v = value.trim();
+    v.split(';').next().unwrap_or(v).trim()
+}
+
+/// Fields of a parsed message the user agent works with. Raw header values are kept as
+/// text so responses and in-dialog requests echo them byte for byte.
+#[derive(Debug, Clone)]
+pub(crate) struct Message {
+    pub(crate) start: StartLine,
+    pub(crate) vias: Vec<String>,
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) call_id: String,
+    pub(crate) cseq: u32,
+    pub(crate) cseq_method: rsip::Method,
+    pub(crate) contact_uri: Option<String>,
+    pub(crate) record_route: Vec<String>,
+    pub(crate) content_type: Option<String>,
+    pub(crate) body: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum StartLine {
+    Request { method: rsip::Method },
+    Response { status: u16, reason: String },
+}
+
+impl Message {
+    pub(crate) fn top_branch(&self) -> Option<String> {
+        self.vias.first().and_then(|v| header_param(v, "branch"))
+    }
+    pub(crate) fn tag_in_from(&self) -> Option<String> {
+        header_param(&self.from, "tag")
+    }
+    pub(crate) fn tag_in_to(&self) -> Option<String> {
+        header_param(&self.to, "tag")
+    }
+    pub(crate) fn body_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.body).ok()
+    }
+}
+
+/// Parses one datagram. Never panics; everything wrong is a [`ParseError`].
+pub(crate) fn parse(data: &[u8]) -> Result<Message, ParseError> {
+    let normalized = normalize(data)?;
+    let msg = rsip::SipMessage::try_from(normalized.as_slice())
+        .map_err(|e| ParseError::Rsip(e.to_string()))?;
+    let (start, headers, body) = match msg {
+        rsip::SipMessage::Request(req) => {
+            let fields = extract(&req.headers);
+            return match fields {
+                Ok(f) => Ok(f.into_message(StartLine::Request { method: req.method }, req.body)),
+                Err(missing) => Err(ParseError::MissingHeader(missing, Box::new(req))),
+            };
+        }
+        rsip::SipMessage::Response(resp) => {
+            let status = resp.status_code.code();
+            let reason = reason_phrase(&normalized).unwrap_or_default();
+            (
+                StartLine::Response { status, reason },
+                resp.headers,
+                resp.body,
+            )
+        }
+    };
+    let fields = extract(&headers).map_err(ParseError::BadResponse)?;
+    Ok(fields.into_message(start, body))
+}
+
+/// rsip maps unknown codes to the reason "Other"; keep what the peer actually said.
+fn reason_phrase(normalized: &[u8]) -> Option<String> {
+    let end = find(normalized, b"\r\n")?;
+    let line = std::str::from_utf8(&normalized[..end]).ok()?;
+    let mut parts = line.splitn(3, ' ');
+    parts.next()?;
+    parts.next()?;
+    Some(parts.next().unwrap_or("").trim().to_string())
+}
+
+struct Fields {
+    vias: Vec<String>,
+    from: String,
+    to: String,
+    call_id: String,
+    cseq: u32,
+    cseq_method: rsip::Method,
+    contact_uri: Option<String>,
+    record_route: Vec<String>,
+    content_type: Option<String>,
+}
+
+impl Fields {
+    fn into_message(self, start: StartLine, body: Vec<u8>) -> Message {
+        Message {
+            start,
+            vias: self.vias,
+            from: self.from,
+            to: self.to,
+            call_id: self.call_id,
+            cseq: self.cseq,
+            cseq_method: self.cseq_method,
+            contact_uri: self.contact_uri,
+            record_route: self.record_route,
+            content_type: self.content_type,
+            body,
+        }
+    }
+}
+
+fn extract(headers: &rsip::Headers) -> Result<Fields, &'static str> {
+    let mut vias = Vec::new();
+    let mut from = None;
+    let mut to = None;
+    let mut call_id = None;
+    let mut cseq = None;
+    let mut contact_uri = None;
+    let mut record_route = Vec::new();
+    let mut content_type = None;
+    for h in headers.iter() {
+        match h {
+            Header::Via(v) => vias.extend(split_list(v.value())),
+            Header::From(v) if from.is_none() => from = Some(v.value().to_string()),
+            Header::To(v) if to.is_none() => to = Some(v.value().to_string()),
+            Header::CallId(v) if call_id.is_none() => call_id = Some(v.value().to_string()),
+            Header::CSeq(v) if cseq.is_none() => cseq = Some(v.typed().map_err(|_| "CSeq")?),
+            Header::Contact(v) if contact_uri.is_none() => {
+                contact_uri = split_list(v.value())
+                    .first()
+                    .map(|c| addr_uri(c).to_string())
+            }
+            Header::RecordRoute(v) => record_route.extend(split_list(v.value())),
+            Header::ContentType(v) => content_type = Some(v.value().trim().to_ascii_lowercase()),
+            _ => {}
+        }
+    }
+    if vias.is_empty() {
+        return Err("Via");
+    }
+    let cseq = cseq.ok_or("CSeq")?;
+    Ok(Fields {
+        vias,
+        from: from.filter(|s| !s.is_empty()).ok_or("From")?,
+        to: to.filter(|s| !s.is_empty()).ok_or("To")?,
+        call_id: call_id.filter(|s| !s.is_empty()).ok_or("Call-ID")?,
+        cseq: cseq.seq,
+        cseq_method: cseq.method,
+        contact_uri,
+        record_route,
+        content_type,
+    })
+}
+
+/// The sent-by of a Via value (`SIP/2.0/UDP host:port;...`) as (host, port).
+pub(crate) fn via_sent_by(via: &str) -> Option<(String, Option<u16>)> {
+    let before_params = via.split(';').next()?;
+    let sent_by = before_params.split_whitespace().nth(1)?;
+    if let Some(rest) = sent_by.strip_prefix('[') {
+        let (host, tail) = rest.split_once(']')?;
+        let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+        return Some((host.to_string(), port));
+    }
+    match sent_by.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_string(), p.parse().ok())),
+        None => Some((sent_by.to_string(), None)),
+    }
+}
+
+/// Where a UDP response to a request goes (RFC 3261 §18.2.2 with RFC 3581 rport), and the
+/// top Via rewritten with `received`/`rport` to echo in the response.
+pub(crate) fn response_route(top_via: &str, from: SocketAddr) -> (SocketAddr, String) {
+    let rport = has_header_param(top_via, "rport");
+    let sent_by = via_sent_by(top_via);
+    let mut base: String = top_via.split(';').next().unwrap_or(top_via).to_string();
+    for (n, v) in header_params(top_via) {
+        if n == "rport" || n == "received" {
+            continue;
+        }
+        base.push(';');
+        base.push_str(&n);
+        if let Some(v) = v {
+            base.push('=');
+            base.push_str(&v);
+        }
+    }
+    let host_differs = sent_by
+        .as_ref()
+        .map(|(h, _)| h.parse::<IpAddr>().ok() != Some(from.ip()))
+        .unwrap_or(true);
+    if rport || host_differs {
+        base.push_str(&format!(";received={}", from.ip()));
+    }
+    if rport {
+        base.push_str(&format!(";rport={}", from.port()));
+        return (from, base);
+    }
+    let port = sent_by.and_then(|(_, p)| p).unwrap_or(5060);
+    (SocketAddr::new(from.ip(), port), base)
+}
+
+/// Renders a request through rsip's types.
+pub(crate) fn render_request(
+    method: rsip::Method,
+    uri: &rsip::Uri,
+    mut headers: Vec<Header>,
+    body: &[u8],
+) -> Vec<u8> {
+    headers.push(rsip::headers::ContentLength::new(body.len().to_string()).into());
+    let req = rsip::Request {
+        method,
+        uri: uri.clone(),
+        version: rsip::Version::V2,
+        headers: headers_from(headers),
+        body: body.to_vec(),
+    };
+    req.to_string().into_bytes()
+}
+
+/// Renders a response through rsip's types.
+pub(crate) fn render_response(status: u16, mut headers: Vec<Header>, body: &[u8]) -> Vec<u8> {
+    headers.push(rsip::headers::ContentLength::new(body.len().to_string()).into());
+    let resp = rsip::Response {
+        status_code: rsip::StatusCode::from(status),
+        version: rsip::Version::V2,
+        headers: headers_from(headers),
+        body: body.to_vec(),
+    };
+    resp.to_string().into_bytes()
+}
+
+fn headers_from(list: Vec<Header>) -> rsip::Headers {
+    let mut h = rsip::Headers::default();
+    h.extend(list);
+    h
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_and_folded_headers_parse() {
+        let raw = "SIP/2.0 180 Ringing\n\
+v: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKabc;rport\n\
+f: <sip:a@b>;tag=1\n\
+t: <sip:c@d>\n ;tag=2\n\
+i: xyz@host\n\
+CSeq : 1 INVITE\n\
+m: <sip:c@10.0.0.2:5070>\n\
+l: 0\n\n";
+        let m = parse(raw.as_bytes()).unwrap();
+        assert_eq!(m.top_branch().as_deref(), Some("z9hG4bKabc"));
+        assert_eq!(m.tag_in_from().as_deref(), Some("1"));
+        assert_eq!(m.tag_in_to().as_deref(), Some("2"));
+        assert_eq!(m.call_id, "xyz@host");
+        assert_eq!(m.cseq, 1);
+        assert_eq!(m.contact_uri.as_deref(), Some("sip:c@10.0.0.2:5070"));
+        assert!(matches!(m.start, StartLine::Response { status: 180, .. }));
+    }
+
+    #[test]
+    fn truncated_body_is_an_error() {
+        let raw = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 100\r\n\r\nv=0\r\n";
+        assert!(matches!(
+            parse(raw.as_bytes()),
+            Err(ParseError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn lists_and_params() {
+        assert_eq!(
+            split_list("<sip:a,b@x;lr>, \"x,y\" <sip:c@d>"),
+            vec!["<sip:a,b@x;lr>", "\"x,y\" <sip:c@d>"]
+        );
+        assert_eq!(
+            header_param("\"A\" <sip:a@b;transport=udp>;tag=9", "tag").as_deref(),
+            Some("9")
+        );
+        assert_eq!(header_param("<sip:a@b;tag=no>", "tag"), None);
+        assert_eq!(addr_uri("sip:a@b;tag=1"), "sip:a@b");
+    }
+
+    #[test]
+    fn rport_routing() {
+        let from: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+        let (dest, via) = response_route("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;rport", from);
+        assert_eq!(dest, from);
+        assert!(via.contains(";received=192.0.2.1"));
+        assert!(via.ends_with(";rport=40000"));
+        let (dest, _) = response_route("SIP/2.0/UDP 10.0.0.1:5080;branch=z9hG4bK1", from);
+        assert_eq!(dest, "192.0.2.1:5080".parse().unwrap());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for data in [
+            &b""[..],
+            b"\r\n\r\n",
+            b"\xff\xfe\x00garbage",
+            b"INVITE",
+            b"INVITE sip:x SIP/2.0\r\nVia",
+            b"SIP/2.0 999999999 X\r\n\r\n",
+            b": \r\n\r\n",
+            b"INVITE sip:x SIP/2.0\r\n CSeq: 1\r\n\r\n",
+        ] {
+            let _ = parse(data);
+        }
+    }
+}
