@@ -182,6 +182,16 @@ fn uri_destination(uri: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(host.parse().ok()?, port))
 }
 
+/// rsip accepts almost any text as a URI; insist on a SIP scheme and no blanks first.
+fn parse_sip_uri(text: &str) -> Result<rsip::Uri, String> {
+    let looks_sip = (text.starts_with("sip:") || text.starts_with("sips:"))
+        && !text.contains(|c: char| c.is_whitespace() || c == '<' || c == '>');
+    if !looks_sip {
+        return Err("not a sip: URI".to_string());
+    }
+    rsip::Uri::try_from(text).map_err(|e| e.to_string())
+}
+
 /// Digit from a SIP INFO body (application/dtmf-relay `Signal=5`, or application/dtmf `5`).
 fn dtmf_from_info(content_type: Option<&str>, body: &str) -> Option<char> {
     let ct = content_type?;
@@ -326,7 +336,8 @@ impl UserAgent {
     pub fn invite(&mut self, now: Instant, call: OutgoingCall) -> CallHandle {
         let handle = CallHandle(self.next_handle);
         self.next_handle += 1;
-        let request_uri = match rsip::Uri::try_from(call.request_uri.as_str()) {
+        let parsed = parse_sip_uri(&call.request_uri);
+        let request_uri = match parsed {
             Ok(uri) => uri,
             Err(e) => {
                 debug!(uri = %call.request_uri, error = %e, "invalid request URI, call not placed");
@@ -846,7 +857,7 @@ impl UserAgent {
         let target = msg
             .contact_uri
             .as_deref()
-            .and_then(|u| rsip::Uri::try_from(u).ok())
+            .and_then(|u| parse_sip_uri(u).ok())
             .unwrap_or_else(|| c.request_uri.clone());
         let route_set: Vec<String> = msg.record_route.iter().rev().cloned().collect();
         let destination = match route_set.first() {
