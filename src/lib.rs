@@ -6,4 +6,5 @@
 
 pub mod media;
 pub mod sip;
+pub mod sip_io;
 pub mod testphone;
