@@ -455,7 +455,26 @@ pub(crate) fn render_response(status: u16, mut headers: Vec<Header>, body: &[u8]
         headers: headers_from(headers),
         body: body.to_vec(),
     };
-    resp.to_string().into_bytes()
+    // rsip prints enum names as reason phrases ("CallTransactionDoesNotExist"); peers and
+    // people reading traces expect the RFC 3261 phrases.
+    let text = resp.to_string();
+    let rest = text.split_once("\r\n").map_or("", |(_, r)| r);
+    format!("SIP/2.0 {status} {}\r\n{rest}", reason_for(status)).into_bytes()
+}
+
+fn reason_for(status: u16) -> &'static str {
+    match status {
+        100 => "Trying",
+        200 => "OK",
+        400 => "Bad Request",
+        481 => "Call/Transaction Does Not Exist",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        603 => "Decline",
+        _ => "Unknown",
+    }
 }
 
 fn headers_from(list: Vec<Header>) -> rsip::Headers {

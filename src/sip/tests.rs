@@ -601,6 +601,14 @@ fn requests_outside_any_dialog() {
     h.recv(bye);
     let r = h.only_sent();
     assert_eq!(r.status(), Some(481));
+    assert!(r
+        .text
+        .starts_with("SIP/2.0 481 Call/Transaction Does Not Exist\r\n"));
+    assert!(
+        r.text.ends_with("\r\nContent-Length: 0\r\n\r\n"),
+        "{:?}",
+        r.text
+    );
     assert_eq!(r.to, h.peer, "no rport: sent-by port");
     assert_eq!(r.headers("CSeq"), vec!["5 BYE"]);
 
@@ -915,4 +923,47 @@ fn unparseable_request_uri_ends_the_call_without_sending() {
     assert!(h.take_sent().is_empty());
     assert_eq!(ended(&h.take_events(), call).len(), 1);
     assert!(h.ua.is_idle());
+}
+
+#[test]
+fn late_200_after_timer_b_is_acked_and_byed() {
+    let mut h = Harness::new();
+    let call = h.call();
+    let invite = h.only_sent();
+    h.advance(secs(32.0));
+    h.take_sent();
+    assert_eq!(
+        h.take_events(),
+        vec![Event::Ended {
+            call,
+            reason: EndReason::Timeout
+        }]
+    );
+    h.recv(&ok_with_sdp(&invite, "late"));
+    let sent = h.take_sent();
+    let methods: Vec<_> = sent.iter().map(|s| s.method()).collect();
+    assert_eq!(
+        methods,
+        vec![Some(rsip::Method::Ack), Some(rsip::Method::Bye)]
+    );
+    assert!(h.take_events().is_empty());
+    h.recv(&respond(&sent[1], 200, "OK", None, "", ""));
+    h.advance(secs(40.0));
+    assert!(h.ua.is_idle(), "{:#?}", h.ua);
+}
+
+#[test]
+fn response_for_unknown_transaction_is_ignored() {
+    let mut h = Harness::new();
+    let call = h.call();
+    let invite = h.only_sent();
+    let stray = respond(&invite, 200, "OK", Some("x"), "", ANSWER_PCMA)
+        .replace(&invite.branch(), "z9hG4bKsomeoneelse");
+    h.recv(&stray);
+    assert!(h.take_sent().is_empty());
+    assert!(h.take_events().is_empty());
+    // Our INVITE is still being retransmitted.
+    h.advance(secs(0.5));
+    assert_eq!(h.only_sent().method(), Some(rsip::Method::Invite));
+    let _ = call;
 }

@@ -33,6 +33,9 @@ const TIMER_K: Duration = T4;
 /// How long an ended call's record stays to answer stragglers (e.g. late 2xx retransmits).
 const CALL_LINGER: Duration = Duration::from_secs(32);
 
+/// Upper bound on cached server transactions (each lives Timer J = 32 s).
+const MAX_SERVER_TXS: usize = 10_000;
+
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -690,7 +693,16 @@ impl UserAgent {
         };
         let key = (branch, method);
         if !self.client_txs.contains_key(&key) {
-            debug!(branch = %key.0, status, "response matches no transaction");
+            // A 2xx outliving its INVITE transaction (e.g. after Timer B) still creates a
+            // dialog at the far end: ACK it and BYE it rather than let it dangle.
+            let late_2xx_of = (method == TxMethod::Invite && (200..300).contains(&status))
+                .then(|| self.by_call_id.get(&msg.call_id).copied())
+                .flatten()
+                .filter(|h| self.calls.get(h).is_some_and(|c| c.invite_branch == key.0));
+            match late_2xx_of {
+                Some(handle) => self.on_invite_2xx(now, handle, &msg),
+                None => debug!(branch = %key.0, status, "response matches no transaction"),
+            }
             return;
         }
         match method {
@@ -1028,7 +1040,9 @@ impl UserAgent {
         };
         let response = self.build_response(&msg, top_via, status, extra, &body);
         self.transmit(destination, response.clone());
-        if let Some(key) = key {
+        // Cached responses are an optimisation; under a flood of distinct requests stop
+        // caching rather than grow without bound.
+        if let Some(key) = key.filter(|_| self.server_txs.len() < MAX_SERVER_TXS) {
             let remove_at = now + TIMEOUT_64T1;
             self.server_txs.insert(
                 key,
