@@ -967,3 +967,52 @@ fn response_for_unknown_transaction_is_ignored() {
     assert_eq!(h.only_sent().method(), Some(rsip::Method::Invite));
     let _ = call;
 }
+
+/// Cheap in-tree stand-in for a fuzz target: thousands of mutated real messages into a
+/// UA with a live call. Only "no panic, timers sane" is asserted.
+#[test]
+fn mutated_messages_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let mut h = Harness::new();
+    let (_call, invite) = answered_call(&mut h);
+    let seeds: Vec<Vec<u8>> = vec![
+        invite.text.clone().into_bytes(),
+        ok_with_sdp(&invite, "peer1").into_bytes(),
+        respond(&invite, 486, "Busy Here", Some("b"), "", "").into_bytes(),
+        in_dialog_request(&invite, "peer1", "BYE", 9, "z9hG4bKm", "", "").into_bytes(),
+        in_dialog_request(
+            &invite,
+            "peer1",
+            "INFO",
+            9,
+            "z9hG4bKn",
+            "Content-Type: application/dtmf-relay\r\n",
+            "Signal=1\r\n",
+        )
+        .into_bytes(),
+    ];
+    let alphabet = b" :;,<>\"=\r\n\t@[]0123456789abcdefvftimlSIP/2.0z9hG4bK";
+    for i in 0..20_000 {
+        let mut m = seeds[i % seeds.len()].clone();
+        for _ in 0..rng.random_range(1..6) {
+            if m.is_empty() {
+                break;
+            }
+            let at = rng.random_range(0..m.len());
+            match rng.random_range(0..4) {
+                0 => m[at] = alphabet[rng.random_range(0..alphabet.len())],
+                1 => {
+                    m.remove(at);
+                }
+                2 => m.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
+                _ => m[at] = rng.random(),
+            }
+        }
+        h.ua.handle_datagram(h.now, h.peer, &m);
+        while h.ua.poll_transmit().is_some() {}
+        while h.ua.poll_event().is_some() {}
+    }
+    h.advance(secs(120.0));
+    assert!(h.ua.poll_timeout().is_none_or(|t| t > h.now));
+}
