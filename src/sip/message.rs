@@ -14,6 +14,8 @@ use std::net::{IpAddr, SocketAddr};
 pub(crate) enum ParseError {
     #[error("empty datagram (keep-alive)")]
     KeepAlive,
+    #[error("no empty line after the headers (truncated)")]
+    NoHeaderEnd,
     #[error("header block is not UTF-8")]
     NotUtf8,
     #[error("header line without a colon: {0:?}")]
@@ -69,7 +71,7 @@ pub(crate) fn normalize(data: &[u8]) -> Result<Vec<u8>, ParseError> {
         .position(|b| *b != b'\r' && *b != b'\n')
         .ok_or(ParseError::KeepAlive)?;
     let data = &data[start..];
-    let (head, body) = split_head_body(data);
+    let (head, body) = split_head_body(data).ok_or(ParseError::NoHeaderEnd)?;
     let head = std::str::from_utf8(head).map_err(|_| ParseError::NotUtf8)?;
 
     let mut lines: Vec<String> = Vec::new();
@@ -132,19 +134,16 @@ fn header_value_of<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     n.eq_ignore_ascii_case(name).then(|| v.trim())
 }
 
-/// Splits at the first empty line (CRLF CRLF, or LF LF from sloppy senders). A datagram
-/// without an empty line is taken as headers only.
-fn split_head_body(data: &[u8]) -> (&[u8], &[u8]) {
+/// Splits at the first empty line (CRLF CRLF, or LF LF from sloppy senders). The empty
+/// line is mandatory (RFC 3261 §7): without it the datagram is a truncated message.
+fn split_head_body(data: &[u8]) -> Option<(&[u8], &[u8])> {
     let crlf = find(data, b"\r\n\r\n").map(|i| (i, 4));
     let lf = find(data, b"\n\n").map(|i| (i, 2));
     let cut = match (crlf, lf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
     };
-    match cut {
-        Some((i, n)) => (&data[..i], &data[i + n..]),
-        None => (data, &[]),
-    }
+    cut.map(|(i, n)| (&data[..i], &data[i + n..]))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -456,7 +455,26 @@ pub(crate) fn render_response(status: u16, mut headers: Vec<Header>, body: &[u8]
         headers: headers_from(headers),
         body: body.to_vec(),
     };
-    resp.to_string().into_bytes()
+    // rsip prints enum names as reason phrases ("CallTransactionDoesNotExist"); peers and
+    // people reading traces expect the RFC 3261 phrases.
+    let text = resp.to_string();
+    let rest = text.split_once("\r\n").map_or("", |(_, r)| r);
+    format!("SIP/2.0 {status} {}\r\n{rest}", reason_for(status)).into_bytes()
+}
+
+fn reason_for(status: u16) -> &'static str {
+    match status {
+        100 => "Trying",
+        200 => "OK",
+        400 => "Bad Request",
+        481 => "Call/Transaction Does Not Exist",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        603 => "Decline",
+        _ => "Unknown",
+    }
 }
 
 fn headers_from(list: Vec<Header>) -> rsip::Headers {
@@ -536,6 +554,7 @@ l: 0\n\n";
             b": \r\n\r\n",
             b"INVITE sip:x SIP/2.0\r\n CSeq: 1\r\n\r\n",
         ] {
+            assert!(parse(data).is_err());
             let _ = parse(data);
         }
     }

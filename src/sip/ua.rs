@@ -33,6 +33,9 @@ const TIMER_K: Duration = T4;
 /// How long an ended call's record stays to answer stragglers (e.g. late 2xx retransmits).
 const CALL_LINGER: Duration = Duration::from_secs(32);
 
+/// Upper bound on cached server transactions (each lives Timer J = 32 s).
+const MAX_SERVER_TXS: usize = 10_000;
+
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -182,6 +185,16 @@ fn uri_destination(uri: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(host.parse().ok()?, port))
 }
 
+/// rsip accepts almost any text as a URI; insist on a SIP scheme and no blanks first.
+fn parse_sip_uri(text: &str) -> Result<rsip::Uri, String> {
+    let looks_sip = (text.starts_with("sip:") || text.starts_with("sips:"))
+        && !text.contains(|c: char| c.is_whitespace() || c == '<' || c == '>');
+    if !looks_sip {
+        return Err("not a sip: URI".to_string());
+    }
+    rsip::Uri::try_from(text).map_err(|e| e.to_string())
+}
+
 /// Digit from a SIP INFO body (application/dtmf-relay `Signal=5`, or application/dtmf `5`).
 fn dtmf_from_info(content_type: Option<&str>, body: &str) -> Option<char> {
     let ct = content_type?;
@@ -326,7 +339,8 @@ impl UserAgent {
     pub fn invite(&mut self, now: Instant, call: OutgoingCall) -> CallHandle {
         let handle = CallHandle(self.next_handle);
         self.next_handle += 1;
-        let request_uri = match rsip::Uri::try_from(call.request_uri.as_str()) {
+        let parsed = parse_sip_uri(&call.request_uri);
+        let request_uri = match parsed {
             Ok(uri) => uri,
             Err(e) => {
                 debug!(uri = %call.request_uri, error = %e, "invalid request URI, call not placed");
@@ -679,7 +693,16 @@ impl UserAgent {
         };
         let key = (branch, method);
         if !self.client_txs.contains_key(&key) {
-            debug!(branch = %key.0, status, "response matches no transaction");
+            // A 2xx outliving its INVITE transaction (e.g. after Timer B) still creates a
+            // dialog at the far end: ACK it and BYE it rather than let it dangle.
+            let late_2xx_of = (method == TxMethod::Invite && (200..300).contains(&status))
+                .then(|| self.by_call_id.get(&msg.call_id).copied())
+                .flatten()
+                .filter(|h| self.calls.get(h).is_some_and(|c| c.invite_branch == key.0));
+            match late_2xx_of {
+                Some(handle) => self.on_invite_2xx(now, handle, &msg),
+                None => debug!(branch = %key.0, status, "response matches no transaction"),
+            }
             return;
         }
         match method {
@@ -846,7 +869,7 @@ impl UserAgent {
         let target = msg
             .contact_uri
             .as_deref()
-            .and_then(|u| rsip::Uri::try_from(u).ok())
+            .and_then(|u| parse_sip_uri(u).ok())
             .unwrap_or_else(|| c.request_uri.clone());
         let route_set: Vec<String> = msg.record_route.iter().rev().cloned().collect();
         let destination = match route_set.first() {
@@ -1017,7 +1040,9 @@ impl UserAgent {
         };
         let response = self.build_response(&msg, top_via, status, extra, &body);
         self.transmit(destination, response.clone());
-        if let Some(key) = key {
+        // Cached responses are an optimisation; under a flood of distinct requests stop
+        // caching rather than grow without bound.
+        if let Some(key) = key.filter(|_| self.server_txs.len() < MAX_SERVER_TXS) {
             let remove_at = now + TIMEOUT_64T1;
             self.server_txs.insert(
                 key,

@@ -1,0 +1,400 @@
+//! The only SIP code that touches sockets and clocks: a tokio task that owns one UDP
+//! socket and a sans-IO [`UserAgent`], feeds it datagrams, commands and timer wake-ups,
+//! sends what it wants sent and routes its events to one channel per call.
+//! May depend on `crate::sip`, tokio and tracing.
+
+use crate::sip::{sdp, CallHandle, EndReason, Event, OutgoingCall, UaConfig, UserAgent};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+/// Largest UDP payload; SIP over UDP should stay far below, but never truncate.
+const RECV_BUFFER: usize = 65535;
+
+/// An event for one call (the per-call view of [`crate::sip::Event`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallEvent {
+    Progress {
+        status: u16,
+        early_media: Option<sdp::MediaAnswer>,
+    },
+    Answered {
+        media: sdp::MediaAnswer,
+    },
+    Dtmf {
+        digit: char,
+    },
+    /// Always the last event; the channel closes after it.
+    Ended {
+        reason: EndReason,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SipIoError {
+    #[error("the SIP endpoint has shut down")]
+    Closed,
+}
+
+enum Command {
+    Invite {
+        call: OutgoingCall,
+        events: mpsc::UnboundedSender<CallEvent>,
+        reply: oneshot::Sender<CallHandle>,
+    },
+    Hangup(CallHandle),
+    Shutdown,
+}
+
+/// Handle to the SIP driver task. Cheap to clone.
+#[derive(Clone)]
+pub struct SipEndpoint {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    commands: mpsc::UnboundedSender<Command>,
+    local_addr: SocketAddr,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SipEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SipEndpoint")
+            .field("local_addr", &self.inner.local_addr)
+            .finish()
+    }
+}
+
+/// One placed call: its handle, its events, and a way to hang it up.
+#[derive(Debug)]
+pub struct CallSession {
+    pub handle: CallHandle,
+    pub events: mpsc::UnboundedReceiver<CallEvent>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl CallSession {
+    /// Ends the call (BYE, CANCEL, or whatever its state calls for). The outcome arrives
+    /// as [`CallEvent::Ended`]. Harmless after the call ended or the endpoint shut down.
+    pub fn hangup(&self) {
+        let _ = self.commands.send(Command::Hangup(self.handle));
+    }
+
+    /// A clonable way to hang up this call from elsewhere (e.g. a ring-timeout task).
+    pub fn hangup_handle(&self) -> HangupHandle {
+        HangupHandle {
+            handle: self.handle,
+            commands: self.commands.clone(),
+        }
+    }
+}
+
+/// Hangs up one call; see [`CallSession::hangup_handle`].
+#[derive(Debug, Clone)]
+pub struct HangupHandle {
+    handle: CallHandle,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl HangupHandle {
+    pub fn hangup(&self) {
+        let _ = self.commands.send(Command::Hangup(self.handle));
+    }
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Invite { call, .. } => write!(f, "Invite({})", call.request_uri),
+            Command::Hangup(h) => write!(f, "Hangup({h})"),
+            Command::Shutdown => f.write_str("Shutdown"),
+        }
+    }
+}
+
+impl SipEndpoint {
+    /// Binds the UDP socket and spawns the driver task.
+    pub async fn bind(
+        listen: SocketAddr,
+        advertised_host: Option<String>,
+        user_agent: String,
+    ) -> std::io::Result<SipEndpoint> {
+        let socket = UdpSocket::bind(listen).await?;
+        let local_addr = socket.local_addr()?;
+        if local_addr.ip().is_unspecified() && advertised_host.is_none() {
+            warn!(%local_addr, "SIP bound to a wildcard address without advertised_host: Via/Contact will be unusable");
+        }
+        let ua = UserAgent::new(UaConfig {
+            local_addr,
+            advertised_host,
+            user_agent,
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(drive(socket, ua, rx));
+        Ok(SipEndpoint {
+            inner: Arc::new(Inner {
+                commands: tx,
+                local_addr,
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// Places a call; its progress arrives on [`CallSession::events`].
+    pub async fn invite(&self, call: OutgoingCall) -> Result<CallSession, SipIoError> {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Invite {
+                call,
+                events: events_tx,
+                reply: reply_tx,
+            })
+            .map_err(|_| SipIoError::Closed)?;
+        let handle = reply_rx.await.map_err(|_| SipIoError::Closed)?;
+        Ok(CallSession {
+            handle,
+            events: events_rx,
+            commands: self.inner.commands.clone(),
+        })
+    }
+
+    /// Stops the driver task and waits for it. Calls in progress get no further events
+    /// (their channels close); hang them up first for a clean end.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.commands.send(Command::Shutdown);
+        let task = match self.inner.task.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(task) = task {
+            if let Err(e) = task.await {
+                warn!(error = %e, "SIP driver task failed");
+            }
+        }
+    }
+}
+
+async fn drive(
+    socket: UdpSocket,
+    mut ua: UserAgent,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut routes: HashMap<CallHandle, mpsc::UnboundedSender<CallEvent>> = HashMap::new();
+    let mut buf = vec![0u8; RECV_BUFFER];
+    loop {
+        let deadline = ua.poll_timeout();
+        let timer = async {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((n, from)) => ua.handle_datagram(Instant::now(), from, &buf[..n]),
+                // Some platforms report an earlier ICMP port unreachable here; the
+                // transaction timers deal with the silence, so just note it.
+                Err(e) => debug!(error = %e, "SIP socket receive error"),
+            },
+            command = commands.recv() => match command {
+                None | Some(Command::Shutdown) => break,
+                Some(Command::Invite { call, events, reply }) => {
+                    let handle = ua.invite(Instant::now(), call);
+                    routes.insert(handle, events);
+                    // The caller may have given up waiting; the call still runs and
+                    // its events are dropped with the channel.
+                    let _ = reply.send(handle);
+                }
+                Some(Command::Hangup(handle)) => ua.hangup(Instant::now(), handle),
+            },
+            () = timer => ua.handle_timeout(Instant::now()),
+        }
+
+        while let Some(t) = ua.poll_transmit() {
+            if let Err(e) = socket.send_to(&t.payload, t.destination).await {
+                // E.g. ECONNREFUSED after ICMP port unreachable: retransmission timers
+                // and Timer B/F decide what that means for the call.
+                debug!(destination = %t.destination, error = %e, "SIP send failed");
+            }
+        }
+        while let Some(event) = ua.poll_event() {
+            route_event(&mut routes, event);
+        }
+    }
+    debug!("SIP driver stopped");
+}
+
+fn route_event(routes: &mut HashMap<CallHandle, mpsc::UnboundedSender<CallEvent>>, event: Event) {
+    let (call, call_event) = match event {
+        Event::Progress {
+            call,
+            status,
+            early_media,
+        } => (
+            call,
+            CallEvent::Progress {
+                status,
+                early_media,
+            },
+        ),
+        Event::Answered { call, media } => (call, CallEvent::Answered { media }),
+        Event::Dtmf { call, digit } => (call, CallEvent::Dtmf { digit }),
+        Event::Ended { call, reason } => {
+            if let Some(tx) = routes.remove(&call) {
+                let _ = tx.send(CallEvent::Ended { reason });
+            }
+            return;
+        }
+    };
+    if let Some(tx) = routes.get(&call) {
+        // A dropped receiver just means nobody listens any more.
+        let _ = tx.send(call_event);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::sip::sdp::{AudioCodec, MediaOffer};
+    use std::time::Duration;
+
+    /// Copies Via/From/To/Call-ID/CSeq of `req` into a response, as a UAS would.
+    fn respond(req: &str, status: &str, to_tag: &str, extra: &str, body: &str) -> String {
+        let mut out = format!("SIP/2.0 {status}\r\n");
+        for line in req.split("\r\n\r\n").next().unwrap().lines().skip(1) {
+            let name = line.split(':').next().unwrap().trim().to_ascii_lowercase();
+            match name.as_str() {
+                "via" | "from" | "call-id" | "cseq" => out.push_str(&format!("{line}\r\n")),
+                "to" if line.contains(";tag=") => out.push_str(&format!("{line}\r\n")),
+                "to" => out.push_str(&format!("{line};tag={to_tag}\r\n")),
+                _ => {}
+            }
+        }
+        out.push_str(extra);
+        out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        out
+    }
+
+    async fn recv_text(peer: &UdpSocket) -> String {
+        let mut buf = vec![0u8; 65535];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    async fn next_event(s: &mut CallSession) -> CallEvent {
+        tokio::time::timeout(Duration::from_secs(5), s.events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn loopback_call_answer_and_hangup() {
+        let ep = SipEndpoint::bind("127.0.0.1:0".parse().unwrap(), None, "otpdial-test".into())
+            .await
+            .unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        let mut session = ep
+            .invite(OutgoingCall {
+                request_uri: format!("sip:+31612345678@{peer_addr}"),
+                destination: peer_addr,
+                from_uri: "sip:+31508200000@example.invalid".into(),
+                from_display: None,
+                media: MediaOffer {
+                    address: "127.0.0.1".parse().unwrap(),
+                    port: 40000,
+                    codecs: vec![AudioCodec::Pcmu],
+                    telephone_event_pt: 101,
+                    ptime_ms: 20,
+                },
+            })
+            .await
+            .unwrap();
+
+        let invite = recv_text(&peer).await;
+        assert!(invite.starts_with("INVITE "), "{invite}");
+        peer.send_to(
+            respond(&invite, "180 Ringing", "p1", "", "").as_bytes(),
+            ep.local_addr(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            next_event(&mut session).await,
+            CallEvent::Progress {
+                status: 180,
+                early_media: None
+            }
+        );
+        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                   m=audio 30000 RTP/AVP 0\r\n";
+        let ok = respond(
+            &invite,
+            "200 OK",
+            "p1",
+            &format!("Contact: <sip:callee@{peer_addr}>\r\nContent-Type: application/sdp\r\n"),
+            sdp,
+        );
+        peer.send_to(ok.as_bytes(), ep.local_addr()).await.unwrap();
+        match next_event(&mut session).await {
+            CallEvent::Answered { media } => assert_eq!(media.port, 30000),
+            other => panic!("{other:?}"),
+        }
+        let ack = recv_text(&peer).await;
+        assert!(ack.starts_with("ACK "), "{ack}");
+
+        session.hangup();
+        let bye = recv_text(&peer).await;
+        assert!(bye.starts_with("BYE "), "{bye}");
+        peer.send_to(
+            respond(&bye, "200 OK", "p1", "", "").as_bytes(),
+            ep.local_addr(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            next_event(&mut session).await,
+            CallEvent::Ended {
+                reason: EndReason::LocalHangup
+            }
+        );
+        // Routing entry dropped after Ended: the channel closes.
+        assert!(session.events.recv().await.is_none());
+
+        ep.shutdown().await;
+        assert!(matches!(
+            ep.invite(OutgoingCall {
+                request_uri: "sip:x@127.0.0.1".into(),
+                destination: peer_addr,
+                from_uri: "sip:a@b".into(),
+                from_display: None,
+                media: MediaOffer {
+                    address: "127.0.0.1".parse().unwrap(),
+                    port: 1,
+                    codecs: vec![AudioCodec::Pcma],
+                    telephone_event_pt: 101,
+                    ptime_ms: 20,
+                },
+            })
+            .await,
+            Err(SipIoError::Closed)
+        ));
+    }
+}
