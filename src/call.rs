@@ -241,7 +241,7 @@ impl CallEngine {
         tokio::pin!(ring_timeout);
         let mut hung_up = false;
         let mut rtp_socket = Some(rtp_socket);
-        let mut playout = None;
+        let mut playout: Option<crate::media::Playout> = None;
         let mut times_played = 0u32;
         let mut answered = false;
         let mut hangup_reason: Option<String> = None;

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "otpdial", version, about = "Voice-call OTP gateway: reads one-time codes to phones over SIP")]
+#[command(
+    name = "otpdial",
+    version,
+    about = "Voice-call OTP gateway: reads one-time codes to phones over SIP"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

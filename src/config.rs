@@ -379,9 +379,7 @@ impl FromStr for PortRange {
             .parse::<u16>()
             .map_err(|_| format!("port range {s:?}: bad last port"))?;
         if first == 0 || last < first {
-            return Err(format!(
-                "port range {s:?}: need 0 < first <= last"
-            ));
+            return Err(format!("port range {s:?}: need 0 < first <= last"));
         }
         Ok(PortRange { first, last })
     }
@@ -593,7 +591,10 @@ impl Settings {
         if !v.default_region.trim().is_empty() && v.default_region.parse::<Region>().is_err() {
             return Err(err(
                 "verification.default_region".into(),
-                format!("unknown region {:?} (ISO 3166 code such as NL)", v.default_region),
+                format!(
+                    "unknown region {:?} (ISO 3166 code such as NL)",
+                    v.default_region
+                ),
             ));
         }
         if !self.database.url.starts_with("sqlite:")
@@ -615,7 +616,10 @@ impl Settings {
                 ));
             }
             if k.name.trim().is_empty() {
-                return Err(err(format!("api.keys[{i}].name"), "must not be empty".into()));
+                return Err(err(
+                    format!("api.keys[{i}].name"),
+                    "must not be empty".into(),
+                ));
             }
         }
         let mut names = std::collections::HashSet::new();
@@ -642,7 +646,10 @@ impl Settings {
                 ));
             }
             if t.codecs.is_empty() {
-                return Err(err(format!("trunks[{i}].codecs"), "must not be empty".into()));
+                return Err(err(
+                    format!("trunks[{i}].codecs"),
+                    "must not be empty".into(),
+                ));
             }
             for p in &t.prefixes {
                 if !p.starts_with('+') || !p[1..].bytes().all(|b| b.is_ascii_digit()) {
@@ -725,7 +732,9 @@ mod tests {
 
     #[test]
     fn sip_target_parses() {
-        let t: SipTarget = "sip:sip.provider.example:5080;transport=tcp".parse().unwrap();
+        let t: SipTarget = "sip:sip.provider.example:5080;transport=tcp"
+            .parse()
+            .unwrap();
         assert_eq!(t.host, "sip.provider.example");
         assert_eq!(t.port, 5080);
         assert_eq!(t.transport, Transport::Tcp);

@@ -106,7 +106,11 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
     };
     writeln!(out, "phone heard code: {code}")?;
     let result: CheckResult = http
-        .post(format!("{}/v1/verifications/{}/check", app.base_url(), started.id))
+        .post(format!(
+            "{}/v1/verifications/{}/check",
+            app.base_url(),
+            started.id
+        ))
         .bearer_auth(&token)
         .json(&serde_json::json!({ "code": code }))
         .send()
@@ -166,5 +170,9 @@ fn describe(phrases: &[crate::media::Phrase]) -> String {
 }
 
 fn spaced(digits: &str) -> String {
-    digits.chars().map(String::from).collect::<Vec<_>>().join(" ")
+    digits
+        .chars()
+        .map(String::from)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

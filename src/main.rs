@@ -38,14 +38,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo => {
             init_tracing("warn");
             let ok = otpdial::demo::run(&mut std::io::stdout()).await?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Migrate { config } => {
             init_tracing("info");
             let settings = Settings::load(config.as_deref())?;
             let store = otpdial::store::Store::connect(&settings.database.url, 1).await?;
             store.migrate().await?;
-            println!("migrations applied to {}", otpdial::app::redact_url(&settings.database.url));
+            println!(
+                "migrations applied to {}",
+                otpdial::app::redact_url(&settings.database.url)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Apikey {
@@ -71,7 +78,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: ConfigCommand::Check { file },
         } => {
             let settings = Settings::load(Some(&file))?;
-            println!("# {} is valid; effective settings (secrets masked):", file.display());
+            println!(
+                "# {} is valid; effective settings (secrets masked):",
+                file.display()
+            );
             print!("{}", toml::to_string(&settings)?);
             Ok(ExitCode::SUCCESS)
         }

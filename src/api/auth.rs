@@ -43,13 +43,13 @@ pub fn hash_token(token: &str) -> String {
 
 /// The caller, authenticated by its bearer token.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(super) struct Caller {
     pub name: String,
     scopes: Vec<Scope>,
 }
 
 impl Caller {
-    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+    pub(super) fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.scopes.contains(&scope) {
             Ok(())
         } else {

@@ -51,7 +51,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "Not Found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "Not Found",
+            format!("{what} not found"),
+        )
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -75,7 +79,11 @@ impl ApiError {
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", detail)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            detail,
+        )
     }
 
     pub fn status(&self) -> StatusCode {

@@ -24,7 +24,10 @@ pub(super) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Ap
 }
 
 fn valid_id(id: &str) -> Result<(), ApiError> {
-    if id.len() <= 64 && id.starts_with("vf_") && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+    if id.len() <= 64
+        && id.starts_with("vf_")
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         Ok(())
     } else {
         Err(ApiError::not_found("verification"))

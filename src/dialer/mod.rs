@@ -26,10 +26,7 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Idle,
-    Finished {
-        call_id: String,
-        status: CallStatus,
-    },
+    Finished { call_id: String, status: CallStatus },
 }
 
 pub struct Dialer {
@@ -136,18 +133,27 @@ impl Dialer {
             Some(Ok(code)) => code,
             Some(Err(e)) => {
                 return self
-                    .finish(&claimed, failed_outcome(format!("cannot open the code: {e}")))
+                    .finish(
+                        &claimed,
+                        failed_outcome(format!("cannot open the code: {e}")),
+                    )
                     .await
             }
             None => {
                 return self
-                    .finish(&claimed, failed_outcome("the code is no longer stored".into()))
+                    .finish(
+                        &claimed,
+                        failed_outcome("the code is no longer stored".into()),
+                    )
                     .await
             }
         };
         if domain::now_ms() >= claimed.expires_at {
             return self
-                .finish(&claimed, failed_outcome("verification expired before the call".into()))
+                .finish(
+                    &claimed,
+                    failed_outcome("verification expired before the call".into()),
+                )
                 .await;
         }
         let routes = self.routes(&claimed.phone);

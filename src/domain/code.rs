@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-pub const MIN_LEN: usize = 4;
-pub const MAX_LEN: usize = 10;
+pub(crate) const MIN_LEN: usize = 4;
+pub(crate) const MAX_LEN: usize = 10;
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct OtpCode(Vec<u8>);
@@ -86,10 +86,7 @@ mod tests {
         assert!(OtpCode::parse("1234").is_ok());
         assert!(OtpCode::parse("0123456789").is_ok());
         assert_eq!(OtpCode::parse("123"), Err(OtpCodeError::Length(3)));
-        assert_eq!(
-            OtpCode::parse("12345678901"),
-            Err(OtpCodeError::Length(11))
-        );
+        assert_eq!(OtpCode::parse("12345678901"), Err(OtpCodeError::Length(11)));
         assert_eq!(OtpCode::parse("12a456"), Err(OtpCodeError::NotDigits));
         assert_eq!(OtpCode::parse(" 123456"), Err(OtpCodeError::NotDigits));
         assert_eq!(OtpCode::parse("١٢٣٤٥٦"), Err(OtpCodeError::NotDigits));

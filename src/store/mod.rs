@@ -249,13 +249,12 @@ impl Store {
     }
 
     async fn find_idempotent(&self, api_key: &str, key: &str) -> Result<Option<String>> {
-        let row = sqlx::query(
-            "SELECT id FROM verifications WHERE api_key = $1 AND idempotency_key = $2",
-        )
-        .bind(api_key)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            sqlx::query("SELECT id FROM verifications WHERE api_key = $1 AND idempotency_key = $2")
+                .bind(api_key)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|r| r.try_get::<String, _>(0)).transpose()?)
     }
 
@@ -325,7 +324,8 @@ impl Store {
         rows.iter()
             .map(|r| {
                 let s: String = r.try_get(0)?;
-                CallStatus::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("call status {s:?}")))
+                CallStatus::parse(&s)
+                    .ok_or_else(|| StoreError::Corrupt(format!("call status {s:?}")))
             })
             .collect()
     }

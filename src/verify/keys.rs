@@ -37,7 +37,7 @@ pub enum SealError {
 
 fn derive(master: &[u8], label: &[u8]) -> [u8; 32] {
     // HMAC as a KDF: HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = match HmacSha256::new_from_slice(master) {
+    let mut mac = match <HmacSha256 as Mac>::new_from_slice(master) {
         Ok(m) => m,
         Err(_) => unreachable!("HMAC accepts keys of any length"),
     };
@@ -56,7 +56,7 @@ impl CodeKeys {
     /// HMAC-SHA256 over the verification id and the code, hex. Binding the id
     /// means equal codes of two verifications hash differently.
     pub fn hash(&self, verification_id: &str, code: &[u8]) -> String {
-        let mut mac = match HmacSha256::new_from_slice(&self.hash_key) {
+        let mut mac = match <HmacSha256 as Mac>::new_from_slice(&self.hash_key) {
             Ok(m) => m,
             Err(_) => unreachable!("HMAC accepts keys of any length"),
         };

@@ -12,15 +12,16 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::config::Settings;
-use crate::domain::{
-    self, CallStatus, OtpCode, PhoneNumber, VerificationStatus,
-};
+use crate::domain::{self, CallStatus, OtpCode, PhoneNumber, VerificationStatus};
 use crate::store::{CheckSlot, Inserted, NewVerification, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("verification not found")]
     NotFound,
     #[error(transparent)]
@@ -162,7 +163,7 @@ impl Verifier {
             }
         }
         let locale = req.locale.unwrap_or_else(|| vs.default_locale.clone());
-        if !self.locales.iter().any(|l| *l == locale) {
+        if !self.locales.contains(&locale) {
             return Err(VerifyError::Invalid {
                 field: "locale",
                 message: format!(
@@ -311,10 +312,11 @@ impl Verifier {
         // so that its answer takes as long as any other wrong code.
         let well_formed = OtpCode::parse(candidate).is_ok();
         let matches = self.keys.matches(id, candidate.as_bytes(), &code_hash) && well_formed;
-        if matches && self
-            .store
-            .finish_verification(id, VerificationStatus::Approved, now)
-            .await?
+        if matches
+            && self
+                .store
+                .finish_verification(id, VerificationStatus::Approved, now)
+                .await?
         {
             return Ok(CheckResult {
                 id: id.to_string(),

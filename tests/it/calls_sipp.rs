@@ -45,7 +45,9 @@ async fn sipp_answers_and_receives_the_code_as_paced_rtp() {
     .await
     .unwrap();
     let done = t.wait_call_final(&v.id, Duration::from_secs(30)).await;
-    sipp.finish(Duration::from_secs(10)).await.expect("SIPp scenario passed");
+    sipp.finish(Duration::from_secs(10))
+        .await
+        .expect("SIPp scenario passed");
 
     assert_eq!(done.call.status, CallStatus::Completed, "{done:?}");
     assert_eq!(done.call.sip_code, Some(200));
@@ -53,7 +55,11 @@ async fn sipp_answers_and_receives_the_code_as_paced_rtp() {
     assert_eq!(done.call.trunk.as_deref(), Some("trunk-a"));
     assert!(done.call.answered_at.is_some() && done.call.ended_at.is_some());
     assert_eq!(done.call.attempts.len(), 1);
-    assert_eq!(done.status, VerificationStatus::Pending, "code not checked yet");
+    assert_eq!(
+        done.status,
+        VerificationStatus::Pending,
+        "code not checked yet"
+    );
 
     // Every frame of the script arrived, in one stream, gap-free.
     let expected = expected_frames(&[4, 8, 1, 5, 2, 6], 2);
@@ -63,11 +69,21 @@ async fn sipp_answers_and_receives_the_code_as_paced_rtp() {
     for (i, pair) in packets.windows(2).enumerate() {
         let (a, b) = (&pair[0], &pair[1]);
         assert_eq!(b.seq, a.seq.wrapping_add(1), "sequence gap at packet {i}");
-        assert_eq!(b.timestamp, a.timestamp.wrapping_add(160), "timestamp step at {i}");
+        assert_eq!(
+            b.timestamp,
+            a.timestamp.wrapping_add(160),
+            "timestamp step at {i}"
+        );
         assert_eq!(b.ssrc, first.ssrc, "SSRC changed at {i}");
     }
-    assert!(packets.iter().all(|p| p.payload_type == 8), "PCMA as answered");
-    assert!(packets.iter().all(|p| p.payload_len == 160), "20 ms of G.711");
+    assert!(
+        packets.iter().all(|p| p.payload_type == 8),
+        "PCMA as answered"
+    );
+    assert!(
+        packets.iter().all(|p| p.payload_len == 160),
+        "20 ms of G.711"
+    );
     // About 50 packets per second of audio: paced in real time, not burst.
     let span = packets[packets.len() - 1].at - first.at;
     let nominal = Duration::from_millis(20 * (packets.len() as u64 - 1));
@@ -99,13 +115,19 @@ async fn busy_callee(db: Db) {
         .start_verification(json!({ "to": "+31612345678", "code": "1234" }))
         .await;
     let done = t.wait_call_final(&v.id, Duration::from_secs(30)).await;
-    sipp.finish(Duration::from_secs(10)).await.expect("SIPp got its ACK");
+    sipp.finish(Duration::from_secs(10))
+        .await
+        .expect("SIPp got its ACK");
 
     assert_eq!(done.call.status, CallStatus::Busy);
     assert_eq!(done.call.sip_code, Some(486));
     assert_eq!(done.call.times_played, 0);
     assert!(done.call.answered_at.is_none());
-    assert_eq!(done.status, VerificationStatus::Failed, "call ended without the code");
+    assert_eq!(
+        done.status,
+        VerificationStatus::Failed,
+        "call ended without the code"
+    );
     let call = t.app.store.get_call_of(&v.id).await.unwrap().unwrap();
     let events = t.app.store.call_events(&call.id).await.unwrap();
     // Never answered, so no playout (RTP) was ever started.
@@ -115,7 +137,10 @@ async fn busy_callee(db: Db) {
     );
     let (status, check) = t.check(&v.id, "1234").await;
     assert_eq!(status, 200);
-    assert_eq!(check["valid"], false, "a failed verification never approves");
+    assert_eq!(
+        check["valid"], false,
+        "a failed verification never approves"
+    );
     t.app.stop().await;
 }
 

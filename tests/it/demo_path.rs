@@ -38,7 +38,11 @@ async fn phone_hears_the_code(db: Db, locale: &str, code: &str) {
     assert_eq!(heard.readings.len(), 2, "read twice: {:?}", heard.phrases);
     assert_eq!(heard.code(), Some(code), "heard {:?}", heard.readings);
     assert_eq!(heard.locale.as_deref(), Some(locale));
-    assert!(heard.request_uri.contains("+31612345678"), "{}", heard.request_uri);
+    assert!(
+        heard.request_uri.contains("+31612345678"),
+        "{}",
+        heard.request_uri
+    );
 
     let done = t.wait_call_final(&v.id, Duration::from_secs(10)).await;
     assert_eq!(done.call.status, CallStatus::Completed);

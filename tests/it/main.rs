@@ -2,6 +2,7 @@
 //! 0, SIP on a free loopback port, SQLite or PostgreSQL) against real SIP
 //! peers: SIPp scenarios and the built-in test phone.
 
+mod api_basics;
 mod calls_sipp;
 mod demo_path;
 mod helpers;
