@@ -2,6 +2,8 @@
 //! 0, SIP on a free loopback port, SQLite or PostgreSQL) against real SIP
 //! peers: SIPp scenarios and the built-in test phone.
 
+#![allow(clippy::unwrap_used)]
+
 mod api_basics;
 mod calls_sipp;
 mod demo_path;
