@@ -17,7 +17,7 @@ use crate::domain::Region;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -689,7 +689,10 @@ fn describe_figment_error(e: figment::Error) -> String {
             let source = e
                 .metadata
                 .as_ref()
-                .and_then(|m| m.source.as_ref().map(|s| format!(" in {s}")))
+                .map(|m| match &m.source {
+                    Some(s) => format!(" in {s}"),
+                    None => format!(" from {}", m.name),
+                })
                 .unwrap_or_default();
             format!("{}{key}{source}", e.kind)
         })
