@@ -237,8 +237,12 @@ impl CallEngine {
             Err(e) => return AttemptOutcome::failed(format!("SIP: {e}"), true),
         };
 
+        // The ring timer starts with the first provisional response: until
+        // then the INVITE transaction's Timer B decides (no response at all
+        // is a trunk failure worth failing over, not a user not answering).
         let ring_timeout = tokio::time::sleep(call.trunk.ring_timeout.0);
         tokio::pin!(ring_timeout);
+        let mut ringing = false;
         let mut hung_up = false;
         let mut rtp_socket = Some(rtp_socket);
         let mut playout: Option<crate::media::Playout> = None;
@@ -253,6 +257,12 @@ impl CallEngine {
                     };
                     match ev {
                         CallEvent::Progress { status, .. } => {
+                            if !ringing {
+                                ringing = true;
+                                ring_timeout
+                                    .as_mut()
+                                    .reset(tokio::time::Instant::now() + call.trunk.ring_timeout.0);
+                            }
                             if (180..200).contains(&status) {
                                 let _ = progress.send(Progress::Ringing);
                             }
@@ -310,7 +320,7 @@ impl CallEngine {
                         None => playout = None,
                     }
                 }
-                _ = &mut ring_timeout, if !answered && !hung_up => {
+                _ = &mut ring_timeout, if ringing && !answered && !hung_up => {
                     hung_up = true;
                     hangup_reason = Some("no answer within ring_timeout".into());
                     session.hangup();
@@ -402,7 +412,7 @@ fn end_outcome(
             } else {
                 CallStatus::NoAnswer
             },
-            sip_code: Some(487),
+            sip_code: None,
             reason: hangup_reason,
             times_played: 0,
             failover: false,
