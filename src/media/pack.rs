@@ -4,7 +4,8 @@
 //! (SPEC §5). Everything a call needs later is precomputed here, so the pacer only
 //! copies 160-byte frames that already exist (DESIGN principle 7).
 //!
-//! Depends on hound (WAV), toml/serde (pack.toml), humantime (durations).
+//! Depends on hound (PCM WAV; G.711 WAV is read here), rubato (resampling to 8 kHz),
+//! toml/serde (pack.toml), humantime (durations).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -162,6 +163,12 @@ impl PromptPack {
             G711::Ulaw => a.ulaw.as_slice(),
             G711::Alaw => a.alaw.as_slice(),
         })
+    }
+
+    /// Playing time of a phrase (for `otpdial prompts check`).
+    pub fn duration(&self, p: Phrase) -> Duration {
+        let samples = self.pcm(p).len() as u64;
+        Duration::from_micros(samples * 1_000_000 / u64::from(SAMPLE_RATE))
     }
 
     /// Silence between two digits of a group.
@@ -547,6 +554,8 @@ mod tests {
             assert!(en.pcm(p).len() > 800, "{p:?} too short");
         }
         assert!(en.pcm(Phrase::Digit(10)).is_empty());
+        let intro = en.duration(Phrase::Intro);
+        assert!(intro > Duration::from_millis(500) && intro < Duration::from_secs(5));
         assert!(en.frames(Phrase::Digit(10), G711::Ulaw).is_empty());
     }
 

@@ -244,3 +244,33 @@ fn code_needs_agreeing_readings() {
     h.readings.push("124".into());
     assert_eq!(h.code(), None);
 }
+
+/// Interop with an independent UAC: SIPp's built-in `uac` scenario (INVITE, 100/180/
+/// 200, ACK, BYE). Needs `sipp` on PATH: `cargo test -- --ignored sipp`.
+#[tokio::test]
+#[ignore = "needs sipp installed"]
+async fn sipp_uac_scenario_completes() {
+    let (mut phone, _sock) = start_phone(AnswerMode::Answer {
+        ring: Duration::from_millis(100),
+    })
+    .await;
+    let status = tokio::process::Command::new("sipp")
+        .args(["-sn", "uac", "-i", "127.0.0.1", "-p", "0", "-m", "1"])
+        .args([
+            "-timeout",
+            "15s",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_err",
+        ])
+        .arg(phone.sip_addr().to_string())
+        .current_dir(std::env::temp_dir())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "sipp exited with {status}");
+    let heard = phone.next_call().await.unwrap();
+    assert_eq!(heard.status, 200);
+    assert_eq!(heard.codec, Some(G711::Ulaw));
+}
