@@ -393,11 +393,6 @@ fn run(commands: mpsc::Receiver<Command>, active: &AtomicUsize) {
     }
 }
 
-/// Time the script takes to play.
-pub fn script_duration(script: &CallScript, pack: &PromptPack) -> Duration {
-    FRAME_DURATION * u32::try_from(script.frame_count(pack)).unwrap_or(u32::MAX)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {

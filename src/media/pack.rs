@@ -102,11 +102,20 @@ impl Default for FilesToml {
 }
 
 /// One phrase, in every form the rest of the program asks for.
-#[derive(Debug)]
 struct PhraseAudio {
     pcm: Vec<i16>,
     ulaw: Vec<[u8; FRAME_SAMPLES]>,
     alaw: Vec<[u8; FRAME_SAMPLES]>,
+}
+
+// By hand: a derived Debug would print every sample of every phrase into a log line.
+impl std::fmt::Debug for PhraseAudio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhraseAudio")
+            .field("samples", &self.pcm.len())
+            .field("frames", &self.ulaw.len())
+            .finish()
+    }
 }
 
 impl PhraseAudio {
