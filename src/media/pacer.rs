@@ -651,4 +651,76 @@ mod tests {
         ));
         assert_eq!(playout.events.blocking_recv(), None);
     }
+
+    /// Load smoke test, not a benchmark: N streams of 3 s each to 8 receiver threads;
+    /// prints the spread of arrival times against each stream's ideal 20 ms grid.
+    /// `cargo test --release --lib pacer_load -- --ignored --nocapture`
+    #[test]
+    #[ignore = "load measurement; run by hand in release mode"]
+    fn pacer_load_smoke() {
+        const STREAMS: usize = 1000;
+        const RECEIVERS: usize = 8;
+        let pack = PromptLibrary::builtin().get("en").unwrap();
+        let script = CallScript {
+            items: vec![ScriptItem::Silence { frames: 150 }],
+        };
+        let receivers: Vec<UdpSocket> = (0..RECEIVERS).map(|_| loopback()).collect();
+        let handles: Vec<_> = receivers
+            .iter()
+            .map(|r| {
+                let r = r.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    r.set_read_timeout(Some(Duration::from_millis(500)))
+                        .unwrap();
+                    let mut first: HashMap<u32, (Instant, u16)> = HashMap::new();
+                    let mut late_us = Vec::new();
+                    let mut buf = [0u8; 256];
+                    while let Ok(n) = r.recv(&mut buf) {
+                        let now = Instant::now();
+                        let p = RtpReader::new(&buf[..n]).unwrap();
+                        let seq = u16::from(p.sequence_number());
+                        let (t0, s0) = *first.entry(p.ssrc()).or_insert((now, seq));
+                        let ideal = t0 + FRAME_DURATION * u32::from(seq.wrapping_sub(s0));
+                        late_us.push(now.saturating_duration_since(ideal).as_micros() as u64);
+                    }
+                    late_us
+                })
+            })
+            .collect();
+        let pacer = Pacer::start().unwrap();
+        let mut playouts = Vec::new();
+        for i in 0..STREAMS {
+            playouts.push(pacer.play(PlayoutSpec {
+                socket: loopback(),
+                remote: receivers[i % RECEIVERS].local_addr().unwrap(),
+                codec: G711::Ulaw,
+                payload_type: 0,
+                pack: Arc::clone(&pack),
+                script: script.clone(),
+            }));
+            // Spread the starts over one frame, as real calls are.
+            std::thread::sleep(FRAME_DURATION / STREAMS as u32);
+        }
+        let mut sent = 0;
+        for p in &mut playouts {
+            while let Some(ev) = p.events.blocking_recv() {
+                if let PlayoutEvent::Finished { packets_sent, .. } = ev {
+                    sent += packets_sent;
+                }
+            }
+        }
+        let mut late: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        late.sort_unstable();
+        let pct = |q: f64| late[((late.len() - 1) as f64 * q) as usize];
+        eprintln!(
+            "{STREAMS} streams: sent {sent}, received {}, lateness p50 {} us, p99 {} us, max {} us",
+            late.len(),
+            pct(0.5),
+            pct(0.99),
+            late[late.len() - 1]
+        );
+    }
 }
