@@ -4,7 +4,8 @@
 //! (SPEC §5). Everything a call needs later is precomputed here, so the pacer only
 //! copies 160-byte frames that already exist (DESIGN principle 7).
 //!
-//! Depends on hound (WAV), toml/serde (pack.toml), humantime (durations).
+//! Depends on hound (PCM WAV; G.711 WAV is read here), rubato (resampling to 8 kHz),
+//! toml/serde (pack.toml), humantime (durations).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -101,11 +102,20 @@ impl Default for FilesToml {
 }
 
 /// One phrase, in every form the rest of the program asks for.
-#[derive(Debug)]
 struct PhraseAudio {
     pcm: Vec<i16>,
     ulaw: Vec<[u8; FRAME_SAMPLES]>,
     alaw: Vec<[u8; FRAME_SAMPLES]>,
+}
+
+// By hand: a derived Debug would print every sample of every phrase into a log line.
+impl std::fmt::Debug for PhraseAudio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhraseAudio")
+            .field("samples", &self.pcm.len())
+            .field("frames", &self.ulaw.len())
+            .finish()
+    }
 }
 
 impl PhraseAudio {
@@ -162,6 +172,12 @@ impl PromptPack {
             G711::Ulaw => a.ulaw.as_slice(),
             G711::Alaw => a.alaw.as_slice(),
         })
+    }
+
+    /// Playing time of a phrase (for `otpdial prompts check`).
+    pub fn duration(&self, p: Phrase) -> Duration {
+        let samples = self.pcm(p).len() as u64;
+        Duration::from_micros(samples * 1_000_000 / u64::from(SAMPLE_RATE))
     }
 
     /// Silence between two digits of a group.
@@ -260,51 +276,158 @@ fn check_file_name(name: &str) -> Result<(), String> {
 
 /// Decodes a WAV file to 8 kHz mono i16.
 ///
-/// Accepts mono 16-bit integer PCM at 8000 Hz. Other rates are rejected with a message
-/// that says how to convert: resampling on load is a later issue (SPEC §5 asks for it).
+/// Accepts mono 16-bit integer PCM at any rate (resampled here, once, at load) and
+/// mono G.711 µ-law/A-law WAV (format tags 7/6, which hound does not read).
 fn decode_wav(path: &Path, bytes: &[u8]) -> Result<Vec<i16>, PromptError> {
     let wav_err = |message: String| PromptError::Wav {
         path: path.to_path_buf(),
         message,
     };
+    let (pcm, rate) = match g711_wav(bytes) {
+        Some(g) => {
+            let g = g.map_err(wav_err)?;
+            (g711::decode(g.codec, g.data), g.rate)
+        }
+        None => decode_pcm_wav(bytes).map_err(wav_err)?,
+    };
+    if pcm.is_empty() {
+        return Err(wav_err("has no samples".to_owned()));
+    }
+    if pcm.len() as u64 > u64::from(MAX_PHRASE_SECONDS) * u64::from(rate) {
+        return Err(wav_err(format!(
+            "is longer than {MAX_PHRASE_SECONDS} s; a prompt is one short phrase"
+        )));
+    }
+    if rate == SAMPLE_RATE {
+        Ok(pcm)
+    } else {
+        resample(&pcm, rate).map_err(|e| wav_err(format!("cannot resample from {rate} Hz: {e}")))
+    }
+}
+
+/// Mono 16-bit integer PCM through hound: the samples and their rate.
+fn decode_pcm_wav(bytes: &[u8]) -> Result<(Vec<i16>, u32), String> {
     let reader = hound::WavReader::new(std::io::Cursor::new(bytes))
-        .map_err(|e| wav_err(format!("not a readable WAV file: {e}")))?;
+        .map_err(|e| format!("not a readable WAV file: {e}"))?;
     let spec = reader.spec();
     if spec.channels != 1 {
-        return Err(wav_err(format!(
+        return Err(format!(
             "has {} channels; prompts must be mono (sox in.wav -c 1 out.wav)",
             spec.channels
-        )));
+        ));
     }
     if spec.sample_format != hound::SampleFormat::Int || spec.bits_per_sample != 16 {
         let kind = match spec.sample_format {
             hound::SampleFormat::Int => "integer",
             hound::SampleFormat::Float => "float",
         };
-        return Err(wav_err(format!(
-            "has {}-bit {kind} samples; prompts must be 16-bit PCM (sox in.wav -b 16 -e signed-integer out.wav)",
+        return Err(format!(
+            "has {}-bit {kind} samples; prompts must be 16-bit PCM or G.711 (sox in.wav -b 16 -e signed-integer out.wav)",
             spec.bits_per_sample
-        )));
+        ));
     }
-    if spec.sample_rate != SAMPLE_RATE {
-        return Err(wav_err(format!(
-            "is sampled at {} Hz; prompts must be {SAMPLE_RATE} Hz (resampling on load is not implemented yet; sox in.wav -r 8000 out.wav)",
-            spec.sample_rate
-        )));
+    if spec.sample_rate == 0 {
+        return Err("declares a sample rate of 0 Hz".to_owned());
     }
-    if reader.duration() > MAX_PHRASE_SECONDS * SAMPLE_RATE {
-        return Err(wav_err(format!(
+    // Checked before reading the samples, so a huge file is refused cheaply.
+    if u64::from(reader.duration()) > u64::from(MAX_PHRASE_SECONDS) * u64::from(spec.sample_rate) {
+        return Err(format!(
             "is longer than {MAX_PHRASE_SECONDS} s; a prompt is one short phrase"
-        )));
+        ));
     }
     let pcm = reader
         .into_samples::<i16>()
         .collect::<Result<Vec<i16>, _>>()
-        .map_err(|e| wav_err(format!("corrupt sample data: {e}")))?;
-    if pcm.is_empty() {
-        return Err(wav_err("has no samples".to_owned()));
+        .map_err(|e| format!("corrupt sample data: {e}"))?;
+    Ok((pcm, spec.sample_rate))
+}
+
+/// The parts of a G.711 WAV file we need.
+struct G711Wav<'a> {
+    codec: G711,
+    rate: u32,
+    data: &'a [u8],
+}
+
+/// Reads a RIFF/WAVE file whose format tag is A-law (6) or µ-law (7). `None` when the
+/// file is not such a file (then hound gets it, and gives the error if any); an error
+/// when it is one but unusable.
+fn g711_wav(bytes: &[u8]) -> Option<Result<G711Wav<'_>, String>> {
+    let u16_at = |b: &[u8], i: usize| b.get(i..i + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
+    let u32_at = |b: &[u8], i: usize| {
+        b.get(i..i + 4)
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    if bytes.get(0..4) != Some(b"RIFF") || bytes.get(8..12) != Some(b"WAVE") {
+        return None;
     }
-    Ok(pcm)
+    let mut pos = 12;
+    let mut format: Option<(G711, u16, u32, u16)> = None;
+    while let (Some(id), Some(size)) = (bytes.get(pos..pos + 4), u32_at(bytes, pos + 4)) {
+        let body_start = pos + 8;
+        let body_end = body_start.saturating_add(size as usize);
+        let body = &bytes[body_start.min(bytes.len())..body_end.min(bytes.len())];
+        if id == b"fmt " {
+            let codec = match u16_at(body, 0) {
+                Some(6) => G711::Alaw,
+                Some(7) => G711::Ulaw,
+                _ => return None, // PCM or other: hound's business
+            };
+            let (Some(channels), Some(rate), Some(bits)) =
+                (u16_at(body, 2), u32_at(body, 4), u16_at(body, 14))
+            else {
+                return Some(Err("G.711 WAV with a truncated fmt chunk".to_owned()));
+            };
+            format = Some((codec, channels, rate, bits));
+        } else if id == b"data" {
+            // data before fmt: not a file we understand; let hound report it.
+            let (codec, channels, rate, bits) = format?;
+            if channels != 1 {
+                return Some(Err(format!(
+                    "has {channels} channels; prompts must be mono"
+                )));
+            }
+            if bits != 8 || rate == 0 {
+                return Some(Err(format!(
+                    "G.711 WAV with {bits} bits per sample at {rate} Hz; expected 8 bits"
+                )));
+            }
+            return Some(Ok(G711Wav {
+                codec,
+                rate,
+                data: body,
+            }));
+        }
+        // Chunks are padded to an even length.
+        pos = body_end.saturating_add(body_end % 2);
+    }
+    format.map(|_| Err("G.711 WAV without a data chunk".to_owned()))
+}
+
+/// Converts a phrase to 8 kHz (FFT resampler, anti-aliased), once at load.
+fn resample(pcm: &[i16], rate: u32) -> Result<Vec<i16>, String> {
+    use rubato::audioadapter_buffers::direct::InterleavedSlice;
+    use rubato::{Fft, FixedSync, Resampler};
+
+    let input: Vec<f32> = pcm.iter().map(|&s| f32::from(s) / 32768.0).collect();
+    let mut resampler = Fft::<f32>::new(
+        rate as usize,
+        SAMPLE_RATE as usize,
+        1024,
+        1,
+        FixedSync::Both,
+    )
+    .map_err(|e| e.to_string())?;
+    let adapter = InterleavedSlice::new(&input, 1, input.len()).map_err(|e| e.to_string())?;
+    let out = resampler
+        .process_all(&adapter, input.len(), None)
+        .map_err(|e| e.to_string())?;
+    Ok(out
+        .take_data()
+        .into_iter()
+        // The cast saturates; clamp first only to make the intent explicit.
+        .map(|v| (v * 32768.0).round().clamp(-32768.0, 32767.0) as i16)
+        .collect())
 }
 
 /// All loaded packs, by locale.
@@ -440,6 +563,8 @@ mod tests {
             assert!(en.pcm(p).len() > 800, "{p:?} too short");
         }
         assert!(en.pcm(Phrase::Digit(10)).is_empty());
+        let intro = en.duration(Phrase::Intro);
+        assert!(intro > Duration::from_millis(500) && intro < Duration::from_secs(5));
         assert!(en.frames(Phrase::Digit(10), G711::Ulaw).is_empty());
     }
 
@@ -554,14 +679,73 @@ mod tests {
     }
 
     #[test]
-    fn other_rate_is_rejected_by_name() {
+    fn other_rates_are_resampled_to_8k() {
         let (tmp, dir) = make_pack();
-        write_wav(&dir.join("outro.wav"), 1, 16, 16000, 1000);
-        let msg = load_err(&tmp);
-        assert!(
-            msg.contains("xx/outro.wav") && msg.contains("16000 Hz"),
-            "{msg}"
+        // 0.5 s of a 440 Hz tone at 44.1 kHz.
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 44_100,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(dir.join("outro.wav"), spec).unwrap();
+        for i in 0..22_050 {
+            let v = (2.0 * std::f64::consts::PI * 440.0 * f64::from(i) / 44_100.0).sin();
+            w.write_sample((v * 10_000.0) as i16).unwrap();
+        }
+        w.finalize().unwrap();
+        let lib = PromptLibrary::load_dir(tmp.path()).unwrap();
+        let pcm = lib.get("xx").unwrap().pcm(Phrase::Outro).to_vec();
+        assert!((3990..=4010).contains(&pcm.len()), "{}", pcm.len());
+        // Same tone at 8 kHz: compare the middle against the ideal signal.
+        let mut err = 0.0;
+        for (i, &s) in pcm.iter().enumerate().take(3000).skip(1000) {
+            let v = (2.0 * std::f64::consts::PI * 440.0 * i as f64 / 8000.0).sin() * 10_000.0;
+            err += (f64::from(s) - v).abs();
+        }
+        assert!(err / 2000.0 < 200.0, "mean error {}", err / 2000.0);
+    }
+
+    /// Writes a G.711 WAV by hand (format tag 6 = A-law, 7 = µ-law).
+    fn write_g711_wav(path: &Path, tag: u16, channels: u16, data: &[u8]) {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"RIFF");
+        b.extend_from_slice(&(4 + 26 + 8 + data.len() as u32).to_le_bytes());
+        b.extend_from_slice(b"WAVEfmt ");
+        b.extend_from_slice(&18u32.to_le_bytes());
+        b.extend_from_slice(&tag.to_le_bytes());
+        b.extend_from_slice(&channels.to_le_bytes());
+        b.extend_from_slice(&8000u32.to_le_bytes());
+        b.extend_from_slice(&(8000 * u32::from(channels)).to_le_bytes());
+        b.extend_from_slice(&channels.to_le_bytes());
+        b.extend_from_slice(&8u16.to_le_bytes());
+        b.extend_from_slice(&0u16.to_le_bytes());
+        b.extend_from_slice(b"data");
+        b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        b.extend_from_slice(data);
+        std::fs::write(path, b).unwrap();
+    }
+
+    #[test]
+    fn g711_wavs_are_read() {
+        let (tmp, dir) = make_pack();
+        let pcm: Vec<i16> = (0..800).map(|i| ((i % 50) * 400 - 10_000) as i16).collect();
+        write_g711_wav(&dir.join("1.wav"), 7, 1, &g711::encode(G711::Ulaw, &pcm));
+        write_g711_wav(&dir.join("2.wav"), 6, 1, &g711::encode(G711::Alaw, &pcm));
+        let lib = PromptLibrary::load_dir(tmp.path()).unwrap();
+        let pack = lib.get("xx").unwrap();
+        let u = pack.pcm(Phrase::Digit(1));
+        assert_eq!(u, g711::decode(G711::Ulaw, &g711::encode(G711::Ulaw, &pcm)));
+        // Re-encoding in the same law gives back the file's bytes exactly.
+        assert_eq!(
+            pack.frames(Phrase::Digit(1), G711::Ulaw)[0][..],
+            g711::encode(G711::Ulaw, &pcm)[..160]
         );
+        assert_eq!(pack.pcm(Phrase::Digit(2)).len(), 800);
+
+        write_g711_wav(&dir.join("2.wav"), 6, 2, &g711::encode(G711::Alaw, &pcm));
+        let msg = load_err(&tmp);
+        assert!(msg.contains("xx/2.wav") && msg.contains("mono"), "{msg}");
     }
 
     #[test]

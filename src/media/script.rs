@@ -125,6 +125,11 @@ impl CallScript {
             .sum()
     }
 
+    /// Playing time of the script with `pack`.
+    pub fn duration(&self, pack: &PromptPack) -> Duration {
+        FRAME_DURATION * u32::try_from(self.frame_count(pack)).unwrap_or(u32::MAX)
+    }
+
     /// How many readings of the code the script holds.
     pub fn readings(&self) -> u32 {
         let n = self
@@ -216,6 +221,7 @@ mod tests {
             .frames(Phrase::Digit(1), crate::media::G711::Ulaw)
             .len() as u64;
         assert_eq!(s.frame_count(&pack), 3 + one);
+        assert_eq!(s.duration(&pack), FRAME_DURATION * (3 + one as u32));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
 use super::*;
-use crate::media::{CallScript, Pacer, PlayoutEvent, PlayoutSpec};
+use crate::media::{CallScript, Pacer, PlayoutEvent, PlayoutSpec, ScriptItem};
 
 const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
     m=audio {PORT} RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n\
@@ -97,7 +97,14 @@ async fn answers_hears_the_code_and_hangs_up_on_bye() {
     assert_eq!(recv_response(&sip).await.status_code.code(), 200);
 
     let pack = PromptLibrary::builtin().get("en").unwrap();
-    let script = CallScript::build(&pack, &[4, 8, 1, 5, 2, 6], 2);
+    let mut script = CallScript::build(&pack, &[4, 8, 1, 5, 2, 6], 2);
+    // Pauses of 100 ms keep the test short (the real ones make this call 15 s long);
+    // the phone must still split the words.
+    for item in &mut script.items {
+        if let ScriptItem::Silence { frames } = item {
+            *frames = (*frames).min(5);
+        }
+    }
     let pacer = Pacer::start().unwrap();
     let mut playout = pacer.play(PlayoutSpec {
         socket: rtp,
@@ -236,4 +243,79 @@ fn code_needs_agreeing_readings() {
     assert_eq!(h.code(), Some("123"));
     h.readings.push("124".into());
     assert_eq!(h.code(), None);
+}
+
+/// Interop with an independent UAC: SIPp's built-in `uac` scenario (INVITE, 100/180/
+/// 200, ACK, BYE). Needs `sipp` on PATH: `cargo test -- --ignored sipp`.
+#[tokio::test]
+#[ignore = "needs sipp installed"]
+async fn sipp_uac_scenario_completes() {
+    let (mut phone, _sock) = start_phone(AnswerMode::Answer {
+        ring: Duration::from_millis(100),
+    })
+    .await;
+    let status = tokio::process::Command::new("sipp")
+        .args(["-sn", "uac", "-i", "127.0.0.1", "-p", "0", "-m", "1"])
+        .args([
+            "-timeout",
+            "15s",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_err",
+        ])
+        .arg(phone.sip_addr().to_string())
+        .current_dir(std::env::temp_dir())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "sipp exited with {status}");
+    let heard = phone.next_call().await.unwrap();
+    assert_eq!(heard.status, 200);
+    assert_eq!(heard.codec, Some(G711::Ulaw));
+}
+
+/// RTP reordered and with a lost packet mid-word still yields the code: the capture
+/// places payloads by timestamp, the gap becomes silence, the word still correlates.
+#[test]
+fn capture_survives_reordering_and_a_lost_packet() {
+    use crate::media::rtp::{RtpStreamHeader, PACKET_LEN};
+    let lib = PromptLibrary::builtin();
+    let pack = lib.get("nl").unwrap();
+    let codec = G711::Ulaw;
+    let script = CallScript::build(&pack, &[2, 7, 0, 9], 2);
+    let mut frames: Vec<[u8; 160]> = Vec::new();
+    for item in &script.items {
+        match *item {
+            ScriptItem::Say(p) => frames.extend_from_slice(pack.frames(p, codec)),
+            ScriptItem::Silence { frames: n } => {
+                frames.extend(std::iter::repeat_n([codec.silence(); 160], n as usize))
+            }
+            _ => {}
+        }
+    }
+    let header = RtpStreamHeader::random(0);
+    let mut order: Vec<usize> = (0..frames.len()).collect();
+    // Swap neighbours every 7 packets; lose one packet in the middle of the intro.
+    for i in (0..order.len() - 1).step_by(7) {
+        order.swap(i, i + 1);
+    }
+    let intro_middle = 10 + pack.frames(Phrase::Intro, codec).len() / 2;
+    order.retain(|&i| i != intro_middle);
+
+    let mut capture = capture::RtpCapture::new(codec, 0);
+    let mut buf = [0u8; PACKET_LEN];
+    for &i in &order {
+        let n = header.write(i as u64, false, &frames[i], &mut buf);
+        capture.push(&buf[..n]);
+    }
+    assert_eq!(capture.packets, frames.len() as u64 - 1);
+    let matches = Recognizer::new(&lib).recognize(&capture.into_pcm());
+    let phrases: Vec<Phrase> = matches.iter().map(|m| m.phrase).collect();
+    assert_eq!(recognize::readings(&phrases), vec!["2709", "2709"]);
+    assert_eq!(
+        phrases.first(),
+        Some(&Phrase::Intro),
+        "intro despite the loss"
+    );
 }
