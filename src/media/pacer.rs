@@ -295,7 +295,9 @@ impl Stream {
             Next::Speech(f) => (*f, true),
             Next::Silence => (silence, false),
         };
-        let marker = speech && self.after_silence;
+        // The first packet of the stream also carries the marker so that the
+        // far end's jitter buffer starts cleanly (as Asterisk and FreeSWITCH do).
+        let marker = (speech && self.after_silence) || self.index == 0;
         self.after_silence = !speech;
         let len = self.header.write(self.index, marker, &payload, buf);
         self.index += 1;
@@ -434,7 +436,8 @@ mod tests {
         let n1 = pack.frames(Phrase::Digit(1), codec).len();
         let n2 = pack.frames(Phrase::Digit(2), codec).len();
         let total = script.frame_count(&pack) as usize;
-        let expected_markers = vec![2, 2 + n1 + 3];
+        // The stream start, then each talk spurt after silence.
+        let expected_markers = vec![0, 2, 2 + n1 + 3];
 
         let rx = loopback();
         let pacer = Pacer::start().unwrap();

@@ -246,9 +246,8 @@ fn code_needs_agreeing_readings() {
 }
 
 /// Interop with an independent UAC: SIPp's built-in `uac` scenario (INVITE, 100/180/
-/// 200, ACK, BYE). Needs `sipp` on PATH: `cargo test -- --ignored sipp`.
+/// 200, ACK, BYE). Needs `sipp` on PATH (scripts/test.sh installs it).
 #[tokio::test]
-#[ignore = "needs sipp installed"]
 async fn sipp_uac_scenario_completes() {
     let (mut phone, _sock) = start_phone(AnswerMode::Answer {
         ring: Duration::from_millis(100),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use otpdial::app::DialerMode;
 use otpdial::domain::{CallStatus, VerificationStatus};
-use otpdial::media::{CallScript, PromptLibrary, ScriptItem, G711};
+use otpdial::media::{CallScript, PromptLibrary};
 use serde_json::json;
 
 use crate::helpers::{base_settings, receive_rtp, spawn_app, Db, Sipp};
@@ -15,15 +15,7 @@ use crate::helpers::{base_settings, receive_rtp, spawn_app, Db, Sipp};
 fn expected_frames(digits: &[u8], repeat: u32) -> usize {
     let lib = PromptLibrary::builtin();
     let pack = lib.get("en").expect("en pack");
-    CallScript::build(&pack, digits, repeat)
-        .items
-        .iter()
-        .map(|item| match item {
-            ScriptItem::Say(p) => pack.frames(*p, G711::Alaw).len(),
-            ScriptItem::Silence { frames } => *frames as usize,
-            ScriptItem::CodeStart | ScriptItem::CodeEnd => 0,
-        })
-        .sum()
+    CallScript::build(&pack, digits, repeat).frame_count(&pack) as usize
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
