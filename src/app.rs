@@ -87,9 +87,30 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
             format!("config key `sip.external_address`: cannot resolve {external:?}")
         })?)
     };
+    // Via/Contact must name an address the trunk can reach. Without an
+    // external_address, a wildcard listener advertises the address of the
+    // interface that routes to the first trunk.
+    let advertised = if !external.is_empty() {
+        Some(external.to_string())
+    } else if settings.sip.listen.ip().is_unspecified() {
+        match settings.trunks.first() {
+            Some(t) => {
+                let ip = route_source(&t.proxy.host_port()).await.with_context(|| {
+                    format!(
+                        "cannot find the local address that routes to trunk {}",
+                        t.name
+                    )
+                })?;
+                Some(ip.to_string())
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
     let sip = SipEndpoint::bind(
         settings.sip.listen,
-        (!external.is_empty()).then(|| external.to_string()),
+        advertised,
         settings.sip.user_agent.clone(),
     )
     .await
@@ -185,6 +206,23 @@ pub async fn run(
     tracing::info!("shutting down: no new calls, waiting for calls in progress");
     app.stop().await;
     Ok(())
+}
+
+/// The local IP the kernel would use to reach `host_port` (connecting a UDP
+/// socket selects a route without sending anything).
+async fn route_source(host_port: &str) -> anyhow::Result<IpAddr> {
+    let dest = tokio::net::lookup_host(host_port)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{host_port} has no address"))?;
+    let any: SocketAddr = if dest.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let probe = tokio::net::UdpSocket::bind(any).await?;
+    probe.connect(dest).await?;
+    Ok(probe.local_addr()?.ip())
 }
 
 async fn resolve_ip(host: &str) -> anyhow::Result<IpAddr> {

@@ -125,6 +125,18 @@ impl Dialer {
 
     async fn run_claimed(&self, claimed: ClaimedCall) -> Result<CallStatus, StoreError> {
         let call_id = claimed.call_id.as_str();
+        if claimed.verification_status != VerificationStatus::Pending {
+            // Approved, canceled or expired before its call was placed: the
+            // user needs no call any more.
+            let outcome = AttemptOutcome {
+                status: CallStatus::Canceled,
+                ..failed_outcome(format!(
+                    "verification already {}",
+                    claimed.verification_status.as_str()
+                ))
+            };
+            return self.finish(&claimed, outcome).await;
+        }
         let code = match claimed
             .code_sealed
             .as_deref()
@@ -300,7 +312,7 @@ impl Dialer {
                 },
             )
             .await?;
-        if outcome.status != CallStatus::Completed {
+        if !matches!(outcome.status, CallStatus::Completed | CallStatus::Canceled) {
             self.store
                 .finish_verification(&claimed.verification_id, VerificationStatus::Failed, now)
                 .await?;

@@ -84,6 +84,7 @@ pub struct ClaimedCall {
     pub locale: String,
     pub code_sealed: Option<String>,
     pub expires_at: i64,
+    pub verification_status: VerificationStatus,
 }
 
 pub struct NewVerification<'a> {
@@ -415,10 +416,12 @@ impl Store {
         let verification_id: String = row.try_get(1)?;
         let code_sealed: Option<String> = row.try_get(2)?;
         insert_event(&mut tx, &call_id, CallStatus::Dialing, now).await?;
-        let v = sqlx::query("SELECT phone, locale, expires_at FROM verifications WHERE id = $1")
-            .bind(&verification_id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let v = sqlx::query(
+            "SELECT phone, locale, expires_at, status FROM verifications WHERE id = $1",
+        )
+        .bind(&verification_id)
+        .fetch_one(&mut *tx)
+        .await?;
         let claimed = ClaimedCall {
             call_id,
             verification_id,
@@ -426,6 +429,11 @@ impl Store {
             locale: v.try_get(1)?,
             code_sealed,
             expires_at: v.try_get(2)?,
+            verification_status: {
+                let s: String = v.try_get(3)?;
+                VerificationStatus::parse(&s)
+                    .ok_or_else(|| StoreError::Corrupt(format!("verification status {s:?}")))?
+            },
         };
         tx.commit().await?;
         Ok(Some(claimed))

@@ -3,6 +3,7 @@
 //! PostgreSQL.
 
 use otpdial::app::DialerMode;
+use otpdial::dialer::Outcome;
 use otpdial::domain::CallStatus;
 use serde_json::json;
 
@@ -157,6 +158,22 @@ async fn checks_and_idempotency(db: Db) {
     assert_eq!(row.code_hash.len(), 64);
     let call = t.app.store.get_call_of(id2).await.unwrap().unwrap();
     assert_eq!(call.status, CallStatus::Queued);
+
+    // Nobody needs those calls any more: the dialer cancels them unplaced.
+    for _ in 0..2 {
+        match t.app.dialer.claim_and_run_one().await.unwrap() {
+            Outcome::Finished { status, .. } => assert_eq!(status, CallStatus::Canceled),
+            Outcome::Idle => panic!("two calls were queued"),
+        }
+    }
+    assert_eq!(
+        t.app.dialer.claim_and_run_one().await.unwrap(),
+        Outcome::Idle
+    );
+    let v = t.view(id2).await;
+    assert_eq!(v.call.status, CallStatus::Canceled);
+    assert_eq!(v.status, otpdial::domain::VerificationStatus::Approved);
+    assert!(v.call.attempts.is_empty(), "no call was placed");
     t.app.stop().await;
 }
 
