@@ -9,6 +9,7 @@
 //! Inside: `message` (normalise/parse/render on rsip), `sdp` (offer/answer), `ua`
 //! (client/server transactions keyed by branch, calls/dialogs keyed by handle and Call-ID).
 
+pub mod digest;
 mod message;
 pub mod sdp;
 mod ua;
