@@ -124,6 +124,10 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         settings.sip.rtp_ports,
         external_ip,
     ));
+    engine
+        .start_trunks(&settings.trunks)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
 
     let wake = Arc::new(Notify::new());
     let verifier = Verifier::new(

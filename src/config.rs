@@ -238,6 +238,26 @@ pub struct TrunkSettings {
     pub max_concurrent_calls: u32,
     #[serde(default = "default_ring_timeout")]
     pub ring_timeout: HumanDuration,
+    /// `P-Asserted-Identity` value for INVITEs (RFC 3325), e.g. `<sip:+31508200000@host>`.
+    #[serde(default)]
+    pub p_asserted_identity: Option<String>,
+    /// `Privacy` value for INVITEs (RFC 3323/3325), e.g. `id` or `none`.
+    #[serde(default)]
+    pub privacy: Option<String>,
+    /// Registration lifetime asked for, in seconds (the registrar may change it).
+    #[serde(default = "default_register_expires")]
+    pub register_expires: u32,
+    /// OPTIONS keepalive period; `0s` (the default) turns it off. Off by default because
+    /// some carriers rate-limit or blocklist unsolicited OPTIONS.
+    #[serde(default = "default_options_interval")]
+    pub options_interval: HumanDuration,
+}
+
+fn default_register_expires() -> u32 {
+    3600
+}
+fn default_options_interval() -> HumanDuration {
+    HumanDuration(Duration::ZERO)
 }
 
 fn default_codecs() -> Vec<CodecName> {
@@ -254,6 +274,17 @@ fn default_ring_timeout() -> HumanDuration {
 }
 
 impl TrunkSettings {
+    /// Digest credentials: `auth_username` (else `username`) and the password, when both
+    /// are set. None means an IP-authenticated trunk.
+    pub fn credentials(&self) -> Option<crate::sip::digest::Credentials> {
+        let user = self.auth_username.as_ref().or(self.username.as_ref())?;
+        let password = self.password.as_ref()?;
+        Some(crate::sip::digest::Credentials {
+            username: user.clone(),
+            password: password.expose().to_string(),
+        })
+    }
+
     /// Whether this trunk carries calls to `e164` (by its prefixes).
     pub fn routes(&self, e164: &str) -> bool {
         self.prefixes.is_empty() || self.prefixes.iter().any(|p| e164.starts_with(p.as_str()))
@@ -664,6 +695,33 @@ impl Settings {
                     format!("trunks[{i}].max_concurrent_calls"),
                     "must be at least 1".into(),
                 ));
+            }
+            if !(60..=86_400).contains(&t.register_expires) {
+                return Err(err(
+                    format!("trunks[{i}].register_expires"),
+                    format!("must be 60..=86400 seconds, got {}", t.register_expires),
+                ));
+            }
+            let every = t.options_interval.0;
+            if !every.is_zero() && every < Duration::from_secs(5) {
+                return Err(err(
+                    format!("trunks[{i}].options_interval"),
+                    "must be 0s (off) or at least 5s".into(),
+                ));
+            }
+            for (key, value) in [
+                ("p_asserted_identity", &t.p_asserted_identity),
+                ("privacy", &t.privacy),
+            ] {
+                if value
+                    .as_deref()
+                    .is_some_and(|v| v.trim().is_empty() || v.contains(['\r', '\n']))
+                {
+                    return Err(err(
+                        format!("trunks[{i}].{key}"),
+                        "must be a non-empty single-line header value".into(),
+                    ));
+                }
             }
         }
         Ok(())

@@ -3,7 +3,10 @@
 //! sends what it wants sent and routes its events to one channel per call.
 //! May depend on `crate::sip`, tokio and tracing.
 
-use crate::sip::{sdp, CallHandle, EndReason, Event, OutgoingCall, UaConfig, UserAgent};
+use crate::sip::{
+    sdp, CallHandle, EndReason, Event, OutgoingCall, ProbeResult, TrunkConfig, TrunkId,
+    TrunkStatus, UaConfig, UserAgent,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -48,8 +51,15 @@ enum Command {
         reply: oneshot::Sender<CallHandle>,
     },
     Hangup(CallHandle),
+    AddTrunk {
+        config: TrunkConfig,
+        probes: mpsc::UnboundedSender<ProbeResult>,
+    },
     Shutdown,
 }
+
+/// Trunk status by trunk name, written by the driver task, read by anyone.
+type StatusMap = Arc<Mutex<HashMap<String, TrunkStatus>>>;
 
 /// Handle to the SIP driver task. Cheap to clone.
 #[derive(Clone)]
@@ -61,6 +71,7 @@ struct Inner {
     commands: mpsc::UnboundedSender<Command>,
     local_addr: SocketAddr,
     task: Mutex<Option<JoinHandle<()>>>,
+    trunks: StatusMap,
 }
 
 impl std::fmt::Debug for SipEndpoint {
@@ -113,6 +124,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Invite { call, .. } => write!(f, "Invite({})", call.request_uri),
             Command::Hangup(h) => write!(f, "Hangup({h})"),
+            Command::AddTrunk { config, .. } => write!(f, "AddTrunk({})", config.name),
             Command::Shutdown => f.write_str("Shutdown"),
         }
     }
@@ -136,12 +148,14 @@ impl SipEndpoint {
             user_agent,
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(drive(socket, ua, rx));
+        let trunks: StatusMap = Arc::default();
+        let task = tokio::spawn(drive(socket, ua, rx, trunks.clone()));
         Ok(SipEndpoint {
             inner: Arc::new(Inner {
                 commands: tx,
                 local_addr,
                 task: Mutex::new(Some(task)),
+                trunks,
             }),
         })
     }
@@ -170,6 +184,27 @@ impl SipEndpoint {
         })
     }
 
+    /// Starts registration and/or OPTIONS keepalive for a trunk. Every REGISTER/OPTIONS
+    /// outcome is also sent on the returned channel (drop it if you only want
+    /// [`Self::trunk_status`]).
+    pub fn add_trunk(
+        &self,
+        config: TrunkConfig,
+    ) -> Result<mpsc::UnboundedReceiver<ProbeResult>, SipIoError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inner.trunks).insert(config.name.clone(), TrunkStatus::default());
+        self.inner
+            .commands
+            .send(Command::AddTrunk { config, probes: tx })
+            .map_err(|_| SipIoError::Closed)?;
+        Ok(rx)
+    }
+
+    /// The last known status of a trunk added with [`Self::add_trunk`].
+    pub fn trunk_status(&self, name: &str) -> Option<TrunkStatus> {
+        lock(&self.inner.trunks).get(name).cloned()
+    }
+
     /// Stops the driver task and waits for it. Calls in progress get no further events
     /// (their channels close); hang them up first for a clean end.
     pub async fn shutdown(&self) {
@@ -186,12 +221,30 @@ impl SipEndpoint {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Where trunk events go: the shared status map and the probe channel of each trunk.
+struct TrunkRoutes {
+    statuses: StatusMap,
+    by_id: HashMap<TrunkId, (String, mpsc::UnboundedSender<ProbeResult>)>,
+}
+
 async fn drive(
     socket: UdpSocket,
     mut ua: UserAgent,
     mut commands: mpsc::UnboundedReceiver<Command>,
+    statuses: StatusMap,
 ) {
     let mut routes: HashMap<CallHandle, mpsc::UnboundedSender<CallEvent>> = HashMap::new();
+    let mut trunks = TrunkRoutes {
+        statuses,
+        by_id: HashMap::new(),
+    };
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
         let deadline = ua.poll_timeout();
@@ -218,6 +271,14 @@ async fn drive(
                     let _ = reply.send(handle);
                 }
                 Some(Command::Hangup(handle)) => ua.hangup(Instant::now(), handle),
+                Some(Command::AddTrunk { config, probes }) => {
+                    let name = config.name.clone();
+                    let id = ua.add_trunk(Instant::now(), config);
+                    if let Some(st) = ua.trunk_status(id) {
+                        lock(&trunks.statuses).insert(name.clone(), st);
+                    }
+                    trunks.by_id.insert(id, (name, probes));
+                }
             },
             () = timer => ua.handle_timeout(Instant::now()),
         }
@@ -230,6 +291,18 @@ async fn drive(
             }
         }
         while let Some(event) = ua.poll_event() {
+            if let Event::TrunkProbe {
+                trunk,
+                result,
+                status,
+            } = event
+            {
+                if let Some((name, probes)) = trunks.by_id.get(&trunk) {
+                    lock(&trunks.statuses).insert(name.clone(), status);
+                    let _ = probes.send(result);
+                }
+                continue;
+            }
             route_event(&mut routes, event);
         }
     }
@@ -257,6 +330,7 @@ fn route_event(routes: &mut HashMap<CallHandle, mpsc::UnboundedSender<CallEvent>
             }
             return;
         }
+        Event::TrunkProbe { .. } => return,
     };
     if let Some(tx) = routes.get(&call) {
         // A dropped receiver just means nobody listens any more.
@@ -324,6 +398,8 @@ mod tests {
                     telephone_event_pt: 101,
                     ptime_ms: 20,
                 },
+                credentials: None,
+                extra_headers: Vec::new(),
             })
             .await
             .unwrap();
@@ -392,6 +468,8 @@ mod tests {
                     telephone_event_pt: 101,
                     ptime_ms: 20,
                 },
+                credentials: None,
+                extra_headers: Vec::new(),
             })
             .await,
             Err(SipIoError::Closed)

@@ -247,6 +247,12 @@ pub(crate) struct Message {
     pub(crate) contact_uri: Option<String>,
     pub(crate) record_route: Vec<String>,
     pub(crate) content_type: Option<String>,
+    /// `WWW-Authenticate` (false) and `Proxy-Authenticate` (true) values, in order.
+    pub(crate) challenges: Vec<(bool, String)>,
+    /// Every Contact value (name-addr with parameters), e.g. for REGISTER's `expires`.
+    pub(crate) contacts: Vec<String>,
+    pub(crate) expires: Option<u32>,
+    pub(crate) min_expires: Option<u32>,
     pub(crate) body: Vec<u8>,
 }
 
@@ -318,6 +324,10 @@ struct Fields {
     contact_uri: Option<String>,
     record_route: Vec<String>,
     content_type: Option<String>,
+    challenges: Vec<(bool, String)>,
+    contacts: Vec<String>,
+    expires: Option<u32>,
+    min_expires: Option<u32>,
 }
 
 impl Fields {
@@ -333,6 +343,10 @@ impl Fields {
             contact_uri: self.contact_uri,
             record_route: self.record_route,
             content_type: self.content_type,
+            challenges: self.challenges,
+            contacts: self.contacts,
+            expires: self.expires,
+            min_expires: self.min_expires,
             body,
         }
     }
@@ -347,6 +361,10 @@ fn extract(headers: &rsip::Headers) -> Result<Fields, &'static str> {
     let mut contact_uri = None;
     let mut record_route = Vec::new();
     let mut content_type = None;
+    let mut challenges = Vec::new();
+    let mut contacts = Vec::new();
+    let mut expires = None;
+    let mut min_expires = None;
     for h in headers.iter() {
         match h {
             Header::Via(v) => vias.extend(split_list(v.value())),
@@ -354,11 +372,18 @@ fn extract(headers: &rsip::Headers) -> Result<Fields, &'static str> {
             Header::To(v) if to.is_none() => to = Some(v.value().to_string()),
             Header::CallId(v) if call_id.is_none() => call_id = Some(v.value().to_string()),
             Header::CSeq(v) if cseq.is_none() => cseq = Some(v.typed().map_err(|_| "CSeq")?),
-            Header::Contact(v) if contact_uri.is_none() => {
-                contact_uri = split_list(v.value())
-                    .first()
-                    .map(|c| addr_uri(c).to_string())
+            Header::Contact(v) => {
+                let list = split_list(v.value());
+                if contact_uri.is_none() {
+                    contact_uri = list.first().map(|c| addr_uri(c).to_string());
+                }
+                contacts.extend(list);
             }
+            // Challenges are kept as text: rsip's typed form rejects qop lists and SHA-256.
+            Header::WwwAuthenticate(v) => challenges.push((false, v.value().to_string())),
+            Header::ProxyAuthenticate(v) => challenges.push((true, v.value().to_string())),
+            Header::Expires(v) => expires = v.value().trim().parse().ok(),
+            Header::MinExpires(v) => min_expires = v.value().trim().parse().ok(),
             Header::RecordRoute(v) => record_route.extend(split_list(v.value())),
             Header::ContentType(v) => content_type = Some(v.value().trim().to_ascii_lowercase()),
             _ => {}
@@ -378,6 +403,10 @@ fn extract(headers: &rsip::Headers) -> Result<Fields, &'static str> {
         contact_uri,
         record_route,
         content_type,
+        challenges,
+        contacts,
+        expires,
+        min_expires,
     })
 }
 
@@ -467,6 +496,7 @@ fn reason_for(status: u16) -> &'static str {
         100 => "Trying",
         200 => "OK",
         400 => "Bad Request",
+        405 => "Method Not Allowed",
         481 => "Call/Transaction Does Not Exist",
         487 => "Request Terminated",
         488 => "Not Acceptable Here",

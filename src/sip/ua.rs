@@ -9,8 +9,11 @@
 //!   retransmitted requests;
 //! - calls keyed by [`CallHandle`], with a Call-ID index for incoming requests.
 
+mod trunk;
+
+use super::digest::{self, Challenge, Credentials};
 use super::message::{self, Message, ParseError, StartLine};
-use super::{sdp, CallHandle, EndReason, Event, OutgoingCall, Transmit, UaConfig};
+use super::{sdp, CallHandle, EndReason, Event, OutgoingCall, Transmit, TrunkId, UaConfig};
 use rsip::headers::UntypedHeader;
 use rsip::{headers as h, Header, Method};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -33,6 +36,12 @@ const TIMER_K: Duration = T4;
 /// How long an ended call's record stays to answer stragglers (e.g. late 2xx retransmits).
 const CALL_LINGER: Duration = Duration::from_secs(32);
 
+/// Handles start at 1, so 0 marks transactions that belong to no call.
+const NO_CALL: CallHandle = CallHandle(0);
+
+/// How many challenged requests one call or probe may resend before giving up.
+const MAX_AUTH_TRIES: u32 = 4;
+
 /// Upper bound on cached server transactions (each lives Timer J = 32 s).
 const MAX_SERVER_TXS: usize = 10_000;
 
@@ -43,6 +52,8 @@ enum TxMethod {
     Invite,
     Bye,
     Cancel,
+    Register,
+    Options,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +78,11 @@ enum ByePurpose {
 
 #[derive(Debug)]
 struct ClientTx {
+    /// The call it belongs to; `NO_CALL` for a trunk's REGISTER/OPTIONS.
     call: CallHandle,
+    /// The trunk a REGISTER/OPTIONS belongs to.
+    trunk: Option<TrunkId>,
+    sent_at: Instant,
     method: TxMethod,
     destination: SocketAddr,
     request: Vec<u8>,
@@ -112,6 +127,98 @@ struct Peer {
     destination: SocketAddr,
 }
 
+/// Digest state of one call or trunk: the challenges answered so far (one per realm,
+/// WWW and Proxy kept apart) and a nonce count per nonce.
+#[derive(Debug, Default)]
+struct AuthSession {
+    credentials: Option<Credentials>,
+    challenges: Vec<(bool, Challenge)>,
+    nonce_counts: HashMap<String, u32>,
+    tries: u32,
+}
+
+impl AuthSession {
+    fn new(credentials: Option<Credentials>) -> Self {
+        AuthSession {
+            credentials,
+            ..AuthSession::default()
+        }
+    }
+
+    /// Takes in the challenges of a 401/407. Ok = resend with [`Self::headers`]; Err =
+    /// give up, with the reason. A challenge for a realm we already answered means the
+    /// credentials were refused, unless it says `stale=true` (only the nonce expired).
+    fn on_challenge(&mut self, status: u16, msg: &Message) -> Result<(), String> {
+        if self.credentials.is_none() {
+            return Err(format!("{status} challenge but no credentials configured"));
+        }
+        if self.tries >= MAX_AUTH_TRIES {
+            return Err(format!(
+                "{status} again after {} authenticated tries",
+                self.tries
+            ));
+        }
+        let proxy = status == 407;
+        let offered = msg
+            .challenges
+            .iter()
+            .filter(|(p, _)| *p == proxy)
+            .map(|(_, v)| v.as_str());
+        let challenge = Challenge::pick(offered)
+            .map_err(|e| format!("{status} with an unusable challenge: {e}"))?;
+        match self
+            .challenges
+            .iter_mut()
+            .find(|(p, c)| *p == proxy && c.realm == challenge.realm)
+        {
+            Some(slot) if challenge.stale => slot.1 = challenge,
+            Some(_) => {
+                return Err(format!(
+                    "{status}: credentials refused for realm {:?}",
+                    challenge.realm
+                ))
+            }
+            None => self.challenges.push((proxy, challenge)),
+        }
+        self.tries += 1;
+        Ok(())
+    }
+
+    /// (Proxy-)Authorization headers answering every stored challenge for this request.
+    fn headers(&mut self, method: Method, uri: &str, body: &[u8]) -> Vec<Header> {
+        let Some(creds) = &self.credentials else {
+            return Vec::new();
+        };
+        let method = method.to_string();
+        let mut out = Vec::new();
+        for (proxy, ch) in &self.challenges {
+            let nc = self.nonce_counts.entry(ch.nonce.clone()).or_insert(0);
+            *nc += 1;
+            let value = digest::answer(
+                ch,
+                creds,
+                digest::RequestParts {
+                    method: &method,
+                    uri,
+                    body,
+                },
+                *nc,
+                &digest::new_cnonce(),
+            );
+            out.push(if *proxy {
+                h::ProxyAuthorization::new(value).into()
+            } else {
+                h::Authorization::new(value).into()
+            });
+        }
+        out
+    }
+
+    fn answered(&self) -> bool {
+        !self.challenges.is_empty()
+    }
+}
+
 #[derive(Debug)]
 struct Call {
     call_id: String,
@@ -126,6 +233,8 @@ struct Call {
     next_cseq: u32,
     offer_sdp: String,
     media: sdp::MediaOffer,
+    extra_headers: Vec<Header>,
+    auth: AuthSession,
     provisional_seen: bool,
     hangup_requested: bool,
     cancel_sent: bool,
@@ -150,6 +259,7 @@ pub struct UserAgent {
     server_txs: HashMap<(String, String), ServerTx>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    trunks: Vec<trunk::TrunkState>,
 }
 
 fn random_token() -> String {
@@ -279,6 +389,7 @@ impl UserAgent {
             server_txs: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            trunks: Vec::new(),
         }
     }
 
@@ -325,6 +436,9 @@ impl UserAgent {
                 consider(Some(w.give_up_at));
             }
         }
+        for t in &self.trunks {
+            consider(t.next_deadline());
+        }
         for (handle, call) in &self.calls {
             // A call still referenced by a transaction is reconsidered when that one goes;
             // offering its past deadline here would make the driver spin.
@@ -365,6 +479,11 @@ impl UserAgent {
             None => format!("<{}>;tag={}", call.from_uri, local_tag),
         };
         let host = self.ident.host_port.clone();
+        let extra_headers = call
+            .extra_headers
+            .iter()
+            .map(|(n, v)| Header::Other(n.clone(), v.clone()))
+            .collect();
         let c = Call {
             call_id: format!("{}@{}", random_token(), host),
             from_header,
@@ -378,6 +497,8 @@ impl UserAgent {
             // SDP session ids must fit in 63 bits for some parsers.
             offer_sdp: sdp::build_offer(&call.media, rand::random::<u64>() >> 2),
             media: call.media,
+            extra_headers,
+            auth: AuthSession::new(call.credentials),
             provisional_seen: false,
             hangup_requested: false,
             cancel_sent: false,
@@ -387,6 +508,18 @@ impl UserAgent {
             forks: Vec::new(),
             ended: false,
             remove_at: None,
+        };
+        self.by_call_id.insert(c.call_id.clone(), handle);
+        self.calls.insert(handle, c);
+        self.send_invite(now, handle);
+        handle
+    }
+
+    /// Sends the INVITE of a call with its current branch and CSeq, answering any stored
+    /// challenges (the first INVITE has none; a challenged one is resent with new ones).
+    fn send_invite(&mut self, now: Instant, handle: CallHandle) {
+        let Some(c) = self.calls.get_mut(&handle) else {
+            return;
         };
         let mut headers = common_headers(
             &self.ident,
@@ -398,8 +531,11 @@ impl UserAgent {
             c.invite_cseq,
             Method::Invite,
         );
-        headers.push(self.contact_header());
+        headers.push(h::Contact::new(format!("<sip:otpdial@{}>", self.ident.host_port)).into());
         headers.push(h::Allow::new(ALLOW).into());
+        headers.extend(c.extra_headers.iter().cloned());
+        let uri = c.request_uri.to_string();
+        headers.extend(c.auth.headers(Method::Invite, &uri, c.offer_sdp.as_bytes()));
         headers.push(h::ContentType::new("application/sdp").into());
         let request = message::render_request(
             Method::Invite,
@@ -407,13 +543,17 @@ impl UserAgent {
             headers,
             c.offer_sdp.as_bytes(),
         );
-        self.transmit(c.destination, request.clone());
+        let key = (c.invite_branch.clone(), TxMethod::Invite);
+        let destination = c.destination;
+        self.transmit(destination, request.clone());
         self.client_txs.insert(
-            (c.invite_branch.clone(), TxMethod::Invite),
+            key,
             ClientTx {
                 call: handle,
+                trunk: None,
+                sent_at: now,
                 method: TxMethod::Invite,
-                destination: c.destination,
+                destination,
                 request,
                 state: TxState::Calling,
                 retransmit_at: Some(now + T1),
@@ -424,9 +564,6 @@ impl UserAgent {
                 bye_purpose: ByePurpose::Silent,
             },
         );
-        self.by_call_id.insert(c.call_id.clone(), handle);
-        self.calls.insert(handle, c);
-        handle
     }
 
     /// Ends a call from our side: BYE once confirmed; CANCEL once a provisional came;
@@ -472,6 +609,7 @@ impl UserAgent {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.trunk_timers(now);
         let keys: Vec<(String, TxMethod)> = self.client_txs.keys().cloned().collect();
         for key in keys {
             let Some(tx) = self.client_txs.get_mut(&key) else {
@@ -482,7 +620,8 @@ impl UserAgent {
                 continue;
             }
             if tx.timeout_at.is_some_and(|t| t <= now) {
-                let (handle, method, purpose) = (tx.call, tx.method, tx.bye_purpose);
+                let (handle, method, purpose, trunk) =
+                    (tx.call, tx.method, tx.bye_purpose, tx.trunk);
                 self.client_txs.remove(&key);
                 match method {
                     TxMethod::Invite => {
@@ -494,6 +633,11 @@ impl UserAgent {
                     }
                     TxMethod::Bye if purpose == ByePurpose::Hangup => {
                         self.end_call(now, handle, EndReason::LocalHangup)
+                    }
+                    TxMethod::Register | TxMethod::Options => {
+                        if let Some(trunk) = trunk {
+                            self.on_trunk_timeout(now, trunk, method);
+                        }
                     }
                     TxMethod::Bye | TxMethod::Cancel => {}
                 }
@@ -595,6 +739,8 @@ impl UserAgent {
             key,
             ClientTx {
                 call,
+                trunk: None,
+                sent_at: now,
                 method,
                 destination,
                 request,
@@ -610,13 +756,26 @@ impl UserAgent {
     }
 
     fn send_bye(&mut self, now: Instant, handle: CallHandle, peer: &Peer, purpose: ByePurpose) {
+        self.send_bye_with(now, handle, peer, purpose, false);
+    }
+
+    /// BYE; `with_auth` answers the challenges stored for the call (after a 401/407 to a
+    /// first BYE: in-dialog requests may be challenged too).
+    fn send_bye_with(
+        &mut self,
+        now: Instant,
+        handle: CallHandle,
+        peer: &Peer,
+        purpose: ByePurpose,
+        with_auth: bool,
+    ) {
         let Some(c) = self.calls.get_mut(&handle) else {
             return;
         };
         let cseq = c.next_cseq;
         c.next_cseq += 1;
         let branch = new_branch();
-        let headers = common_headers(
+        let mut headers = common_headers(
             &self.ident,
             &branch,
             &peer.route_set,
@@ -626,6 +785,9 @@ impl UserAgent {
             cseq,
             Method::Bye,
         );
+        if with_auth {
+            headers.extend(c.auth.headers(Method::Bye, &peer.target.to_string(), b""));
+        }
         let request = message::render_request(Method::Bye, &peer.target, headers, b"");
         self.start_client_tx(
             now,
@@ -686,6 +848,8 @@ impl UserAgent {
             Method::Invite => TxMethod::Invite,
             Method::Bye => TxMethod::Bye,
             Method::Cancel => TxMethod::Cancel,
+            Method::Register => TxMethod::Register,
+            Method::Options => TxMethod::Options,
             other => {
                 debug!(method = %other, "response to a method we never send");
                 return;
@@ -707,11 +871,18 @@ impl UserAgent {
         }
         match method {
             TxMethod::Invite => self.on_invite_response(now, key, status, reason, &msg),
-            TxMethod::Bye | TxMethod::Cancel => self.on_non_invite_response(now, key, status),
+            _ => self.on_non_invite_response(now, key, status, reason, &msg),
         }
     }
 
-    fn on_non_invite_response(&mut self, now: Instant, key: (String, TxMethod), status: u16) {
+    fn on_non_invite_response(
+        &mut self,
+        now: Instant,
+        key: (String, TxMethod),
+        status: u16,
+        reason: String,
+        msg: &Message,
+    ) {
         let Some(tx) = self.client_txs.get_mut(&key) else {
             return;
         };
@@ -730,8 +901,26 @@ impl UserAgent {
         tx.retransmit_at = None;
         tx.timeout_at = None;
         tx.remove_at = Some(now + TIMER_K);
-        if tx.method == TxMethod::Bye && tx.bye_purpose == ByePurpose::Hangup {
-            let handle = tx.call;
+        let (handle, purpose, sent_at) = (tx.call, tx.bye_purpose, tx.sent_at);
+        if let Some(trunk) = tx.trunk {
+            self.on_trunk_response(now, trunk, key.1, status, &reason, now - sent_at, msg);
+            return;
+        }
+        if key.1 != TxMethod::Bye {
+            return;
+        }
+        if status == 401 || status == 407 {
+            // A challenged BYE: answer it once per challenge; the call is over either way.
+            let retry = self.calls.get_mut(&handle).and_then(|c| {
+                let peer = c.dialog.clone()?;
+                c.auth.on_challenge(status, msg).ok().map(|()| peer)
+            });
+            if let Some(peer) = retry {
+                self.send_bye_with(now, handle, &peer, purpose, true);
+                return;
+            }
+        }
+        if purpose == ByePurpose::Hangup {
             self.end_call(now, handle, EndReason::LocalHangup);
         }
     }
@@ -811,8 +1000,30 @@ impl UserAgent {
                     if let Some(ack) = ack {
                         self.transmit(dest, ack);
                     }
-                    let end = match self.calls.get(&handle) {
+                    let end = match self.calls.get_mut(&handle) {
                         Some(c) if c.hangup_requested => EndReason::Canceled,
+                        Some(c) if status == 401 || status == 407 => {
+                            match c.auth.on_challenge(status, msg) {
+                                Ok(()) => {
+                                    // Same dialog attempt, new transaction (RFC 3261 §22.2):
+                                    // same Call-ID and From tag, next CSeq, new branch.
+                                    c.invite_branch = new_branch();
+                                    c.invite_cseq = c.next_cseq;
+                                    c.next_cseq += 1;
+                                    c.provisional_seen = false;
+                                    debug!(call = %handle, status, "INVITE challenged, resending with credentials");
+                                    self.send_invite(now, handle);
+                                    return;
+                                }
+                                Err(why) => {
+                                    debug!(call = %handle, %why, "INVITE authentication failed");
+                                    EndReason::Rejected {
+                                        status,
+                                        reason: format!("{reason} (authentication failed: {why})"),
+                                    }
+                                }
+                            }
+                        }
                         _ => EndReason::Rejected { status, reason },
                     };
                     self.end_call(now, handle, end);
