@@ -14,6 +14,7 @@ pub mod demo;
 pub mod dialer;
 pub mod domain;
 pub mod media;
+pub mod ops;
 pub mod sip;
 pub mod sip_io;
 pub mod store;
