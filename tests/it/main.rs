@@ -8,4 +8,5 @@ mod api_basics;
 mod calls_sipp;
 mod demo_path;
 mod helpers;
+mod sip_kamailio;
 mod sip_scenarios;
