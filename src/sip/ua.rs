@@ -1180,7 +1180,11 @@ impl UserAgent {
             }
             return;
         }
-        let key = msg.top_branch().map(|b| (b, method.to_string()));
+        let method_name = msg
+            .extension_method
+            .clone()
+            .unwrap_or_else(|| method.to_string());
+        let key = msg.top_branch().map(|b| (b, method_name));
         if let Some(stx) = key.as_ref().and_then(|k| self.server_txs.get(k)) {
             // Retransmitted request: same answer again (server transaction).
             let t = Transmit {
@@ -1200,6 +1204,12 @@ impl UserAgent {
         let mut body: Vec<u8> = Vec::new();
         let mut awaiting_ack = None;
         let status = match (method, dialog) {
+            _ if msg.unsupported_uri_scheme => 416,
+            // An extension method (the parser put OPTIONS in its place).
+            _ if msg.extension_method.is_some() => {
+                extra.push(h::Allow::new(ALLOW).into());
+                501
+            }
             (Method::Options, _) => {
                 extra.push(h::Allow::new(ALLOW).into());
                 extra.push(h::Accept::new("application/sdp").into());
@@ -1291,7 +1301,11 @@ impl UserAgent {
         };
         headers.push(h::To::new(to).into());
         headers.push(h::CallId::new(msg.call_id.clone()).into());
-        headers.push(h::CSeq::new(format!("{} {}", msg.cseq, msg.cseq_method)).into());
+        let cseq_method = msg
+            .extension_method
+            .clone()
+            .unwrap_or_else(|| msg.cseq_method.to_string());
+        headers.push(h::CSeq::new(format!("{} {cseq_method}", msg.cseq)).into());
         headers.push(h::Server::new(self.ident.user_agent.clone()).into());
         headers.extend(extra);
         message::render_response(status, headers, body)
