@@ -259,6 +259,7 @@ impl CallEngine {
             },
             credentials: call.trunk.credentials(),
             extra_headers: caller_id_headers(call.trunk),
+            tcp: proxy.transport == crate::config::Transport::Tcp,
         };
         let mut session = match self.sip.invite(outgoing).await {
             Ok(s) => s,
@@ -406,6 +407,7 @@ pub async fn trunk_config(t: &TrunkSettings, one_shot: bool) -> Result<TrunkConf
         register_expires: t.register_expires,
         options_interval: (!every.is_zero()).then_some(every),
         one_shot,
+        tcp: proxy.transport == crate::config::Transport::Tcp,
     })
 }
 

@@ -1,17 +1,23 @@
 //! The only SIP code that touches sockets and clocks: a tokio task that owns one UDP
-//! socket and a sans-IO [`UserAgent`], feeds it datagrams, commands and timer wake-ups,
-//! sends what it wants sent and routes its events to one channel per call.
+//! socket, a TCP listener on the same port and one TCP connection per TCP peer, and a
+//! sans-IO [`UserAgent`]; it feeds the UA datagrams, framed stream messages, commands and
+//! timer wake-ups, sends what it wants sent and routes its events to one channel per call.
 //! May depend on `crate::sip`, tokio and tracing.
+//!
+//! TCP: a connection per peer address, opened when the UA first sends there (or accepted
+//! from the peer) and forgotten when it closes; the next message to that peer opens a new
+//! one (reconnect). Messages are framed by Content-Length (`sip::frame_stream`).
 
 use crate::sip::{
-    sdp, CallHandle, EndReason, Event, OutgoingCall, ProbeResult, TrunkConfig, TrunkId,
+    sdp, CallHandle, EndReason, Event, OutgoingCall, ProbeResult, Transport, TrunkConfig, TrunkId,
     TrunkStatus, UaConfig, UserAgent,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -147,9 +153,18 @@ impl SipEndpoint {
             advertised_host,
             user_agent,
         });
+        // TCP on the same address and port; without it outbound TCP still works, only
+        // peers that open connections to us cannot.
+        let tcp = match TcpListener::bind(local_addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(%local_addr, error = %e, "no SIP TCP listener");
+                None
+            }
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let trunks: StatusMap = Arc::default();
-        let task = tokio::spawn(drive(socket, ua, rx, trunks.clone()));
+        let task = tokio::spawn(drive(socket, tcp, ua, rx, trunks.clone()));
         Ok(SipEndpoint {
             inner: Arc::new(Inner {
                 commands: tx,
@@ -234,12 +249,91 @@ struct TrunkRoutes {
     by_id: HashMap<TrunkId, (String, mpsc::UnboundedSender<ProbeResult>)>,
 }
 
+/// What connection tasks tell the driver.
+enum StreamEvent {
+    Message(SocketAddr, Vec<u8>),
+    Closed(SocketAddr),
+}
+
+/// One TCP connection: writes what arrives on `outgoing`, frames what it reads.
+async fn run_connection(
+    stream: Option<TcpStream>,
+    peer: SocketAddr,
+    mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>,
+    events: mpsc::UnboundedSender<StreamEvent>,
+) {
+    let stream = match stream {
+        Some(s) => s,
+        None => {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), TcpStream::connect(peer))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "SIP TCP connect failed");
+                    let _ = events.send(StreamEvent::Closed(peer));
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "SIP TCP connect timed out");
+                    let _ = events.send(StreamEvent::Closed(peer));
+                    return;
+                }
+            }
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut chunk = vec![0u8; 16384];
+    loop {
+        tokio::select! {
+            out = outgoing.recv() => match out {
+                Some(bytes) => {
+                    if let Err(e) = writer.write_all(&bytes).await {
+                        debug!(%peer, error = %e, "SIP TCP write failed");
+                        break;
+                    }
+                }
+                None => break,
+            },
+            read = reader.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    loop {
+                        match crate::sip::frame_stream(&buf) {
+                            Ok(Some((skip, len))) => {
+                                let msg = buf[skip..skip + len].to_vec();
+                                buf.drain(..skip + len);
+                                let _ = events.send(StreamEvent::Message(peer, msg));
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                // A stream that cannot be framed cannot be resynchronised.
+                                debug!(%peer, error = %e, "closing unframeable SIP TCP stream");
+                                let _ = events.send(StreamEvent::Closed(peer));
+                                return;
+                            }
+                        }
+                    }
+                }
+            },
+        }
+    }
+    let _ = events.send(StreamEvent::Closed(peer));
+}
+
 async fn drive(
     socket: UdpSocket,
+    tcp: Option<TcpListener>,
     mut ua: UserAgent,
     mut commands: mpsc::UnboundedReceiver<Command>,
     statuses: StatusMap,
 ) {
+    let (stream_tx, mut stream_rx) = mpsc::unbounded_channel::<StreamEvent>();
+    let mut connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
+    let mut conn_tasks = tokio::task::JoinSet::new();
     let mut routes: HashMap<CallHandle, mpsc::UnboundedSender<CallEvent>> = HashMap::new();
     let mut trunks = TrunkRoutes {
         statuses,
@@ -255,6 +349,27 @@ async fn drive(
             }
         };
         tokio::select! {
+            accepted = async {
+                match &tcp {
+                    Some(l) => l.accept().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Ok((stream, peer)) = accepted {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    connections.insert(peer, tx);
+                    conn_tasks.spawn(run_connection(Some(stream), peer, rx, stream_tx.clone()));
+                }
+            }
+            event = stream_rx.recv() => match event {
+                Some(StreamEvent::Message(peer, bytes)) => {
+                    ua.handle_stream_message(Instant::now(), peer, &bytes)
+                }
+                Some(StreamEvent::Closed(peer)) => {
+                    connections.remove(&peer);
+                }
+                None => {}
+            },
             received = socket.recv_from(&mut buf) => match received {
                 Ok((n, from)) => ua.handle_datagram(Instant::now(), from, &buf[..n]),
                 // Some platforms report an earlier ICMP port unreachable here; the
@@ -284,6 +399,20 @@ async fn drive(
         }
 
         while let Some(t) = ua.poll_transmit() {
+            if t.transport == Transport::Tcp {
+                let payload = t.payload;
+                let sent = connections
+                    .get(&t.destination)
+                    .is_some_and(|c| c.send(payload.clone()).is_ok());
+                if !sent {
+                    // No (live) connection: open one; it sends once connected.
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let _ = tx.send(payload);
+                    connections.insert(t.destination, tx);
+                    conn_tasks.spawn(run_connection(None, t.destination, rx, stream_tx.clone()));
+                }
+                continue;
+            }
             if let Err(e) = socket.send_to(&t.payload, t.destination).await {
                 // E.g. ECONNREFUSED after ICMP port unreachable: retransmission timers
                 // and Timer B/F decide what that means for the call.
@@ -306,6 +435,7 @@ async fn drive(
             route_event(&mut routes, event);
         }
     }
+    conn_tasks.abort_all();
     debug!("SIP driver stopped");
 }
 
@@ -400,6 +530,7 @@ mod tests {
                 },
                 credentials: None,
                 extra_headers: Vec::new(),
+                tcp: false,
             })
             .await
             .unwrap();
@@ -470,6 +601,7 @@ mod tests {
                 },
                 credentials: None,
                 extra_headers: Vec::new(),
+                tcp: false,
             })
             .await,
             Err(SipIoError::Closed)

@@ -36,6 +36,49 @@ pub(crate) enum ParseError {
     Invalid(&'static str),
 }
 
+/// Stream framing: is a complete message in `buf`? Checked before parsing, as a TCP read
+/// may hold half a message or several (see [`crate::sip::frame_stream`]).
+pub(crate) fn frame(buf: &[u8]) -> Result<Option<(usize, usize)>, String> {
+    /// A header block longer than this is an attack or garbage, not SIP.
+    const MAX_HEAD: usize = 64 * 1024;
+    let skip = buf
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count();
+    let rest = &buf[skip..];
+    let Some(end) = find(rest, b"\r\n\r\n") else {
+        if rest.len() > MAX_HEAD {
+            return Err("header block too long".into());
+        }
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&rest[..end]).map_err(|_| "header block is not UTF-8")?;
+    let mut length = None;
+    for line in head.split("\r\n").skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
+            let n: usize = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad Content-Length {:?}", value.trim()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting Content-Length".into());
+            }
+            length = Some(n);
+        }
+    }
+    // Mandatory on streams: without it the message boundary is unknown.
+    let length = length.ok_or("no Content-Length on a stream transport")?;
+    if length > 1024 * 1024 {
+        return Err("Content-Length too large".into());
+    }
+    let total = end + 4 + length;
+    Ok((rest.len() >= total).then_some((skip, total)))
+}
+
 /// Compact forms from the IANA SIP header registry (RFC 3261 §7.3.3 and later RFCs).
 fn expand_compact(name: &str) -> Option<&'static str> {
     if name.len() != 1 {
@@ -838,6 +881,20 @@ l: 0\n\n";
             parse(raw.as_bytes()),
             Err(ParseError::Truncated { .. })
         ));
+    }
+
+    #[test]
+    fn stream_framing() {
+        let msg = b"OPTIONS sip:a@b SIP/2.0\r\nl: 4\r\nVia: x\r\n\r\nbody";
+        assert_eq!(frame(&msg[..10]).unwrap(), None);
+        assert_eq!(frame(&msg[..msg.len() - 1]).unwrap(), None);
+        assert_eq!(frame(msg).unwrap(), Some((0, msg.len())));
+        let mut two = b"\r\n\r\n".to_vec();
+        two.extend_from_slice(msg);
+        two.extend_from_slice(msg);
+        assert_eq!(frame(&two).unwrap(), Some((4, msg.len())));
+        assert!(frame(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n").is_err());
+        assert!(frame(b"SIP/2.0 200 OK\r\nContent-Length: -1\r\n\r\n").is_err());
     }
 
     #[test]

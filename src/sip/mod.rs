@@ -42,11 +42,28 @@ pub struct UaConfig {
     pub user_agent: String,
 }
 
-/// A datagram the driver must send.
+/// How a message travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    /// One TCP connection per peer address, opened (or re-opened) by the driver.
+    Tcp,
+}
+
+/// A message the driver must send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     pub destination: SocketAddr,
+    pub transport: Transport,
     pub payload: Vec<u8>,
+}
+
+/// Where the first complete SIP message in a TCP byte stream ends (RFC 3261 §18.3:
+/// Content-Length frames messages on streams). `Ok(None)`: need more bytes;
+/// `Ok(Some((skip, len)))`: skip `skip` keep-alive CRLFs, then `len` bytes are one
+/// message; `Err`: the stream cannot be framed (drop the connection).
+pub fn frame_stream(buf: &[u8]) -> Result<Option<(usize, usize)>, String> {
+    message::frame(buf)
 }
 
 /// Identifies one outgoing call for its whole life.
@@ -74,6 +91,8 @@ pub struct OutgoingCall {
     pub credentials: Option<digest::Credentials>,
     /// Extra headers for the INVITE, e.g. `P-Asserted-Identity` and `Privacy`.
     pub extra_headers: Vec<(String, String)>,
+    /// Reach `destination` over TCP instead of UDP.
+    pub tcp: bool,
 }
 
 /// Index of a trunk added with [`UserAgent::add_trunk`].
@@ -99,6 +118,8 @@ pub struct TrunkConfig {
     pub options_interval: Option<std::time::Duration>,
     /// Do each probe once and schedule nothing more (`otpdial trunk check`).
     pub one_shot: bool,
+    /// Reach the trunk over TCP instead of UDP.
+    pub tcp: bool,
 }
 
 /// Which request a probe used.

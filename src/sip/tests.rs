@@ -67,6 +67,7 @@ struct Harness {
     sent: Vec<Sent>,
     events: Vec<Event>,
     credentials: Option<digest::Credentials>,
+    tcp: bool,
 }
 
 fn offer() -> MediaOffer {
@@ -94,6 +95,7 @@ impl Harness {
             sent: Vec::new(),
             events: Vec::new(),
             credentials: None,
+            tcp: false,
         }
     }
 
@@ -111,6 +113,7 @@ impl Harness {
                     "P-Asserted-Identity".into(),
                     "<sip:+31508200000@sip.provider.example>".into(),
                 )],
+                tcp: self.tcp,
             },
         );
         self.drain();
@@ -926,6 +929,7 @@ fn unparseable_request_uri_ends_the_call_without_sending() {
             media: offer(),
             credentials: None,
             extra_headers: Vec::new(),
+            tcp: false,
         },
     );
     h.drain();
@@ -1241,6 +1245,7 @@ fn trunk_cfg(register: bool, options: Option<Duration>) -> TrunkConfig {
         register_expires: 3600,
         options_interval: options,
         one_shot: false,
+        tcp: false,
     }
 }
 
@@ -1528,4 +1533,33 @@ fn parse_message_survives_mutated_torture_messages() {
         }
         let _ = parse_message(&m);
     }
+}
+
+#[test]
+fn tcp_call_has_no_retransmissions_and_answers_on_the_connection() {
+    let mut h = Harness::new();
+    h.tcp = true;
+    let call = h.call();
+    let invite = h.only_sent();
+    let via = &invite.msg().vias[0];
+    assert!(via.starts_with("SIP/2.0/TCP "), "{via}");
+    assert!(invite.headers("Contact")[0].ends_with(";transport=tcp>"));
+    let t = h.ua.poll_transmit();
+    assert!(t.is_none());
+    // No Timer A on a reliable transport; Timer B still bounds the wait.
+    h.advance(secs(10.0));
+    assert!(h.take_sent().is_empty(), "no retransmission over TCP");
+    h.recv(&respond(&invite, 180, "Ringing", Some("p"), "", ""));
+    h.recv(&ok_with_sdp(&invite, "p"));
+    assert_eq!(h.only_sent().method(), Some(rsip::Method::Ack));
+    // A request from the far end arriving on a TCP connection from an ephemeral port is
+    // answered on that connection, whatever its Via says.
+    let ephemeral: SocketAddr = "127.0.0.1:40123".parse().unwrap();
+    let bye = in_dialog_request(&invite, "p", "BYE", 5, "z9hG4bKtcpbye", "", "");
+    h.ua.handle_stream_message(h.now, ephemeral, bye.as_bytes());
+    h.drain();
+    let ok = h.only_sent();
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(ok.to, ephemeral);
+    assert_eq!(ended(&h.take_events(), call), vec![EndReason::RemoteHangup]);
 }

@@ -13,7 +13,9 @@ mod trunk;
 
 use super::digest::{self, Challenge, Credentials};
 use super::message::{self, Message, ParseError, StartLine};
-use super::{sdp, CallHandle, EndReason, Event, OutgoingCall, Transmit, TrunkId, UaConfig};
+use super::{
+    sdp, CallHandle, EndReason, Event, OutgoingCall, Transmit, Transport, TrunkId, UaConfig,
+};
 use rsip::headers::UntypedHeader;
 use rsip::{headers as h, Header, Method};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -260,6 +262,26 @@ pub struct UserAgent {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     trunks: Vec<trunk::TrunkState>,
+    /// Peers reached over TCP (trunks configured so, and whoever sent us a request over
+    /// TCP); everything else is UDP. Transport follows the address, not the call.
+    tcp_peers: HashSet<SocketAddr>,
+}
+
+fn transport_for(tcp_peers: &HashSet<SocketAddr>, dest: SocketAddr) -> Transport {
+    if tcp_peers.contains(&dest) {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    }
+}
+
+/// Our Contact URI, with `;transport=tcp` when the peer talks TCP to us.
+fn contact_value(user: &str, host_port: &str, tcp: bool) -> String {
+    if tcp {
+        format!("<sip:{user}@{host_port};transport=tcp>")
+    } else {
+        format!("<sip:{user}@{host_port}>")
+    }
 }
 
 fn random_token() -> String {
@@ -344,10 +366,13 @@ fn common_headers(
     call_id: &str,
     cseq: u32,
     method: Method,
+    tcp: bool,
 ) -> Vec<Header> {
     let mut headers: Vec<Header> = vec![h::Via::new(format!(
-        "SIP/2.0/UDP {};branch={};rport",
-        ident.host_port, branch
+        "SIP/2.0/{} {};branch={};rport",
+        if tcp { "TCP" } else { "UDP" },
+        ident.host_port,
+        branch
     ))
     .into()];
     headers.extend(route_set.iter().map(|r| h::Route::new(r.clone()).into()));
@@ -390,6 +415,7 @@ impl UserAgent {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             trunks: Vec::new(),
+            tcp_peers: HashSet::new(),
         }
     }
 
@@ -453,6 +479,9 @@ impl UserAgent {
     pub fn invite(&mut self, now: Instant, call: OutgoingCall) -> CallHandle {
         let handle = CallHandle(self.next_handle);
         self.next_handle += 1;
+        if call.tcp {
+            self.tcp_peers.insert(call.destination);
+        }
         let parsed = parse_sip_uri(&call.request_uri);
         let request_uri = match parsed {
             Ok(uri) => uri,
@@ -530,8 +559,10 @@ impl UserAgent {
             &c.call_id,
             c.invite_cseq,
             Method::Invite,
+            self.tcp_peers.contains(&c.destination),
         );
-        headers.push(h::Contact::new(format!("<sip:otpdial@{}>", self.ident.host_port)).into());
+        let tcp = self.tcp_peers.contains(&c.destination);
+        headers.push(h::Contact::new(contact_value("otpdial", &self.ident.host_port, tcp)).into());
         headers.push(h::Allow::new(ALLOW).into());
         headers.extend(c.extra_headers.iter().cloned());
         let uri = c.request_uri.to_string();
@@ -556,7 +587,8 @@ impl UserAgent {
                 destination,
                 request,
                 state: TxState::Calling,
-                retransmit_at: Some(now + T1),
+                // Timer A only on unreliable transports (RFC 3261 §17.1.1.2).
+                retransmit_at: (!tcp).then_some(now + T1),
                 interval: T1,
                 timeout_at: Some(now + TIMEOUT_64T1),
                 remove_at: None,
@@ -589,6 +621,13 @@ impl UserAgent {
         if c.provisional_seen && !c.cancel_sent {
             self.send_cancel(now, call);
         }
+    }
+
+    /// Feeds one complete message received on a TCP connection from `from` (framed with
+    /// [`crate::sip::frame_stream`]). Answers and later requests to `from` use TCP too.
+    pub fn handle_stream_message(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.tcp_peers.insert(from);
+        self.handle_datagram(now, from, data);
     }
 
     /// Feeds one received UDP datagram. Anything malformed is logged and dropped.
@@ -652,6 +691,7 @@ impl UserAgent {
                 tx.retransmit_at = Some(at + tx.interval);
                 let t = Transmit {
                     destination: tx.destination,
+                    transport: transport_for(&self.tcp_peers, tx.destination),
                     payload: tx.request.clone(),
                 };
                 self.transmits.push_back(t);
@@ -671,6 +711,7 @@ impl UserAgent {
                     w.retransmit_at += w.interval;
                     resend.push(Transmit {
                         destination: stx.destination,
+                        transport: Transport::Udp,
                         payload: stx.response.clone(),
                     });
                 }
@@ -700,12 +741,13 @@ impl UserAgent {
     fn transmit(&mut self, destination: SocketAddr, payload: Vec<u8>) {
         self.transmits.push_back(Transmit {
             destination,
+            transport: transport_for(&self.tcp_peers, destination),
             payload,
         });
     }
 
-    fn contact_header(&self) -> Header {
-        h::Contact::new(format!("<sip:otpdial@{}>", self.ident.host_port)).into()
+    fn contact_header(&self, tcp: bool) -> Header {
+        h::Contact::new(contact_value("otpdial", &self.ident.host_port, tcp)).into()
     }
 
     fn end_call(&mut self, now: Instant, handle: CallHandle, reason: EndReason) {
@@ -735,6 +777,7 @@ impl UserAgent {
     ) {
         self.transmit(destination, request.clone());
         let method = key.1;
+        let tcp = self.tcp_peers.contains(&destination);
         self.client_txs.insert(
             key,
             ClientTx {
@@ -745,7 +788,8 @@ impl UserAgent {
                 destination,
                 request,
                 state: TxState::Calling,
-                retransmit_at: Some(now + T1),
+                // Timer E only on unreliable transports (RFC 3261 §17.1.2.2).
+                retransmit_at: (!tcp).then_some(now + T1),
                 interval: T1,
                 timeout_at: Some(now + TIMEOUT_64T1),
                 remove_at: None,
@@ -784,6 +828,7 @@ impl UserAgent {
             &c.call_id,
             cseq,
             Method::Bye,
+            self.tcp_peers.contains(&peer.destination),
         );
         if with_auth {
             headers.extend(c.auth.headers(Method::Bye, &peer.target.to_string(), b""));
@@ -815,6 +860,7 @@ impl UserAgent {
             &c.call_id,
             c.invite_cseq,
             Method::Cancel,
+            self.tcp_peers.contains(&c.destination),
         );
         let request = message::render_request(Method::Cancel, &c.request_uri, headers, b"");
         let branch = c.invite_branch.clone();
@@ -900,7 +946,9 @@ impl UserAgent {
         tx.state = TxState::Completed;
         tx.retransmit_at = None;
         tx.timeout_at = None;
-        tx.remove_at = Some(now + TIMER_K);
+        // Timer K is zero on reliable transports: no retransmitted finals to absorb.
+        let reliable = self.tcp_peers.contains(&tx.destination);
+        tx.remove_at = Some(now + if reliable { Duration::ZERO } else { TIMER_K });
         let (handle, purpose, sent_at) = (tx.call, tx.bye_purpose, tx.sent_at);
         if let Some(trunk) = tx.trunk {
             self.on_trunk_response(now, trunk, key.1, status, &reason, now - sent_at, msg);
@@ -994,7 +1042,8 @@ impl UserAgent {
                     tx.state = TxState::Completed;
                     tx.retransmit_at = None;
                     tx.timeout_at = None;
-                    tx.remove_at = Some(now + TIMER_D);
+                    let reliable = self.tcp_peers.contains(&tx.destination);
+                    tx.remove_at = Some(now + if reliable { Duration::ZERO } else { TIMER_D });
                     tx.ack = ack.clone();
                     let dest = tx.destination;
                     if let Some(ack) = ack {
@@ -1052,6 +1101,7 @@ impl UserAgent {
             &c.call_id,
             c.invite_cseq,
             Method::Ack,
+            self.tcp_peers.contains(&c.destination),
         );
         Some(message::render_request(
             Method::Ack,
@@ -1104,6 +1154,7 @@ impl UserAgent {
             &c.call_id,
             c.invite_cseq,
             Method::Ack,
+            self.tcp_peers.contains(&peer.destination),
         );
         let ack = message::render_request(Method::Ack, &peer.target, headers, b"");
         let first = c.dialog.is_none() && !c.ended;
@@ -1189,6 +1240,7 @@ impl UserAgent {
             // Retransmitted request: same answer again (server transaction).
             let t = Transmit {
                 destination: stx.destination,
+                transport: transport_for(&self.tcp_peers, stx.destination),
                 payload: stx.response.clone(),
             };
             self.transmits.push_back(t);
@@ -1197,7 +1249,11 @@ impl UserAgent {
         let Some(top_via) = msg.vias.first() else {
             return;
         };
-        let (destination, top_via) = message::response_route(top_via, from);
+        let (mut destination, top_via) = message::response_route(top_via, from);
+        if self.tcp_peers.contains(&from) {
+            // Reliable transport: the response goes back on the request's connection.
+            destination = from;
+        }
         let dialog = self.find_dialog(&msg);
 
         let mut extra: Vec<Header> = Vec::new();
@@ -1231,7 +1287,7 @@ impl UserAgent {
             (Method::Invite | Method::Update, Some(hd)) => {
                 // Session refresh or re-offer: keep our media as it is, answer with the
                 // same SDP (RFC 3264 §8: unchanged version is allowed).
-                extra.push(self.contact_header());
+                extra.push(self.contact_header(self.tcp_peers.contains(&from)));
                 let offer = self
                     .calls
                     .get(&hd)
@@ -1241,7 +1297,7 @@ impl UserAgent {
                     extra.push(h::ContentType::new("application/sdp").into());
                     body = offer.into_bytes();
                 }
-                if method == Method::Invite {
+                if method == Method::Invite && !self.tcp_peers.contains(&from) {
                     awaiting_ack = Some(AckWait {
                         call_id: msg.call_id.clone(),
                         cseq: msg.cseq,

@@ -193,6 +193,17 @@ async fn register_and_call(algorithm: &str, transport: Transport) {
     assert!(log.matches("trunk: INVITE").count() >= 2, "{log}");
     assert!(log.contains("trunk: ACK"), "{log}");
     assert!(log.contains("trunk: BYE"), "{log}");
+    let proto = match transport {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+    };
+    for method in ["REGISTER", "INVITE", "ACK", "BYE"] {
+        assert!(
+            log.lines().any(|l| l.contains(&format!("trunk: {method} "))
+                && l.contains(&format!(" from {proto}:"))),
+            "{method} over {proto}: {log}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,4 +232,9 @@ async fn sip_kamailio_wrong_password_fails_trunk_check() {
         "{reg:?}"
     );
     assert!(!format!("{reg:?}").contains("not-the-password"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_kamailio_over_tcp_register_and_call() {
+    register_and_call("SHA-256", Transport::Tcp).await;
 }

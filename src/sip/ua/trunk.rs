@@ -63,6 +63,9 @@ impl UserAgent {
     /// Outcomes arrive as [`Event::TrunkProbe`].
     pub fn add_trunk(&mut self, now: Instant, cfg: TrunkConfig) -> TrunkId {
         let id = TrunkId(self.trunks.len());
+        if cfg.tcp {
+            self.tcp_peers.insert(cfg.destination);
+        }
         let registrar = parse_sip_uri(&cfg.registrar_uri).ok();
         let wants_options = cfg.options_interval.is_some() || (cfg.one_shot && !cfg.register);
         let mut status = TrunkStatus::default();
@@ -150,6 +153,7 @@ impl UserAgent {
             &t.reg_call_id,
             t.reg_cseq,
             Method::Register,
+            self.tcp_peers.contains(&t.cfg.destination),
         );
         headers.push(
             h::Contact::new(format!("<sip:{}@{host_port}>", Self::aor_user(&t.cfg.aor))).into(),
@@ -182,6 +186,7 @@ impl UserAgent {
             &t.opt_call_id,
             t.opt_cseq,
             Method::Options,
+            self.tcp_peers.contains(&t.cfg.destination),
         );
         headers.push(
             h::Contact::new(format!("<sip:{}@{host_port}>", Self::aor_user(&t.cfg.aor))).into(),
