@@ -783,6 +783,32 @@ mod tests {
     }
 
     #[test]
+    fn trunk_sip_keys_are_validated_by_name() {
+        let base = "[[trunks]]\nname = \"a\"\nproxy = \"sip:127.0.0.1:5070;transport=tcp\"\nfrom = \"sip:1@x\"\n";
+        let s = Settings::from_toml(&format!(
+            "{base}p_asserted_identity = \"<sip:+31508200000@x>\"\nprivacy = \"id\"\nregister_expires = 600\noptions_interval = \"30s\"\n"
+        ))
+        .unwrap();
+        let t = &s.trunks[0];
+        assert_eq!(t.proxy.transport, Transport::Tcp);
+        assert_eq!(t.privacy.as_deref(), Some("id"));
+        assert_eq!(t.options_interval.0, Duration::from_secs(30));
+        let e = Settings::from_toml(&format!("{base}register_expires = 10\n")).unwrap_err();
+        assert!(e.to_string().contains("trunks[0].register_expires"), "{e}");
+        let e = Settings::from_toml(&format!("{base}options_interval = \"1s\"\n")).unwrap_err();
+        assert!(e.to_string().contains("trunks[0].options_interval"), "{e}");
+        let e = Settings::from_toml(&format!("{base}privacy = \"\"\n")).unwrap_err();
+        assert!(e.to_string().contains("trunks[0].privacy"), "{e}");
+        let d = Settings::from_toml(base).unwrap();
+        assert_eq!(d.trunks[0].register_expires, 3600);
+        assert!(
+            d.trunks[0].options_interval.0.is_zero(),
+            "keepalive off by default"
+        );
+        assert!(d.trunks[0].credentials().is_none());
+    }
+
+    #[test]
     fn register_without_credentials_is_an_error() {
         let e = Settings::from_toml(
             "[[trunks]]\nname = \"a\"\nproxy = \"sip:127.0.0.1:5070\"\nregister = true\nfrom = \"sip:1@x\"\n",

@@ -1563,3 +1563,31 @@ fn tcp_call_has_no_retransmissions_and_answers_on_the_connection() {
     assert_eq!(ok.to, ephemeral);
     assert_eq!(ended(&h.take_events(), call), vec![EndReason::RemoteHangup]);
 }
+
+#[test]
+fn external_address_goes_into_via_and_contact_of_calls_and_registrations() {
+    let mut h = Harness::new();
+    h.ua = UserAgent::new(UaConfig {
+        local_addr: LOCAL.parse().unwrap(),
+        advertised_host: Some("203.0.113.7".into()),
+        user_agent: "otpdial-test".into(),
+    });
+    h.call();
+    let invite = h.only_sent();
+    assert!(invite.msg().vias[0].starts_with("SIP/2.0/UDP 203.0.113.7:5060;"));
+    assert!(
+        invite.msg().vias[0].ends_with(";rport"),
+        "NAT: ask for rport"
+    );
+    assert_eq!(
+        invite.headers("Contact"),
+        vec!["<sip:otpdial@203.0.113.7:5060>"]
+    );
+    h.ua.add_trunk(h.now, trunk_cfg(true, None));
+    h.drain();
+    let reg = h.only_sent();
+    assert_eq!(
+        reg.headers("Contact"),
+        vec!["<sip:31508200000@203.0.113.7:5060>"]
+    );
+}
