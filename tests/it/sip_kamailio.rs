@@ -238,3 +238,66 @@ async fn sip_kamailio_wrong_password_fails_trunk_check() {
 async fn sip_kamailio_over_tcp_register_and_call() {
     register_and_call("SHA-256", Transport::Tcp).await;
 }
+
+/// The `otpdial trunk check` command itself: output per trunk and the exit status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_cli_trunk_check_against_kamailio() {
+    let kamailio = Kamailio::start(9, "MD5");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("otpdial.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[sip]
+listen = "127.0.0.1:0"
+[[trunks]]
+name = "kam"
+proxy = "sip:127.0.0.1:{port}"
+register = true
+username = "31508200000"
+auth_username = "{AUTH_USER}"
+password_env = "OTPDIAL_TEST_TRUNK_PASSWORD"
+from = "sip:+31508200000@otpdial.test"
+register_expires = 300
+"#,
+            port = kamailio.port
+        ),
+    )
+    .unwrap();
+    let run = move |password: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_otpdial"))
+            .args(["trunk", "check", "kam", "--config"])
+            .arg(&config)
+            .env("OTPDIAL_TEST_TRUNK_PASSWORD", password)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (ok, text) = tokio::task::spawn_blocking(move || {
+        let good = run(PASSWORD);
+        let bad = run("wrong");
+        (good, bad)
+    })
+    .await
+    .unwrap();
+    let ((good_ok, good), (bad_ok, bad)) = (ok, text);
+    assert!(good_ok, "{good}");
+    assert!(
+        good.starts_with("kam: REGISTER 200 in ")
+            && good.contains("authenticated, expires 300 s, OK"),
+        "{good}"
+    );
+    assert!(!bad_ok, "{bad}");
+    assert!(
+        bad.contains("FAILED") && bad.contains("credentials refused"),
+        "{bad}"
+    );
+    assert!(
+        !bad.contains("wrong") && !good.contains(PASSWORD),
+        "no secrets printed"
+    );
+}
