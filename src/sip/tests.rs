@@ -1591,3 +1591,39 @@ fn external_address_goes_into_via_and_contact_of_calls_and_registrations() {
         vec!["<sip:31508200000@203.0.113.7:5060>"]
     );
 }
+
+#[test]
+fn strict_router_in_record_route_gets_the_request_uri() {
+    let mut h = Harness::new();
+    let call = h.call();
+    let invite = h.only_sent();
+    let ok = respond(
+        &invite,
+        200,
+        "OK",
+        Some("sr"),
+        &format!(
+            "Record-Route: <sip:10.9.9.1:5060;lr>, <sip:10.9.9.2:5070>\r\n\
+             Contact: <sip:callee@{PEER}>\r\n"
+        ),
+        ANSWER_PCMA,
+    );
+    h.recv(&ok);
+    let ack = h.only_sent();
+    // RFC 3261 §12.2.1.1: the strict router's URI is the Request-URI, the remote target
+    // is appended to the Route headers, and the request goes to the strict router.
+    assert_eq!(ack.request_uri(), "sip:10.9.9.2:5070");
+    assert_eq!(
+        ack.headers("Route"),
+        vec![
+            "<sip:10.9.9.1:5060;lr>".to_string(),
+            format!("<sip:callee@{PEER}>")
+        ]
+    );
+    assert_eq!(ack.to, "10.9.9.2:5070".parse().unwrap());
+    h.ua.hangup(h.now, call);
+    h.drain();
+    let bye = h.only_sent();
+    assert_eq!(bye.request_uri(), "sip:10.9.9.2:5070");
+    assert_eq!(bye.to, "10.9.9.2:5070".parse().unwrap());
+}

@@ -118,6 +118,32 @@ struct AckWait {
     give_up_at: Instant,
 }
 
+impl Peer {
+    /// Request-URI and Route headers for an in-dialog request (RFC 3261 §12.2.1.1): with
+    /// a loose-routing first hop (`;lr`) the remote target and the route set as is; with
+    /// a strict router (RFC 2543) its URI becomes the Request-URI and the remote target
+    /// goes last in the Route headers.
+    fn request_line(&self) -> (rsip::Uri, Vec<String>) {
+        let strict = self
+            .route_set
+            .first()
+            .filter(|first| {
+                !message::addr_uri(first)
+                    .to_ascii_lowercase()
+                    .contains(";lr")
+            })
+            .and_then(|first| parse_sip_uri(message::addr_uri(first)).ok());
+        match strict {
+            Some(uri) => {
+                let mut routes: Vec<String> = self.route_set[1..].to_vec();
+                routes.push(format!("<{}>", self.target));
+                (uri, routes)
+            }
+            None => (self.target.clone(), self.route_set.clone()),
+        }
+    }
+}
+
 /// The far side of a confirmed dialog: everything an in-dialog request needs.
 #[derive(Debug, Clone)]
 struct Peer {
@@ -819,10 +845,11 @@ impl UserAgent {
         let cseq = c.next_cseq;
         c.next_cseq += 1;
         let branch = new_branch();
+        let (uri, routes) = peer.request_line();
         let mut headers = common_headers(
             &self.ident,
             &branch,
-            &peer.route_set,
+            &routes,
             &c.from_header,
             &peer.to_header,
             &c.call_id,
@@ -831,9 +858,9 @@ impl UserAgent {
             self.tcp_peers.contains(&peer.destination),
         );
         if with_auth {
-            headers.extend(c.auth.headers(Method::Bye, &peer.target.to_string(), b""));
+            headers.extend(c.auth.headers(Method::Bye, &uri.to_string(), b""));
         }
-        let request = message::render_request(Method::Bye, &peer.target, headers, b"");
+        let request = message::render_request(Method::Bye, &uri, headers, b"");
         self.start_client_tx(
             now,
             (branch, TxMethod::Bye),
@@ -1145,10 +1172,11 @@ impl UserAgent {
             route_set,
             destination,
         };
+        let (uri, routes) = peer.request_line();
         let headers = common_headers(
             &self.ident,
             &new_branch(),
-            &peer.route_set,
+            &routes,
             &c.from_header,
             &peer.to_header,
             &c.call_id,
@@ -1156,7 +1184,7 @@ impl UserAgent {
             Method::Ack,
             self.tcp_peers.contains(&peer.destination),
         );
-        let ack = message::render_request(Method::Ack, &peer.target, headers, b"");
+        let ack = message::render_request(Method::Ack, &uri, headers, b"");
         let first = c.dialog.is_none() && !c.ended;
         let hangup_requested = c.hangup_requested;
         let answer = msg
