@@ -346,8 +346,9 @@ fn via_ok(value: &str) -> bool {
     let head: String = head.split('/').map(str::trim).collect::<Vec<_>>().join("/");
     let mut words = head.split_whitespace();
     let proto = words.next().unwrap_or("");
+    // Compared as bytes: a multi-byte character may straddle byte 8 (found by fuzzing).
     proto.len() > 8
-        && proto[..8].eq_ignore_ascii_case("SIP/2.0/")
+        && proto.as_bytes()[..8].eq_ignore_ascii_case(b"SIP/2.0/")
         && words.next().is_some()
         && words.next().is_none()
         && params_ok(params)

@@ -1506,6 +1506,22 @@ fn rfc4475_messages_into_a_live_user_agent() {
     assert_eq!(h.only_sent().method(), Some(rsip::Method::Bye));
 }
 
+/// Inputs the fuzz target once crashed on (`tests/fuzz-regressions/`): they must stay
+/// plain errors.
+#[test]
+fn fuzz_regressions_do_not_panic() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        let _ = parse_message(&data);
+        let mut h = Harness::new();
+        h.ua.handle_datagram(h.now, h.peer, &data);
+        n += 1;
+    }
+    assert!(n > 0);
+}
+
 /// The fuzz target's entry point (`fuzz/fuzz_targets/parse_message.rs`) under a seeded
 /// mutation loop over the torture messages, so CI exercises it without nightly.
 #[test]
