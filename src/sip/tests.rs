@@ -1537,13 +1537,21 @@ fn parse_message_survives_mutated_torture_messages() {
                 break;
             }
             let at = rng.random_range(0..m.len());
-            match rng.random_range(0..5) {
+            match rng.random_range(0..6) {
                 0 => m[at] = alphabet[rng.random_range(0..alphabet.len())],
                 1 => {
                     m.remove(at);
                 }
                 2 => m.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
                 3 => m.truncate(at),
+                // Valid multi-byte UTF-8: byte-index slicing bugs only show with these
+                // (the fuzzer found one).
+                4 => {
+                    let c = ['\u{2ab}', 'é', '€', '😀'][rng.random_range(0..4)];
+                    let mut b = [0u8; 4];
+                    let enc = c.encode_utf8(&mut b).as_bytes().to_vec();
+                    m.splice(at..at, enc);
+                }
                 _ => m[at] = rng.random(),
             }
         }
