@@ -15,9 +15,11 @@ use crate::call::CallEngine;
 use crate::config::Settings;
 use crate::dialer::Dialer;
 use crate::media::{Pacer, PromptLibrary};
+use crate::metrics::Metrics;
 use crate::sip_io::SipEndpoint;
 use crate::store::Store;
 use crate::verify::{CodeKeys, Verifier};
+use crate::webhooks::WebhookWorker;
 
 /// A running gateway.
 pub struct RunningApp {
@@ -29,6 +31,7 @@ pub struct RunningApp {
     shutdown: CancellationToken,
     http: JoinHandle<()>,
     dialer_task: Option<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
     engine: Arc<CallEngine>,
 }
 
@@ -126,12 +129,16 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
     ));
 
     let wake = Arc::new(Notify::new());
+    let cancel_wake = Arc::new(Notify::new());
+    let metrics = Metrics::new();
     let verifier = Verifier::new(
         store.clone(),
         settings.clone(),
         keys.clone(),
         locales,
         wake.clone(),
+        cancel_wake.clone(),
+        metrics.clone(),
     );
     let dialer = Arc::new(Dialer::new(
         store.clone(),
@@ -139,8 +146,28 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         engine.clone(),
         settings.clone(),
         wake,
+        cancel_wake,
+        metrics.clone(),
     ));
     let shutdown = CancellationToken::new();
+    let mut background = Vec::new();
+    background.push(tokio::spawn(housekeeping(store.clone(), shutdown.clone())));
+    match settings.webhooks.secret.clone() {
+        Some(secret) => {
+            let worker = WebhookWorker::new(
+                store.clone(),
+                verifier.clone(),
+                secret,
+                settings.webhooks.backoff.0,
+                metrics.clone(),
+            )?;
+            background.push(tokio::spawn(worker.run(shutdown.clone())));
+        }
+        None => tracing::info!(
+            env = %settings.webhooks.secret_env,
+            "webhooks off: no signing secret in the environment"
+        ),
+    }
     let dialer_task = match mode {
         DialerMode::Background => Some(tokio::spawn(dialer.clone().run(shutdown.clone()))),
         DialerMode::Manual => None,
@@ -150,7 +177,9 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         verifier: verifier.clone(),
         store: store.clone(),
         api_keys: Arc::new(ApiKey::from_settings(&settings.api.keys)),
-        trunk_count: settings.trunks.len(),
+        settings: settings.clone(),
+        engine: engine.clone(),
+        metrics,
     };
     let listener = tokio::net::TcpListener::bind(settings.http.listen)
         .await
@@ -175,6 +204,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         shutdown,
         http,
         dialer_task,
+        background,
         engine,
     })
 }
@@ -191,8 +221,25 @@ impl RunningApp {
             let _ = t.await;
         }
         let _ = self.http.await;
+        for task in self.background {
+            let _ = task.await;
+        }
         self.engine.shutdown().await;
         self.store.close().await;
+    }
+}
+
+/// Periodic store upkeep: expires pending verifications whose time is up
+/// (so their webhooks go out even if nobody reads them).
+async fn housekeeping(store: Store, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(e) = store.expire_due(crate::domain::now_ms()).await {
+            tracing::warn!(error = %e, "expiring verifications failed");
+        }
     }
 }
 

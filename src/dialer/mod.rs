@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::call::{AttemptOutcome, CallEngine, PlaceCall, Progress};
 use crate::config::{Settings, TrunkSettings};
 use crate::domain::{self, CallStatus, VerificationStatus};
+use crate::metrics::{Metrics, StatusLabel, TrunkStatusLabel};
 use crate::store::{CallUpdate, ClaimedCall, Store, StoreError};
 use crate::verify::CodeKeys;
 
@@ -29,6 +30,10 @@ pub enum Outcome {
     Finished { call_id: String, status: CallStatus },
 }
 
+/// How often a call in progress re-reads its verification, to hang up when
+/// another instance canceled or approved it.
+const CANCEL_POLL: Duration = Duration::from_secs(1);
+
 pub struct Dialer {
     store: Store,
     keys: CodeKeys,
@@ -36,6 +41,8 @@ pub struct Dialer {
     settings: Arc<Settings>,
     instance: String,
     wake: Arc<Notify>,
+    cancel_wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
 }
 
 impl Dialer {
@@ -45,6 +52,8 @@ impl Dialer {
         engine: Arc<CallEngine>,
         settings: Arc<Settings>,
         wake: Arc<Notify>,
+        cancel_wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             store,
@@ -53,7 +62,49 @@ impl Dialer {
             settings,
             instance: format!("otpdial-{}", ulid::Ulid::new()),
             wake,
+            cancel_wake,
+            metrics,
         }
+    }
+
+    /// Whether placing another call now would exceed
+    /// `limits.global_calls_per_second`, counted over all instances.
+    async fn over_global_rate(&self) -> Result<bool, StoreError> {
+        let cps = i64::from(self.settings.limits.global_calls_per_second);
+        if cps == 0 {
+            return Ok(false);
+        }
+        let placed = self.store.claims_since(domain::now_ms() - 1000).await?;
+        Ok(placed >= cps)
+    }
+
+    /// Cancels `token` when the verification stops being pending (canceled
+    /// through the API on any instance, approved, expired), until `done`.
+    fn watch_verification(
+        &self,
+        verification_id: String,
+        token: CancellationToken,
+        done: CancellationToken,
+    ) {
+        let store = self.store.clone();
+        let wake = self.cancel_wake.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = done.cancelled() => return,
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(CANCEL_POLL) => {}
+                }
+                match store.verification_status(&verification_id).await {
+                    Ok(Some(VerificationStatus::Pending)) => {}
+                    Ok(_) => {
+                        token.cancel();
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read verification status"),
+                }
+            }
+        });
     }
 
     /// Claims one queued call and runs it to its end.
@@ -83,6 +134,16 @@ impl Dialer {
         loop {
             if shutdown.is_cancelled() {
                 break;
+            }
+            match self.over_global_rate().await {
+                Ok(true) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "reading the global call rate failed"),
             }
             match self.claim().await {
                 Ok(Some(claimed)) => {
@@ -178,8 +239,19 @@ impl Dialer {
                 .await;
         }
 
+        let cancel = CancellationToken::new();
+        let watching = CancellationToken::new();
+        self.watch_verification(
+            claimed.verification_id.clone(),
+            cancel.clone(),
+            watching.clone(),
+        );
+        let _stop_watching = watching.drop_guard();
         let mut last = failed_outcome("no trunk could take the call".into());
         for trunk in routes {
+            if cancel.is_cancelled() {
+                break;
+            }
             let now = domain::now_ms();
             let seq = self
                 .store
@@ -205,7 +277,7 @@ impl Dialer {
                     digits: code.digit_values(),
                     locale: &claimed.locale,
                     repeat: self.settings.verification.repeat,
-                    cancel: CancellationToken::new(),
+                    cancel: cancel.clone(),
                 },
                 tx,
             );
@@ -238,6 +310,13 @@ impl Dialer {
                 reason = outcome.reason.as_deref().unwrap_or(""),
                 "attempt ended"
             );
+            self.metrics
+                .call_attempts
+                .get_or_create(&TrunkStatusLabel {
+                    trunk: trunk.name.clone(),
+                    status: outcome.status.as_str().to_string(),
+                })
+                .inc();
             let failover = outcome.failover;
             last = outcome;
             if !failover {
@@ -312,6 +391,12 @@ impl Dialer {
                 },
             )
             .await?;
+        self.metrics
+            .calls_finished
+            .get_or_create(&StatusLabel {
+                status: outcome.status.as_str().to_string(),
+            })
+            .inc();
         if !matches!(outcome.status, CallStatus::Completed | CallStatus::Canceled) {
             self.store
                 .finish_verification(&claimed.verification_id, VerificationStatus::Failed, now)
