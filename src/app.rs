@@ -24,6 +24,8 @@ use crate::webhooks::WebhookWorker;
 /// A running gateway.
 pub struct RunningApp {
     pub http_addr: SocketAddr,
+    /// The database URL this instance runs on.
+    pub store_url: String,
     pub sip_addr: SocketAddr,
     pub store: Store,
     pub dialer: Arc<Dialer>,
@@ -197,6 +199,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
     tracing::info!(http = %http_addr, sip = %sip_addr, trunks = settings.trunks.len(), "otpdial running");
     Ok(RunningApp {
         http_addr,
+        store_url: settings.database.url.clone(),
         sip_addr,
         store,
         dialer,

@@ -362,9 +362,12 @@ fn end_outcome(
     times_played: u32,
     hangup_reason: Option<String>,
 ) -> AttemptOutcome {
+    let canceled = hangup_reason.as_deref() == Some("canceled");
     let played = AttemptOutcome {
         status: if times_played > 0 {
             CallStatus::Completed
+        } else if canceled {
+            CallStatus::Canceled
         } else {
             CallStatus::Failed
         },
@@ -471,6 +474,14 @@ mod tests {
         assert_eq!(o.status, CallStatus::Failed);
         assert!(o.reason.unwrap().contains("hung up"));
         let o = end_outcome(EndReason::RemoteHangup, true, 1, None);
+        assert_eq!(o.status, CallStatus::Completed);
+    }
+
+    #[test]
+    fn canceled_answered_call_is_canceled_unless_the_code_was_read() {
+        let o = end_outcome(EndReason::LocalHangup, true, 0, Some("canceled".into()));
+        assert_eq!(o.status, CallStatus::Canceled);
+        let o = end_outcome(EndReason::LocalHangup, true, 1, Some("canceled".into()));
         assert_eq!(o.status, CallStatus::Completed);
     }
 

@@ -102,9 +102,9 @@ impl Store {
     pub async fn webhook_counts(&self, verification_id: &str) -> Result<(i64, i64, i64)> {
         let row = sqlx::query(
             "SELECT \
-               COALESCE(SUM(CASE WHEN delivered_at IS NOT NULL THEN 1 ELSE 0 END), 0), \
-               COALESCE(SUM(dead), 0), \
-               COALESCE(SUM(CASE WHEN delivered_at IS NULL AND dead = 0 THEN 1 ELSE 0 END), 0) \
+               CAST(COALESCE(SUM(CASE WHEN delivered_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(dead), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(CASE WHEN delivered_at IS NULL AND dead = 0 THEN 1 ELSE 0 END), 0) AS BIGINT) \
              FROM webhook_outbox WHERE verification_id = $1",
         )
         .bind(verification_id)

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api_basics;
+mod api_rules;
 mod calls_sipp;
 mod demo_path;
 mod helpers;
