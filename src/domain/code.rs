@@ -112,6 +112,30 @@ mod tests {
         assert!(OtpCode::generate(3).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parse_accepts_exactly_digit_strings_of_4_to_10(s in "\\PC{0,14}") {
+            let ok = (4..=10).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+            proptest::prop_assert_eq!(OtpCode::parse(&s).is_ok(), ok);
+        }
+
+        #[test]
+        fn parse_round_trips_digits(s in "[0-9]{4,10}") {
+            let c = OtpCode::parse(&s).unwrap();
+            proptest::prop_assert_eq!(c.expose(), s.as_bytes());
+            let values: Vec<u8> = s.bytes().map(|b| b - b'0').collect();
+            proptest::prop_assert_eq!(c.digit_values(), values);
+        }
+
+        #[test]
+        fn generated_codes_parse(len in 4usize..=10) {
+            let c = OtpCode::generate(len).unwrap();
+            proptest::prop_assert_eq!(c.len(), len);
+            let text = String::from_utf8(c.expose().to_vec()).unwrap();
+            proptest::prop_assert!(OtpCode::parse(&text).is_ok());
+        }
+    }
+
     #[test]
     fn debug_hides_digits() {
         let c = OtpCode::parse("481526").unwrap();

@@ -225,6 +225,31 @@ mod tests {
         assert_eq!(us.country_code(), "+1");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_and_output_is_e164(s in "\\PC{0,40}") {
+            if let Ok(n) = PhoneNumber::parse(&s, nl()) {
+                let e = n.as_str();
+                proptest::prop_assert!(e.starts_with('+'));
+                proptest::prop_assert!(e[1..].bytes().all(|b| b.is_ascii_digit()));
+                proptest::prop_assert!((8..=16).contains(&e.len()));
+            }
+        }
+
+        #[test]
+        fn dutch_mobiles_normalise_and_reparse(rest in "[1-5][0-9]{7}") {
+            let national = format!("06{rest}");
+            let n = PhoneNumber::parse(&national, nl()).unwrap();
+            proptest::prop_assert_eq!(n.as_str(), format!("+316{rest}"));
+            // Parsing is idempotent on its own output.
+            let again = PhoneNumber::parse(n.as_str(), None).unwrap();
+            proptest::prop_assert_eq!(&again, &n);
+            let masked = n.masked();
+            proptest::prop_assert_eq!(masked.len(), n.as_str().len());
+            proptest::prop_assert!(!masked.contains(&rest[..6]));
+        }
+    }
+
     #[test]
     fn masks_the_middle() {
         let n = PhoneNumber::parse("+31612345678", None).unwrap();
