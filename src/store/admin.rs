@@ -29,21 +29,33 @@ pub struct CallRecord {
     pub times_played: i64,
 }
 
+/// Writes an audit record inside a caller's transaction.
+pub(super) async fn audit_in_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    e: AuditEntry<'_>,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (id, at, actor, action, target, outcome, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(format!("au_{}", ulid::Ulid::new()))
+    .bind(now)
+    .bind(e.actor)
+    .bind(e.action)
+    .bind(e.target)
+    .bind(e.outcome)
+    .bind(e.detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Store {
     pub async fn audit(&self, e: AuditEntry<'_>, now: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit_log (id, at, actor, action, target, outcome, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(format!("au_{}", ulid::Ulid::new()))
-        .bind(now)
-        .bind(e.actor)
-        .bind(e.action)
-        .bind(e.target)
-        .bind(e.outcome)
-        .bind(e.detail)
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.write_tx().await?;
+        audit_in_tx(&mut tx, e, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -27,6 +27,7 @@ mod admin;
 mod outbox;
 mod phones;
 
+use admin::audit_in_tx;
 pub use admin::{AuditEntry, CallRecord};
 pub use outbox::WebhookJob;
 pub use phones::PhoneRow;
@@ -41,9 +42,6 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// SQLite has one writer at a time anyway; taking it in process first
-    /// makes limit checks exact instead of failing with SQLITE_BUSY.
-    sqlite_writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A verification as stored (the code only as its keyed hash).
@@ -164,10 +162,18 @@ impl Store {
             });
         }
         let pool = options.connect(&url).await?;
-        Ok(Store {
-            pool,
-            backend,
-            sqlite_writer: Default::default(),
+        Ok(Store { pool, backend })
+    }
+
+    /// A transaction that will write. On SQLite it takes the write lock up
+    /// front (`BEGIN IMMEDIATE`): a deferred transaction that reads and then
+    /// writes fails with SQLITE_BUSY_SNAPSHOT when another connection wrote
+    /// in between, and the busy timeout cannot retry that. It also makes the
+    /// limit counts inside `start_verification` exact.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
         })
     }
 
@@ -213,18 +219,14 @@ impl Store {
     /// limits, the daily country budget, superseding the pending
     /// verifications of the same number or user, then the verification row
     /// and its queued call. Limits are counted under a lock per limited key
-    /// (PostgreSQL advisory locks; one writer lock on SQLite), so several
+    /// (PostgreSQL advisory locks; SQLite's write lock, taken at BEGIN), so several
     /// instances cannot overshoot them together.
     pub async fn start_verification(
         &self,
         v: &NewVerification<'_>,
         guards: &StartGuards<'_>,
     ) -> Result<StartOutcome> {
-        let _writer = match self.backend {
-            Backend::Sqlite => Some(self.sqlite_writer.lock().await),
-            Backend::Postgres => None,
-        };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         if self.backend == Backend::Postgres {
             let mut keys: Vec<i64> = guards
                 .limits
@@ -236,11 +238,21 @@ impl Store {
             }
             keys.sort_unstable();
             keys.dedup();
-            for k in keys {
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(k)
-                    .execute(&mut *tx)
-                    .await?;
+            if !keys.is_empty() {
+                // One round trip; the select list is evaluated left to
+                // right, so the locks are taken in key order (no deadlock).
+                let sql = format!(
+                    "SELECT {}",
+                    (1..=keys.len())
+                        .map(|i| format!("pg_advisory_xact_lock(${i})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let mut q = sqlx::query(&sql);
+                for k in keys {
+                    q = q.bind(k);
+                }
+                q.execute(&mut *tx).await?;
             }
         }
         if let Some(key) = v.idempotency_key {
@@ -256,27 +268,40 @@ impl Store {
                 return Ok(StartOutcome::Existing(row.try_get(0)?));
             }
         }
-        for limit in &guards.limits {
-            let since = v.now - limit.window_ms;
-            let sql = format!(
-                "SELECT COUNT(*), MIN(created_at) FROM verifications WHERE {} = $1 AND created_at > $2",
-                limit.column.name()
-            );
-            let row = sqlx::query(&sql)
-                .bind(limit.value)
-                .bind(since)
-                .fetch_one(&mut *tx)
-                .await?;
-            let count: i64 = row.try_get(0)?;
-            if count >= limit.max {
-                let oldest: Option<i64> = row.try_get(1)?;
-                tx.rollback().await?;
-                let retry_after_ms =
-                    oldest.map_or(limit.window_ms, |o| o + limit.window_ms - v.now);
-                return Ok(StartOutcome::Limited {
-                    limit: limit.name,
-                    retry_after_ms: retry_after_ms.max(1000),
-                });
+        if !guards.limits.is_empty() {
+            // All windows counted in one round trip: per limit, the count
+            // and the oldest start inside its window.
+            let parts: Vec<String> = guards
+                .limits
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let (a, b) = (2 * i + 1, 2 * i + 2);
+                    let col = l.column.name();
+                    format!(
+                        "(SELECT COUNT(*) FROM verifications WHERE {col} = ${a} AND created_at > ${b}), \
+                         (SELECT MIN(created_at) FROM verifications WHERE {col} = ${a} AND created_at > ${b})"
+                    )
+                })
+                .collect();
+            let sql = format!("SELECT {}", parts.join(", "));
+            let mut q = sqlx::query(&sql);
+            for l in &guards.limits {
+                q = q.bind(l.value).bind(v.now - l.window_ms);
+            }
+            let row = q.fetch_one(&mut *tx).await?;
+            for (i, limit) in guards.limits.iter().enumerate() {
+                let count: i64 = row.try_get(2 * i)?;
+                if count >= limit.max {
+                    let oldest: Option<i64> = row.try_get(2 * i + 1)?;
+                    tx.rollback().await?;
+                    let retry_after_ms =
+                        oldest.map_or(limit.window_ms, |o| o + limit.window_ms - v.now);
+                    return Ok(StartOutcome::Limited {
+                        limit: limit.name,
+                        retry_after_ms: retry_after_ms.max(1000),
+                    });
+                }
             }
         }
         if let Some(b) = &guards.budget {
@@ -296,26 +321,26 @@ impl Store {
             }
         }
         let mut superseded = Vec::new();
-        let mut pending =
-            sqlx::query("SELECT id FROM verifications WHERE status = 'pending' AND phone = $1")
-                .bind(v.phone)
-                .fetch_all(&mut *tx)
-                .await?;
-        if let Some(user) = v.user_id {
-            pending.extend(
+        let pending = match v.user_id {
+            Some(user) => {
                 sqlx::query(
-                    "SELECT id FROM verifications WHERE status = 'pending' AND user_id = $1",
+                    "SELECT id FROM verifications WHERE status = 'pending' AND phone = $1 \
+                     UNION SELECT id FROM verifications WHERE status = 'pending' AND user_id = $2",
                 )
+                .bind(v.phone)
                 .bind(user)
                 .fetch_all(&mut *tx)
-                .await?,
-            );
-        }
+                .await?
+            }
+            None => {
+                sqlx::query("SELECT id FROM verifications WHERE status = 'pending' AND phone = $1")
+                    .bind(v.phone)
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
+        };
         for row in pending {
             let id: String = row.try_get(0)?;
-            if superseded.contains(&id) {
-                continue;
-            }
             cancel_in_tx(&mut tx, &id, v.now).await?;
             superseded.push(id);
         }
@@ -355,6 +380,20 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         insert_event(&mut tx, v.call_id, CallStatus::Queued, v.now).await?;
+        // The audit record commits with the verification: one write, and
+        // never a verification without its record.
+        audit_in_tx(
+            &mut tx,
+            AuditEntry {
+                actor: v.api_key,
+                action: "verification.start",
+                target: Some(v.id),
+                outcome: "created",
+                detail: None,
+            },
+            v.now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(StartOutcome::New { superseded })
     }
@@ -363,7 +402,7 @@ impl Store {
     /// yet. A call in progress is hung up by the dialer, which watches the
     /// verification's status. False if it was not pending.
     pub async fn cancel_verification(&self, id: &str, now: i64) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let done = cancel_in_tx(&mut tx, id, now).await?;
         tx.commit().await?;
         Ok(done)
@@ -485,7 +524,7 @@ impl Store {
         to: VerificationStatus,
         now: i64,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             "UPDATE verifications SET status = $2, updated_at = $3 WHERE id = $1 AND status = 'pending'",
         )
@@ -505,7 +544,7 @@ impl Store {
     /// Marks pending verifications past their expiry as expired; returns
     /// their ids.
     pub async fn expire_due(&self, now: i64) -> Result<Vec<String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let rows = sqlx::query(
             "UPDATE verifications SET status = 'expired', updated_at = $1 \
              WHERE status = 'pending' AND expires_at <= $1 RETURNING id",
@@ -541,7 +580,7 @@ impl Store {
                AND status = 'queued' \
              RETURNING id, verification_id, code_sealed"
         );
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let Some(row) = sqlx::query(&sql)
             .bind(instance)
             .bind(now)
@@ -588,7 +627,7 @@ impl Store {
         now: i64,
         update: CallUpdate<'_>,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query("SELECT status, verification_id FROM calls WHERE id = $1")
             .bind(call_id)
             .fetch_optional(&mut *tx)

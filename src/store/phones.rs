@@ -14,7 +14,7 @@ pub struct PhoneRow {
 impl Store {
     /// Replaces the user's list in one transaction (the caller validated it).
     pub async fn replace_phones(&self, user_id: &str, phones: &[PhoneRow], now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM phones WHERE user_id = $1")
             .bind(user_id)
             .execute(&mut *tx)

@@ -436,13 +436,27 @@ impl Verifier {
                 if !superseded.is_empty() {
                     self.cancel_wake.notify_waiters();
                 }
-                // The answer shows the call as queued: read it before the
-                // dialer is woken to claim it.
-                let view = self.view(&id).await;
+                // Everything in the answer is known: no read-back. It shows
+                // the call as queued, as it was when committed.
+                let view = VerificationView {
+                    id,
+                    status: VerificationStatus::Pending,
+                    to: number.masked(),
+                    locale,
+                    expires_at: domain::format_ms(now.saturating_add(ttl_ms)),
+                    attempts_left: i64::from(vs.max_check_attempts),
+                    call: CallView {
+                        status: CallStatus::Queued,
+                        sip_code: None,
+                        trunk: None,
+                        answered_at: None,
+                        ended_at: None,
+                        times_played: 0,
+                        attempts: Vec::new(),
+                    },
+                };
                 self.dialer_wake.notify_one();
-                self.audit(api_key, "verification.start", Some(&id), "created", None)
-                    .await;
-                view
+                Ok(view)
             }
             StartOutcome::Existing(first) => self.view(&first).await,
             StartOutcome::Limited {
