@@ -561,6 +561,10 @@ impl Verifier {
             let _ = self.keys.matches(id, candidate.as_bytes(), "");
             self.metrics.checked("closed");
             let Some(v) = self.store.get_verification(id).await? else {
+                // Guessing ids is worth knowing about, and the audit write
+                // keeps this answer as slow as a wrong code's.
+                self.audit(actor, "verification.check", Some(id), "unknown_id", None)
+                    .await;
                 return Ok(CheckResult {
                     id: id.to_string(),
                     status: VerificationStatus::Failed,
