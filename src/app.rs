@@ -170,6 +170,9 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
             "webhooks off: no signing secret in the environment"
         ),
     }
+    background.push(tokio::spawn(
+        dialer.clone().watch_cancellations(shutdown.clone()),
+    ));
     let dialer_task = match mode {
         DialerMode::Background => Some(tokio::spawn(dialer.clone().run(shutdown.clone()))),
         DialerMode::Manual => None,

@@ -4,6 +4,7 @@
 //! transition and attempt. `claim_and_run_one` is the testable unit; `run`
 //! loops it with concurrency until shutdown.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,20 @@ pub struct Dialer {
     wake: Arc<Notify>,
     cancel_wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// Calls in progress here: verification id -> hang-up token.
+    inflight: std::sync::Mutex<HashMap<String, CancellationToken>>,
+}
+
+/// Removes a call from `Dialer::inflight` when its run ends, however it ends.
+struct Inflight<'a> {
+    dialer: &'a Dialer,
+    verification_id: &'a str,
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.dialer.inflight_lock().remove(self.verification_id);
+    }
 }
 
 impl Dialer {
@@ -64,6 +79,7 @@ impl Dialer {
             wake,
             cancel_wake,
             metrics,
+            inflight: Default::default(),
         }
     }
 
@@ -78,33 +94,38 @@ impl Dialer {
         Ok(placed >= cps)
     }
 
-    /// Cancels `token` when the verification stops being pending (canceled
-    /// through the API on any instance, approved, expired), until `done`.
-    fn watch_verification(
-        &self,
-        verification_id: String,
-        token: CancellationToken,
-        done: CancellationToken,
-    ) {
-        let store = self.store.clone();
-        let wake = self.cancel_wake.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = done.cancelled() => return,
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(CANCEL_POLL) => {}
-                }
-                match store.verification_status(&verification_id).await {
-                    Ok(Some(VerificationStatus::Pending)) => {}
-                    Ok(_) => {
-                        token.cancel();
-                        return;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot read verification status"),
-                }
+    /// Hangs up the calls of this instance whose verification stopped
+    /// being pending (canceled through the API of any instance, approved,
+    /// expired). One query per second for all calls, not one per call.
+    pub async fn watch_cancellations(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.cancel_wake.notified() => {}
+                _ = tokio::time::sleep(CANCEL_POLL) => {}
+                _ = shutdown.cancelled() => return,
             }
-        });
+            if self.inflight_lock().is_empty() {
+                continue;
+            }
+            match self.store.finished_verifications_of(&self.instance).await {
+                Ok(ids) => {
+                    let inflight = self.inflight_lock();
+                    for id in ids {
+                        if let Some(token) = inflight.get(&id) {
+                            token.cancel();
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read verification statuses"),
+            }
+        }
+    }
+
+    fn inflight_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        match self.inflight.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     /// Claims one queued call and runs it to its end.
@@ -240,13 +261,12 @@ impl Dialer {
         }
 
         let cancel = CancellationToken::new();
-        let watching = CancellationToken::new();
-        self.watch_verification(
-            claimed.verification_id.clone(),
-            cancel.clone(),
-            watching.clone(),
-        );
-        let _stop_watching = watching.drop_guard();
+        self.inflight_lock()
+            .insert(claimed.verification_id.clone(), cancel.clone());
+        let _inflight = Inflight {
+            dialer: self,
+            verification_id: &claimed.verification_id,
+        };
         let mut last = failed_outcome("no trunk could take the call".into());
         for trunk in routes {
             if cancel.is_cancelled() {

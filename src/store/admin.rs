@@ -112,6 +112,20 @@ impl Store {
             .collect()
     }
 
+    /// Verifications, no longer pending, whose call `instance` is still
+    /// running.
+    pub async fn finished_verifications_of(&self, instance: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT c.verification_id FROM calls c JOIN verifications v ON v.id = c.verification_id \
+             WHERE c.claimed_by = $1 AND c.status IN ('dialing', 'ringing', 'answered') \
+               AND v.status <> 'pending'",
+        )
+        .bind(instance)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
     /// Calls claimed (placed) by any instance since `since`: the dialer's
     /// global calls-per-second pacing.
     pub async fn claims_since(&self, since: i64) -> Result<i64> {
