@@ -129,6 +129,10 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         settings.sip.rtp_ports,
         external_ip,
     ));
+    engine
+        .start_trunks(&settings.trunks)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
 
     let wake = Arc::new(Notify::new());
     let cancel_wake = Arc::new(Notify::new());

@@ -15,7 +15,7 @@ use crate::config::{CodecName, PortRange, TrunkSettings};
 use crate::domain::CallStatus;
 use crate::media::{CallScript, Pacer, PlayoutEvent, PlayoutSpec, PromptLibrary, G711};
 use crate::sip::sdp::{AudioCodec, MediaOffer};
-use crate::sip::{EndReason, OutgoingCall};
+use crate::sip::{EndReason, OutgoingCall, TrunkConfig, TrunkStatus};
 use crate::sip_io::{CallEvent, SipEndpoint};
 
 /// Progress of one attempt, in the order it happens.
@@ -151,6 +151,32 @@ impl CallEngine {
         self.sip.shutdown().await;
     }
 
+    /// Starts registration (`register = true`) and OPTIONS keepalive for each trunk.
+    /// Call once after start-up; the state is then kept by the SIP driver.
+    pub async fn start_trunks(&self, trunks: &[TrunkSettings]) -> Result<(), String> {
+        for t in trunks {
+            let cfg = trunk_config(t, false).await?;
+            // Outcomes are read through `trunk_status`; nobody waits on the channel.
+            self.sip
+                .add_trunk(cfg)
+                .map_err(|e| format!("trunk {}: {e}", t.name))?;
+        }
+        Ok(())
+    }
+
+    /// What registration and keepalive know about a trunk (`registered`, `reachable`,
+    /// `last_error`); the default (nothing known) before `start_trunks`.
+    pub fn trunk_status(&self, name: &str) -> TrunkStatus {
+        self.sip.trunk_status(name).unwrap_or_default()
+    }
+
+    /// Whether the dialer should offer calls to this trunk now: registered when it must
+    /// register, and not known to be unreachable.
+    pub fn trunk_usable(&self, trunk: &TrunkSettings) -> bool {
+        let st = self.trunk_status(&trunk.name);
+        (!trunk.register || st.registered) && st.reachable != Some(false)
+    }
+
     /// Places one attempt and plays the code if answered. Never panics on
     /// anything the network does; every way it can end is an outcome.
     pub async fn place(
@@ -231,6 +257,9 @@ impl CallEngine {
                 telephone_event_pt: 101,
                 ptime_ms: 20,
             },
+            credentials: call.trunk.credentials(),
+            extra_headers: caller_id_headers(call.trunk),
+            tcp: proxy.transport == crate::config::Transport::Tcp,
         };
         let mut session = match self.sip.invite(outgoing).await {
             Ok(s) => s,
@@ -353,6 +382,45 @@ impl CallEngine {
         probe.connect(dest)?;
         Ok(probe.local_addr()?.ip())
     }
+}
+
+/// What the SIP user agent needs to register with / probe a trunk. Resolves the proxy.
+pub async fn trunk_config(t: &TrunkSettings, one_shot: bool) -> Result<TrunkConfig, String> {
+    let proxy = &t.proxy;
+    let destination = tokio::net::lookup_host(proxy.host_port())
+        .await
+        .map_err(|e| format!("trunk {}: cannot resolve {}: {e}", t.name, proxy.host))?
+        .next()
+        .ok_or_else(|| format!("trunk {}: {} has no address", t.name, proxy.host))?;
+    let aor = match &t.username {
+        Some(user) => format!("sip:{user}@{}", proxy.host),
+        None => t.from.clone(),
+    };
+    let every = t.options_interval.0;
+    Ok(TrunkConfig {
+        name: t.name.clone(),
+        destination,
+        registrar_uri: format!("sip:{}", proxy.host_port()),
+        aor,
+        credentials: t.credentials(),
+        register: t.register,
+        register_expires: t.register_expires,
+        options_interval: (!every.is_zero()).then_some(every),
+        one_shot,
+        tcp: proxy.transport == crate::config::Transport::Tcp,
+    })
+}
+
+/// P-Asserted-Identity and Privacy as configured for the trunk.
+fn caller_id_headers(trunk: &TrunkSettings) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(pai) = &trunk.p_asserted_identity {
+        out.push(("P-Asserted-Identity".to_string(), pai.clone()));
+    }
+    if let Some(privacy) = &trunk.privacy {
+        out.push(("Privacy".to_string(), privacy.clone()));
+    }
+    out
 }
 
 /// Maps how the SIP call ended to a call status (SPEC §4).

@@ -26,6 +26,28 @@ pub enum Command {
     /// Zero-setup run: a built-in test phone answers one verification call
     /// on loopback; prints what it heard and checks it through the API.
     Demo,
+    /// One call right now, without the API (ops/QA smoke test); prints the SIP outcome.
+    Call {
+        /// E.164 number (or national, read in verification.default_region) or a sip: URI.
+        #[arg(long)]
+        to: String,
+        /// Digits to read out; random if omitted.
+        #[arg(long)]
+        code: Option<String>,
+        /// Prompt pack, e.g. nl or en; verification.default_locale if omitted.
+        #[arg(long)]
+        locale: Option<String>,
+        /// Trunk name; the first matching trunk by priority if omitted.
+        #[arg(long)]
+        trunk: Option<String>,
+        #[arg(long, env = "OTPDIAL_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// SIP trunks.
+    Trunk {
+        #[command(subcommand)]
+        command: TrunkCommand,
+    },
     /// Apply database migrations (serve also does this on start).
     Migrate {
         #[arg(long, env = "OTPDIAL_CONFIG")]
@@ -40,6 +62,18 @@ pub enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrunkCommand {
+    /// REGISTER (register = true) or OPTIONS to each trunk; prints reachability, round
+    /// trip time and the auth result. Exits non-zero if any trunk failed.
+    Check {
+        /// Only this trunk.
+        name: Option<String>,
+        #[arg(long, env = "OTPDIAL_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 

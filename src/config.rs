@@ -318,6 +318,26 @@ pub struct TrunkSettings {
     pub max_concurrent_calls: u32,
     #[serde(default = "default_ring_timeout")]
     pub ring_timeout: HumanDuration,
+    /// `P-Asserted-Identity` value for INVITEs (RFC 3325), e.g. `<sip:+31508200000@host>`.
+    #[serde(default)]
+    pub p_asserted_identity: Option<String>,
+    /// `Privacy` value for INVITEs (RFC 3323/3325), e.g. `id` or `none`.
+    #[serde(default)]
+    pub privacy: Option<String>,
+    /// Registration lifetime asked for, in seconds (the registrar may change it).
+    #[serde(default = "default_register_expires")]
+    pub register_expires: u32,
+    /// OPTIONS keepalive period; `0s` (the default) turns it off. Off by default because
+    /// some carriers rate-limit or blocklist unsolicited OPTIONS.
+    #[serde(default = "default_options_interval")]
+    pub options_interval: HumanDuration,
+}
+
+fn default_register_expires() -> u32 {
+    3600
+}
+fn default_options_interval() -> HumanDuration {
+    HumanDuration(Duration::ZERO)
 }
 
 fn default_codecs() -> Vec<CodecName> {
@@ -334,6 +354,17 @@ fn default_ring_timeout() -> HumanDuration {
 }
 
 impl TrunkSettings {
+    /// Digest credentials: `auth_username` (else `username`) and the password, when both
+    /// are set. None means an IP-authenticated trunk.
+    pub fn credentials(&self) -> Option<crate::sip::digest::Credentials> {
+        let user = self.auth_username.as_ref().or(self.username.as_ref())?;
+        let password = self.password.as_ref()?;
+        Some(crate::sip::digest::Credentials {
+            username: user.clone(),
+            password: password.expose().to_string(),
+        })
+    }
+
     /// Whether this trunk carries calls to `e164` (by its prefixes).
     pub fn routes(&self, e164: &str) -> bool {
         self.prefixes.is_empty() || self.prefixes.iter().any(|p| e164.starts_with(p.as_str()))
@@ -769,6 +800,33 @@ impl Settings {
                     "must be at least 1".into(),
                 ));
             }
+            if !(60..=86_400).contains(&t.register_expires) {
+                return Err(err(
+                    format!("trunks[{i}].register_expires"),
+                    format!("must be 60..=86400 seconds, got {}", t.register_expires),
+                ));
+            }
+            let every = t.options_interval.0;
+            if !every.is_zero() && every < Duration::from_secs(5) {
+                return Err(err(
+                    format!("trunks[{i}].options_interval"),
+                    "must be 0s (off) or at least 5s".into(),
+                ));
+            }
+            for (key, value) in [
+                ("p_asserted_identity", &t.p_asserted_identity),
+                ("privacy", &t.privacy),
+            ] {
+                if value
+                    .as_deref()
+                    .is_some_and(|v| v.trim().is_empty() || v.contains(['\r', '\n']))
+                {
+                    return Err(err(
+                        format!("trunks[{i}].{key}"),
+                        "must be a non-empty single-line header value".into(),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -826,6 +884,32 @@ mod tests {
         assert!(e.to_string().contains("verification.code_length"), "{e}");
         let e = Settings::from_toml("[limits]\nper_number = \"x\"\n").unwrap_err();
         assert!(e.to_string().contains("per_number"), "{e}");
+    }
+
+    #[test]
+    fn trunk_sip_keys_are_validated_by_name() {
+        let base = "[[trunks]]\nname = \"a\"\nproxy = \"sip:127.0.0.1:5070;transport=tcp\"\nfrom = \"sip:1@x\"\n";
+        let s = Settings::from_toml(&format!(
+            "{base}p_asserted_identity = \"<sip:+31508200000@x>\"\nprivacy = \"id\"\nregister_expires = 600\noptions_interval = \"30s\"\n"
+        ))
+        .unwrap();
+        let t = &s.trunks[0];
+        assert_eq!(t.proxy.transport, Transport::Tcp);
+        assert_eq!(t.privacy.as_deref(), Some("id"));
+        assert_eq!(t.options_interval.0, Duration::from_secs(30));
+        let e = Settings::from_toml(&format!("{base}register_expires = 10\n")).unwrap_err();
+        assert!(e.to_string().contains("trunks[0].register_expires"), "{e}");
+        let e = Settings::from_toml(&format!("{base}options_interval = \"1s\"\n")).unwrap_err();
+        assert!(e.to_string().contains("trunks[0].options_interval"), "{e}");
+        let e = Settings::from_toml(&format!("{base}privacy = \"\"\n")).unwrap_err();
+        assert!(e.to_string().contains("trunks[0].privacy"), "{e}");
+        let d = Settings::from_toml(base).unwrap();
+        assert_eq!(d.trunks[0].register_expires, 3600);
+        assert!(
+            d.trunks[0].options_interval.0.is_zero(),
+            "keepalive off by default"
+        );
+        assert!(d.trunks[0].credentials().is_none());
     }
 
     #[test]

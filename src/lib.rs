@@ -15,6 +15,7 @@ pub mod dialer;
 pub mod domain;
 pub mod media;
 pub mod metrics;
+pub mod ops;
 pub mod sip;
 pub mod sip_io;
 pub mod store;

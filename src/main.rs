@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use otpdial::cli::{ApikeyCommand, Cli, Command, ConfigCommand, ScopeArg};
+use otpdial::cli::{ApikeyCommand, Cli, Command, ConfigCommand, ScopeArg, TrunkCommand};
 use otpdial::config::Settings;
 
 fn init_tracing(default: &str) {
@@ -39,6 +39,44 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_tracing("warn");
             let ok = otpdial::demo::run(&mut std::io::stdout()).await?;
             Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Call {
+            to,
+            code,
+            locale,
+            trunk,
+            config,
+        } => {
+            init_tracing("warn");
+            let settings = Settings::load(config.as_deref())?;
+            let req = otpdial::ops::CallRequest {
+                to,
+                code,
+                locale,
+                trunk,
+            };
+            let report = otpdial::ops::call(&settings, req).await?;
+            print!("{}", report.render());
+            Ok(if report.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Trunk {
+            command: TrunkCommand::Check { name, config },
+        } => {
+            init_tracing("warn");
+            let settings = Settings::load(config.as_deref())?;
+            let results = otpdial::ops::trunk_check(&settings, name.as_deref()).await?;
+            for (name, r) in &results {
+                println!("{name}: {}", otpdial::ops::describe_probe(r));
+            }
+            Ok(if results.iter().all(|(_, r)| r.ok) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -1,14 +1,23 @@
 //! The only SIP code that touches sockets and clocks: a tokio task that owns one UDP
-//! socket and a sans-IO [`UserAgent`], feeds it datagrams, commands and timer wake-ups,
-//! sends what it wants sent and routes its events to one channel per call.
+//! socket, a TCP listener on the same port and one TCP connection per TCP peer, and a
+//! sans-IO [`UserAgent`]; it feeds the UA datagrams, framed stream messages, commands and
+//! timer wake-ups, sends what it wants sent and routes its events to one channel per call.
 //! May depend on `crate::sip`, tokio and tracing.
+//!
+//! TCP: a connection per peer address, opened when the UA first sends there (or accepted
+//! from the peer) and forgotten when it closes; the next message to that peer opens a new
+//! one (reconnect). Messages are framed by Content-Length (`sip::frame_stream`).
 
-use crate::sip::{sdp, CallHandle, EndReason, Event, OutgoingCall, UaConfig, UserAgent};
+use crate::sip::{
+    sdp, CallHandle, EndReason, Event, OutgoingCall, ProbeResult, Transport, TrunkConfig, TrunkId,
+    TrunkStatus, UaConfig, UserAgent,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -48,8 +57,15 @@ enum Command {
         reply: oneshot::Sender<CallHandle>,
     },
     Hangup(CallHandle),
+    AddTrunk {
+        config: TrunkConfig,
+        probes: mpsc::UnboundedSender<ProbeResult>,
+    },
     Shutdown,
 }
+
+/// Trunk status by trunk name, written by the driver task, read by anyone.
+type StatusMap = Arc<Mutex<HashMap<String, TrunkStatus>>>;
 
 /// Handle to the SIP driver task. Cheap to clone.
 #[derive(Clone)]
@@ -61,6 +77,7 @@ struct Inner {
     commands: mpsc::UnboundedSender<Command>,
     local_addr: SocketAddr,
     task: Mutex<Option<JoinHandle<()>>>,
+    trunks: StatusMap,
 }
 
 impl std::fmt::Debug for SipEndpoint {
@@ -113,6 +130,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Invite { call, .. } => write!(f, "Invite({})", call.request_uri),
             Command::Hangup(h) => write!(f, "Hangup({h})"),
+            Command::AddTrunk { config, .. } => write!(f, "AddTrunk({})", config.name),
             Command::Shutdown => f.write_str("Shutdown"),
         }
     }
@@ -135,13 +153,24 @@ impl SipEndpoint {
             advertised_host,
             user_agent,
         });
+        // TCP on the same address and port; without it outbound TCP still works, only
+        // peers that open connections to us cannot.
+        let tcp = match TcpListener::bind(local_addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(%local_addr, error = %e, "no SIP TCP listener");
+                None
+            }
+        };
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(drive(socket, ua, rx));
+        let trunks: StatusMap = Arc::default();
+        let task = tokio::spawn(drive(socket, tcp, ua, rx, trunks.clone()));
         Ok(SipEndpoint {
             inner: Arc::new(Inner {
                 commands: tx,
                 local_addr,
                 task: Mutex::new(Some(task)),
+                trunks,
             }),
         })
     }
@@ -170,6 +199,27 @@ impl SipEndpoint {
         })
     }
 
+    /// Starts registration and/or OPTIONS keepalive for a trunk. Every REGISTER/OPTIONS
+    /// outcome is also sent on the returned channel (drop it if you only want
+    /// [`Self::trunk_status`]).
+    pub fn add_trunk(
+        &self,
+        config: TrunkConfig,
+    ) -> Result<mpsc::UnboundedReceiver<ProbeResult>, SipIoError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inner.trunks).insert(config.name.clone(), TrunkStatus::default());
+        self.inner
+            .commands
+            .send(Command::AddTrunk { config, probes: tx })
+            .map_err(|_| SipIoError::Closed)?;
+        Ok(rx)
+    }
+
+    /// The last known status of a trunk added with [`Self::add_trunk`].
+    pub fn trunk_status(&self, name: &str) -> Option<TrunkStatus> {
+        lock(&self.inner.trunks).get(name).cloned()
+    }
+
     /// Stops the driver task and waits for it. Calls in progress get no further events
     /// (their channels close); hang them up first for a clean end.
     pub async fn shutdown(&self) {
@@ -186,12 +236,109 @@ impl SipEndpoint {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Where trunk events go: the shared status map and the probe channel of each trunk.
+struct TrunkRoutes {
+    statuses: StatusMap,
+    by_id: HashMap<TrunkId, (String, mpsc::UnboundedSender<ProbeResult>)>,
+}
+
+/// What connection tasks tell the driver.
+enum StreamEvent {
+    Message(SocketAddr, Vec<u8>),
+    Closed(SocketAddr),
+}
+
+/// One TCP connection: writes what arrives on `outgoing`, frames what it reads.
+async fn run_connection(
+    stream: Option<TcpStream>,
+    peer: SocketAddr,
+    mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>,
+    events: mpsc::UnboundedSender<StreamEvent>,
+) {
+    let stream = match stream {
+        Some(s) => s,
+        None => {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), TcpStream::connect(peer))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "SIP TCP connect failed");
+                    let _ = events.send(StreamEvent::Closed(peer));
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "SIP TCP connect timed out");
+                    let _ = events.send(StreamEvent::Closed(peer));
+                    return;
+                }
+            }
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut chunk = vec![0u8; 16384];
+    loop {
+        tokio::select! {
+            out = outgoing.recv() => match out {
+                Some(bytes) => {
+                    if let Err(e) = writer.write_all(&bytes).await {
+                        debug!(%peer, error = %e, "SIP TCP write failed");
+                        break;
+                    }
+                }
+                None => break,
+            },
+            read = reader.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    loop {
+                        match crate::sip::frame_stream(&buf) {
+                            Ok(Some((skip, len))) => {
+                                let msg = buf[skip..skip + len].to_vec();
+                                buf.drain(..skip + len);
+                                let _ = events.send(StreamEvent::Message(peer, msg));
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                // A stream that cannot be framed cannot be resynchronised.
+                                debug!(%peer, error = %e, "closing unframeable SIP TCP stream");
+                                let _ = events.send(StreamEvent::Closed(peer));
+                                return;
+                            }
+                        }
+                    }
+                }
+            },
+        }
+    }
+    let _ = events.send(StreamEvent::Closed(peer));
+}
+
 async fn drive(
     socket: UdpSocket,
+    tcp: Option<TcpListener>,
     mut ua: UserAgent,
     mut commands: mpsc::UnboundedReceiver<Command>,
+    statuses: StatusMap,
 ) {
+    let (stream_tx, mut stream_rx) = mpsc::unbounded_channel::<StreamEvent>();
+    let mut connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
+    let mut conn_tasks = tokio::task::JoinSet::new();
     let mut routes: HashMap<CallHandle, mpsc::UnboundedSender<CallEvent>> = HashMap::new();
+    let mut trunks = TrunkRoutes {
+        statuses,
+        by_id: HashMap::new(),
+    };
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
         let deadline = ua.poll_timeout();
@@ -202,6 +349,27 @@ async fn drive(
             }
         };
         tokio::select! {
+            accepted = async {
+                match &tcp {
+                    Some(l) => l.accept().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Ok((stream, peer)) = accepted {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    connections.insert(peer, tx);
+                    conn_tasks.spawn(run_connection(Some(stream), peer, rx, stream_tx.clone()));
+                }
+            }
+            event = stream_rx.recv() => match event {
+                Some(StreamEvent::Message(peer, bytes)) => {
+                    ua.handle_stream_message(Instant::now(), peer, &bytes)
+                }
+                Some(StreamEvent::Closed(peer)) => {
+                    connections.remove(&peer);
+                }
+                None => {}
+            },
             received = socket.recv_from(&mut buf) => match received {
                 Ok((n, from)) => ua.handle_datagram(Instant::now(), from, &buf[..n]),
                 // Some platforms report an earlier ICMP port unreachable here; the
@@ -218,11 +386,33 @@ async fn drive(
                     let _ = reply.send(handle);
                 }
                 Some(Command::Hangup(handle)) => ua.hangup(Instant::now(), handle),
+                Some(Command::AddTrunk { config, probes }) => {
+                    let name = config.name.clone();
+                    let id = ua.add_trunk(Instant::now(), config);
+                    if let Some(st) = ua.trunk_status(id) {
+                        lock(&trunks.statuses).insert(name.clone(), st);
+                    }
+                    trunks.by_id.insert(id, (name, probes));
+                }
             },
             () = timer => ua.handle_timeout(Instant::now()),
         }
 
         while let Some(t) = ua.poll_transmit() {
+            if t.transport == Transport::Tcp {
+                let payload = t.payload;
+                let sent = connections
+                    .get(&t.destination)
+                    .is_some_and(|c| c.send(payload.clone()).is_ok());
+                if !sent {
+                    // No (live) connection: open one; it sends once connected.
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let _ = tx.send(payload);
+                    connections.insert(t.destination, tx);
+                    conn_tasks.spawn(run_connection(None, t.destination, rx, stream_tx.clone()));
+                }
+                continue;
+            }
             if let Err(e) = socket.send_to(&t.payload, t.destination).await {
                 // E.g. ECONNREFUSED after ICMP port unreachable: retransmission timers
                 // and Timer B/F decide what that means for the call.
@@ -230,9 +420,22 @@ async fn drive(
             }
         }
         while let Some(event) = ua.poll_event() {
+            if let Event::TrunkProbe {
+                trunk,
+                result,
+                status,
+            } = event
+            {
+                if let Some((name, probes)) = trunks.by_id.get(&trunk) {
+                    lock(&trunks.statuses).insert(name.clone(), status);
+                    let _ = probes.send(result);
+                }
+                continue;
+            }
             route_event(&mut routes, event);
         }
     }
+    conn_tasks.abort_all();
     debug!("SIP driver stopped");
 }
 
@@ -257,6 +460,7 @@ fn route_event(routes: &mut HashMap<CallHandle, mpsc::UnboundedSender<CallEvent>
             }
             return;
         }
+        Event::TrunkProbe { .. } => return,
     };
     if let Some(tx) = routes.get(&call) {
         // A dropped receiver just means nobody listens any more.
@@ -324,6 +528,9 @@ mod tests {
                     telephone_event_pt: 101,
                     ptime_ms: 20,
                 },
+                credentials: None,
+                extra_headers: Vec::new(),
+                tcp: false,
             })
             .await
             .unwrap();
@@ -392,6 +599,9 @@ mod tests {
                     telephone_event_pt: 101,
                     ptime_ms: 20,
                 },
+                credentials: None,
+                extra_headers: Vec::new(),
+                tcp: false,
             })
             .await,
             Err(SipIoError::Closed)

@@ -30,6 +30,53 @@ pub(crate) enum ParseError {
     MissingHeader(&'static str, Box<rsip::Request>),
     #[error("response lacks or has a malformed mandatory header {0}")]
     BadResponse(&'static str),
+    #[error("malformed start line")]
+    BadStartLine,
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+}
+
+/// Stream framing: is a complete message in `buf`? Checked before parsing, as a TCP read
+/// may hold half a message or several (see [`crate::sip::frame_stream`]).
+pub(crate) fn frame(buf: &[u8]) -> Result<Option<(usize, usize)>, String> {
+    /// A header block longer than this is an attack or garbage, not SIP.
+    const MAX_HEAD: usize = 64 * 1024;
+    let skip = buf
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count();
+    let rest = &buf[skip..];
+    let Some(end) = find(rest, b"\r\n\r\n") else {
+        if rest.len() > MAX_HEAD {
+            return Err("header block too long".into());
+        }
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&rest[..end]).map_err(|_| "header block is not UTF-8")?;
+    let mut length = None;
+    for line in head.split("\r\n").skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
+            let n: usize = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad Content-Length {:?}", value.trim()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting Content-Length".into());
+            }
+            length = Some(n);
+        }
+    }
+    // Mandatory on streams: without it the message boundary is unknown.
+    let length = length.ok_or("no Content-Length on a stream transport")?;
+    if length > 1024 * 1024 {
+        return Err("Content-Length too large".into());
+    }
+    let total = end + 4 + length;
+    Ok((rest.len() >= total).then_some((skip, total)))
 }
 
 /// Compact forms from the IANA SIP header registry (RFC 3261 §7.3.3 and later RFCs).
@@ -81,7 +128,7 @@ pub(crate) fn normalize(data: &[u8]) -> Result<Vec<u8>, ParseError> {
             continue;
         }
         if lines.is_empty() {
-            lines.push(line.trim().to_string());
+            lines.push(start_line(line)?);
             continue;
         }
         if line.starts_with(' ') || line.starts_with('\t') {
@@ -104,11 +151,16 @@ pub(crate) fn normalize(data: &[u8]) -> Result<Vec<u8>, ParseError> {
     }
 
     let mut body = body;
-    if let Some(len) = lines
+    let lengths: Vec<&str> = lines
         .iter()
         .skip(1)
-        .find_map(|l| header_value_of(l, "Content-Length"))
-    {
+        .filter_map(|l| header_value_of(l, "Content-Length"))
+        .collect();
+    if lengths.len() > 1 {
+        // RFC 4475 §3.3.9: with two lengths nobody knows where the body ends.
+        return Err(ParseError::BadContentLength);
+    }
+    if let Some(len) = lengths.first() {
         let want: usize = len.parse().map_err(|_| ParseError::BadContentLength)?;
         if body.len() < want {
             return Err(ParseError::Truncated {
@@ -127,6 +179,178 @@ pub(crate) fn normalize(data: &[u8]) -> Result<Vec<u8>, ParseError> {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     Ok(out)
+}
+
+/// Methods rsip has a variant for; others are extension methods (RFC 3261 §25.1
+/// `extension-method = token`), which rsip cannot represent.
+fn rsip_knows(method: &str) -> bool {
+    method.parse::<rsip::Method>().is_ok()
+}
+
+/// `token` characters (RFC 3261 §25.1).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+}
+
+/// Checks the start line and rewrites it into what rsip parses:
+/// - requests: `Method SP Request-URI SP SIP/2.0`, exactly one space apart, nothing after
+///   (RFC 4475 §3.1.2.9/3.1.2.10), the URI not in `<>` and without headers (§3.1.2.7,
+///   §3.1.2.11); an extension method becomes `OPTIONS` here and is restored by [`parse`];
+///   a `;` in the user part is escaped (rsip rejects it, RFC 3261 allows it, §3.1.1.9);
+/// - responses: an empty reason phrase (§3.1.1.13) gets a placeholder rsip accepts.
+fn start_line(line: &str) -> Result<String, ParseError> {
+    if let Some(rest) = line.strip_prefix("SIP/") {
+        let mut parts = line.splitn(3, ' ');
+        let (version, code) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let reason = parts.next().unwrap_or("").trim();
+        if rest.is_empty() || code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ParseError::BadStartLine);
+        }
+        let reason = if reason.is_empty() { "-" } else { reason };
+        return Ok(format!("{version} {code} {reason}"));
+    }
+    let parts: Vec<&str> = line.split(' ').collect();
+    let [method, uri, version] = parts[..] else {
+        return Err(ParseError::BadStartLine);
+    };
+    if !is_token(method) || version != "SIP/2.0" || uri.is_empty() {
+        return Err(ParseError::BadStartLine);
+    }
+    // Headers (`?`) are not allowed in a Request-URI; a `?` in the user part is.
+    let host_part = uri.rsplit_once('@').map_or(uri, |(_, h)| h);
+    if uri.starts_with('<') || host_part.contains('?') {
+        return Err(ParseError::Invalid("Request-URI"));
+    }
+    let method = if rsip_knows(method) {
+        method
+    } else {
+        "OPTIONS"
+    };
+    let uri = escape_user_semicolons(uri);
+    // We never use the Request-URI of a request we receive, so one rsip cannot read
+    // (valid but unusual, RFC 4475 §3.1.1.2, or an unknown scheme, §3.3.2) is replaced
+    // by a stand-in; `parse` notes an unsupported scheme so the UA can answer 416.
+    let uri = if rsip::Uri::try_from(uri.as_str()).is_ok() {
+        uri
+    } else {
+        STAND_IN_URI.to_string()
+    };
+    Ok(format!("{method} {uri} {version}"))
+}
+
+const STAND_IN_URI: &str = "sip:request-uri.invalid";
+
+/// Whether a request's Request-URI uses a scheme we handle (sip, sips, tel).
+fn supported_scheme(data: &[u8]) -> bool {
+    let start = data
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(0);
+    let line = data[start..].split(|b| *b == b'\n').next().unwrap_or(b"");
+    let line = String::from_utf8_lossy(line);
+    let uri = line.split(' ').nth(1).unwrap_or("");
+    let scheme = uri.split(':').next().unwrap_or("").to_ascii_lowercase();
+    matches!(scheme.as_str(), "sip" | "sips" | "tel")
+}
+
+/// `sip:user;par=x@host` -> `sip:user%3Bpar=x@host`: same user for us, parseable by rsip.
+fn escape_user_semicolons(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return uri.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((user, host))
+            if user.contains(';') && scheme.to_ascii_lowercase().starts_with("sip") =>
+        {
+            format!("{scheme}:{}@{host}", user.replace(';', "%3B"))
+        }
+        _ => uri.to_string(),
+    }
+}
+
+/// The method token of a request's start line as sent (extension methods included).
+fn request_method_text(data: &[u8]) -> Option<String> {
+    let start = data.iter().position(|b| *b != b'\r' && *b != b'\n')?;
+    let line = data[start..].split(|b| *b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    if line.starts_with("SIP/") {
+        return None;
+    }
+    line.split(' ').next().map(str::to_string)
+}
+
+/// A From/To/Contact value must be a well-formed name-addr or addr-spec (RFC 3261 §25.1),
+/// at least in the ways RFC 4475 tortures it: balanced quotes (§3.1.2.6), a display name
+/// that is a quoted string or tokens (§3.1.2.15), no blanks inside `<>` (§3.1.2.14), an
+/// addr-spec with `?` or `,` only inside `<>` (§3.1.2.13), no empty parameters (§3.1.2.1).
+fn name_addr_ok(value: &str) -> bool {
+    let v = value.trim();
+    let mut quotes = 0;
+    let mut escaped = false;
+    for c in v.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quotes += 1,
+            _ => {}
+        }
+    }
+    if quotes % 2 != 0 {
+        return false;
+    }
+    let params = if let Some(open) = v.rfind('<').filter(|_| v.ends_with('>') || v.contains('>')) {
+        let display = v[..open].trim();
+        let display_ok = display.is_empty()
+            || (display.starts_with('"') && display.ends_with('"') && display.len() >= 2)
+            || display.split_whitespace().all(is_token);
+        let Some(close) = v[open..].find('>').map(|i| open + i) else {
+            return false;
+        };
+        let inner = &v[open + 1..close];
+        if !display_ok || inner.is_empty() || inner.contains(char::is_whitespace) {
+            return false;
+        }
+        &v[close + 1..]
+    } else {
+        // addr-spec: everything after the first ';' is header parameters.
+        let (uri, params) = v.find(';').map_or((v, ""), |i| (&v[..i], &v[i..]));
+        if uri.trim().contains(['?', ',', '<', '>', '"'])
+            || uri.trim().contains(char::is_whitespace)
+        {
+            return false;
+        }
+        params
+    };
+    params_ok(params)
+}
+
+/// `;name[=value]` repeated, none empty.
+fn params_ok(params: &str) -> bool {
+    let p = params.trim();
+    if p.is_empty() {
+        return true;
+    }
+    let Some(rest) = p.strip_prefix(';') else {
+        return false;
+    };
+    rest.split(';').all(|one| !one.trim().is_empty())
+}
+
+/// A Via value: `SIP/2.0/transport sent-by` and non-empty parameters (RFC 4475 §3.1.2.1).
+fn via_ok(value: &str) -> bool {
+    let v = value.trim();
+    let (head, params) = v.find(';').map_or((v, ""), |i| (&v[..i], &v[i..]));
+    // `SIP / 2.0 / UDP` is legal (LWS around the slashes, RFC 4475 §3.1.1.1).
+    let head: String = head.split('/').map(str::trim).collect::<Vec<_>>().join("/");
+    let mut words = head.split_whitespace();
+    let proto = words.next().unwrap_or("");
+    proto.len() > 8
+        && proto[..8].eq_ignore_ascii_case("SIP/2.0/")
+        && words.next().is_some()
+        && words.next().is_none()
+        && params_ok(params)
 }
 
 fn header_value_of<'a>(line: &'a str, name: &str) -> Option<&'a str> {
@@ -247,6 +471,16 @@ pub(crate) struct Message {
     pub(crate) contact_uri: Option<String>,
     pub(crate) record_route: Vec<String>,
     pub(crate) content_type: Option<String>,
+    /// `WWW-Authenticate` (false) and `Proxy-Authenticate` (true) values, in order.
+    pub(crate) challenges: Vec<(bool, String)>,
+    /// Every Contact value (name-addr with parameters), e.g. for REGISTER's `expires`.
+    pub(crate) contacts: Vec<String>,
+    pub(crate) expires: Option<u32>,
+    pub(crate) min_expires: Option<u32>,
+    /// An extension method (RFC 3261 §25.1): `start` then holds a stand-in method.
+    pub(crate) extension_method: Option<String>,
+    /// The Request-URI's scheme is not sip/sips/tel (answer 416).
+    pub(crate) unsupported_uri_scheme: bool,
     pub(crate) body: Vec<u8>,
 }
 
@@ -274,19 +508,36 @@ impl Message {
 /// Parses one datagram. Never panics; everything wrong is a [`ParseError`].
 pub(crate) fn parse(data: &[u8]) -> Result<Message, ParseError> {
     let normalized = normalize(data)?;
+    let method_text = request_method_text(data);
+    let extension = method_text.as_deref().filter(|m| !rsip_knows(m));
+    // The CSeq must name the method of the start line (RFC 4475 §3.1.2.17/18); for an
+    // extension method rsip's CSeq parser needs the same stand-in as the start line.
+    let normalized = match extension {
+        Some(m) => replace_cseq_method(&normalized, m)?,
+        None => normalized,
+    };
     let msg = rsip::SipMessage::try_from(normalized.as_slice())
         .map_err(|e| ParseError::Rsip(e.to_string()))?;
     let (start, headers, body) = match msg {
         rsip::SipMessage::Request(req) => {
             let fields = extract(&req.headers);
-            return match fields {
-                Ok(f) => Ok(f.into_message(StartLine::Request { method: req.method }, req.body)),
-                Err(missing) => Err(ParseError::MissingHeader(missing, Box::new(req))),
+            let mut m = match fields {
+                Ok(f) => f.into_message(StartLine::Request { method: req.method }, req.body),
+                Err(missing) => return Err(ParseError::MissingHeader(missing, Box::new(req))),
             };
+            if extension.is_none() && m.cseq_method != req.method {
+                return Err(ParseError::Invalid(
+                    "CSeq method (differs from the request's)",
+                ));
+            }
+            m.extension_method = extension.map(str::to_string);
+            m.unsupported_uri_scheme = !supported_scheme(data);
+            check_headers(&req.headers)?;
+            return Ok(m);
         }
         rsip::SipMessage::Response(resp) => {
             let status = resp.status_code.code();
-            let reason = reason_phrase(&normalized).unwrap_or_default();
+            let reason = reason_phrase(data).unwrap_or_default();
             (
                 StartLine::Response { status, reason },
                 resp.headers,
@@ -295,13 +546,101 @@ pub(crate) fn parse(data: &[u8]) -> Result<Message, ParseError> {
         }
     };
     let fields = extract(&headers).map_err(ParseError::BadResponse)?;
+    check_headers(&headers)?;
     Ok(fields.into_message(start, body))
 }
 
+/// Swaps an extension method in the CSeq for `OPTIONS`, the stand-in the start line got.
+/// A CSeq naming another method is a mismatch.
+fn replace_cseq_method(normalized: &[u8], method: &str) -> Result<Vec<u8>, ParseError> {
+    let text = std::str::from_utf8(normalized).map_err(|_| ParseError::NotUtf8)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let mut out = String::with_capacity(text.len());
+    let mut seen = false;
+    for line in head.split("\r\n") {
+        match header_value_of(line, "CSeq") {
+            Some(v) => {
+                let mut it = v.split_whitespace();
+                let (num, m) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+                if m != method || it.next().is_some() {
+                    return Err(ParseError::Invalid(
+                        "CSeq method (differs from the request's)",
+                    ));
+                }
+                seen = true;
+                out.push_str(&format!("CSeq: {num} OPTIONS"));
+            }
+            None => out.push_str(line),
+        }
+        out.push_str("\r\n");
+    }
+    if !seen {
+        return Err(ParseError::Invalid("CSeq"));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&normalized[normalized.len() - body.len()..]);
+    Ok(bytes)
+}
+
+/// Checks on headers rsip accepts but RFC 3261 does not (RFC 4475 §3.1.2, §3.3.8).
+fn check_headers(headers: &rsip::Headers) -> Result<(), ParseError> {
+    let (mut from, mut to, mut call_id, mut cseq, mut max_fwd) = (0, 0, 0, 0, 0);
+    for h in headers.iter() {
+        match h {
+            Header::From(v) => {
+                from += 1;
+                if !name_addr_ok(v.value()) {
+                    return Err(ParseError::Invalid("From"));
+                }
+            }
+            Header::To(v) => {
+                to += 1;
+                if !name_addr_ok(v.value()) {
+                    return Err(ParseError::Invalid("To"));
+                }
+            }
+            Header::Contact(v) => {
+                let v = v.value().trim();
+                if v != "*" && !split_list(v).iter().all(|c| name_addr_ok(c)) {
+                    return Err(ParseError::Invalid("Contact"));
+                }
+            }
+            Header::Via(v) => {
+                let list = split_list(v.value());
+                // "a,,b" leaves an empty element that split_list drops: count commas too.
+                let commas = v.value().matches(',').count();
+                if list.is_empty() || commas + 1 != list.len() || !list.iter().all(|x| via_ok(x)) {
+                    return Err(ParseError::Invalid("Via"));
+                }
+            }
+            Header::CallId(_) => call_id += 1,
+            Header::CSeq(_) => cseq += 1,
+            Header::MaxForwards(v) => {
+                max_fwd += 1;
+                if v.value().trim().parse::<u8>().is_err() {
+                    return Err(ParseError::Invalid("Max-Forwards"));
+                }
+            }
+            // RFC 3261 §20.17 / RFC 1123: the only zone allowed is GMT (RFC 4475 §3.1.2.12).
+            Header::Date(v) if !v.value().trim().ends_with(" GMT") => {
+                return Err(ParseError::Invalid("Date"))
+            }
+            _ => {}
+        }
+    }
+    if from > 1 || to > 1 || call_id > 1 || cseq > 1 || max_fwd > 1 {
+        return Err(ParseError::Invalid("repeated single-value header"));
+    }
+    Ok(())
+}
+
 /// rsip maps unknown codes to the reason "Other"; keep what the peer actually said.
-fn reason_phrase(normalized: &[u8]) -> Option<String> {
-    let end = find(normalized, b"\r\n")?;
-    let line = std::str::from_utf8(&normalized[..end]).ok()?;
+fn reason_phrase(data: &[u8]) -> Option<String> {
+    let start = data.iter().position(|b| *b != b'\r' && *b != b'\n')?;
+    let data = &data[start..];
+    let end = data.iter().position(|b| *b == b'\n')?;
+    let line = std::str::from_utf8(&data[..end]).ok()?;
     let mut parts = line.splitn(3, ' ');
     parts.next()?;
     parts.next()?;
@@ -318,6 +657,10 @@ struct Fields {
     contact_uri: Option<String>,
     record_route: Vec<String>,
     content_type: Option<String>,
+    challenges: Vec<(bool, String)>,
+    contacts: Vec<String>,
+    expires: Option<u32>,
+    min_expires: Option<u32>,
 }
 
 impl Fields {
@@ -333,6 +676,12 @@ impl Fields {
             contact_uri: self.contact_uri,
             record_route: self.record_route,
             content_type: self.content_type,
+            challenges: self.challenges,
+            contacts: self.contacts,
+            expires: self.expires,
+            min_expires: self.min_expires,
+            extension_method: None,
+            unsupported_uri_scheme: false,
             body,
         }
     }
@@ -347,6 +696,10 @@ fn extract(headers: &rsip::Headers) -> Result<Fields, &'static str> {
     let mut contact_uri = None;
     let mut record_route = Vec::new();
     let mut content_type = None;
+    let mut challenges = Vec::new();
+    let mut contacts = Vec::new();
+    let mut expires = None;
+    let mut min_expires = None;
     for h in headers.iter() {
         match h {
             Header::Via(v) => vias.extend(split_list(v.value())),
@@ -354,11 +707,18 @@ fn extract(headers: &rsip::Headers) -> Result<Fields, &'static str> {
             Header::To(v) if to.is_none() => to = Some(v.value().to_string()),
             Header::CallId(v) if call_id.is_none() => call_id = Some(v.value().to_string()),
             Header::CSeq(v) if cseq.is_none() => cseq = Some(v.typed().map_err(|_| "CSeq")?),
-            Header::Contact(v) if contact_uri.is_none() => {
-                contact_uri = split_list(v.value())
-                    .first()
-                    .map(|c| addr_uri(c).to_string())
+            Header::Contact(v) => {
+                let list = split_list(v.value());
+                if contact_uri.is_none() {
+                    contact_uri = list.first().map(|c| addr_uri(c).to_string());
+                }
+                contacts.extend(list);
             }
+            // Challenges are kept as text: rsip's typed form rejects qop lists and SHA-256.
+            Header::WwwAuthenticate(v) => challenges.push((false, v.value().to_string())),
+            Header::ProxyAuthenticate(v) => challenges.push((true, v.value().to_string())),
+            Header::Expires(v) => expires = v.value().trim().parse().ok(),
+            Header::MinExpires(v) => min_expires = v.value().trim().parse().ok(),
             Header::RecordRoute(v) => record_route.extend(split_list(v.value())),
             Header::ContentType(v) => content_type = Some(v.value().trim().to_ascii_lowercase()),
             _ => {}
@@ -378,6 +738,10 @@ fn extract(headers: &rsip::Headers) -> Result<Fields, &'static str> {
         contact_uri,
         record_route,
         content_type,
+        challenges,
+        contacts,
+        expires,
+        min_expires,
     })
 }
 
@@ -467,10 +831,12 @@ fn reason_for(status: u16) -> &'static str {
         100 => "Trying",
         200 => "OK",
         400 => "Bad Request",
+        405 => "Method Not Allowed",
         481 => "Call/Transaction Does Not Exist",
         487 => "Request Terminated",
         488 => "Not Acceptable Here",
         500 => "Server Internal Error",
+        416 => "Unsupported URI Scheme",
         501 => "Not Implemented",
         603 => "Decline",
         _ => "Unknown",
@@ -515,6 +881,20 @@ l: 0\n\n";
             parse(raw.as_bytes()),
             Err(ParseError::Truncated { .. })
         ));
+    }
+
+    #[test]
+    fn stream_framing() {
+        let msg = b"OPTIONS sip:a@b SIP/2.0\r\nl: 4\r\nVia: x\r\n\r\nbody";
+        assert_eq!(frame(&msg[..10]).unwrap(), None);
+        assert_eq!(frame(&msg[..msg.len() - 1]).unwrap(), None);
+        assert_eq!(frame(msg).unwrap(), Some((0, msg.len())));
+        let mut two = b"\r\n\r\n".to_vec();
+        two.extend_from_slice(msg);
+        two.extend_from_slice(msg);
+        assert_eq!(frame(&two).unwrap(), Some((4, msg.len())));
+        assert!(frame(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n").is_err());
+        assert!(frame(b"SIP/2.0 200 OK\r\nContent-Length: -1\r\n\r\n").is_err());
     }
 
     #[test]

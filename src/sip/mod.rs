@@ -6,9 +6,12 @@
 //! clock. May depend on `rsip`, `rand`, `thiserror`, `tracing`, std; never on tokio.
 //! `crate::sip_io` drives it with a real socket.
 //!
-//! Inside: `message` (normalise/parse/render on rsip), `sdp` (offer/answer), `ua`
-//! (client/server transactions keyed by branch, calls/dialogs keyed by handle and Call-ID).
+//! Inside: `message` (normalise/parse/render on rsip), `sdp` (offer/answer), `digest`
+//! (RFC 7616 digest auth), `ua` (client/server transactions keyed by branch, calls/dialogs
+//! keyed by handle and Call-ID, and per-trunk registration and OPTIONS keepalive in
+//! `ua::trunk`).
 
+pub mod digest;
 mod message;
 pub mod sdp;
 mod ua;
@@ -20,6 +23,12 @@ use std::fmt;
 use std::net::SocketAddr;
 
 pub use ua::UserAgent;
+
+/// Parses a datagram the way the user agent does, for fuzzing and tests: `Ok` when it is
+/// a usable SIP message. Never panics.
+pub fn parse_message(data: &[u8]) -> Result<(), String> {
+    message::parse(data).map(|_| ()).map_err(|e| e.to_string())
+}
 
 /// Static configuration of the user agent.
 #[derive(Debug, Clone)]
@@ -33,11 +42,28 @@ pub struct UaConfig {
     pub user_agent: String,
 }
 
-/// A datagram the driver must send.
+/// How a message travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    /// One TCP connection per peer address, opened (or re-opened) by the driver.
+    Tcp,
+}
+
+/// A message the driver must send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     pub destination: SocketAddr,
+    pub transport: Transport,
     pub payload: Vec<u8>,
+}
+
+/// Where the first complete SIP message in a TCP byte stream ends (RFC 3261 §18.3:
+/// Content-Length frames messages on streams). `Ok(None)`: need more bytes;
+/// `Ok(Some((skip, len)))`: skip `skip` keep-alive CRLFs, then `len` bytes are one
+/// message; `Err`: the stream cannot be framed (drop the connection).
+pub fn frame_stream(buf: &[u8]) -> Result<Option<(usize, usize)>, String> {
+    message::frame(buf)
 }
 
 /// Identifies one outgoing call for its whole life.
@@ -61,6 +87,74 @@ pub struct OutgoingCall {
     pub from_uri: String,
     pub from_display: Option<String>,
     pub media: sdp::MediaOffer,
+    /// Answers 401/407 challenges (to the INVITE and to in-dialog requests) when set.
+    pub credentials: Option<digest::Credentials>,
+    /// Extra headers for the INVITE, e.g. `P-Asserted-Identity` and `Privacy`.
+    pub extra_headers: Vec<(String, String)>,
+    /// Reach `destination` over TCP instead of UDP.
+    pub tcp: bool,
+}
+
+/// Index of a trunk added with [`UserAgent::add_trunk`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TrunkId(pub usize);
+
+/// What the user agent needs to register with a trunk and keep an eye on it.
+#[derive(Debug, Clone)]
+pub struct TrunkConfig {
+    pub name: String,
+    /// Where REGISTER and OPTIONS go (the resolved proxy).
+    pub destination: SocketAddr,
+    /// Request-URI of REGISTER and OPTIONS, e.g. `sip:sip.provider.example:5060`.
+    pub registrar_uri: String,
+    /// Address of record: From/To of REGISTER, e.g. `sip:31508200000@sip.provider.example`.
+    pub aor: String,
+    pub credentials: Option<digest::Credentials>,
+    /// Keep a registration (REGISTER, refresh before expiry, retry with backoff).
+    pub register: bool,
+    /// Expires we ask for (the registrar may shorten it, or demand more with 423).
+    pub register_expires: u32,
+    /// OPTIONS keepalive period; None = no keepalive.
+    pub options_interval: Option<std::time::Duration>,
+    /// Do each probe once and schedule nothing more (`otpdial trunk check`).
+    pub one_shot: bool,
+    /// Reach the trunk over TCP instead of UDP.
+    pub tcp: bool,
+}
+
+/// Which request a probe used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    Register,
+    Options,
+}
+
+/// The outcome of one REGISTER or OPTIONS exchange with a trunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeResult {
+    pub kind: ProbeKind,
+    /// Final status code; None when nothing answered (Timer F).
+    pub status: Option<u16>,
+    /// From the last request sent to its final response.
+    pub rtt: Option<std::time::Duration>,
+    /// A challenge came and our answer to it was accepted.
+    pub authenticated: bool,
+    /// Registered (REGISTER), or reachable and not refusing us (OPTIONS).
+    pub ok: bool,
+    /// Expires granted by the registrar.
+    pub expires: Option<u32>,
+    /// Human-readable reason when not ok; never contains secrets.
+    pub error: Option<String>,
+}
+
+/// What the rest of the gateway may know about a trunk (e.g. `GET /v1/trunks`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrunkStatus {
+    /// Holds a valid registration (always false for trunks with `register = false`).
+    pub registered: bool,
+    /// Whether the last OPTIONS or REGISTER got any answer; None before the first probe.
+    pub reachable: Option<bool>,
+    pub last_error: Option<String>,
 }
 
 /// Something the application must know about a call.
@@ -81,6 +175,12 @@ pub enum Event {
     Dtmf { call: CallHandle, digit: char },
     /// Exactly once per call; the last event for that call.
     Ended { call: CallHandle, reason: EndReason },
+    /// A REGISTER or OPTIONS to a trunk finished; the trunk's status may have changed.
+    TrunkProbe {
+        trunk: TrunkId,
+        result: ProbeResult,
+        status: TrunkStatus,
+    },
 }
 
 /// Why a call ended.

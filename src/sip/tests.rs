@@ -66,6 +66,8 @@ struct Harness {
     peer: SocketAddr,
     sent: Vec<Sent>,
     events: Vec<Event>,
+    credentials: Option<digest::Credentials>,
+    tcp: bool,
 }
 
 fn offer() -> MediaOffer {
@@ -92,6 +94,8 @@ impl Harness {
             peer: PEER.parse().unwrap(),
             sent: Vec::new(),
             events: Vec::new(),
+            credentials: None,
+            tcp: false,
         }
     }
 
@@ -104,6 +108,12 @@ impl Harness {
                 from_uri: "sip:+31508200000@sip.provider.example".into(),
                 from_display: Some("Otp \"Dial\"".into()),
                 media: offer(),
+                credentials: self.credentials.clone(),
+                extra_headers: vec![(
+                    "P-Asserted-Identity".into(),
+                    "<sip:+31508200000@sip.provider.example>".into(),
+                )],
+                tcp: self.tcp,
             },
         );
         self.drain();
@@ -917,6 +927,9 @@ fn unparseable_request_uri_ends_the_call_without_sending() {
             from_uri: "sip:a@b".into(),
             from_display: None,
             media: offer(),
+            credentials: None,
+            extra_headers: Vec::new(),
+            tcp: false,
         },
     );
     h.drain();
@@ -1015,4 +1028,602 @@ fn mutated_messages_never_panic() {
     }
     h.advance(secs(120.0));
     assert!(h.ua.poll_timeout().is_none_or(|t| t > h.now));
+}
+
+// ---- digest auth, registration, keepalive ----------------------------------------------
+
+fn mufasa() -> digest::Credentials {
+    digest::Credentials {
+        username: "auth-user".into(),
+        password: "s3cret".into(),
+    }
+}
+
+fn challenge(header: &str, nonce: &str, extra: &str) -> String {
+    format!(
+        "{header}: Digest realm=\"trunk.example\", nonce=\"{nonce}\", qop=\"auth,auth-int\", \
+         algorithm=SHA-256, opaque=\"op1\"{extra}\r\n"
+    )
+}
+
+/// The digest answer the UA put in `sent`, checked against our own computation.
+fn check_digest(sent: &Sent, header: &str, method: &str, nonce: &str, nc: &str) {
+    let value = sent.headers(header);
+    assert_eq!(value.len(), 1, "{header} in {}", sent.text);
+    let v = &value[0];
+    assert!(v.contains("username=\"auth-user\""), "{v}");
+    assert!(v.contains(&format!("nc={nc}")), "{v}");
+    assert!(
+        v.contains("qop=auth,") && v.contains("opaque=\"op1\""),
+        "{v}"
+    );
+    assert!(v.contains("algorithm=SHA-256"), "{v}");
+    assert!(!sent.text.contains("s3cret"), "password on the wire");
+    let cnonce = v
+        .split("cnonce=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let ch = digest::Challenge::parse(&format!(
+        "Digest realm=\"trunk.example\", nonce=\"{nonce}\", qop=\"auth\", algorithm=SHA-256, opaque=\"op1\""
+    ))
+    .unwrap();
+    let nc_n = u32::from_str_radix(nc, 16).unwrap();
+    let want = digest::answer(
+        &ch,
+        &mufasa(),
+        digest::RequestParts {
+            method,
+            uri: sent.request_uri(),
+            body: b"",
+        },
+        nc_n,
+        cnonce,
+    );
+    assert_eq!(digest::response_of(v), digest::response_of(&want), "{v}");
+}
+
+#[test]
+fn invite_407_is_answered_with_proxy_authorization_then_call_proceeds() {
+    let mut h = Harness::new();
+    h.credentials = Some(mufasa());
+    let call = h.call();
+    let invite = h.only_sent();
+    assert_eq!(
+        invite.headers("P-Asserted-Identity"),
+        vec!["<sip:+31508200000@sip.provider.example>"]
+    );
+    h.recv(&respond(
+        &invite,
+        407,
+        "Proxy Authentication Required",
+        Some("px"),
+        &challenge("Proxy-Authenticate", "n1", ""),
+        "",
+    ));
+    let sent = h.take_sent();
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    assert_eq!(sent[0].method(), Some(rsip::Method::Ack));
+    assert_eq!(
+        sent[0].branch(),
+        invite.branch(),
+        "ACK of a non-2xx is in the transaction"
+    );
+    let retry = &sent[1];
+    assert_eq!(retry.method(), Some(rsip::Method::Invite));
+    assert_eq!(retry.msg().call_id, invite.msg().call_id);
+    assert_eq!(retry.msg().tag_in_from(), invite.msg().tag_in_from());
+    assert_eq!(retry.msg().cseq, 2);
+    assert_ne!(retry.branch(), invite.branch());
+    check_digest(retry, "Proxy-Authorization", "INVITE", "n1", "00000001");
+    assert!(h.take_events().is_empty(), "no call event for a challenge");
+
+    // A retransmitted 407 of the first transaction is ACKed again, nothing else.
+    h.recv(&respond(
+        &invite,
+        407,
+        "Proxy Authentication Required",
+        Some("px"),
+        &challenge("Proxy-Authenticate", "n1", ""),
+        "",
+    ));
+    assert_eq!(h.only_sent().method(), Some(rsip::Method::Ack));
+
+    h.recv(&respond(retry, 180, "Ringing", Some("peer1"), "", ""));
+    h.recv(&ok_with_sdp(retry, "peer1"));
+    assert_eq!(h.only_sent().method(), Some(rsip::Method::Ack));
+    let ev = h.take_events();
+    assert!(matches!(ev.last(), Some(Event::Answered { call: c, .. }) if *c == call));
+    // CANCEL/BYE after this use the authenticated transaction's CSeq space.
+    h.ua.hangup(h.now, call);
+    h.drain();
+    let bye = h.only_sent();
+    assert_eq!(bye.msg().cseq, 3);
+}
+
+#[test]
+fn refused_credentials_end_the_call_but_stale_nonce_retries() {
+    let mut h = Harness::new();
+    h.credentials = Some(mufasa());
+    let call = h.call();
+    let invite = h.only_sent();
+    h.recv(&respond(
+        &invite,
+        401,
+        "Unauthorized",
+        Some("u"),
+        &challenge("WWW-Authenticate", "n1", ""),
+        "",
+    ));
+    let retry = h.take_sent().pop().unwrap();
+    check_digest(&retry, "Authorization", "INVITE", "n1", "00000001");
+    // stale=true: the nonce expired, not the password; retry with the new nonce.
+    h.recv(&respond(
+        &retry,
+        401,
+        "Unauthorized",
+        Some("u"),
+        &challenge("WWW-Authenticate", "n2", ", stale=true"),
+        "",
+    ));
+    let retry2 = h.take_sent().pop().unwrap();
+    assert_eq!(retry2.msg().cseq, 3);
+    check_digest(&retry2, "Authorization", "INVITE", "n2", "00000001");
+    // Same realm, not stale: the credentials are wrong; give up.
+    h.recv(&respond(
+        &retry2,
+        401,
+        "Unauthorized",
+        Some("u"),
+        &challenge("WWW-Authenticate", "n3", ""),
+        "",
+    ));
+    let sent = h.take_sent();
+    assert_eq!(sent.len(), 1, "only the ACK: {sent:#?}");
+    let reasons = ended(&h.take_events(), call);
+    assert!(
+        matches!(&reasons[..], [EndReason::Rejected { status: 401, reason }] if reason.contains("authentication failed")),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn challenge_without_credentials_rejects_the_call() {
+    let mut h = Harness::new();
+    let call = h.call();
+    let invite = h.only_sent();
+    h.recv(&respond(
+        &invite,
+        407,
+        "Proxy Authentication Required",
+        Some("u"),
+        &challenge("Proxy-Authenticate", "n1", ""),
+        "",
+    ));
+    assert_eq!(h.only_sent().method(), Some(rsip::Method::Ack));
+    assert!(matches!(
+        &ended(&h.take_events(), call)[..],
+        [EndReason::Rejected { status: 407, .. }]
+    ));
+}
+
+#[test]
+fn challenged_bye_is_resent_with_credentials() {
+    let mut h = Harness::new();
+    h.credentials = Some(mufasa());
+    let (call, _invite) = answered_call(&mut h);
+    h.ua.hangup(h.now, call);
+    h.drain();
+    let bye = h.only_sent();
+    h.recv(&respond(
+        &bye,
+        401,
+        "Unauthorized",
+        None,
+        &challenge("WWW-Authenticate", "nb", ""),
+        "",
+    ));
+    let bye2 = h.only_sent();
+    assert_eq!(bye2.method(), Some(rsip::Method::Bye));
+    assert_eq!(bye2.msg().cseq, bye.msg().cseq + 1);
+    check_digest(&bye2, "Authorization", "BYE", "nb", "00000001");
+    assert!(h.take_events().is_empty());
+    h.recv(&respond(&bye2, 200, "OK", None, "", ""));
+    assert_eq!(ended(&h.take_events(), call), vec![EndReason::LocalHangup]);
+}
+
+fn trunk_cfg(register: bool, options: Option<Duration>) -> TrunkConfig {
+    TrunkConfig {
+        name: "t1".into(),
+        destination: PEER.parse().unwrap(),
+        registrar_uri: format!("sip:{PEER}"),
+        aor: "sip:31508200000@trunk.example".into(),
+        credentials: Some(mufasa()),
+        register,
+        register_expires: 3600,
+        options_interval: options,
+        one_shot: false,
+        tcp: false,
+    }
+}
+
+fn probes(events: &[Event]) -> Vec<(ProbeResult, TrunkStatus)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::TrunkProbe { result, status, .. } => Some((result.clone(), status.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn register_with_auth_423_and_refresh_before_expiry() {
+    let mut h = Harness::new();
+    let id = h.ua.add_trunk(h.now, trunk_cfg(true, None));
+    h.drain();
+    let reg = h.only_sent();
+    assert_eq!(reg.method(), Some(rsip::Method::Register));
+    assert_eq!(reg.request_uri(), format!("sip:{PEER}"));
+    assert_eq!(reg.headers("Expires"), vec!["3600"]);
+    assert!(reg.msg().from.contains("sip:31508200000@trunk.example"));
+    assert!(reg.headers("Authorization").is_empty());
+
+    h.recv(&respond(
+        &reg,
+        401,
+        "Unauthorized",
+        Some("r"),
+        &challenge("WWW-Authenticate", "rn1", ""),
+        "",
+    ));
+    let reg2 = h.only_sent();
+    assert_eq!(
+        reg2.msg().call_id,
+        reg.msg().call_id,
+        "one Call-ID per registration"
+    );
+    assert_eq!(reg2.msg().cseq, reg.msg().cseq + 1);
+    check_digest(&reg2, "Authorization", "REGISTER", "rn1", "00000001");
+
+    // The registrar wants longer registrations.
+    h.recv(&respond(
+        &reg2,
+        423,
+        "Interval Too Brief",
+        Some("r"),
+        "Min-Expires: 7200\r\n",
+        "",
+    ));
+    let reg3 = h.only_sent();
+    assert_eq!(reg3.headers("Expires"), vec!["7200"]);
+    check_digest(&reg3, "Authorization", "REGISTER", "rn1", "00000002");
+    assert!(!h.ua.trunk_status(id).unwrap().registered);
+
+    let contact = format!("Contact: <sip:31508200000@{LOCAL}>;expires=120\r\n");
+    h.recv(&respond(&reg3, 200, "OK", Some("r"), &contact, ""));
+    let p = probes(&h.take_events());
+    assert_eq!(p.len(), 1);
+    assert!(p[0].0.ok && p[0].0.authenticated, "{p:?}");
+    assert_eq!(p[0].0.expires, Some(120));
+    assert!(p[0].1.registered && p[0].1.last_error.is_none());
+
+    // Refreshed at 60 s (half of a short grant), starting a fresh auth round.
+    h.advance(secs(59.9));
+    assert!(h.take_sent().is_empty());
+    h.advance(secs(0.2));
+    let refresh = h.only_sent();
+    assert_eq!(refresh.method(), Some(rsip::Method::Register));
+    assert_eq!(refresh.msg().call_id, reg.msg().call_id);
+    // Nobody answers: the registration runs out at 120 s, the REGISTER times out (F).
+    h.advance(secs(61.0));
+    assert!(!h.ua.trunk_status(id).unwrap().registered, "expired");
+    h.advance(secs(40.0));
+    let p = probes(&h.take_events());
+    let last = p.last().unwrap();
+    assert!(!last.0.ok && last.0.status.is_none(), "{p:?}");
+    assert_eq!(last.1.reachable, Some(false));
+    assert!(last
+        .1
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("no response"));
+}
+
+#[test]
+fn failed_registration_retries_with_backoff() {
+    let mut h = Harness::new();
+    let id = h.ua.add_trunk(h.now, trunk_cfg(true, None));
+    h.drain();
+    let reg = h.only_sent();
+    h.recv(&respond(&reg, 403, "Forbidden", Some("r"), "", ""));
+    let st = h.ua.trunk_status(id).unwrap();
+    assert!(!st.registered);
+    assert_eq!(st.reachable, Some(true));
+    assert_eq!(st.last_error.as_deref(), Some("REGISTER: 403 Forbidden"));
+    h.advance(secs(9.9));
+    assert!(h.take_sent().is_empty());
+    h.advance(secs(0.2));
+    let again = h.only_sent();
+    h.recv(&respond(
+        &again,
+        503,
+        "Service Unavailable",
+        Some("r"),
+        "",
+        "",
+    ));
+    // Second failure: 20 s.
+    h.advance(secs(19.9));
+    assert!(h.take_sent().is_empty());
+    h.advance(secs(0.2));
+    let third = h.only_sent();
+    h.recv(&respond(
+        &third,
+        200,
+        "OK",
+        Some("r"),
+        "Expires: 600\r\n",
+        "",
+    ));
+    let st = h.ua.trunk_status(id).unwrap();
+    assert!(st.registered && st.last_error.is_none());
+}
+
+#[test]
+fn options_keepalive_marks_a_silent_trunk_unreachable() {
+    let mut h = Harness::new();
+    let id = h.ua.add_trunk(h.now, trunk_cfg(false, Some(secs(30.0))));
+    h.drain();
+    let opt = h.only_sent();
+    assert_eq!(opt.method(), Some(rsip::Method::Options));
+    h.advance(secs(0.05));
+    h.recv(&respond(&opt, 200, "OK", Some("o"), "", ""));
+    let p = probes(&h.take_events());
+    assert!(p[0].0.ok);
+    assert_eq!(p[0].0.rtt, Some(secs(0.05)));
+    assert_eq!(h.ua.trunk_status(id).unwrap().reachable, Some(true));
+    // Next OPTIONS 30 s later; this one goes unanswered: retransmitted (Timer E) and
+    // given up after 64*T1 (Timer F).
+    h.advance(secs(30.0));
+    let sent = h.take_sent();
+    assert_eq!(sent.len(), 1);
+    h.advance(secs(31.0));
+    let retrans = h.take_sent();
+    assert!(retrans.len() >= 5 && retrans.iter().all(|s| s.text == sent[0].text));
+    h.advance(secs(2.0));
+    let st = h.ua.trunk_status(id).unwrap();
+    assert_eq!(st.reachable, Some(false));
+    assert!(st.last_error.unwrap().contains("OPTIONS"));
+    assert!(
+        !h.ua.is_idle() || h.ua.poll_timeout().is_some(),
+        "keepalive continues"
+    );
+}
+
+// ---- RFC 4475 torture messages ---------------------------------------------------------
+
+/// The 49 messages of RFC 4475 (bit-exact, `tests/rfc4475/*.dat`, named as in the RFC's
+/// archive) and whether a SIP parser must accept them. Syntactically valid messages with
+/// semantic problems (§3.2, §3.3 except the two that are parse errors) must parse; the UA
+/// answers them (416, 501, 481, ...).
+const TORTURE: &[(&str, bool)] = &[
+    // §3.1.1 valid messages
+    ("wsinv", true),
+    ("intmeth", true),
+    ("esc01", true),
+    ("escnull", true),
+    ("esc02", true),
+    ("lwsdisp", true),
+    ("longreq", true),
+    ("dblreq", true),
+    ("semiuri", true),
+    ("transports", true),
+    ("mpart01", true),
+    ("unreason", true),
+    ("noreason", true),
+    // §3.1.2 invalid messages
+    ("badinv01", false),
+    ("clerr", false),
+    ("ncl", false),
+    ("scalar02", false),
+    ("scalarlg", false),
+    ("quotbal", false),
+    ("ltgtruri", false),
+    ("lwsruri", false),
+    ("lwsstart", false),
+    ("trws", false),
+    ("escruri", false),
+    ("baddate", false),
+    ("regbadct", false),
+    ("badaspec", false),
+    ("baddn", false),
+    ("badvers", false),
+    ("mismatch01", false),
+    ("mismatch02", false),
+    ("bigcode", false),
+    // §3.2 transaction layer
+    ("badbranch", true),
+    // §3.3 application layer
+    ("insuf", false),
+    ("unkscm", true),
+    ("novelsc", true),
+    ("unksm2", true),
+    ("bext01", true),
+    ("invut", true),
+    ("regaut01", true),
+    ("multi01", false),
+    ("mcl01", false),
+    ("bcast", true),
+    ("zeromf", true),
+    ("cparam01", true),
+    ("cparam02", true),
+    ("regescrt", true),
+    ("sdp01", true),
+    // §3.4 backwards compatibility
+    ("inv2543", true),
+];
+
+fn torture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/rfc4475")
+        .join(format!("{name}.dat"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn rfc4475_valid_messages_parse_and_invalid_ones_are_rejected() {
+    assert_eq!(TORTURE.len(), 49);
+    let mut wrong = Vec::new();
+    for (name, valid) in TORTURE {
+        let result = parse_message(&torture(name));
+        if result.is_ok() != *valid {
+            wrong.push(format!("{name}: {result:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn rfc4475_messages_into_a_live_user_agent() {
+    let mut h = Harness::new();
+    let (call, _invite) = answered_call(&mut h);
+    for (name, _) in TORTURE {
+        h.recv(&String::from_utf8_lossy(&torture(name)));
+    }
+    // Requests the UA could read were answered: unknown scheme 416, extension method 501,
+    // missing From/To/Call-ID 400; none of them touched the live call.
+    let statuses: Vec<u16> = h.take_sent().iter().filter_map(|s| s.status()).collect();
+    for want in [416, 501, 400] {
+        assert!(statuses.contains(&want), "{want} in {statuses:?}");
+    }
+    assert!(h.take_events().is_empty());
+    h.ua.hangup(h.now, call);
+    h.drain();
+    assert_eq!(h.only_sent().method(), Some(rsip::Method::Bye));
+}
+
+/// The fuzz target's entry point (`fuzz/fuzz_targets/parse_message.rs`) under a seeded
+/// mutation loop over the torture messages, so CI exercises it without nightly.
+#[test]
+fn parse_message_survives_mutated_torture_messages() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4475);
+    let seeds: Vec<Vec<u8>> = TORTURE.iter().map(|(n, _)| torture(n)).collect();
+    let alphabet = b" :;,<>\"=\r\n\t@[]%?0123456789abcdefvftimlSIP/2.0z9hG4bK";
+    for i in 0..30_000 {
+        let mut m = seeds[i % seeds.len()].clone();
+        for _ in 0..rng.random_range(1..8) {
+            if m.is_empty() {
+                break;
+            }
+            let at = rng.random_range(0..m.len());
+            match rng.random_range(0..5) {
+                0 => m[at] = alphabet[rng.random_range(0..alphabet.len())],
+                1 => {
+                    m.remove(at);
+                }
+                2 => m.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
+                3 => m.truncate(at),
+                _ => m[at] = rng.random(),
+            }
+        }
+        let _ = parse_message(&m);
+    }
+}
+
+#[test]
+fn tcp_call_has_no_retransmissions_and_answers_on_the_connection() {
+    let mut h = Harness::new();
+    h.tcp = true;
+    let call = h.call();
+    let invite = h.only_sent();
+    let via = &invite.msg().vias[0];
+    assert!(via.starts_with("SIP/2.0/TCP "), "{via}");
+    assert!(invite.headers("Contact")[0].ends_with(";transport=tcp>"));
+    let t = h.ua.poll_transmit();
+    assert!(t.is_none());
+    // No Timer A on a reliable transport; Timer B still bounds the wait.
+    h.advance(secs(10.0));
+    assert!(h.take_sent().is_empty(), "no retransmission over TCP");
+    h.recv(&respond(&invite, 180, "Ringing", Some("p"), "", ""));
+    h.recv(&ok_with_sdp(&invite, "p"));
+    assert_eq!(h.only_sent().method(), Some(rsip::Method::Ack));
+    // A request from the far end arriving on a TCP connection from an ephemeral port is
+    // answered on that connection, whatever its Via says.
+    let ephemeral: SocketAddr = "127.0.0.1:40123".parse().unwrap();
+    let bye = in_dialog_request(&invite, "p", "BYE", 5, "z9hG4bKtcpbye", "", "");
+    h.ua.handle_stream_message(h.now, ephemeral, bye.as_bytes());
+    h.drain();
+    let ok = h.only_sent();
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(ok.to, ephemeral);
+    assert_eq!(ended(&h.take_events(), call), vec![EndReason::RemoteHangup]);
+}
+
+#[test]
+fn external_address_goes_into_via_and_contact_of_calls_and_registrations() {
+    let mut h = Harness::new();
+    h.ua = UserAgent::new(UaConfig {
+        local_addr: LOCAL.parse().unwrap(),
+        advertised_host: Some("203.0.113.7".into()),
+        user_agent: "otpdial-test".into(),
+    });
+    h.call();
+    let invite = h.only_sent();
+    assert!(invite.msg().vias[0].starts_with("SIP/2.0/UDP 203.0.113.7:5060;"));
+    assert!(
+        invite.msg().vias[0].ends_with(";rport"),
+        "NAT: ask for rport"
+    );
+    assert_eq!(
+        invite.headers("Contact"),
+        vec!["<sip:otpdial@203.0.113.7:5060>"]
+    );
+    h.ua.add_trunk(h.now, trunk_cfg(true, None));
+    h.drain();
+    let reg = h.only_sent();
+    assert_eq!(
+        reg.headers("Contact"),
+        vec!["<sip:31508200000@203.0.113.7:5060>"]
+    );
+}
+
+#[test]
+fn strict_router_in_record_route_gets_the_request_uri() {
+    let mut h = Harness::new();
+    let call = h.call();
+    let invite = h.only_sent();
+    let ok = respond(
+        &invite,
+        200,
+        "OK",
+        Some("sr"),
+        &format!(
+            "Record-Route: <sip:10.9.9.1:5060;lr>, <sip:10.9.9.2:5070>\r\n\
+             Contact: <sip:callee@{PEER}>\r\n"
+        ),
+        ANSWER_PCMA,
+    );
+    h.recv(&ok);
+    let ack = h.only_sent();
+    // RFC 3261 §12.2.1.1: the strict router's URI is the Request-URI, the remote target
+    // is appended to the Route headers, and the request goes to the strict router.
+    assert_eq!(ack.request_uri(), "sip:10.9.9.2:5070");
+    assert_eq!(
+        ack.headers("Route"),
+        vec![
+            "<sip:10.9.9.1:5060;lr>".to_string(),
+            format!("<sip:callee@{PEER}>")
+        ]
+    );
+    assert_eq!(ack.to, "10.9.9.2:5070".parse().unwrap());
+    h.ua.hangup(h.now, call);
+    h.drain();
+    let bye = h.only_sent();
+    assert_eq!(bye.request_uri(), "sip:10.9.9.2:5070");
+    assert_eq!(bye.to, "10.9.9.2:5070".parse().unwrap());
 }

@@ -9,8 +9,13 @@
 //!   retransmitted requests;
 //! - calls keyed by [`CallHandle`], with a Call-ID index for incoming requests.
 
+mod trunk;
+
+use super::digest::{self, Challenge, Credentials};
 use super::message::{self, Message, ParseError, StartLine};
-use super::{sdp, CallHandle, EndReason, Event, OutgoingCall, Transmit, UaConfig};
+use super::{
+    sdp, CallHandle, EndReason, Event, OutgoingCall, Transmit, Transport, TrunkId, UaConfig,
+};
 use rsip::headers::UntypedHeader;
 use rsip::{headers as h, Header, Method};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -33,6 +38,12 @@ const TIMER_K: Duration = T4;
 /// How long an ended call's record stays to answer stragglers (e.g. late 2xx retransmits).
 const CALL_LINGER: Duration = Duration::from_secs(32);
 
+/// Handles start at 1, so 0 marks transactions that belong to no call.
+const NO_CALL: CallHandle = CallHandle(0);
+
+/// How many challenged requests one call or probe may resend before giving up.
+const MAX_AUTH_TRIES: u32 = 4;
+
 /// Upper bound on cached server transactions (each lives Timer J = 32 s).
 const MAX_SERVER_TXS: usize = 10_000;
 
@@ -43,6 +54,8 @@ enum TxMethod {
     Invite,
     Bye,
     Cancel,
+    Register,
+    Options,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +80,11 @@ enum ByePurpose {
 
 #[derive(Debug)]
 struct ClientTx {
+    /// The call it belongs to; `NO_CALL` for a trunk's REGISTER/OPTIONS.
     call: CallHandle,
+    /// The trunk a REGISTER/OPTIONS belongs to.
+    trunk: Option<TrunkId>,
+    sent_at: Instant,
     method: TxMethod,
     destination: SocketAddr,
     request: Vec<u8>,
@@ -101,6 +118,32 @@ struct AckWait {
     give_up_at: Instant,
 }
 
+impl Peer {
+    /// Request-URI and Route headers for an in-dialog request (RFC 3261 §12.2.1.1): with
+    /// a loose-routing first hop (`;lr`) the remote target and the route set as is; with
+    /// a strict router (RFC 2543) its URI becomes the Request-URI and the remote target
+    /// goes last in the Route headers.
+    fn request_line(&self) -> (rsip::Uri, Vec<String>) {
+        let strict = self
+            .route_set
+            .first()
+            .filter(|first| {
+                !message::addr_uri(first)
+                    .to_ascii_lowercase()
+                    .contains(";lr")
+            })
+            .and_then(|first| parse_sip_uri(message::addr_uri(first)).ok());
+        match strict {
+            Some(uri) => {
+                let mut routes: Vec<String> = self.route_set[1..].to_vec();
+                routes.push(format!("<{}>", self.target));
+                (uri, routes)
+            }
+            None => (self.target.clone(), self.route_set.clone()),
+        }
+    }
+}
+
 /// The far side of a confirmed dialog: everything an in-dialog request needs.
 #[derive(Debug, Clone)]
 struct Peer {
@@ -110,6 +153,98 @@ struct Peer {
     target: rsip::Uri,
     route_set: Vec<String>,
     destination: SocketAddr,
+}
+
+/// Digest state of one call or trunk: the challenges answered so far (one per realm,
+/// WWW and Proxy kept apart) and a nonce count per nonce.
+#[derive(Debug, Default)]
+struct AuthSession {
+    credentials: Option<Credentials>,
+    challenges: Vec<(bool, Challenge)>,
+    nonce_counts: HashMap<String, u32>,
+    tries: u32,
+}
+
+impl AuthSession {
+    fn new(credentials: Option<Credentials>) -> Self {
+        AuthSession {
+            credentials,
+            ..AuthSession::default()
+        }
+    }
+
+    /// Takes in the challenges of a 401/407. Ok = resend with [`Self::headers`]; Err =
+    /// give up, with the reason. A challenge for a realm we already answered means the
+    /// credentials were refused, unless it says `stale=true` (only the nonce expired).
+    fn on_challenge(&mut self, status: u16, msg: &Message) -> Result<(), String> {
+        if self.credentials.is_none() {
+            return Err(format!("{status} challenge but no credentials configured"));
+        }
+        if self.tries >= MAX_AUTH_TRIES {
+            return Err(format!(
+                "{status} again after {} authenticated tries",
+                self.tries
+            ));
+        }
+        let proxy = status == 407;
+        let offered = msg
+            .challenges
+            .iter()
+            .filter(|(p, _)| *p == proxy)
+            .map(|(_, v)| v.as_str());
+        let challenge = Challenge::pick(offered)
+            .map_err(|e| format!("{status} with an unusable challenge: {e}"))?;
+        match self
+            .challenges
+            .iter_mut()
+            .find(|(p, c)| *p == proxy && c.realm == challenge.realm)
+        {
+            Some(slot) if challenge.stale => slot.1 = challenge,
+            Some(_) => {
+                return Err(format!(
+                    "{status}: credentials refused for realm {:?}",
+                    challenge.realm
+                ))
+            }
+            None => self.challenges.push((proxy, challenge)),
+        }
+        self.tries += 1;
+        Ok(())
+    }
+
+    /// (Proxy-)Authorization headers answering every stored challenge for this request.
+    fn headers(&mut self, method: Method, uri: &str, body: &[u8]) -> Vec<Header> {
+        let Some(creds) = &self.credentials else {
+            return Vec::new();
+        };
+        let method = method.to_string();
+        let mut out = Vec::new();
+        for (proxy, ch) in &self.challenges {
+            let nc = self.nonce_counts.entry(ch.nonce.clone()).or_insert(0);
+            *nc += 1;
+            let value = digest::answer(
+                ch,
+                creds,
+                digest::RequestParts {
+                    method: &method,
+                    uri,
+                    body,
+                },
+                *nc,
+                &digest::new_cnonce(),
+            );
+            out.push(if *proxy {
+                h::ProxyAuthorization::new(value).into()
+            } else {
+                h::Authorization::new(value).into()
+            });
+        }
+        out
+    }
+
+    fn answered(&self) -> bool {
+        !self.challenges.is_empty()
+    }
 }
 
 #[derive(Debug)]
@@ -126,6 +261,8 @@ struct Call {
     next_cseq: u32,
     offer_sdp: String,
     media: sdp::MediaOffer,
+    extra_headers: Vec<Header>,
+    auth: AuthSession,
     provisional_seen: bool,
     hangup_requested: bool,
     cancel_sent: bool,
@@ -150,6 +287,27 @@ pub struct UserAgent {
     server_txs: HashMap<(String, String), ServerTx>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    trunks: Vec<trunk::TrunkState>,
+    /// Peers reached over TCP (trunks configured so, and whoever sent us a request over
+    /// TCP); everything else is UDP. Transport follows the address, not the call.
+    tcp_peers: HashSet<SocketAddr>,
+}
+
+fn transport_for(tcp_peers: &HashSet<SocketAddr>, dest: SocketAddr) -> Transport {
+    if tcp_peers.contains(&dest) {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    }
+}
+
+/// Our Contact URI, with `;transport=tcp` when the peer talks TCP to us.
+fn contact_value(user: &str, host_port: &str, tcp: bool) -> String {
+    if tcp {
+        format!("<sip:{user}@{host_port};transport=tcp>")
+    } else {
+        format!("<sip:{user}@{host_port}>")
+    }
 }
 
 fn random_token() -> String {
@@ -234,10 +392,13 @@ fn common_headers(
     call_id: &str,
     cseq: u32,
     method: Method,
+    tcp: bool,
 ) -> Vec<Header> {
     let mut headers: Vec<Header> = vec![h::Via::new(format!(
-        "SIP/2.0/UDP {};branch={};rport",
-        ident.host_port, branch
+        "SIP/2.0/{} {};branch={};rport",
+        if tcp { "TCP" } else { "UDP" },
+        ident.host_port,
+        branch
     ))
     .into()];
     headers.extend(route_set.iter().map(|r| h::Route::new(r.clone()).into()));
@@ -279,6 +440,8 @@ impl UserAgent {
             server_txs: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            trunks: Vec::new(),
+            tcp_peers: HashSet::new(),
         }
     }
 
@@ -325,6 +488,9 @@ impl UserAgent {
                 consider(Some(w.give_up_at));
             }
         }
+        for t in &self.trunks {
+            consider(t.next_deadline());
+        }
         for (handle, call) in &self.calls {
             // A call still referenced by a transaction is reconsidered when that one goes;
             // offering its past deadline here would make the driver spin.
@@ -339,6 +505,9 @@ impl UserAgent {
     pub fn invite(&mut self, now: Instant, call: OutgoingCall) -> CallHandle {
         let handle = CallHandle(self.next_handle);
         self.next_handle += 1;
+        if call.tcp {
+            self.tcp_peers.insert(call.destination);
+        }
         let parsed = parse_sip_uri(&call.request_uri);
         let request_uri = match parsed {
             Ok(uri) => uri,
@@ -365,6 +534,11 @@ impl UserAgent {
             None => format!("<{}>;tag={}", call.from_uri, local_tag),
         };
         let host = self.ident.host_port.clone();
+        let extra_headers = call
+            .extra_headers
+            .iter()
+            .map(|(n, v)| Header::Other(n.clone(), v.clone()))
+            .collect();
         let c = Call {
             call_id: format!("{}@{}", random_token(), host),
             from_header,
@@ -378,6 +552,8 @@ impl UserAgent {
             // SDP session ids must fit in 63 bits for some parsers.
             offer_sdp: sdp::build_offer(&call.media, rand::random::<u64>() >> 2),
             media: call.media,
+            extra_headers,
+            auth: AuthSession::new(call.credentials),
             provisional_seen: false,
             hangup_requested: false,
             cancel_sent: false,
@@ -388,6 +564,18 @@ impl UserAgent {
             ended: false,
             remove_at: None,
         };
+        self.by_call_id.insert(c.call_id.clone(), handle);
+        self.calls.insert(handle, c);
+        self.send_invite(now, handle);
+        handle
+    }
+
+    /// Sends the INVITE of a call with its current branch and CSeq, answering any stored
+    /// challenges (the first INVITE has none; a challenged one is resent with new ones).
+    fn send_invite(&mut self, now: Instant, handle: CallHandle) {
+        let Some(c) = self.calls.get_mut(&handle) else {
+            return;
+        };
         let mut headers = common_headers(
             &self.ident,
             &c.invite_branch,
@@ -397,9 +585,14 @@ impl UserAgent {
             &c.call_id,
             c.invite_cseq,
             Method::Invite,
+            self.tcp_peers.contains(&c.destination),
         );
-        headers.push(self.contact_header());
+        let tcp = self.tcp_peers.contains(&c.destination);
+        headers.push(h::Contact::new(contact_value("otpdial", &self.ident.host_port, tcp)).into());
         headers.push(h::Allow::new(ALLOW).into());
+        headers.extend(c.extra_headers.iter().cloned());
+        let uri = c.request_uri.to_string();
+        headers.extend(c.auth.headers(Method::Invite, &uri, c.offer_sdp.as_bytes()));
         headers.push(h::ContentType::new("application/sdp").into());
         let request = message::render_request(
             Method::Invite,
@@ -407,16 +600,21 @@ impl UserAgent {
             headers,
             c.offer_sdp.as_bytes(),
         );
-        self.transmit(c.destination, request.clone());
+        let key = (c.invite_branch.clone(), TxMethod::Invite);
+        let destination = c.destination;
+        self.transmit(destination, request.clone());
         self.client_txs.insert(
-            (c.invite_branch.clone(), TxMethod::Invite),
+            key,
             ClientTx {
                 call: handle,
+                trunk: None,
+                sent_at: now,
                 method: TxMethod::Invite,
-                destination: c.destination,
+                destination,
                 request,
                 state: TxState::Calling,
-                retransmit_at: Some(now + T1),
+                // Timer A only on unreliable transports (RFC 3261 §17.1.1.2).
+                retransmit_at: (!tcp).then_some(now + T1),
                 interval: T1,
                 timeout_at: Some(now + TIMEOUT_64T1),
                 remove_at: None,
@@ -424,9 +622,6 @@ impl UserAgent {
                 bye_purpose: ByePurpose::Silent,
             },
         );
-        self.by_call_id.insert(c.call_id.clone(), handle);
-        self.calls.insert(handle, c);
-        handle
     }
 
     /// Ends a call from our side: BYE once confirmed; CANCEL once a provisional came;
@@ -454,6 +649,13 @@ impl UserAgent {
         }
     }
 
+    /// Feeds one complete message received on a TCP connection from `from` (framed with
+    /// [`crate::sip::frame_stream`]). Answers and later requests to `from` use TCP too.
+    pub fn handle_stream_message(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.tcp_peers.insert(from);
+        self.handle_datagram(now, from, data);
+    }
+
     /// Feeds one received UDP datagram. Anything malformed is logged and dropped.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         match message::parse(data) {
@@ -472,6 +674,7 @@ impl UserAgent {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.trunk_timers(now);
         let keys: Vec<(String, TxMethod)> = self.client_txs.keys().cloned().collect();
         for key in keys {
             let Some(tx) = self.client_txs.get_mut(&key) else {
@@ -482,7 +685,8 @@ impl UserAgent {
                 continue;
             }
             if tx.timeout_at.is_some_and(|t| t <= now) {
-                let (handle, method, purpose) = (tx.call, tx.method, tx.bye_purpose);
+                let (handle, method, purpose, trunk) =
+                    (tx.call, tx.method, tx.bye_purpose, tx.trunk);
                 self.client_txs.remove(&key);
                 match method {
                     TxMethod::Invite => {
@@ -494,6 +698,11 @@ impl UserAgent {
                     }
                     TxMethod::Bye if purpose == ByePurpose::Hangup => {
                         self.end_call(now, handle, EndReason::LocalHangup)
+                    }
+                    TxMethod::Register | TxMethod::Options => {
+                        if let Some(trunk) = trunk {
+                            self.on_trunk_timeout(now, trunk, method);
+                        }
                     }
                     TxMethod::Bye | TxMethod::Cancel => {}
                 }
@@ -508,6 +717,7 @@ impl UserAgent {
                 tx.retransmit_at = Some(at + tx.interval);
                 let t = Transmit {
                     destination: tx.destination,
+                    transport: transport_for(&self.tcp_peers, tx.destination),
                     payload: tx.request.clone(),
                 };
                 self.transmits.push_back(t);
@@ -527,6 +737,7 @@ impl UserAgent {
                     w.retransmit_at += w.interval;
                     resend.push(Transmit {
                         destination: stx.destination,
+                        transport: Transport::Udp,
                         payload: stx.response.clone(),
                     });
                 }
@@ -556,12 +767,13 @@ impl UserAgent {
     fn transmit(&mut self, destination: SocketAddr, payload: Vec<u8>) {
         self.transmits.push_back(Transmit {
             destination,
+            transport: transport_for(&self.tcp_peers, destination),
             payload,
         });
     }
 
-    fn contact_header(&self) -> Header {
-        h::Contact::new(format!("<sip:otpdial@{}>", self.ident.host_port)).into()
+    fn contact_header(&self, tcp: bool) -> Header {
+        h::Contact::new(contact_value("otpdial", &self.ident.host_port, tcp)).into()
     }
 
     fn end_call(&mut self, now: Instant, handle: CallHandle, reason: EndReason) {
@@ -591,15 +803,19 @@ impl UserAgent {
     ) {
         self.transmit(destination, request.clone());
         let method = key.1;
+        let tcp = self.tcp_peers.contains(&destination);
         self.client_txs.insert(
             key,
             ClientTx {
                 call,
+                trunk: None,
+                sent_at: now,
                 method,
                 destination,
                 request,
                 state: TxState::Calling,
-                retransmit_at: Some(now + T1),
+                // Timer E only on unreliable transports (RFC 3261 §17.1.2.2).
+                retransmit_at: (!tcp).then_some(now + T1),
                 interval: T1,
                 timeout_at: Some(now + TIMEOUT_64T1),
                 remove_at: None,
@@ -610,23 +826,41 @@ impl UserAgent {
     }
 
     fn send_bye(&mut self, now: Instant, handle: CallHandle, peer: &Peer, purpose: ByePurpose) {
+        self.send_bye_with(now, handle, peer, purpose, false);
+    }
+
+    /// BYE; `with_auth` answers the challenges stored for the call (after a 401/407 to a
+    /// first BYE: in-dialog requests may be challenged too).
+    fn send_bye_with(
+        &mut self,
+        now: Instant,
+        handle: CallHandle,
+        peer: &Peer,
+        purpose: ByePurpose,
+        with_auth: bool,
+    ) {
         let Some(c) = self.calls.get_mut(&handle) else {
             return;
         };
         let cseq = c.next_cseq;
         c.next_cseq += 1;
         let branch = new_branch();
-        let headers = common_headers(
+        let (uri, routes) = peer.request_line();
+        let mut headers = common_headers(
             &self.ident,
             &branch,
-            &peer.route_set,
+            &routes,
             &c.from_header,
             &peer.to_header,
             &c.call_id,
             cseq,
             Method::Bye,
+            self.tcp_peers.contains(&peer.destination),
         );
-        let request = message::render_request(Method::Bye, &peer.target, headers, b"");
+        if with_auth {
+            headers.extend(c.auth.headers(Method::Bye, &uri.to_string(), b""));
+        }
+        let request = message::render_request(Method::Bye, &uri, headers, b"");
         self.start_client_tx(
             now,
             (branch, TxMethod::Bye),
@@ -653,6 +887,7 @@ impl UserAgent {
             &c.call_id,
             c.invite_cseq,
             Method::Cancel,
+            self.tcp_peers.contains(&c.destination),
         );
         let request = message::render_request(Method::Cancel, &c.request_uri, headers, b"");
         let branch = c.invite_branch.clone();
@@ -686,6 +921,8 @@ impl UserAgent {
             Method::Invite => TxMethod::Invite,
             Method::Bye => TxMethod::Bye,
             Method::Cancel => TxMethod::Cancel,
+            Method::Register => TxMethod::Register,
+            Method::Options => TxMethod::Options,
             other => {
                 debug!(method = %other, "response to a method we never send");
                 return;
@@ -707,11 +944,18 @@ impl UserAgent {
         }
         match method {
             TxMethod::Invite => self.on_invite_response(now, key, status, reason, &msg),
-            TxMethod::Bye | TxMethod::Cancel => self.on_non_invite_response(now, key, status),
+            _ => self.on_non_invite_response(now, key, status, reason, &msg),
         }
     }
 
-    fn on_non_invite_response(&mut self, now: Instant, key: (String, TxMethod), status: u16) {
+    fn on_non_invite_response(
+        &mut self,
+        now: Instant,
+        key: (String, TxMethod),
+        status: u16,
+        reason: String,
+        msg: &Message,
+    ) {
         let Some(tx) = self.client_txs.get_mut(&key) else {
             return;
         };
@@ -729,9 +973,29 @@ impl UserAgent {
         tx.state = TxState::Completed;
         tx.retransmit_at = None;
         tx.timeout_at = None;
-        tx.remove_at = Some(now + TIMER_K);
-        if tx.method == TxMethod::Bye && tx.bye_purpose == ByePurpose::Hangup {
-            let handle = tx.call;
+        // Timer K is zero on reliable transports: no retransmitted finals to absorb.
+        let reliable = self.tcp_peers.contains(&tx.destination);
+        tx.remove_at = Some(now + if reliable { Duration::ZERO } else { TIMER_K });
+        let (handle, purpose, sent_at) = (tx.call, tx.bye_purpose, tx.sent_at);
+        if let Some(trunk) = tx.trunk {
+            self.on_trunk_response(now, trunk, key.1, status, &reason, now - sent_at, msg);
+            return;
+        }
+        if key.1 != TxMethod::Bye {
+            return;
+        }
+        if status == 401 || status == 407 {
+            // A challenged BYE: answer it once per challenge; the call is over either way.
+            let retry = self.calls.get_mut(&handle).and_then(|c| {
+                let peer = c.dialog.clone()?;
+                c.auth.on_challenge(status, msg).ok().map(|()| peer)
+            });
+            if let Some(peer) = retry {
+                self.send_bye_with(now, handle, &peer, purpose, true);
+                return;
+            }
+        }
+        if purpose == ByePurpose::Hangup {
             self.end_call(now, handle, EndReason::LocalHangup);
         }
     }
@@ -805,14 +1069,37 @@ impl UserAgent {
                     tx.state = TxState::Completed;
                     tx.retransmit_at = None;
                     tx.timeout_at = None;
-                    tx.remove_at = Some(now + TIMER_D);
+                    let reliable = self.tcp_peers.contains(&tx.destination);
+                    tx.remove_at = Some(now + if reliable { Duration::ZERO } else { TIMER_D });
                     tx.ack = ack.clone();
                     let dest = tx.destination;
                     if let Some(ack) = ack {
                         self.transmit(dest, ack);
                     }
-                    let end = match self.calls.get(&handle) {
+                    let end = match self.calls.get_mut(&handle) {
                         Some(c) if c.hangup_requested => EndReason::Canceled,
+                        Some(c) if status == 401 || status == 407 => {
+                            match c.auth.on_challenge(status, msg) {
+                                Ok(()) => {
+                                    // Same dialog attempt, new transaction (RFC 3261 §22.2):
+                                    // same Call-ID and From tag, next CSeq, new branch.
+                                    c.invite_branch = new_branch();
+                                    c.invite_cseq = c.next_cseq;
+                                    c.next_cseq += 1;
+                                    c.provisional_seen = false;
+                                    debug!(call = %handle, status, "INVITE challenged, resending with credentials");
+                                    self.send_invite(now, handle);
+                                    return;
+                                }
+                                Err(why) => {
+                                    debug!(call = %handle, %why, "INVITE authentication failed");
+                                    EndReason::Rejected {
+                                        status,
+                                        reason: format!("{reason} (authentication failed: {why})"),
+                                    }
+                                }
+                            }
+                        }
                         _ => EndReason::Rejected { status, reason },
                     };
                     self.end_call(now, handle, end);
@@ -841,6 +1128,7 @@ impl UserAgent {
             &c.call_id,
             c.invite_cseq,
             Method::Ack,
+            self.tcp_peers.contains(&c.destination),
         );
         Some(message::render_request(
             Method::Ack,
@@ -884,17 +1172,19 @@ impl UserAgent {
             route_set,
             destination,
         };
+        let (uri, routes) = peer.request_line();
         let headers = common_headers(
             &self.ident,
             &new_branch(),
-            &peer.route_set,
+            &routes,
             &c.from_header,
             &peer.to_header,
             &c.call_id,
             c.invite_cseq,
             Method::Ack,
+            self.tcp_peers.contains(&peer.destination),
         );
-        let ack = message::render_request(Method::Ack, &peer.target, headers, b"");
+        let ack = message::render_request(Method::Ack, &uri, headers, b"");
         let first = c.dialog.is_none() && !c.ended;
         let hangup_requested = c.hangup_requested;
         let answer = msg
@@ -969,11 +1259,16 @@ impl UserAgent {
             }
             return;
         }
-        let key = msg.top_branch().map(|b| (b, method.to_string()));
+        let method_name = msg
+            .extension_method
+            .clone()
+            .unwrap_or_else(|| method.to_string());
+        let key = msg.top_branch().map(|b| (b, method_name));
         if let Some(stx) = key.as_ref().and_then(|k| self.server_txs.get(k)) {
             // Retransmitted request: same answer again (server transaction).
             let t = Transmit {
                 destination: stx.destination,
+                transport: transport_for(&self.tcp_peers, stx.destination),
                 payload: stx.response.clone(),
             };
             self.transmits.push_back(t);
@@ -982,13 +1277,23 @@ impl UserAgent {
         let Some(top_via) = msg.vias.first() else {
             return;
         };
-        let (destination, top_via) = message::response_route(top_via, from);
+        let (mut destination, top_via) = message::response_route(top_via, from);
+        if self.tcp_peers.contains(&from) {
+            // Reliable transport: the response goes back on the request's connection.
+            destination = from;
+        }
         let dialog = self.find_dialog(&msg);
 
         let mut extra: Vec<Header> = Vec::new();
         let mut body: Vec<u8> = Vec::new();
         let mut awaiting_ack = None;
         let status = match (method, dialog) {
+            _ if msg.unsupported_uri_scheme => 416,
+            // An extension method (the parser put OPTIONS in its place).
+            _ if msg.extension_method.is_some() => {
+                extra.push(h::Allow::new(ALLOW).into());
+                501
+            }
             (Method::Options, _) => {
                 extra.push(h::Allow::new(ALLOW).into());
                 extra.push(h::Accept::new("application/sdp").into());
@@ -1010,7 +1315,7 @@ impl UserAgent {
             (Method::Invite | Method::Update, Some(hd)) => {
                 // Session refresh or re-offer: keep our media as it is, answer with the
                 // same SDP (RFC 3264 §8: unchanged version is allowed).
-                extra.push(self.contact_header());
+                extra.push(self.contact_header(self.tcp_peers.contains(&from)));
                 let offer = self
                     .calls
                     .get(&hd)
@@ -1020,7 +1325,7 @@ impl UserAgent {
                     extra.push(h::ContentType::new("application/sdp").into());
                     body = offer.into_bytes();
                 }
-                if method == Method::Invite {
+                if method == Method::Invite && !self.tcp_peers.contains(&from) {
                     awaiting_ack = Some(AckWait {
                         call_id: msg.call_id.clone(),
                         cseq: msg.cseq,
@@ -1080,7 +1385,11 @@ impl UserAgent {
         };
         headers.push(h::To::new(to).into());
         headers.push(h::CallId::new(msg.call_id.clone()).into());
-        headers.push(h::CSeq::new(format!("{} {}", msg.cseq, msg.cseq_method)).into());
+        let cseq_method = msg
+            .extension_method
+            .clone()
+            .unwrap_or_else(|| msg.cseq_method.to_string());
+        headers.push(h::CSeq::new(format!("{} {cseq_method}", msg.cseq)).into());
         headers.push(h::Server::new(self.ident.user_agent.clone()).into());
         headers.extend(extra);
         message::render_response(status, headers, body)

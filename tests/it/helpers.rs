@@ -326,3 +326,81 @@ pub fn receive_rtp(socket: &UdpSocket, within: Duration, idle: Duration) -> Vec<
 pub fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
+
+// ---- added for the SIP scenario and Kamailio tests -----------------------------------
+
+impl Sipp {
+    /// Like [`Sipp::uas`], with extra SIPp arguments (e.g. `-trace_screen`).
+    pub fn uas_with_args(scenario: &str, vars: &[(&str, String)], extra: &[&str]) -> Sipp {
+        Self::spawn_uas(scenario, vars, extra, free_udp_port(), "127.0.0.1")
+    }
+
+    /// SIPp as a callee on `ip:port` with extra arguments.
+    pub fn spawn_uas(
+        scenario: &str,
+        vars: &[(&str, String)],
+        extra: &[&str],
+        port: u16,
+        ip: &str,
+    ) -> Sipp {
+        let log_dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new("sipp");
+        cmd.arg("-sf")
+            .arg(sipp_scenario(scenario))
+            .args(["-i", ip, "-mi", ip])
+            .args(["-p", &port.to_string()])
+            .args(["-m", "1", "-timeout", "90s", "-nostdin"])
+            .arg("-trace_err")
+            .arg("-error_file")
+            .arg(log_dir.path().join("errors.log"))
+            .args(extra)
+            .current_dir(log_dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in vars {
+            cmd.args(["-set", k, v]);
+        }
+        let child = cmd
+            .spawn()
+            .expect("sipp runs (install Debian package sip-tester: scripts/test.sh does)");
+        std::thread::sleep(Duration::from_millis(200));
+        Sipp {
+            child,
+            port,
+            log_dir,
+        }
+    }
+
+    /// Waits for SIPp like [`Sipp::finish`] and returns its `-trace_screen` output.
+    pub async fn finish_with_screen(mut self, within: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => break,
+                Ok(Some(status)) => {
+                    let log = std::fs::read_to_string(self.log_dir.path().join("errors.log"))
+                        .unwrap_or_default();
+                    return Err(format!("sipp exited with {status}: {log}"));
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    return Err("sipp did not finish in time".into());
+                }
+            }
+        }
+        let screen = std::fs::read_dir(self.log_dir.path())
+            .ok()
+            .and_then(|entries| {
+                entries
+                    .flatten()
+                    .find(|e| e.file_name().to_string_lossy().ends_with("_screen.log"))
+            })
+            .and_then(|e| std::fs::read_to_string(e.path()).ok())
+            .unwrap_or_default();
+        Ok(screen)
+    }
+}

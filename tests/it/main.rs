@@ -9,3 +9,5 @@ mod api_rules;
 mod calls_sipp;
 mod demo_path;
 mod helpers;
+mod sip_kamailio;
+mod sip_scenarios;

@@ -1,0 +1,309 @@
+//! Operator commands that talk SIP without the API or the database:
+//! `otpdial call` (one call now, prints the SIP outcome) and `otpdial trunk check`
+//! (REGISTER or OPTIONS to each trunk, prints reachability, RTT and the auth result).
+//! Builds its own SIP endpoint, pacer and call engine from the settings; depends on
+//! `call`, `sip_io`, `media`, `config`, never on `api`/`store`/`dialer`.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::call::{trunk_config, AttemptOutcome, CallEngine, PlaceCall, Progress};
+use crate::config::{Settings, TrunkSettings};
+use crate::media::{Pacer, PromptLibrary};
+use crate::sip::{ProbeKind, ProbeResult};
+use crate::sip_io::SipEndpoint;
+
+/// Longer than a REGISTER/OPTIONS can take (Timer F = 32 s) plus one auth round.
+const PROBE_WAIT: Duration = Duration::from_secs(70);
+
+/// What `otpdial call` asks for.
+#[derive(Debug, Clone)]
+pub struct CallRequest {
+    /// E.164 number or a `sip:` URI.
+    pub to: String,
+    /// Digits to read; None = random, `verification.code_length` long.
+    pub code: Option<String>,
+    pub locale: Option<String>,
+    /// Trunk name; None = the first trunk (by priority) whose prefixes match.
+    pub trunk: Option<String>,
+}
+
+/// How one `otpdial call` went.
+#[derive(Debug, Clone)]
+pub struct CallReport {
+    pub trunk: String,
+    pub code: String,
+    pub progress: Vec<Progress>,
+    pub outcome: AttemptOutcome,
+    /// The registration attempted first for `register = true` trunks.
+    pub registration: Option<ProbeResult>,
+}
+
+impl CallReport {
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "trunk:        {}", self.trunk);
+        if let Some(r) = &self.registration {
+            let _ = writeln!(s, "registration: {}", describe_probe(r));
+        }
+        let _ = writeln!(s, "code:         {}", self.code);
+        for p in &self.progress {
+            let _ = writeln!(s, "progress:     {p:?}");
+        }
+        let o = &self.outcome;
+        let _ = writeln!(
+            s,
+            "sip status:   {}",
+            o.sip_code.map_or("none".to_string(), |c| c.to_string())
+        );
+        let _ = writeln!(s, "call status:  {}", o.status.as_str());
+        let _ = writeln!(s, "times played: {}", o.times_played);
+        if let Some(r) = &o.reason {
+            let _ = writeln!(s, "reason:       {r}");
+        }
+        if o.failover {
+            let _ = writeln!(s, "failover:     the dialer would try the next trunk");
+        }
+        s
+    }
+
+    /// The code was read at least once.
+    pub fn success(&self) -> bool {
+        self.outcome.times_played > 0
+    }
+}
+
+/// One line about a probe, e.g. `REGISTER 200 in 3 ms, authenticated, expires 3600 s`.
+pub fn describe_probe(r: &ProbeResult) -> String {
+    let kind = match r.kind {
+        ProbeKind::Register => "REGISTER",
+        ProbeKind::Options => "OPTIONS",
+    };
+    let mut s = match (r.status, r.rtt) {
+        (Some(st), Some(rtt)) => format!("{kind} {st} in {} ms", rtt.as_millis()),
+        (Some(st), None) => format!("{kind} {st}"),
+        _ => format!("{kind} unreachable (no response)"),
+    };
+    if r.authenticated {
+        s.push_str(", authenticated");
+    }
+    if let Some(e) = r.expires {
+        let _ = write!(s, ", expires {e} s");
+    }
+    s.push_str(if r.ok { ", OK" } else { ", FAILED" });
+    if let Some(e) = &r.error {
+        let _ = write!(s, ": {e}");
+    }
+    s
+}
+
+/// The SIP endpoint for an ops command, advertising the address that routes to `trunk`
+/// when bound to a wildcard (as `serve` does).
+async fn endpoint(
+    settings: &Settings,
+    trunk: Option<&TrunkSettings>,
+) -> anyhow::Result<SipEndpoint> {
+    let external = settings.sip.external_address.trim();
+    let advertised = if !external.is_empty() {
+        Some(external.to_string())
+    } else if settings.sip.listen.ip().is_unspecified() {
+        match trunk {
+            Some(t) => Some(route_source(&t.proxy.host_port()).await?.to_string()),
+            None => None,
+        }
+    } else {
+        None
+    };
+    SipEndpoint::bind(
+        settings.sip.listen,
+        advertised,
+        settings.sip.user_agent.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot bind SIP on {}", settings.sip.listen))
+}
+
+async fn route_source(host_port: &str) -> anyhow::Result<IpAddr> {
+    let dest = tokio::net::lookup_host(host_port)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{host_port} has no address"))?;
+    let any: SocketAddr = if dest.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    };
+    let probe = tokio::net::UdpSocket::bind(any).await?;
+    probe.connect(dest).await?;
+    Ok(probe.local_addr()?.ip())
+}
+
+fn pick_trunk<'a>(settings: &'a Settings, req: &CallRequest) -> anyhow::Result<&'a TrunkSettings> {
+    if let Some(name) = &req.trunk {
+        return settings
+            .trunks
+            .iter()
+            .find(|t| &t.name == name)
+            .ok_or_else(|| anyhow::anyhow!("no trunk named {name:?} in the config"));
+    }
+    let mut candidates: Vec<&TrunkSettings> = settings
+        .trunks
+        .iter()
+        .filter(|t| req.to.starts_with("sip:") || t.routes(&req.to))
+        .collect();
+    candidates.sort_by_key(|t| t.priority);
+    candidates
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("no trunk routes {}", req.to))
+}
+
+fn random_code(len: usize) -> String {
+    (0..len)
+        .map(|_| char::from(b'0' + rand::random_range(0..10u8)))
+        .collect()
+}
+
+/// `otpdial call`: registers first if the trunk wants it, places one call, plays the
+/// code, and reports what SIP said. Errors are configuration problems; every network
+/// outcome is in the report.
+pub async fn call(settings: &Settings, req: CallRequest) -> anyhow::Result<CallReport> {
+    let trunk = pick_trunk(settings, &req)?;
+    let code = match &req.code {
+        Some(c) => {
+            if c.is_empty() || c.len() > 20 || !c.bytes().all(|b| b.is_ascii_digit()) {
+                bail!("--code must be 1 to 20 digits");
+            }
+            c.clone()
+        }
+        None => random_code(settings.verification.code_length),
+    };
+    let locale = req
+        .locale
+        .clone()
+        .unwrap_or_else(|| settings.verification.default_locale.clone());
+    let prompts = match &settings.prompts.dir {
+        Some(dir) => PromptLibrary::load_dir(dir)
+            .with_context(|| format!("cannot load prompt packs from {}", dir.display()))?,
+        None => PromptLibrary::builtin(),
+    };
+    if !prompts.locales().contains(&locale) {
+        bail!("no prompt pack for locale {locale:?}");
+    }
+    let to = if req.to.starts_with("sip:") {
+        req.to.clone()
+    } else {
+        crate::domain::PhoneNumber::parse(&req.to, settings.verification.region())
+            .map_err(|e| anyhow::anyhow!("--to {:?}: {e}", req.to))?
+            .to_string()
+    };
+    let sip = endpoint(settings, Some(trunk)).await?;
+    let external_ip = match settings.sip.external_address.trim() {
+        "" => None,
+        host => Some(
+            tokio::net::lookup_host((host, 0))
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .map(|a| a.ip())
+                .ok_or_else(|| anyhow::anyhow!("cannot resolve sip.external_address {host:?}"))?,
+        ),
+    };
+    let registration = if trunk.register {
+        let cfg = trunk_config(trunk, true)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let mut rx = sip.add_trunk(cfg)?;
+        tokio::time::timeout(PROBE_WAIT, rx.recv())
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    let pacer = Pacer::start().context("cannot start the RTP pacer thread")?;
+    let engine = CallEngine::new(
+        sip,
+        pacer,
+        Arc::new(prompts),
+        settings.sip.rtp_ports,
+        external_ip,
+    );
+    let digits: Vec<u8> = code.bytes().map(|b| b - b'0').collect();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let outcome = engine
+        .place(
+            PlaceCall {
+                to: &to,
+                trunk,
+                digits,
+                locale: &locale,
+                repeat: settings.verification.repeat,
+                cancel: CancellationToken::new(),
+            },
+            tx,
+        )
+        .await;
+    engine.shutdown().await;
+    let mut progress = Vec::new();
+    while let Ok(p) = rx.try_recv() {
+        progress.push(p);
+    }
+    Ok(CallReport {
+        trunk: trunk.name.clone(),
+        code,
+        progress,
+        outcome,
+        registration,
+    })
+}
+
+/// `otpdial trunk check`: REGISTER for `register = true` trunks, else OPTIONS, all in
+/// parallel; one result per trunk, in config order.
+pub async fn trunk_check(
+    settings: &Settings,
+    name: Option<&str>,
+) -> anyhow::Result<Vec<(String, ProbeResult)>> {
+    let trunks: Vec<&TrunkSettings> = settings
+        .trunks
+        .iter()
+        .filter(|t| name.is_none_or(|n| n == t.name))
+        .collect();
+    if trunks.is_empty() {
+        match name {
+            Some(n) => bail!("no trunk named {n:?} in the config"),
+            None => bail!("the config has no [[trunks]]"),
+        }
+    }
+    let sip = endpoint(settings, trunks.first().copied()).await?;
+    let mut waits = Vec::new();
+    for t in &trunks {
+        let cfg = trunk_config(t, true).await.map_err(anyhow::Error::msg)?;
+        waits.push((t.name.clone(), sip.add_trunk(cfg)?));
+    }
+    let mut out = Vec::new();
+    for (name, mut rx) in waits {
+        let result = tokio::time::timeout(PROBE_WAIT, rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(ProbeResult {
+                kind: ProbeKind::Options,
+                status: None,
+                rtt: None,
+                authenticated: false,
+                ok: false,
+                expires: None,
+                error: Some("no result (SIP endpoint stopped?)".into()),
+            });
+        out.push((name, result));
+    }
+    sip.shutdown().await;
+    Ok(out)
+}

@@ -1,0 +1,303 @@
+//! Kamailio (Debian `kamailio`, config `tests/kamailio/trunk.cfg`) as the SIP trunk: it
+//! demands digest auth for REGISTER (401) and INVITE (407), answers a too-short
+//! registration with 423, and relays the call to a SIPp callee. otpdial registers
+//! (`otpdial trunk check`'s code path), then calls through it (`otpdial call`'s), and the
+//! callee receives the whole code as RTP.
+
+use std::net::UdpSocket;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use otpdial::config::{HumanDuration, SecretString, Settings, Transport};
+use otpdial::domain::CallStatus;
+use otpdial::media::{CallScript, PromptLibrary};
+use otpdial::ops::{self, CallRequest};
+use otpdial::sip::ProbeKind;
+
+use crate::helpers::{base_settings, free_udp_port, receive_rtp, Sipp};
+
+const PASSWORD: &str = "s3cret-pass";
+const AUTH_USER: &str = "otp-auth";
+
+/// A Kamailio process in its own process group, stopped (SIGTERM to the group) on drop.
+struct Kamailio {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Kamailio {
+    fn start(callee_port: u16, algorithm: &str) -> Kamailio {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kamailio/trunk.cfg");
+        // UDP and TCP on the same number; a UDP port that was free is almost always
+        // free for TCP too, and a clash shows up as a start-up failure below.
+        let port = free_udp_port();
+        let log = std::fs::File::create(dir.path().join("kamailio.log")).expect("log file");
+        let child = Command::new("kamailio")
+            .arg("-f")
+            .arg(&cfg)
+            .args(["-DD", "-E", "-n", "1", "-m", "32", "-M", "8"])
+            .arg("-Y")
+            .arg(dir.path())
+            .arg("-w")
+            .arg(dir.path())
+            .args(["-l", &format!("udp:127.0.0.1:{port}")])
+            .args(["-l", &format!("tcp:127.0.0.1:{port}")])
+            .args(["-A", &format!("CALLEE=\"sip:127.0.0.1:{callee_port}\"")])
+            .args(["-A", &format!("AUTH_USER=\"{AUTH_USER}\"")])
+            .args(["-A", &format!("PASSWORD=\"{PASSWORD}\"")])
+            .args(["-A", &format!("ALGORITHM=\"{algorithm}\"")])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("kamailio runs (install Debian package kamailio: scripts/test.sh does)");
+        let k = Kamailio {
+            child,
+            port,
+            _dir: dir,
+        };
+        k.wait_ready();
+        k
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("kamailio.log")).unwrap_or_default()
+    }
+
+    /// Kamailio answers OPTIONS 200 once its workers run.
+    fn wait_ready(&self) {
+        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let me = probe.local_addr().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            let options = format!(
+                "OPTIONS sip:127.0.0.1:{p} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKready{n}\r\n\
+                 From: <sip:probe@{me}>;tag=1\r\nTo: <sip:127.0.0.1:{p}>\r\nCall-ID: ready{n}@{me}\r\n\
+                 CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+                p = self.port,
+                n = rand::random::<u32>()
+            );
+            let _ = probe.send_to(options.as_bytes(), ("127.0.0.1", self.port));
+            if let Ok((n, _)) = probe.recv_from(&mut buf) {
+                if buf[..n].starts_with(b"SIP/2.0 200") {
+                    return;
+                }
+            }
+        }
+        panic!("kamailio did not come up:\n{}", self.log());
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        // The whole group: the main process and the workers it forked.
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.child.id())])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn trunk_settings(kamailio_port: u16, password: &str) -> Settings {
+    let mut s = base_settings(kamailio_port);
+    s.verification.repeat = 1;
+    let t = &mut s.trunks[0];
+    t.register = true;
+    t.username = Some("31508200000".into());
+    t.auth_username = Some(AUTH_USER.into());
+    t.password = Some(SecretString::new(password.into()));
+    // Below Kamailio's min_expires (120): the first answer is 423 Min-Expires.
+    t.register_expires = 60;
+    t.ring_timeout = HumanDuration(Duration::from_secs(5));
+    s
+}
+
+async fn register_and_call(algorithm: &str, transport: Transport) {
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    let sipp = Sipp::uas(
+        "uas_answer_via_proxy.xml",
+        &[("rtp_port", rtp_port.to_string())],
+    );
+    let kamailio = Kamailio::start(sipp.port, algorithm);
+    let mut s = trunk_settings(kamailio.port, PASSWORD);
+    s.trunks[0].proxy.transport = transport;
+
+    let checks = ops::trunk_check(&s, None).await.unwrap();
+    let (name, reg) = &checks[0];
+    assert_eq!(name, "trunk-a");
+    assert_eq!(reg.kind, ProbeKind::Register);
+    assert!(reg.ok, "{reg:?}\n{}", kamailio.log());
+    assert!(reg.authenticated, "401 answered");
+    assert_eq!(
+        reg.expires,
+        Some(120),
+        "re-registered with Min-Expires after 423"
+    );
+
+    let packets = tokio::task::spawn_blocking(move || {
+        receive_rtp(&rtp, Duration::from_secs(40), Duration::from_millis(1500))
+    });
+    let report = ops::call(
+        &s,
+        CallRequest {
+            to: "+31612345678".into(),
+            code: Some("2468".into()),
+            locale: Some("en".into()),
+            trunk: Some("trunk-a".into()),
+        },
+    )
+    .await
+    .unwrap();
+    sipp.finish(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", report.render(), kamailio.log()));
+    let registration = report.registration.clone().expect("registered first");
+    assert!(registration.ok && registration.authenticated);
+    assert_eq!(
+        report.outcome.status,
+        CallStatus::Completed,
+        "{}\n{}",
+        report.render(),
+        kamailio.log()
+    );
+    assert_eq!(report.outcome.times_played, 1);
+    let packets = packets.await.unwrap();
+    let lib = PromptLibrary::builtin();
+    let pack = lib.get("en").unwrap();
+    let expected = CallScript::build(&pack, &[2, 4, 6, 8], 1).frame_count(&pack) as usize;
+    assert_eq!(packets.len(), expected, "the callee heard the whole code");
+    assert!(packets.iter().all(|p| p.payload_type == 8));
+    // Kamailio saw the challenged and the authenticated INVITE, and routed ACK and BYE
+    // (its Record-Route made it part of the dialog).
+    let log = kamailio.log();
+    assert!(log.matches("trunk: INVITE").count() >= 2, "{log}");
+    assert!(log.contains("trunk: ACK"), "{log}");
+    assert!(log.contains("trunk: BYE"), "{log}");
+    let proto = match transport {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+    };
+    for method in ["REGISTER", "INVITE", "ACK", "BYE"] {
+        assert!(
+            log.lines().any(|l| l.contains(&format!("trunk: {method} "))
+                && l.contains(&format!(" from {proto}:"))),
+            "{method} over {proto}: {log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_kamailio_sha256_register_and_call() {
+    register_and_call("SHA-256", Transport::Udp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_kamailio_md5_register_and_call() {
+    register_and_call("MD5", Transport::Udp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_kamailio_wrong_password_fails_trunk_check() {
+    let kamailio = Kamailio::start(9, "MD5");
+    let s = trunk_settings(kamailio.port, "not-the-password");
+    let checks = ops::trunk_check(&s, Some("trunk-a")).await.unwrap();
+    let (_, reg) = &checks[0];
+    assert!(!reg.ok, "{reg:?}");
+    assert_eq!(reg.status, Some(401));
+    assert!(
+        reg.error
+            .as_deref()
+            .unwrap()
+            .contains("credentials refused"),
+        "{reg:?}"
+    );
+    assert!(!format!("{reg:?}").contains("not-the-password"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_kamailio_over_tcp_register_and_call() {
+    register_and_call("SHA-256", Transport::Tcp).await;
+}
+
+/// The `otpdial trunk check` command itself: output per trunk and the exit status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_cli_trunk_check_against_kamailio() {
+    let kamailio = Kamailio::start(9, "MD5");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("otpdial.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[sip]
+listen = "127.0.0.1:0"
+[[trunks]]
+name = "kam"
+proxy = "sip:127.0.0.1:{port}"
+register = true
+username = "31508200000"
+auth_username = "{AUTH_USER}"
+password_env = "OTPDIAL_TEST_TRUNK_PASSWORD"
+from = "sip:+31508200000@otpdial.test"
+register_expires = 300
+"#,
+            port = kamailio.port
+        ),
+    )
+    .unwrap();
+    let run = move |password: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_otpdial"))
+            .args(["trunk", "check", "kam", "--config"])
+            .arg(&config)
+            .env("OTPDIAL_TEST_TRUNK_PASSWORD", password)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (ok, text) = tokio::task::spawn_blocking(move || {
+        let good = run(PASSWORD);
+        let bad = run("wrong");
+        (good, bad)
+    })
+    .await
+    .unwrap();
+    let ((good_ok, good), (bad_ok, bad)) = (ok, text);
+    assert!(good_ok, "{good}");
+    assert!(
+        good.starts_with("kam: REGISTER 200 in ")
+            && good.contains("authenticated, expires 300 s, OK"),
+        "{good}"
+    );
+    assert!(!bad_ok, "{bad}");
+    assert!(
+        bad.contains("FAILED") && bad.contains("credentials refused"),
+        "{bad}"
+    );
+    assert!(
+        !bad.contains("wrong") && !good.contains(PASSWORD),
+        "no secrets printed"
+    );
+}
