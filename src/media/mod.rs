@@ -4,11 +4,13 @@
 //! - [`pack`]: prompt packs loaded once (hound WAV) and pre-encoded into 160-byte frames.
 //! - [`script`]: what to say when in a call; pure code, no I/O, no clock.
 //! - [`rtp`]: RTP packetisation of one stream (rtp-rs).
+//! - [`dtmf`]: key presses from RFC 4733 telephone-events and in-band tones (Goertzel).
 //! - [`pacer`]: the one thread that sends every call's packets on absolute deadlines.
 //!
 //! Depends on std, tokio (only for the event channel to the async side) and the codec
 //! crates; knows nothing of SIP, HTTP or the store.
 
+pub mod dtmf;
 pub mod g711;
 pub mod pacer;
 pub mod pack;
