@@ -8,3 +8,4 @@ mod api_basics;
 mod calls_sipp;
 mod demo_path;
 mod helpers;
+mod media_dtmf;
