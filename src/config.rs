@@ -43,6 +43,7 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub limits: LimitSettings,
     pub prompts: PromptSettings,
+    pub media: MediaSettings,
     pub trunks: Vec<TrunkSettings>,
 }
 
@@ -207,6 +208,16 @@ pub struct PromptSettings {
     /// Directory of prompt packs (`<dir>/<locale>/pack.toml`); unset = the
     /// `en` and `nl` packs built into the binary.
     pub dir: Option<PathBuf>,
+}
+
+/// `[media]`: the RTP pacer thread.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSettings {
+    /// 0 = normal scheduling; 1..=99 = SCHED_FIFO at this priority for the
+    /// RTP pacer thread (needs CAP_SYS_NICE or RLIMIT_RTPRIO; without it the
+    /// gateway warns and runs at normal priority).
+    pub realtime_priority: u8,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -563,6 +574,15 @@ impl Settings {
             key,
             message,
         };
+        if self.media.realtime_priority > 99 {
+            return Err(err(
+                "media.realtime_priority".into(),
+                format!(
+                    "must be 0 (off) or a SCHED_FIFO priority 1..99, got {}",
+                    self.media.realtime_priority
+                ),
+            ));
+        }
         let v = &self.verification;
         if !(4..=10).contains(&v.code_length) {
             return Err(err(
@@ -722,6 +742,15 @@ mod tests {
         assert!(e.to_string().contains("verification.code_length"), "{e}");
         let e = Settings::from_toml("[limits]\nper_number = \"x\"\n").unwrap_err();
         assert!(e.to_string().contains("per_number"), "{e}");
+    }
+
+    #[test]
+    fn media_realtime_priority_is_checked() {
+        let s = Settings::from_toml("[media]\nrealtime_priority = 50\n").unwrap();
+        assert_eq!(s.media.realtime_priority, 50);
+        assert_eq!(Settings::default().media.realtime_priority, 0);
+        let e = Settings::from_toml("[media]\nrealtime_priority = 120\n").unwrap_err();
+        assert!(e.to_string().contains("media.realtime_priority"), "{e}");
     }
 
     #[test]
