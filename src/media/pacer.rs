@@ -331,8 +331,19 @@ struct Stream {
     events: tokio_mpsc::UnboundedSender<PlayoutEvent>,
 }
 
+/// Bytes of pacer state per stream, without its script (for the benchmark's memory
+/// figures); the Box adds the allocator's few bytes.
+pub fn stream_state_bytes() -> usize {
+    std::mem::size_of::<Stream>()
+}
+
 /// Largest lateness sent as a burst: 10 packets, which jitter buffers absorb.
 const MAX_LAG: Duration = Duration::from_millis(200);
+/// Packets due within this much of a wake-up go out in that wake-up, up to this much
+/// early. Bounds wake-ups to about 5,000 a second whatever the number of calls (each
+/// costs an epoll and a nanosleep, several µs), at a spacing error far below what a
+/// jitter buffer notices.
+const SEND_AHEAD: Duration = Duration::from_micros(200);
 /// Restarts of the reading allowed per call.
 const MAX_RESTARTS: u8 = 10;
 /// Packets read from one socket per wake-up; the rest wait for the next round so one
@@ -732,8 +743,9 @@ fn run(mut poll: Poll, commands: mpsc::Receiver<Command>, active: &AtomicUsize) 
         // timestamps, and the far end's jitter buffer absorbs a short burst better
         // than it would absorb gaps.
         let now = Instant::now();
+        let send_until = now + SEND_AHEAD;
         while let Some(&Reverse((deadline, id))) = due.peek() {
-            if deadline > now {
+            if deadline > send_until {
                 break;
             }
             due.pop();
@@ -1268,77 +1280,33 @@ mod tests {
         assert_eq!(playout.events.blocking_recv(), None);
     }
 
-    /// Load smoke test, not a benchmark: N streams of 3 s each to 8 receiver threads;
-    /// prints the spread of arrival times against each stream's ideal 20 ms grid.
-    /// `cargo test --release --lib pacer_load -- --ignored --nocapture`
     #[test]
-    #[ignore = "load measurement; run by hand in release mode"]
-    fn pacer_load_smoke() {
-        const STREAMS: usize = 1000;
-        const RECEIVERS: usize = 8;
-        let pack = PromptLibrary::builtin().get("en").unwrap();
-        let script = CallScript {
-            items: vec![ScriptItem::Silence { frames: 150 }],
-        };
-        let receivers: Vec<UdpSocket> = (0..RECEIVERS).map(|_| loopback()).collect();
-        let handles: Vec<_> = receivers
-            .iter()
-            .map(|r| {
-                let r = r.try_clone().unwrap();
-                std::thread::spawn(move || {
-                    r.set_read_timeout(Some(Duration::from_millis(500)))
-                        .unwrap();
-                    let mut first: HashMap<u32, (Instant, u16)> = HashMap::new();
-                    let mut late_us = Vec::new();
-                    let mut buf = [0u8; 256];
-                    while let Ok(n) = r.recv(&mut buf) {
-                        let now = Instant::now();
-                        let p = RtpReader::new(&buf[..n]).unwrap();
-                        let seq = u16::from(p.sequence_number());
-                        let (t0, s0) = *first.entry(p.ssrc()).or_insert((now, seq));
-                        let ideal = t0 + FRAME_DURATION * u32::from(seq.wrapping_sub(s0));
-                        late_us.push(now.saturating_duration_since(ideal).as_micros() as u64);
-                    }
-                    late_us
-                })
+    fn realtime_priority_is_applied_or_falls_back_and_plays_either_way() {
+        // As root (CAP_SYS_NICE) this runs under SCHED_FIFO; without the permission
+        // the pacer warns and runs at normal priority. Both must play.
+        let pacer = Pacer::start_with(PacerOptions {
+            realtime_priority: 10,
+        })
+        .unwrap();
+        let rx = loopback();
+        let mut playout = pacer.play(PlayoutSpec {
+            socket: loopback(),
+            rtcp_socket: None,
+            remote: rx.local_addr().unwrap(),
+            codec: G711::Ulaw,
+            payload_type: 0,
+            telephone_event_pt: None,
+            pack: PromptLibrary::builtin().get("en").unwrap(),
+            script: CallScript {
+                items: vec![ScriptItem::Silence { frames: 3 }],
+            },
+        });
+        assert_eq!(
+            playout.events.blocking_recv(),
+            Some(PlayoutEvent::Finished {
+                times_played: 0,
+                packets_sent: 3
             })
-            .collect();
-        let pacer = Pacer::start().unwrap();
-        let mut playouts = Vec::new();
-        for i in 0..STREAMS {
-            playouts.push(pacer.play(PlayoutSpec {
-                socket: loopback(),
-                remote: receivers[i % RECEIVERS].local_addr().unwrap(),
-                codec: G711::Ulaw,
-                payload_type: 0,
-                rtcp_socket: None,
-                telephone_event_pt: None,
-                pack: Arc::clone(&pack),
-                script: script.clone(),
-            }));
-            // Spread the starts over one frame, as real calls are.
-            std::thread::sleep(FRAME_DURATION / STREAMS as u32);
-        }
-        let mut sent = 0;
-        for p in &mut playouts {
-            while let Some(ev) = p.events.blocking_recv() {
-                if let PlayoutEvent::Finished { packets_sent, .. } = ev {
-                    sent += packets_sent;
-                }
-            }
-        }
-        let mut late: Vec<u64> = handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect();
-        late.sort_unstable();
-        let pct = |q: f64| late[((late.len() - 1) as f64 * q) as usize];
-        eprintln!(
-            "{STREAMS} streams: sent {sent}, received {}, lateness p50 {} us, p99 {} us, max {} us",
-            late.len(),
-            pct(0.5),
-            pct(0.99),
-            late[late.len() - 1]
         );
     }
 }
