@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use otpdial::cli::{ApikeyCommand, Cli, Command, ConfigCommand, ScopeArg};
+use otpdial::cli::{ApikeyCommand, Cli, Command, ConfigCommand, PromptsCommand, ScopeArg};
 use otpdial::config::Settings;
 
 fn init_tracing(default: &str) {
@@ -83,6 +83,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 file.display()
             );
             print!("{}", toml::to_string(&settings)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prompts {
+            command: PromptsCommand::Check { dir },
+        } => {
+            let lib = match &dir {
+                Some(dir) => otpdial::media::PromptLibrary::load_dir(dir)?,
+                None => otpdial::media::PromptLibrary::builtin_checked()?,
+            };
+            print!("{}", lib.report());
+            let origin = dir.map_or("built-in packs".to_owned(), |d| d.display().to_string());
+            println!("{origin}: {} pack(s) OK", lib.locales().len());
             Ok(ExitCode::SUCCESS)
         }
     }

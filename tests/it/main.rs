@@ -9,3 +9,4 @@ mod calls_sipp;
 mod demo_path;
 mod helpers;
 mod media_dtmf;
+mod media_prompts_cli;
