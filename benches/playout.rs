@@ -6,7 +6,14 @@
 //! cargo bench --bench playout                          # N = 500, 1000, 2000, 4000; 10 s each
 //! cargo bench --bench playout -- --n 2000 --secs 5     # one N, shorter
 //! cargo bench --bench playout -- --fifo 50             # pacer under SCHED_FIFO 50 (root)
+//! cargo bench --bench playout -- --sipp                # the same N with SIPp 3.6's RTP sender
 //! ```
+//!
+//! `--sipp` measures SIPp's `rtp_stream` sender instead, with the same receiver: a SIPp
+//! callee (`benches/sipp/uas_rtp_sink.xml`) answers with the receiver's port and a
+//! SIPp caller (`benches/sipp/uac_rtp_stream.xml`, `-l N -r 1000`) streams A-law for
+//! the same time per call. Its CPU is the caller process's user+system time
+//! (getrusage of children), per packet received.
 //!
 //! Per N it prints: packets sent (accepted by the kernel) and received, lost, CPU time
 //! of the pacer thread per packet (from /proc/self/task/TID/schedstat, in ns), the
@@ -39,6 +46,7 @@ struct Args {
     ns: Vec<usize>,
     secs: u64,
     fifo: u8,
+    sipp: bool,
 }
 
 fn parse_args() -> Args {
@@ -46,6 +54,7 @@ fn parse_args() -> Args {
         ns: vec![500, 1000, 2000, 4000],
         secs: 10,
         fifo: 0,
+        sipp: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -65,6 +74,7 @@ fn parse_args() -> Args {
                     args.fifo = v;
                 }
             }
+            "--sipp" => args.sipp = true,
             _ => {} // `cargo bench` passes --bench; ignore what is not ours
         }
     }
@@ -192,12 +202,14 @@ fn pct(sorted: &[u32], q: f64) -> f64 {
     f64::from(sorted[i]) / 1e6
 }
 
-fn run_one(n: usize, secs: u64, fifo: u8) {
-    let lib = PromptLibrary::builtin();
-    let pack = lib.get("en").expect("built-in en pack");
-    let script = script(&pack, secs);
-    let frames = script.frame_count(&pack);
-
+/// Binds the kernel-timestamping receiver and starts its thread.
+fn start_receiver(
+    expected: usize,
+) -> (
+    std::net::SocketAddr,
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<Received>,
+) {
     let rx = UdpSocket::bind("127.0.0.1:0").expect("bind receiver");
     // 4000 calls are 200k packets/s: a deep buffer so the receiver never drops.
     if setsockopt(&rx, sockopt::RcvBufForce, &(64 << 20)).is_err() {
@@ -210,12 +222,20 @@ fn run_one(n: usize, secs: u64, fifo: u8) {
     let stop = Arc::new(AtomicBool::new(false));
     let receiver = {
         let stop = Arc::clone(&stop);
-        let expected = n * frames as usize;
         std::thread::Builder::new()
             .name("bench-rx".into())
             .spawn(move || receive(rx, expected, stop))
             .expect("receiver thread")
     };
+    (to, stop, receiver)
+}
+
+fn run_one(n: usize, secs: u64, fifo: u8) {
+    let lib = PromptLibrary::builtin();
+    let pack = lib.get("en").expect("built-in en pack");
+    let script = script(&pack, secs);
+    let frames = script.frame_count(&pack);
+    let (to, stop, receiver) = start_receiver(n * frames as usize);
 
     let sockets: Vec<UdpSocket> = (0..n)
         .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind sender"))
@@ -284,13 +304,132 @@ fn run_one(n: usize, secs: u64, fifo: u8) {
     );
 }
 
+/// Child processes' CPU time (user + system) so far, ns.
+fn children_cpu_ns() -> u64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| {
+            tv.tv_sec() as u64 * 1_000_000_000 + tv.tv_usec() as u64 * 1000
+        };
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The same measurement of SIPp's RTP sender: N calls of `secs` each.
+fn run_sipp(n: usize, secs: u64) {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scenarios = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/sipp");
+    // 2 s of the intro in A-law, as a WAV whose header SIPp skips; looped per call.
+    let pack = PromptLibrary::builtin().get("en").expect("en pack");
+    let mut data: Vec<u8> = Vec::new();
+    while data.len() < 16_000 {
+        for f in pack.frames(Phrase::Intro, G711::Alaw) {
+            data.extend_from_slice(f);
+        }
+    }
+    let mut wav = Vec::new();
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(4 + 26 + 8 + data.len() as u32).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    for (v, len) in [
+        (18u32, 4),
+        (6, 2),
+        (1, 2),
+        (8000, 4),
+        (8000, 4),
+        (1, 2),
+        (8, 2),
+        (0, 2),
+    ] {
+        wav.extend_from_slice(&v.to_le_bytes()[..len]);
+    }
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    wav.extend_from_slice(&data);
+    let file = dir.path().join("alaw.wav");
+    std::fs::write(&file, wav).expect("write wav");
+
+    let (to, stop, receiver) = start_receiver(n * secs as usize * 50);
+    let uas_port = free_port();
+    let quiet = |c: &mut Command| {
+        c.current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    };
+    let mut uas = Command::new("sipp");
+    uas.arg("-sf")
+        .arg(scenarios.join("uas_rtp_sink.xml"))
+        .args(["-i", "127.0.0.1", "-p", &uas_port.to_string(), "-nostdin"])
+        .args(["-set", "rx_port", &to.port().to_string()]);
+    quiet(&mut uas);
+    let Ok(mut uas) = uas.spawn() else {
+        println!("| {n} | SIPp 3.6 | (sipp not installed) |");
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu0 = children_cpu_ns();
+    let mut uac = Command::new("sipp");
+    uac.arg("-sf")
+        .arg(scenarios.join("uac_rtp_stream.xml"))
+        .arg(format!("127.0.0.1:{uas_port}"))
+        .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-nostdin"])
+        .args(["-p", &free_port().to_string()])
+        .args(["-l", &n.to_string(), "-m", &n.to_string(), "-r", "1000"])
+        .args(["-d", &(secs * 1000).to_string()]);
+    quiet(&mut uac);
+    let started = Instant::now();
+    let mut uac = uac.spawn().expect("sipp caller");
+    // Bounded: the calls, their ramp-up at 1000/s, and a margin.
+    let limit = Duration::from_secs(secs + n as u64 / 1000 + 30);
+    let finished = loop {
+        match uac.try_wait() {
+            Ok(Some(_)) => break true,
+            Ok(None) if started.elapsed() < limit => std::thread::sleep(Duration::from_millis(100)),
+            _ => {
+                let _ = uac.kill();
+                let _ = uac.wait();
+                break false;
+            }
+        }
+    };
+    let cpu1 = children_cpu_ns();
+    let _ = uas.kill();
+    let _ = uas.wait();
+    stop.store(true, Ordering::Relaxed);
+    let mut got = receiver.join().expect("receiver");
+    got.deviations.sort_unstable();
+    let cpu_per_packet_us = cpu1.saturating_sub(cpu0) as f64 / got.packets.max(1) as f64 / 1000.0;
+    println!(
+        "| {n} | SIPp 3.6{} | {} | - | {} | {} (gaps) | {cpu_per_packet_us:.2} | {:.3} | {:.3} | {:.3} | - | - | {:.1} |",
+        if finished { "" } else { " (timed out)" },
+        n as u64 * secs * 50,
+        got.packets,
+        got.lost,
+        pct(&got.deviations, 0.5),
+        pct(&got.deviations, 0.99),
+        pct(&got.deviations, 1.0),
+        n as f64 / 1000.0,
+    );
+}
+
 fn main() {
     let args = parse_args();
     println!(
         "# playout bench: {} s of audio per call, {} CPUs, pacer {}",
         args.secs,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        if args.fifo > 0 {
+        if args.sipp {
+            "SIPp 3.6 rtp_stream"
+        } else if args.fifo > 0 {
             "SCHED_FIFO"
         } else {
             "normal priority"
@@ -299,6 +438,10 @@ fn main() {
     println!("| calls | sched | packets due | sent | received | lost | CPU/packet µs | dev p50 ms | dev p99 ms | dev max ms | RSS/call B | state/call B | ramp s |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.ns {
-        run_one(n, args.secs, args.fifo);
+        if args.sipp {
+            run_sipp(n, args.secs);
+        } else {
+            run_one(n, args.secs, args.fifo);
+        }
     }
 }
