@@ -1,7 +1,8 @@
 //! DTMF end to end: SIPp as the callee presses a key with RFC 4733 telephone-events
 //! (its `play_dtmf`, sent over RTP from its media port) while the gateway reads the
 //! code, and the gateway reads the code again; `require_keypress` reads the code only
-//! after a key, and hangs up unread when none comes.
+//! after a key, and hangs up unread when none comes. A key sent as SIP INFO
+//! (application/dtmf-relay) restarts the reading the same way.
 //!
 //! A real peer rather than hand-built packets: SIPp chooses the payload type from its
 //! own SDP answer, the timestamps, repeats and End packets, so this also checks that
@@ -109,5 +110,44 @@ async fn require_keypress_without_a_key_hangs_up_unread_after_15_s() {
         items: script.items[..=gate].to_vec(),
     };
     assert_eq!(packets.len() as u64, until_gate.frame_count(&pack));
+    t.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_info_key_during_playback_reads_the_code_again() {
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    let sipp = Sipp::uas(
+        "uas_dtmf_sip_info.xml",
+        &[("rtp_port", rtp_port.to_string())],
+    );
+    let t = spawn_app(base_settings(sipp.port), Db::Sqlite, DialerMode::Background).await;
+    let v = t
+        .start_verification(json!({ "to": "+31612345678", "code": "1234", "locale": "en" }))
+        .await;
+    let packets = tokio::task::spawn_blocking(move || {
+        receive_rtp(&rtp, Duration::from_secs(60), Duration::from_millis(1500))
+    })
+    .await
+    .unwrap();
+    let done = t.wait_call_final(&v.id, Duration::from_secs(30)).await;
+    sipp.finish(Duration::from_secs(10))
+        .await
+        .expect("SIPp scenario passed (its INFO got a 200)");
+    assert_eq!(done.call.status, CallStatus::Completed, "{done:?}");
+    assert_eq!(
+        done.call.times_played, 3,
+        "2 readings + 1 after the restart"
+    );
+    // The RTP shows it too: one stream, gap-free, longer than the plain script by
+    // the readings played again.
+    let lib = PromptLibrary::builtin();
+    let pack = lib.get("en").unwrap();
+    let plain = CallScript::build(&pack, &[1, 2, 3, 4], 2).frame_count(&pack) as usize;
+    assert!(packets.len() > plain, "{} <= {plain}", packets.len());
+    for pair in packets.windows(2) {
+        assert_eq!(pair[1].seq, pair[0].seq.wrapping_add(1));
+        assert_eq!(pair[1].timestamp, pair[0].timestamp.wrapping_add(160));
+    }
     t.app.stop().await;
 }
