@@ -4,9 +4,10 @@
 //! after a key, and hangs up unread when none comes. A key sent as SIP INFO
 //! (application/dtmf-relay) restarts the reading the same way.
 //!
-//! A real peer rather than hand-built packets: SIPp chooses the payload type from its
-//! own SDP answer, the timestamps, repeats and End packets, so this also checks that
-//! the telephone-event payload type of the SDP answer reaches the pacer.
+//! A real peer rather than hand-built packets: SIPp builds its own event packets
+//! (timestamps, repeats, End packets, after a few warm-up packets of another payload
+//! type) on payload type 96, which its SDP answer declares instead of the 101 we
+//! offer, so this also checks that the answer's telephone-event type reaches the pacer.
 
 use std::net::UdpSocket;
 use std::time::Duration;
