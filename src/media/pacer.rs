@@ -80,8 +80,8 @@ pub enum PlayoutEvent {
         /// Readings completed so far.
         times: u32,
     },
-    /// A key press arrived in the media (RFC 4733 or in-band) and was acted on. SIP
-    /// INFO keys passed in with [`Playout::key`] are not echoed back.
+    /// A key press arrived in the media (RFC 4733 or in-band). SIP INFO keys passed
+    /// in with [`Playout::key`] are not echoed back.
     KeyPressed {
         /// 0-9, *, #, A-D.
         key: char,

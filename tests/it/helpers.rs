@@ -184,6 +184,11 @@ pub struct Sipp {
 
 impl Sipp {
     pub fn uas(scenario: &str, vars: &[(&str, String)]) -> Sipp {
+        Sipp::uas_with_args(scenario, vars, &[])
+    }
+
+    /// As [`Sipp::uas`], with extra command-line arguments (e.g. `-mp PORT`).
+    pub fn uas_with_args(scenario: &str, vars: &[(&str, String)], args: &[&str]) -> Sipp {
         let port = free_udp_port();
         let log_dir = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new("sipp");
@@ -202,6 +207,7 @@ impl Sipp {
         for (k, v) in vars {
             cmd.args(["-set", k, v]);
         }
+        cmd.args(args);
         let child = cmd
             .spawn()
             .expect("sipp runs (install Debian package sip-tester: scripts/test.sh does)");

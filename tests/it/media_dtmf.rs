@@ -19,9 +19,24 @@ use serde_json::json;
 
 use crate::helpers::{base_settings, receive_rtp, spawn_app, Db, Sipp};
 
+/// A SIPp callee whose scenario sends media (play_dtmf): like `Sipp::uas`, plus
+/// `-mp` on a free port, since SIPp's default media port 6000 is shared by every SIPp
+/// on the machine (a second one cannot bind it and never answers).
+fn sipp_with_media(scenario: &str) -> Sipp {
+    let media_port = loop {
+        // SIPp binds the media port and the one above it (RTCP): pick an even free pair.
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = s.local_addr().unwrap().port();
+        if p % 2 == 0 && p < 65534 && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+            break p;
+        }
+    };
+    Sipp::uas_with_args(scenario, &[], &["-mp", &media_port.to_string()])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc4733_key_during_playback_reads_the_code_again() {
-    let sipp = Sipp::uas("uas_dtmf_rfc4733.xml", &[]);
+    let sipp = sipp_with_media("uas_dtmf_rfc4733.xml");
     let settings = base_settings(sipp.port);
     let repeat = settings.verification.repeat;
     assert_eq!(repeat, 2);
@@ -49,7 +64,7 @@ async fn rfc4733_key_during_playback_reads_the_code_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn require_keypress_reads_the_code_only_after_a_key() {
-    let sipp = Sipp::uas("uas_dtmf_rfc4733.xml", &[]);
+    let sipp = sipp_with_media("uas_dtmf_rfc4733.xml");
     let mut settings = base_settings(sipp.port);
     settings.verification.require_keypress = true;
     let t = spawn_app(settings, Db::Sqlite, DialerMode::Background).await;
