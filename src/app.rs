@@ -14,7 +14,7 @@ use crate::api::{self, ApiKey, AppState};
 use crate::call::CallEngine;
 use crate::config::Settings;
 use crate::dialer::Dialer;
-use crate::media::{Pacer, PromptLibrary};
+use crate::media::{Pacer, PacerOptions, PromptLibrary};
 use crate::metrics::Metrics;
 use crate::sip_io::SipEndpoint;
 use crate::store::Store;
@@ -121,7 +121,10 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
     .await
     .with_context(|| format!("cannot bind SIP on {}", settings.sip.listen))?;
     let sip_addr = sip.local_addr();
-    let pacer = Pacer::start().context("cannot start the RTP pacer thread")?;
+    let pacer = Pacer::start_with(PacerOptions {
+        realtime_priority: settings.media.realtime_priority,
+    })
+    .context("cannot start the RTP pacer thread")?;
     let engine = Arc::new(CallEngine::new(
         sip,
         pacer,

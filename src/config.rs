@@ -45,6 +45,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub fraud: FraudSettings,
     pub prompts: PromptSettings,
+    pub media: MediaSettings,
     pub trunks: Vec<TrunkSettings>,
 }
 
@@ -287,6 +288,16 @@ pub struct PromptSettings {
     /// Directory of prompt packs (`<dir>/<locale>/pack.toml`); unset = the
     /// `en` and `nl` packs built into the binary.
     pub dir: Option<PathBuf>,
+}
+
+/// `[media]`: the RTP pacer thread.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSettings {
+    /// 0 = normal scheduling; 1..=99 = SCHED_FIFO at this priority for the
+    /// RTP pacer thread (needs CAP_SYS_NICE or RLIMIT_RTPRIO; without it the
+    /// gateway warns and runs at normal priority).
+    pub realtime_priority: u8,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -680,6 +691,15 @@ impl Settings {
             key,
             message,
         };
+        if self.media.realtime_priority > 99 {
+            return Err(err(
+                "media.realtime_priority".into(),
+                format!(
+                    "must be 0 (off) or a SCHED_FIFO priority 1..99, got {}",
+                    self.media.realtime_priority
+                ),
+            ));
+        }
         let v = &self.verification;
         if !(4..=10).contains(&v.code_length) {
             return Err(err(
@@ -910,6 +930,15 @@ mod tests {
             "keepalive off by default"
         );
         assert!(d.trunks[0].credentials().is_none());
+    }
+
+    #[test]
+    fn media_realtime_priority_is_checked() {
+        let s = Settings::from_toml("[media]\nrealtime_priority = 50\n").unwrap();
+        assert_eq!(s.media.realtime_priority, 50);
+        assert_eq!(Settings::default().media.realtime_priority, 0);
+        let e = Settings::from_toml("[media]\nrealtime_priority = 120\n").unwrap_err();
+        assert!(e.to_string().contains("media.realtime_priority"), "{e}");
     }
 
     #[test]

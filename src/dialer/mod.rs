@@ -297,6 +297,7 @@ impl Dialer {
                     digits: code.digit_values(),
                     locale: &claimed.locale,
                     repeat: self.settings.verification.repeat,
+                    require_keypress: self.settings.verification.require_keypress,
                     cancel: cancel.clone(),
                 },
                 tx,

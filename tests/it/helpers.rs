@@ -213,35 +213,7 @@ pub struct Sipp {
 
 impl Sipp {
     pub fn uas(scenario: &str, vars: &[(&str, String)]) -> Sipp {
-        let port = free_udp_port();
-        let log_dir = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new("sipp");
-        cmd.arg("-sf")
-            .arg(sipp_scenario(scenario))
-            .args(["-i", "127.0.0.1", "-mi", "127.0.0.1"])
-            .args(["-p", &port.to_string()])
-            .args(["-m", "1", "-timeout", "90s", "-nostdin"])
-            .arg("-trace_err")
-            .arg("-error_file")
-            .arg(log_dir.path().join("errors.log"))
-            .current_dir(log_dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in vars {
-            cmd.args(["-set", k, v]);
-        }
-        let child = cmd
-            .spawn()
-            .expect("sipp runs (install Debian package sip-tester: scripts/test.sh does)");
-        // SIPp binds within milliseconds; our INVITE retransmission (Timer A)
-        // covers a slow start anyway.
-        std::thread::sleep(Duration::from_millis(200));
-        Sipp {
-            child,
-            port,
-            log_dir,
-        }
+        Sipp::uas_with_args(scenario, vars, &[])
     }
 
     /// Waits for SIPp to finish its one call; Ok(()) when its scenario

@@ -9,5 +9,7 @@ mod api_rules;
 mod calls_sipp;
 mod demo_path;
 mod helpers;
+mod media_dtmf;
+mod media_prompts_cli;
 mod sip_kamailio;
 mod sip_scenarios;
