@@ -118,12 +118,13 @@ async fn readyz(State(state): State<AppState>) -> Result<(StatusCode, &'static s
         return Err(ApiError::unavailable("database unreachable"));
     }
     let usable = state.settings.trunks.iter().any(|t| {
-        state
-            .engine
-            .counters(&t.name)
-            .active
-            .load(Ordering::Relaxed)
-            < t.max_concurrent_calls
+        state.engine.trunk_usable(t)
+            && state
+                .engine
+                .counters(&t.name)
+                .active
+                .load(Ordering::Relaxed)
+                < t.max_concurrent_calls
     });
     if !usable {
         return Err(ApiError::unavailable("no SIP trunk can take a call"));

@@ -18,6 +18,9 @@ pub struct TrunkView {
     /// Registration state; null for trunks with `register = false`
     /// (IP-authenticated).
     pub registered: Option<bool>,
+    /// Whether the last OPTIONS/REGISTER got an answer; null before the
+    /// first probe (or with keepalive off).
+    pub reachable: Option<bool>,
     pub last_error: Option<String>,
     pub active_calls: u32,
     pub calls_total: u64,
@@ -53,12 +56,14 @@ pub(super) async fn trunks(
         .iter()
         .map(|t| {
             let c = state.engine.counters(&t.name);
+            let status = state.engine.trunk_status(&t.name);
             let total = c.total.load(Ordering::Relaxed);
             let answered = c.answered.load(Ordering::Relaxed);
             TrunkView {
                 name: t.name.clone(),
-                registered: t.register.then_some(false),
-                last_error: None,
+                registered: t.register.then_some(status.registered),
+                reachable: status.reachable,
+                last_error: status.last_error,
                 active_calls: c.active.load(Ordering::Relaxed),
                 calls_total: total,
                 answer_rate: if total == 0 {

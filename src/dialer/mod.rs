@@ -201,7 +201,11 @@ impl Dialer {
             .iter()
             .filter(|t| t.routes(number))
             .collect();
-        routes.sort_by_key(|t| t.priority);
+        // Healthy trunks first (registered when they must be, not known to
+        // be unreachable), each group by priority. An unhealthy trunk is
+        // still tried last: a carrier may take an authenticated INVITE
+        // without a registration, and a failed probe may be stale.
+        routes.sort_by_key(|t| (!self.engine.trunk_usable(t), t.priority));
         routes
     }
 
