@@ -14,14 +14,18 @@ use crate::api::{self, ApiKey, AppState};
 use crate::call::CallEngine;
 use crate::config::Settings;
 use crate::dialer::Dialer;
-use crate::media::{Pacer, PromptLibrary};
+use crate::media::{Pacer, PacerOptions, PromptLibrary};
+use crate::metrics::Metrics;
 use crate::sip_io::SipEndpoint;
 use crate::store::Store;
 use crate::verify::{CodeKeys, Verifier};
+use crate::webhooks::WebhookWorker;
 
 /// A running gateway.
 pub struct RunningApp {
     pub http_addr: SocketAddr,
+    /// The database URL this instance runs on.
+    pub store_url: String,
     pub sip_addr: SocketAddr,
     pub store: Store,
     pub dialer: Arc<Dialer>,
@@ -29,6 +33,7 @@ pub struct RunningApp {
     shutdown: CancellationToken,
     http: JoinHandle<()>,
     dialer_task: Option<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
     engine: Arc<CallEngine>,
 }
 
@@ -116,7 +121,10 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
     .await
     .with_context(|| format!("cannot bind SIP on {}", settings.sip.listen))?;
     let sip_addr = sip.local_addr();
-    let pacer = Pacer::start().context("cannot start the RTP pacer thread")?;
+    let pacer = Pacer::start_with(PacerOptions {
+        realtime_priority: settings.media.realtime_priority,
+    })
+    .context("cannot start the RTP pacer thread")?;
     let engine = Arc::new(CallEngine::new(
         sip,
         pacer,
@@ -130,12 +138,16 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         .map_err(|e| anyhow::anyhow!(e))?;
 
     let wake = Arc::new(Notify::new());
+    let cancel_wake = Arc::new(Notify::new());
+    let metrics = Metrics::new();
     let verifier = Verifier::new(
         store.clone(),
         settings.clone(),
         keys.clone(),
         locales,
         wake.clone(),
+        cancel_wake.clone(),
+        metrics.clone(),
     );
     let dialer = Arc::new(Dialer::new(
         store.clone(),
@@ -143,8 +155,31 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         engine.clone(),
         settings.clone(),
         wake,
+        cancel_wake,
+        metrics.clone(),
     ));
     let shutdown = CancellationToken::new();
+    let mut background = Vec::new();
+    background.push(tokio::spawn(housekeeping(store.clone(), shutdown.clone())));
+    match settings.webhooks.secret.clone() {
+        Some(secret) => {
+            let worker = WebhookWorker::new(
+                store.clone(),
+                verifier.clone(),
+                secret,
+                settings.webhooks.backoff.0,
+                metrics.clone(),
+            )?;
+            background.push(tokio::spawn(worker.run(shutdown.clone())));
+        }
+        None => tracing::info!(
+            env = %settings.webhooks.secret_env,
+            "webhooks off: no signing secret in the environment"
+        ),
+    }
+    background.push(tokio::spawn(
+        dialer.clone().watch_cancellations(shutdown.clone()),
+    ));
     let dialer_task = match mode {
         DialerMode::Background => Some(tokio::spawn(dialer.clone().run(shutdown.clone()))),
         DialerMode::Manual => None,
@@ -154,7 +189,9 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         verifier: verifier.clone(),
         store: store.clone(),
         api_keys: Arc::new(ApiKey::from_settings(&settings.api.keys)),
-        trunk_count: settings.trunks.len(),
+        settings: settings.clone(),
+        engine: engine.clone(),
+        metrics,
     };
     let listener = tokio::net::TcpListener::bind(settings.http.listen)
         .await
@@ -172,6 +209,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
     tracing::info!(http = %http_addr, sip = %sip_addr, trunks = settings.trunks.len(), "otpdial running");
     Ok(RunningApp {
         http_addr,
+        store_url: settings.database.url.clone(),
         sip_addr,
         store,
         dialer,
@@ -179,6 +217,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         shutdown,
         http,
         dialer_task,
+        background,
         engine,
     })
 }
@@ -195,8 +234,25 @@ impl RunningApp {
             let _ = t.await;
         }
         let _ = self.http.await;
+        for task in self.background {
+            let _ = task.await;
+        }
         self.engine.shutdown().await;
         self.store.close().await;
+    }
+}
+
+/// Periodic store upkeep: expires pending verifications whose time is up
+/// (so their webhooks go out even if nobody reads them).
+async fn housekeeping(store: Store, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(e) = store.expire_due(crate::domain::now_ms()).await {
+            tracing::warn!(error = %e, "expiring verifications failed");
+        }
     }
 }
 

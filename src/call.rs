@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{CodecName, PortRange, TrunkSettings};
 use crate::domain::CallStatus;
-use crate::media::{CallScript, Pacer, PlayoutEvent, PlayoutSpec, PromptLibrary, G711};
+use crate::media::{
+    rtcp_socket_beside, CallScript, Pacer, PlayoutEvent, PlayoutSpec, PromptLibrary, G711,
+};
 use crate::sip::sdp::{AudioCodec, MediaOffer};
 use crate::sip::{EndReason, OutgoingCall, TrunkConfig, TrunkStatus};
 use crate::sip_io::{CallEvent, SipEndpoint};
@@ -59,6 +61,8 @@ pub struct PlaceCall<'a> {
     pub digits: Vec<u8>,
     pub locale: &'a str,
     pub repeat: u32,
+    /// Ask for a key first and read the code only after one (SPEC §4).
+    pub require_keypress: bool,
     /// Hang up (or cancel) when this fires, e.g. when the verification is
     /// canceled.
     pub cancel: CancellationToken,
@@ -308,17 +312,28 @@ impl CallEngine {
                                 AudioCodec::Pcmu => G711::Ulaw,
                                 AudioCodec::Pcma => G711::Alaw,
                             };
-                            let script = CallScript::build(&pack, &call.digits, call.repeat);
+                            let script = if call.require_keypress {
+                                CallScript::with_keypress(&pack, &call.digits, call.repeat)
+                            } else {
+                                CallScript::build(&pack, &call.digits, call.repeat)
+                            };
                             playout = Some(self.pacer.play(PlayoutSpec {
+                                rtcp_socket: rtcp_socket_beside(&socket),
                                 socket,
                                 remote: SocketAddr::new(media.address, media.port),
                                 codec,
                                 payload_type: codec.payload_type(),
+                                telephone_event_pt: media.telephone_event_pt,
                                 pack: pack.clone(),
                                 script,
                             }));
                         }
-                        CallEvent::Dtmf { .. } => {}
+                        CallEvent::Dtmf { digit } => {
+                            // SIP INFO key: same effect as one in the media.
+                            if let Some(p) = &playout {
+                                p.key(digit);
+                            }
+                        }
                         CallEvent::Ended { reason } => {
                             if let Some(p) = &playout {
                                 p.stop();
@@ -337,6 +352,11 @@ impl CallEngine {
                         Some(PlayoutEvent::CodePlayed { times }) => {
                             times_played = times;
                             let _ = progress.send(Progress::Played(times));
+                        }
+                        Some(PlayoutEvent::KeyPressed { .. }) => {}
+                        Some(PlayoutEvent::NoKeypress) => {
+                            // Finished follows and hangs up; the call fails unread.
+                            hangup_reason = Some("no key pressed within 15 s".into());
                         }
                         Some(PlayoutEvent::Finished { times_played: t, .. }) => {
                             times_played = times_played.max(t);
@@ -430,9 +450,12 @@ fn end_outcome(
     times_played: u32,
     hangup_reason: Option<String>,
 ) -> AttemptOutcome {
+    let canceled = hangup_reason.as_deref() == Some("canceled");
     let played = AttemptOutcome {
         status: if times_played > 0 {
             CallStatus::Completed
+        } else if canceled {
+            CallStatus::Canceled
         } else {
             CallStatus::Failed
         },
@@ -539,6 +562,14 @@ mod tests {
         assert_eq!(o.status, CallStatus::Failed);
         assert!(o.reason.unwrap().contains("hung up"));
         let o = end_outcome(EndReason::RemoteHangup, true, 1, None);
+        assert_eq!(o.status, CallStatus::Completed);
+    }
+
+    #[test]
+    fn canceled_answered_call_is_canceled_unless_the_code_was_read() {
+        let o = end_outcome(EndReason::LocalHangup, true, 0, Some("canceled".into()));
+        assert_eq!(o.status, CallStatus::Canceled);
+        let o = end_outcome(EndReason::LocalHangup, true, 1, Some("canceled".into()));
         assert_eq!(o.status, CallStatus::Completed);
     }
 

@@ -63,6 +63,19 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Prompt packs.
+    Prompts {
+        #[command(subcommand)]
+        command: PromptsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PromptsCommand {
+    /// Load and validate prompt packs as the gateway would (`DIR/<locale>/pack.toml`,
+    /// or the built-in packs without DIR); print each phrase and its duration. Exits
+    /// non-zero with a message naming the file on any error.
+    Check { dir: Option<PathBuf> },
 }
 
 #[derive(Debug, Subcommand)]

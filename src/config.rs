@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::domain::NumberKind;
 use crate::domain::Region;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +43,9 @@ pub struct Settings {
     pub verification: VerificationSettings,
     pub webhooks: WebhookSettings,
     pub limits: LimitSettings,
+    pub fraud: FraudSettings,
     pub prompts: PromptSettings,
+    pub media: MediaSettings,
     pub trunks: Vec<TrunkSettings>,
 }
 
@@ -133,6 +136,8 @@ pub struct VerificationSettings {
     pub repeat: u32,
     pub require_keypress: bool,
     pub allow_unregistered_numbers: bool,
+    /// Refuse numbers that libphonenumber does not know as mobile.
+    pub mobile_only: bool,
     pub default_region: String,
     pub code_key_env: String,
 }
@@ -147,6 +152,7 @@ impl Default for VerificationSettings {
             repeat: 3,
             require_keypress: false,
             allow_unregistered_numbers: false,
+            mobile_only: false,
             default_region: "NL".into(),
             code_key_env: "OTPDIAL_CODE_KEY".into(),
         }
@@ -167,12 +173,19 @@ impl VerificationSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookSettings {
     pub secret_env: String,
+    /// First retry delay; doubles with each try (at most 5 tries).
+    pub backoff: HumanDuration,
+    /// Resolved from `secret_env` at load; never printed.
+    #[serde(skip)]
+    pub secret: Option<SecretString>,
 }
 
 impl Default for WebhookSettings {
     fn default() -> Self {
         Self {
             secret_env: "OTPDIAL_WEBHOOK_SECRET".into(),
+            backoff: HumanDuration(Duration::from_secs(2)),
+            secret: None,
         }
     }
 }
@@ -182,6 +195,9 @@ impl Default for WebhookSettings {
 pub struct LimitSettings {
     pub per_number: RateLimit,
     pub per_user: RateLimit,
+    pub per_api_key: RateLimit,
+    /// Calls placed per second across all instances (the dialer paces
+    /// itself; requests are not refused for it).
     pub global_calls_per_second: u32,
 }
 
@@ -196,8 +212,73 @@ impl Default for LimitSettings {
                 count: 5,
                 per: Duration::from_secs(3600),
             },
+            per_api_key: RateLimit {
+                count: 600,
+                per: Duration::from_secs(60),
+            },
             global_calls_per_second: 20,
         }
+    }
+}
+
+/// Toll-fraud controls: which destinations may be called at all.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FraudSettings {
+    /// E.164 prefixes that may be called; empty = the trunks' `prefixes`
+    /// (and everything if some trunk routes everything).
+    pub allowed_prefixes: Vec<String>,
+    /// libphonenumber number types that may be called.
+    pub allowed_number_types: Vec<NumberKind>,
+    /// Calls per country calling code per UTC day, unless listed in
+    /// `daily_budget`; 0 = unlimited.
+    pub default_daily_budget: u64,
+    /// Per country calling code (`"+31" = 20000`).
+    pub daily_budget: std::collections::BTreeMap<String, u64>,
+}
+
+impl Default for FraudSettings {
+    fn default() -> Self {
+        Self {
+            allowed_prefixes: Vec::new(),
+            allowed_number_types: vec![
+                NumberKind::Mobile,
+                NumberKind::FixedLine,
+                NumberKind::FixedLineOrMobile,
+            ],
+            default_daily_budget: 10_000,
+            daily_budget: Default::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// The destination prefixes that may be called: `fraud.allowed_prefixes`
+    /// or, when empty, the trunks' prefixes. `None` = no prefix restriction.
+    pub fn allowed_prefixes(&self) -> Option<Vec<String>> {
+        if !self.fraud.allowed_prefixes.is_empty() {
+            return Some(self.fraud.allowed_prefixes.clone());
+        }
+        if self.trunks.is_empty() || self.trunks.iter().any(|t| t.prefixes.is_empty()) {
+            return None;
+        }
+        let mut all: Vec<String> = self
+            .trunks
+            .iter()
+            .flat_map(|t| t.prefixes.clone())
+            .collect();
+        all.sort();
+        all.dedup();
+        Some(all)
+    }
+
+    /// Calls allowed today to numbers with this country calling code (`"+31"`).
+    pub fn daily_budget_for(&self, country: &str) -> u64 {
+        self.fraud
+            .daily_budget
+            .get(country)
+            .copied()
+            .unwrap_or(self.fraud.default_daily_budget)
     }
 }
 
@@ -207,6 +288,16 @@ pub struct PromptSettings {
     /// Directory of prompt packs (`<dir>/<locale>/pack.toml`); unset = the
     /// `en` and `nl` packs built into the binary.
     pub dir: Option<PathBuf>,
+}
+
+/// `[media]`: the RTP pacer thread.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSettings {
+    /// 0 = normal scheduling; 1..=99 = SCHED_FIFO at this priority for the
+    /// RTP pacer thread (needs CAP_SYS_NICE or RLIMIT_RTPRIO; without it the
+    /// gateway warns and runs at normal priority).
+    pub realtime_priority: u8,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -575,6 +666,12 @@ impl Settings {
     }
 
     fn resolve_secrets(&mut self, origin: &str) -> Result<(), ConfigError> {
+        if !self.webhooks.secret_env.is_empty() {
+            self.webhooks.secret = std::env::var(&self.webhooks.secret_env)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(SecretString);
+        }
         for (i, t) in self.trunks.iter_mut().enumerate() {
             if let Some(var) = &t.password_env {
                 let value = std::env::var(var).map_err(|_| ConfigError::Invalid {
@@ -594,6 +691,15 @@ impl Settings {
             key,
             message,
         };
+        if self.media.realtime_priority > 99 {
+            return Err(err(
+                "media.realtime_priority".into(),
+                format!(
+                    "must be 0 (off) or a SCHED_FIFO priority 1..99, got {}",
+                    self.media.realtime_priority
+                ),
+            ));
+        }
         let v = &self.verification;
         if !(4..=10).contains(&v.code_length) {
             return Err(err(
@@ -650,6 +756,24 @@ impl Settings {
                 return Err(err(
                     format!("api.keys[{i}].name"),
                     "must not be empty".into(),
+                ));
+            }
+        }
+        for (key, list) in [("fraud.allowed_prefixes", &self.fraud.allowed_prefixes)] {
+            for p in list {
+                if !p.starts_with('+') || !p[1..].bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(err(
+                        key.into(),
+                        format!("{p:?} must be an E.164 prefix such as \"+31\""),
+                    ));
+                }
+            }
+        }
+        for p in self.fraud.daily_budget.keys() {
+            if !p.starts_with('+') || p.len() < 2 || !p[1..].bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err(
+                    "fraud.daily_budget".into(),
+                    format!("{p:?} must be a country calling code such as \"+31\""),
                 ));
             }
         }
@@ -806,6 +930,15 @@ mod tests {
             "keepalive off by default"
         );
         assert!(d.trunks[0].credentials().is_none());
+    }
+
+    #[test]
+    fn media_realtime_priority_is_checked() {
+        let s = Settings::from_toml("[media]\nrealtime_priority = 50\n").unwrap();
+        assert_eq!(s.media.realtime_priority, 50);
+        assert_eq!(Settings::default().media.realtime_priority, 0);
+        let e = Settings::from_toml("[media]\nrealtime_priority = 120\n").unwrap_err();
+        assert!(e.to_string().contains("media.realtime_priority"), "{e}");
     }
 
     #[test]

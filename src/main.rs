@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use otpdial::cli::{ApikeyCommand, Cli, Command, ConfigCommand, ScopeArg, TrunkCommand};
+use otpdial::cli::{
+    ApikeyCommand, Cli, Command, ConfigCommand, PromptsCommand, ScopeArg, TrunkCommand,
+};
 use otpdial::config::Settings;
 
 fn init_tracing(default: &str) {
@@ -121,6 +123,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 file.display()
             );
             print!("{}", toml::to_string(&settings)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prompts {
+            command: PromptsCommand::Check { dir },
+        } => {
+            let lib = match &dir {
+                Some(dir) => otpdial::media::PromptLibrary::load_dir(dir)?,
+                None => otpdial::media::PromptLibrary::builtin_checked()?,
+            };
+            print!("{}", lib.report());
+            let origin = dir.map_or("built-in packs".to_owned(), |d| d.display().to_string());
+            println!("{origin}: {} pack(s) OK", lib.locales().len());
             Ok(ExitCode::SUCCESS)
         }
     }

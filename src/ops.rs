@@ -245,6 +245,7 @@ pub async fn call(settings: &Settings, req: CallRequest) -> anyhow::Result<CallR
                 digits,
                 locale: &locale,
                 repeat: settings.verification.repeat,
+                require_keypress: settings.verification.require_keypress,
                 cancel: CancellationToken::new(),
             },
             tx,

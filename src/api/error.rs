@@ -15,13 +15,15 @@ pub struct ApiError {
     retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// RFC 9457 problem details, as every error response carries them.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`: the status code and title say what happened.
     #[serde(rename = "type")]
-    kind: &'a str,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
 }
 
 impl ApiError {
@@ -86,6 +88,13 @@ impl ApiError {
         )
     }
 
+    pub fn too_many(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests", detail)
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status
     }
@@ -95,6 +104,21 @@ impl From<VerifyError> for ApiError {
     fn from(e: VerifyError) -> Self {
         match e {
             VerifyError::Invalid { .. } => ApiError::unprocessable(e.to_string()),
+            VerifyError::Refused(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Destination Not Allowed",
+                e.to_string(),
+            ),
+            VerifyError::RateLimited {
+                limit,
+                retry_after_secs,
+            } => ApiError::too_many(
+                format!("rate limit `limits.{limit}` reached; retry after {retry_after_secs} s"),
+                retry_after_secs,
+            ),
+            VerifyError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string())
+            }
             VerifyError::NotFound => ApiError::not_found("verification"),
             VerifyError::Store(inner) => {
                 tracing::error!(error = %inner, "store error while serving a request");
@@ -111,10 +135,10 @@ impl From<VerifyError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&Problem {
-            kind: "about:blank",
-            title: self.title,
+            kind: "about:blank".into(),
+            title: self.title.into(),
             status: self.status.as_u16(),
-            detail: &self.detail,
+            detail: self.detail,
         })
         .unwrap_or_default();
         let mut resp = (self.status, body).into_response();

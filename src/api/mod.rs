@@ -1,20 +1,31 @@
-//! HTTP API (axum): `router(state)` builds every route. Handlers only call
-//! the verification service and the store; they know nothing of SIP or RTP.
+//! HTTP API (axum): `router(state)` builds every route of SPEC §3. Handlers
+//! call the verification service and read the store; they know nothing of
+//! SIP or RTP. `/openapi.json` is generated from the same handlers.
 
 mod auth;
 mod error;
+mod ops;
+pub use ops::{CallList, CallRecordView, TrunkList, TrunkView};
+mod phones;
 mod verifications;
 
 pub use auth::{hash_token, new_token, ApiKey};
-pub use error::ApiError;
+pub use error::{ApiError, Problem};
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
 
+use crate::call::CallEngine;
+use crate::config::Settings;
+use crate::metrics::{Metrics, TrunkLabel};
 use crate::store::Store;
 use crate::verify::Verifier;
 
@@ -23,7 +34,47 @@ pub struct AppState {
     pub verifier: Verifier,
     pub store: Store,
     pub api_keys: Arc<Vec<ApiKey>>,
-    pub trunk_count: usize,
+    pub settings: Arc<Settings>,
+    pub engine: Arc<CallEngine>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "otpdial",
+        description = "Voice-call OTP gateway: start a verification, the gateway phones the number and reads the code; check the code the user typed."
+    ),
+    paths(
+        verifications::start,
+        verifications::get,
+        verifications::check,
+        verifications::cancel,
+        phones::put,
+        phones::get,
+        phones::delete,
+        ops::trunks,
+        ops::calls,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "verifications", description = "Scope `verify`"),
+        (name = "phones", description = "Registered numbers; scope `verify`"),
+        (name = "operations", description = "Scope `admin`"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -31,9 +82,29 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/verifications", post(verifications::start))
         .route("/v1/verifications/{id}", get(verifications::get))
         .route("/v1/verifications/{id}/check", post(verifications::check))
+        .route("/v1/verifications/{id}/cancel", post(verifications::cancel))
+        .route(
+            "/v1/users/{user_id}/phones",
+            get(phones::get).put(phones::put),
+        )
+        .route(
+            "/v1/users/{user_id}/phones/{number}",
+            delete(phones::delete),
+        )
+        .route("/v1/trunks", get(ops::trunks))
+        .route("/v1/calls", get(ops::calls))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method Not Allowed",
+                "this route does not accept that method",
+            )
+        })
         .with_state(state)
 }
 
@@ -46,8 +117,45 @@ async fn readyz(State(state): State<AppState>) -> Result<(StatusCode, &'static s
         tracing::warn!(error = %e, "readiness: database unreachable");
         return Err(ApiError::unavailable("database unreachable"));
     }
-    if state.trunk_count == 0 {
-        return Err(ApiError::unavailable("no SIP trunk configured"));
+    let usable = state.settings.trunks.iter().any(|t| {
+        state.engine.trunk_usable(t)
+            && state
+                .engine
+                .counters(&t.name)
+                .active
+                .load(Ordering::Relaxed)
+                < t.max_concurrent_calls
+    });
+    if !usable {
+        return Err(ApiError::unavailable("no SIP trunk can take a call"));
     }
     Ok((StatusCode::OK, "ready\n"))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    for t in &state.settings.trunks {
+        let active = state
+            .engine
+            .counters(&t.name)
+            .active
+            .load(Ordering::Relaxed);
+        state
+            .metrics
+            .active_calls
+            .get_or_create(&TrunkLabel {
+                trunk: t.name.clone(),
+            })
+            .set(i64::from(active));
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }

@@ -1,4 +1,4 @@
-//! `/v1/verifications`: start, read, check.
+//! `/v1/verifications`: start, read, check, cancel.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -8,10 +8,10 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use super::AppState;
 use crate::config::Scope;
-use crate::verify::{StartRequest, Started, VerificationView};
+use crate::verify::{CheckResult, StartRequest, VerificationView};
 
 pub(super) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(v)| v).map_err(|e| match e {
@@ -23,6 +23,7 @@ pub(super) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Ap
     })
 }
 
+/// Ids are `vf_` + a ULID; anything else cannot exist.
 fn valid_id(id: &str) -> Result<(), ApiError> {
     if id.len() <= 64
         && id.starts_with("vf_")
@@ -34,6 +35,24 @@ fn valid_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Start a verification: the gateway calls the number and reads the code.
+#[utoipa::path(
+    post,
+    path = "/v1/verifications",
+    tag = "verifications",
+    request_body = StartRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A repeat with the same key returns the first answer")),
+    responses(
+        (status = 201, description = "Created; the call is queued", body = VerificationView,
+         headers(("Location" = String, description = "/v1/verifications/{id}"))),
+        (status = 400, description = "Malformed request", body = Problem),
+        (status = 401, description = "Missing or wrong token", body = Problem),
+        (status = 403, description = "Token lacks the verify scope", body = Problem),
+        (status = 422, description = "Invalid or refused input", body = Problem),
+        (status = 429, description = "A rate limit is reached (see Retry-After)", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn start(
     State(state): State<AppState>,
     caller: Caller,
@@ -49,22 +68,29 @@ pub(super) async fn start(
         ),
         None => None,
     };
-    let started = state.verifier.start(req, &caller.name, idem).await?;
-    let view = match started {
-        Started::Created(v) | Started::Repeated(v) => v,
-    };
-    Ok(created(view))
-}
-
-fn created(view: VerificationView) -> Response {
+    let view = state.verifier.start(req, &caller.name, idem).await?;
     let location = format!("/v1/verifications/{}", view.id);
     let mut resp = (StatusCode::CREATED, Json(view)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    resp
+    Ok(resp)
 }
 
+/// Read a verification and its call's progress.
+#[utoipa::path(
+    get,
+    path = "/v1/verifications/{id}",
+    tag = "verifications",
+    params(("id" = String, Path, description = "Verification id (vf_...)")),
+    responses(
+        (status = 200, body = VerificationView),
+        (status = 401, body = Problem),
+        (status = 403, body = Problem),
+        (status = 404, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -75,24 +101,67 @@ pub(super) async fn get(
     Ok(Json(state.verifier.view(&id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CheckBody {
+    /// The digits the user typed.
     code: String,
 }
 
+/// Check the code the user typed. Each wrong code costs an attempt.
+#[utoipa::path(
+    post,
+    path = "/v1/verifications/{id}/check",
+    tag = "verifications",
+    params(("id" = String, Path, description = "Verification id (vf_...)")),
+    request_body = CheckBody,
+    responses(
+        (status = 200, description = "Checked; `valid` says whether it matched", body = CheckResult),
+        (status = 400, body = Problem),
+        (status = 401, body = Problem),
+        (status = 403, body = Problem),
+        (status = 422, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn check(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     body: Result<Json<CheckBody>, JsonRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<CheckResult>, ApiError> {
     caller.require(Scope::Verify)?;
     valid_id(&id)?;
     let body = json_body(body)?;
     if body.code.len() > 64 {
         return Err(ApiError::unprocessable("code: too long"));
     }
-    let result = state.verifier.check(&id, &body.code).await?;
-    Ok(Json(result).into_response())
+    Ok(Json(
+        state.verifier.check(&id, &body.code, &caller.name).await?,
+    ))
+}
+
+/// Cancel a pending verification; hangs up its call if it is still up.
+#[utoipa::path(
+    post,
+    path = "/v1/verifications/{id}/cancel",
+    tag = "verifications",
+    params(("id" = String, Path, description = "Verification id (vf_...)")),
+    responses(
+        (status = 200, body = VerificationView),
+        (status = 401, body = Problem),
+        (status = 403, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, description = "Already approved, failed or expired", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<VerificationView>, ApiError> {
+    caller.require(Scope::Verify)?;
+    valid_id(&id)?;
+    Ok(Json(state.verifier.cancel(&id, &caller.name).await?))
 }

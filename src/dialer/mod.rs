@@ -4,6 +4,7 @@
 //! transition and attempt. `claim_and_run_one` is the testable unit; `run`
 //! loops it with concurrency until shutdown.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::call::{AttemptOutcome, CallEngine, PlaceCall, Progress};
 use crate::config::{Settings, TrunkSettings};
 use crate::domain::{self, CallStatus, VerificationStatus};
+use crate::metrics::{Metrics, StatusLabel, TrunkStatusLabel};
 use crate::store::{CallUpdate, ClaimedCall, Store, StoreError};
 use crate::verify::CodeKeys;
 
@@ -29,6 +31,10 @@ pub enum Outcome {
     Finished { call_id: String, status: CallStatus },
 }
 
+/// How often a call in progress re-reads its verification, to hang up when
+/// another instance canceled or approved it.
+const CANCEL_POLL: Duration = Duration::from_secs(1);
+
 pub struct Dialer {
     store: Store,
     keys: CodeKeys,
@@ -36,6 +42,22 @@ pub struct Dialer {
     settings: Arc<Settings>,
     instance: String,
     wake: Arc<Notify>,
+    cancel_wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    /// Calls in progress here: verification id -> hang-up token.
+    inflight: std::sync::Mutex<HashMap<String, CancellationToken>>,
+}
+
+/// Removes a call from `Dialer::inflight` when its run ends, however it ends.
+struct Inflight<'a> {
+    dialer: &'a Dialer,
+    verification_id: &'a str,
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.dialer.inflight_lock().remove(self.verification_id);
+    }
 }
 
 impl Dialer {
@@ -45,6 +67,8 @@ impl Dialer {
         engine: Arc<CallEngine>,
         settings: Arc<Settings>,
         wake: Arc<Notify>,
+        cancel_wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             store,
@@ -53,6 +77,54 @@ impl Dialer {
             settings,
             instance: format!("otpdial-{}", ulid::Ulid::new()),
             wake,
+            cancel_wake,
+            metrics,
+            inflight: Default::default(),
+        }
+    }
+
+    /// Whether placing another call now would exceed
+    /// `limits.global_calls_per_second`, counted over all instances.
+    async fn over_global_rate(&self) -> Result<bool, StoreError> {
+        let cps = i64::from(self.settings.limits.global_calls_per_second);
+        if cps == 0 {
+            return Ok(false);
+        }
+        let placed = self.store.claims_since(domain::now_ms() - 1000).await?;
+        Ok(placed >= cps)
+    }
+
+    /// Hangs up the calls of this instance whose verification stopped
+    /// being pending (canceled through the API of any instance, approved,
+    /// expired). One query per second for all calls, not one per call.
+    pub async fn watch_cancellations(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.cancel_wake.notified() => {}
+                _ = tokio::time::sleep(CANCEL_POLL) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            if self.inflight_lock().is_empty() {
+                continue;
+            }
+            match self.store.finished_verifications_of(&self.instance).await {
+                Ok(ids) => {
+                    let inflight = self.inflight_lock();
+                    for id in ids {
+                        if let Some(token) = inflight.get(&id) {
+                            token.cancel();
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read verification statuses"),
+            }
+        }
+    }
+
+    fn inflight_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        match self.inflight.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 
@@ -83,6 +155,16 @@ impl Dialer {
         loop {
             if shutdown.is_cancelled() {
                 break;
+            }
+            match self.over_global_rate().await {
+                Ok(true) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "reading the global call rate failed"),
             }
             match self.claim().await {
                 Ok(Some(claimed)) => {
@@ -119,7 +201,11 @@ impl Dialer {
             .iter()
             .filter(|t| t.routes(number))
             .collect();
-        routes.sort_by_key(|t| t.priority);
+        // Healthy trunks first (registered when they must be, not known to
+        // be unreachable), each group by priority. An unhealthy trunk is
+        // still tried last: a carrier may take an authenticated INVITE
+        // without a registration, and a failed probe may be stale.
+        routes.sort_by_key(|t| (!self.engine.trunk_usable(t), t.priority));
         routes
     }
 
@@ -178,8 +264,18 @@ impl Dialer {
                 .await;
         }
 
+        let cancel = CancellationToken::new();
+        self.inflight_lock()
+            .insert(claimed.verification_id.clone(), cancel.clone());
+        let _inflight = Inflight {
+            dialer: self,
+            verification_id: &claimed.verification_id,
+        };
         let mut last = failed_outcome("no trunk could take the call".into());
         for trunk in routes {
+            if cancel.is_cancelled() {
+                break;
+            }
             let now = domain::now_ms();
             let seq = self
                 .store
@@ -205,7 +301,8 @@ impl Dialer {
                     digits: code.digit_values(),
                     locale: &claimed.locale,
                     repeat: self.settings.verification.repeat,
-                    cancel: CancellationToken::new(),
+                    require_keypress: self.settings.verification.require_keypress,
+                    cancel: cancel.clone(),
                 },
                 tx,
             );
@@ -238,6 +335,13 @@ impl Dialer {
                 reason = outcome.reason.as_deref().unwrap_or(""),
                 "attempt ended"
             );
+            self.metrics
+                .call_attempts
+                .get_or_create(&TrunkStatusLabel {
+                    trunk: trunk.name.clone(),
+                    status: outcome.status.as_str().to_string(),
+                })
+                .inc();
             let failover = outcome.failover;
             last = outcome;
             if !failover {
@@ -312,6 +416,12 @@ impl Dialer {
                 },
             )
             .await?;
+        self.metrics
+            .calls_finished
+            .get_or_create(&StatusLabel {
+                status: outcome.status.as_str().to_string(),
+            })
+            .inc();
         if !matches!(outcome.status, CallStatus::Completed | CallStatus::Canceled) {
             self.store
                 .finish_verification(&claimed.verification_id, VerificationStatus::Failed, now)

@@ -30,25 +30,28 @@ impl OtpCode {
         Ok(OtpCode(input.as_bytes().to_vec()))
     }
 
-    /// Draws `len` uniformly distributed digits from the OS CSPRNG.
+    /// A fresh code of `len` digits: HOTP (RFC 4226, through totp-rs) over a
+    /// per-verification 160-bit secret from the OS CSPRNG, which is then
+    /// wiped. Six-digit HOTP values for counters 0, 1, ... are concatenated,
+    /// so lengths above 6 keep the standard truncation's near-uniformity
+    /// (a 31-bit value mod 10^6) instead of stretching one value over 10
+    /// digits, where the leading digit could only be 0, 1 or 2.
     pub fn generate(len: usize) -> Result<Self, OtpCodeError> {
         if !(MIN_LEN..=MAX_LEN).contains(&len) {
             return Err(OtpCodeError::Length(len));
         }
-        let mut digits = Vec::with_capacity(len);
-        let mut buf = [0u8; 32];
+        let mut secret = [0u8; 20];
+        getrandom::fill(&mut secret).map_err(|e| OtpCodeError::Rng(e.to_string()))?;
+        // Step 1 s, so "time" t is simply the HOTP counter t.
+        let hotp = totp_rs::TOTP::new_unchecked(totp_rs::Algorithm::SHA1, 6, 0, 1, secret.to_vec());
+        secret.fill(0);
+        let mut digits = Vec::with_capacity(len + 6);
+        let mut counter = 0u64;
         while digits.len() < len {
-            getrandom::fill(&mut buf).map_err(|e| OtpCodeError::Rng(e.to_string()))?;
-            // Rejection sampling: 250 is the largest multiple of 10 below 256,
-            // so bytes >= 250 would bias the low digits.
-            for b in buf.iter().filter(|b| **b < 250) {
-                if digits.len() == len {
-                    break;
-                }
-                digits.push(b'0' + b % 10);
-            }
+            digits.extend(hotp.generate(counter).bytes());
+            counter += 1;
         }
-        buf.fill(0);
+        digits.truncate(len);
         Ok(OtpCode(digits))
     }
 
@@ -107,6 +110,30 @@ mod tests {
             assert!((900..1500).contains(n), "digit {d} seen {n} times");
         }
         assert!(OtpCode::generate(3).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_accepts_exactly_digit_strings_of_4_to_10(s in "\\PC{0,14}") {
+            let ok = (4..=10).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+            proptest::prop_assert_eq!(OtpCode::parse(&s).is_ok(), ok);
+        }
+
+        #[test]
+        fn parse_round_trips_digits(s in "[0-9]{4,10}") {
+            let c = OtpCode::parse(&s).unwrap();
+            proptest::prop_assert_eq!(c.expose(), s.as_bytes());
+            let values: Vec<u8> = s.bytes().map(|b| b - b'0').collect();
+            proptest::prop_assert_eq!(c.digit_values(), values);
+        }
+
+        #[test]
+        fn generated_codes_parse(len in 4usize..=10) {
+            let c = OtpCode::generate(len).unwrap();
+            proptest::prop_assert_eq!(c.len(), len);
+            let text = String::from_utf8(c.expose().to_vec()).unwrap();
+            proptest::prop_assert!(OtpCode::parse(&text).is_ok());
+        }
     }
 
     #[test]

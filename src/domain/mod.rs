@@ -6,7 +6,7 @@ mod code;
 mod phone;
 
 pub use code::{OtpCode, OtpCodeError};
-pub use phone::{PhoneNumber, PhoneNumberError, Region};
+pub use phone::{NumberKind, PhoneNumber, PhoneNumberError, Region};
 
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +21,7 @@ pub fn new_call_id() -> String {
 }
 
 /// Status of a verification as the auth service sees it (SPEC §3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VerificationStatus {
     Pending,
@@ -59,7 +59,7 @@ impl VerificationStatus {
 }
 
 /// Status of the phone call of a verification (SPEC §3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CallStatus {
     Queued,

@@ -6,6 +6,30 @@ use std::str::FromStr;
 
 use phonenumber::country;
 
+/// Line types of libphonenumber, as configured in `fraud.allowed_number_types`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NumberKind {
+    Mobile,
+    FixedLine,
+    FixedLineOrMobile,
+    TollFree,
+    PremiumRate,
+    SharedCost,
+    Voip,
+    PersonalNumber,
+    Pager,
+    Uan,
+    Voicemail,
+    Unknown,
+}
+
+impl NumberKind {
+    pub fn is_mobile(self) -> bool {
+        matches!(self, NumberKind::Mobile | NumberKind::FixedLineOrMobile)
+    }
+}
+
 /// A valid phone number in E.164 form (`+31612345678`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PhoneNumber(String);
@@ -97,6 +121,40 @@ impl PhoneNumber {
         out
     }
 
+    fn parsed(&self) -> Option<phonenumber::PhoneNumber> {
+        phonenumber::parse(None, &self.0).ok()
+    }
+
+    /// What kind of line this is, per the libphonenumber metadata.
+    pub fn kind(&self) -> NumberKind {
+        use phonenumber::Type;
+        let Some(n) = self.parsed() else {
+            return NumberKind::Unknown;
+        };
+        match n.number_type(&phonenumber::metadata::DATABASE) {
+            Type::Mobile => NumberKind::Mobile,
+            Type::FixedLine => NumberKind::FixedLine,
+            Type::FixedLineOrMobile => NumberKind::FixedLineOrMobile,
+            Type::TollFree => NumberKind::TollFree,
+            Type::PremiumRate => NumberKind::PremiumRate,
+            Type::SharedCost => NumberKind::SharedCost,
+            Type::Voip => NumberKind::Voip,
+            Type::PersonalNumber => NumberKind::PersonalNumber,
+            Type::Pager => NumberKind::Pager,
+            Type::Uan => NumberKind::Uan,
+            Type::Voicemail => NumberKind::Voicemail,
+            _ => NumberKind::Unknown,
+        }
+    }
+
+    /// The country calling code with its plus, e.g. `+31`.
+    pub fn country_code(&self) -> String {
+        match self.parsed() {
+            Some(n) => format!("+{}", n.code().value()),
+            None => String::from("+0"),
+        }
+    }
+
     /// Digits without the leading '+', for SIP Request-URI user parts.
     pub fn digits(&self) -> &str {
         self.0.trim_start_matches('+')
@@ -152,6 +210,44 @@ mod tests {
         );
         assert!(PhoneNumber::parse("+31123", nl()).is_err());
         assert!(PhoneNumber::parse("+999123456789", nl()).is_err());
+    }
+
+    #[test]
+    fn kinds_and_country_codes() {
+        let mobile = PhoneNumber::parse("+31612345678", None).unwrap();
+        assert_eq!(mobile.kind(), NumberKind::Mobile);
+        assert_eq!(mobile.country_code(), "+31");
+        let premium = PhoneNumber::parse("+319001234567", None).unwrap();
+        assert_eq!(premium.kind(), NumberKind::PremiumRate);
+        let fixed = PhoneNumber::parse("+31201234567", None).unwrap();
+        assert_eq!(fixed.kind(), NumberKind::FixedLine);
+        let us = PhoneNumber::parse("+12015550123", None).unwrap();
+        assert_eq!(us.country_code(), "+1");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_and_output_is_e164(s in "\\PC{0,40}") {
+            if let Ok(n) = PhoneNumber::parse(&s, nl()) {
+                let e = n.as_str();
+                proptest::prop_assert!(e.starts_with('+'));
+                proptest::prop_assert!(e[1..].bytes().all(|b| b.is_ascii_digit()));
+                proptest::prop_assert!((8..=16).contains(&e.len()));
+            }
+        }
+
+        #[test]
+        fn dutch_mobiles_normalise_and_reparse(rest in "[1-5][0-9]{7}") {
+            let national = format!("06{rest}");
+            let n = PhoneNumber::parse(&national, nl()).unwrap();
+            proptest::prop_assert_eq!(n.as_str(), format!("+316{rest}"));
+            // Parsing is idempotent on its own output.
+            let again = PhoneNumber::parse(n.as_str(), None).unwrap();
+            proptest::prop_assert_eq!(&again, &n);
+            let masked = n.masked();
+            proptest::prop_assert_eq!(masked.len(), n.as_str().len());
+            proptest::prop_assert!(!masked.contains(&rest[..6]));
+        }
     }
 
     #[test]

@@ -4,18 +4,22 @@
 //! - [`pack`]: prompt packs loaded once (hound WAV) and pre-encoded into 160-byte frames.
 //! - [`script`]: what to say when in a call; pure code, no I/O, no clock.
 //! - [`rtp`]: RTP packetisation of one stream (rtp-rs).
+//! - [`rtcp`]: RTCP sender reports and BYE (RFC 3550).
+//! - [`dtmf`]: key presses from RFC 4733 telephone-events and in-band tones (Goertzel).
 //! - [`pacer`]: the one thread that sends every call's packets on absolute deadlines.
 //!
 //! Depends on std, tokio (only for the event channel to the async side) and the codec
 //! crates; knows nothing of SIP, HTTP or the store.
 
+pub mod dtmf;
 pub mod g711;
 pub mod pacer;
 pub mod pack;
+pub mod rtcp;
 pub mod rtp;
 pub mod script;
 
-pub use pacer::{Pacer, Playout, PlayoutEvent, PlayoutSpec};
+pub use pacer::{rtcp_socket_beside, Pacer, PacerOptions, Playout, PlayoutEvent, PlayoutSpec};
 pub use pack::{PromptError, PromptLibrary, PromptPack};
 pub use script::{CallScript, ScriptItem};
 

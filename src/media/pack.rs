@@ -2,7 +2,9 @@
 //!
 //! A pack is a directory `prompts/<locale>/` with `pack.toml` and one WAV per phrase
 //! (SPEC §5). Everything a call needs later is precomputed here, so the pacer only
-//! copies 160-byte frames that already exist (DESIGN principle 7).
+//! copies 160-byte frames that already exist (DESIGN principle 7). Each phrase is
+//! resampled to 8 kHz, trimmed of leading and trailing silence and brought to a -3 dBFS
+//! peak at load, so an operator can drop in studio recordings as they come.
 //!
 //! Depends on hound (PCM WAV; G.711 WAV is read here), rubato (resampling to 8 kHz),
 //! toml/serde (pack.toml), humantime (durations).
@@ -20,6 +22,18 @@ use super::{g711, Phrase, FRAME_SAMPLES, G711, SAMPLE_RATE};
 const MAX_PHRASE_SECONDS: u32 = 60;
 /// Longest pause accepted in pack.toml.
 const MAX_PAUSE: Duration = Duration::from_secs(10);
+/// Peak level every phrase is brought to: -3 dBFS, as `prompts/build.sh` makes them,
+/// so that digits recorded on different days sound equally loud.
+const TARGET_PEAK: f32 = 23_197.0;
+/// Phrases whose peak is already within ±1 dB of the target are left untouched, so a
+/// pack that is already normalised (and a G.711 file) plays back bit-exact.
+const PEAK_TOLERANCE_DB: f32 = 1.0;
+/// A phrase whose peak is below this (-60 dBFS) is silence: a broken recording.
+const MIN_PEAK: i32 = 33;
+/// For trimming, samples below the peak by more than 40 dB count as silence.
+const SILENCE_BELOW_PEAK: i32 = 100;
+/// Kept before the first and after the last sound: 10 ms, so soft onsets survive.
+const TRIM_MARGIN: usize = 80;
 
 /// Why a prompt pack could not be loaded. Every message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -298,11 +312,37 @@ fn decode_wav(path: &Path, bytes: &[u8]) -> Result<Vec<i16>, PromptError> {
             "is longer than {MAX_PHRASE_SECONDS} s; a prompt is one short phrase"
         )));
     }
-    if rate == SAMPLE_RATE {
-        Ok(pcm)
+    let pcm = if rate == SAMPLE_RATE {
+        pcm
     } else {
-        resample(&pcm, rate).map_err(|e| wav_err(format!("cannot resample from {rate} Hz: {e}")))
+        resample(&pcm, rate).map_err(|e| wav_err(format!("cannot resample from {rate} Hz: {e}")))?
+    };
+    condition(&pcm).map_err(wav_err)
+}
+
+/// Trims leading and trailing silence (the script inserts its own pauses, so silence
+/// in a file would make those uneven) and brings the peak to -3 dBFS.
+fn condition(pcm: &[i16]) -> Result<Vec<i16>, String> {
+    let peak = pcm.iter().map(|&s| i32::from(s).abs()).max().unwrap_or(0);
+    if peak < MIN_PEAK {
+        return Err("is silent (peak below -60 dBFS)".to_owned());
     }
+    let threshold = (peak / SILENCE_BELOW_PEAK).max(1);
+    let loud = |s: &i16| i32::from(*s).abs() > threshold;
+    let first = pcm.iter().position(loud).unwrap_or(0);
+    let last = pcm.iter().rposition(loud).unwrap_or(pcm.len() - 1);
+    let kept = &pcm[first.saturating_sub(TRIM_MARGIN)..(last + 1 + TRIM_MARGIN).min(pcm.len())];
+
+    let peak_db = 20.0 * (peak as f32 / TARGET_PEAK).log10();
+    if peak_db.abs() <= PEAK_TOLERANCE_DB {
+        return Ok(kept.to_vec());
+    }
+    let gain = TARGET_PEAK / peak as f32;
+    Ok(kept
+        .iter()
+        // The cast saturates; the clamp only states the intent.
+        .map(|&s| (f32::from(s) * gain).round().clamp(-32768.0, 32767.0) as i16)
+        .collect())
 }
 
 /// Mono 16-bit integer PCM through hound: the samples and their rate.
@@ -503,6 +543,28 @@ impl PromptLibrary {
     /// left out rather than taking the process down.
     pub fn builtin() -> PromptLibrary {
         let mut packs = BTreeMap::new();
+        for (locale, result) in Self::parse_embedded() {
+            match result {
+                Ok(pack) => {
+                    packs.insert(locale.to_owned(), Arc::new(pack));
+                }
+                Err(e) => tracing::error!(error = %e, "built-in prompt pack is broken"),
+            }
+        }
+        PromptLibrary { packs }
+    }
+
+    /// The built-in packs, failing on the first broken one (for `prompts check`).
+    pub fn builtin_checked() -> Result<PromptLibrary, PromptError> {
+        let mut packs = BTreeMap::new();
+        for (locale, result) in Self::parse_embedded() {
+            packs.insert(locale.to_owned(), Arc::new(result?));
+        }
+        Ok(PromptLibrary { packs })
+    }
+
+    fn parse_embedded() -> Vec<(&'static str, Result<PromptPack, PromptError>)> {
+        let mut out = Vec::new();
         for (locale, toml_text, files) in EMBEDDED {
             let origin = PathBuf::from(format!("<builtin>/prompts/{locale}"));
             let read = |name: &str| {
@@ -518,14 +580,45 @@ impl PromptLibrary {
                         ),
                     })
             };
-            match PromptPack::parse(locale, &origin, toml_text, &read) {
-                Ok(pack) => {
-                    packs.insert(locale.to_owned(), Arc::new(pack));
-                }
-                Err(e) => tracing::error!(error = %e, "built-in prompt pack is broken"),
-            }
+            out.push((locale, PromptPack::parse(locale, &origin, toml_text, &read)));
         }
-        PromptLibrary { packs }
+        out
+    }
+
+    /// What `otpdial prompts check` prints: per pack its pauses, each phrase with its
+    /// duration after loading (resampled, trimmed), and the length of a typical call.
+    pub fn report(&self) -> String {
+        use std::fmt::Write as _;
+        let ms = |d: Duration| d.as_millis();
+        let mut out = String::new();
+        for pack in self.packs() {
+            // Writing to a String cannot fail.
+            let _ = writeln!(
+                out,
+                "{} ({}): digit pause {} ms, group pause {} ms",
+                pack.locale(),
+                pack.language(),
+                ms(pack.digit_pause()),
+                ms(pack.group_pause()),
+            );
+            for p in Phrase::ALL {
+                let name = match p {
+                    Phrase::Digit(d) => format!("digit {d}"),
+                    Phrase::Intro => "intro".to_owned(),
+                    Phrase::Repeat => "repeat".to_owned(),
+                    Phrase::Outro => "outro".to_owned(),
+                    Phrase::PressKey => "press-key".to_owned(),
+                };
+                let _ = writeln!(out, "  {name:<10} {:>5} ms", ms(pack.duration(p)));
+            }
+            let call = super::CallScript::build(pack, &[1, 2, 3, 4, 5, 6], 2);
+            let _ = writeln!(
+                out,
+                "  a 6-digit code read twice: {:.1} s of audio",
+                call.duration(pack).as_secs_f32()
+            );
+        }
+        out
     }
 
     /// The pack of a locale.
@@ -697,13 +790,18 @@ mod tests {
         let lib = PromptLibrary::load_dir(tmp.path()).unwrap();
         let pcm = lib.get("xx").unwrap().pcm(Phrase::Outro).to_vec();
         assert!((3990..=4010).contains(&pcm.len()), "{}", pcm.len());
-        // Same tone at 8 kHz: compare the middle against the ideal signal.
-        let mut err = 0.0;
-        for (i, &s) in pcm.iter().enumerate().take(3000).skip(1000) {
-            let v = (2.0 * std::f64::consts::PI * 440.0 * i as f64 / 8000.0).sin() * 10_000.0;
-            err += (f64::from(s) - v).abs();
-        }
-        assert!(err / 2000.0 < 200.0, "mean error {}", err / 2000.0);
+        // Same tone at 8 kHz, normalised from 10000 to the -3 dBFS peak. (Trimming may
+        // shift the start by the resampler's ramp-in, so compare level and frequency,
+        // not samples.)
+        let mid = &pcm[1000..3000];
+        let peak = mid.iter().map(|s| i32::from(*s).abs()).max().unwrap();
+        assert!((22_500..=23_300).contains(&peak), "peak {peak}");
+        let crossings = mid.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+        // 440 Hz over 0.25 s: 220 zero crossings.
+        assert!(
+            (218..=222).contains(&crossings),
+            "{crossings} zero crossings"
+        );
     }
 
     /// Writes a G.711 WAV by hand (format tag 6 = A-law, 7 = µ-law).
@@ -729,7 +827,8 @@ mod tests {
     #[test]
     fn g711_wavs_are_read() {
         let (tmp, dir) = make_pack();
-        let pcm: Vec<i16> = (0..800).map(|i| ((i % 50) * 400 - 10_000) as i16).collect();
+        // Peak at -3 dBFS already: loaded without a gain, so bit-exact.
+        let pcm: Vec<i16> = (0..800).map(|i| ((i % 50) * 900 - 22_500) as i16).collect();
         write_g711_wav(&dir.join("1.wav"), 7, 1, &g711::encode(G711::Ulaw, &pcm));
         write_g711_wav(&dir.join("2.wav"), 6, 1, &g711::encode(G711::Alaw, &pcm));
         let lib = PromptLibrary::load_dir(tmp.path()).unwrap();
@@ -782,6 +881,58 @@ mod tests {
                 "{text}: {msg}"
             );
         }
+    }
+
+    fn write_pcm(path: &Path, pcm: &[i16]) {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(path, spec).unwrap();
+        for &s in pcm {
+            w.write_sample(s).unwrap();
+        }
+        w.finalize().unwrap();
+    }
+
+    #[test]
+    fn silence_is_trimmed_and_level_normalised() {
+        let (tmp, dir) = make_pack();
+        // 0.5 s of hiss, 0.2 s of a quiet tone (-24 dBFS), 0.3 s of hiss.
+        let hiss = |i: usize| ((i * 7919) % 41) as i16 - 20;
+        let mut pcm: Vec<i16> = (0..4000).map(hiss).collect();
+        pcm.extend((0..1600).map(|i| ((i as f32 * 0.5).sin() * 2000.0) as i16));
+        pcm.extend((0..2400).map(hiss));
+        write_pcm(&dir.join("5.wav"), &pcm);
+        let lib = PromptLibrary::load_dir(tmp.path()).unwrap();
+        let got = lib.get("xx").unwrap().pcm(Phrase::Digit(5)).to_vec();
+        // The tone and 10 ms either side.
+        assert!((1600..=1600 + 2 * 80).contains(&got.len()), "{}", got.len());
+        let peak = got.iter().map(|s| i32::from(*s).abs()).max().unwrap();
+        assert!((23_000..=23_400).contains(&peak), "peak {peak}");
+    }
+
+    #[test]
+    fn a_silent_file_is_rejected_by_name() {
+        let (tmp, dir) = make_pack();
+        write_pcm(&dir.join("intro.wav"), &[3; 4000]);
+        let msg = load_err(&tmp);
+        assert!(
+            msg.contains("xx/intro.wav") && msg.contains("silent"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn builtin_packs_pass_the_check_and_report_every_phrase() {
+        let lib = PromptLibrary::builtin_checked().unwrap();
+        let report = lib.report();
+        assert!(report.contains("en (English)"), "{report}");
+        assert!(report.contains("nl (Nederlands)"), "{report}");
+        assert_eq!(report.matches("press-key").count(), 2, "{report}");
+        assert_eq!(report.matches("digit 9").count(), 2, "{report}");
     }
 
     #[test]

@@ -12,6 +12,9 @@ use super::{Phrase, PromptPack, FRAME_DURATION};
 pub const LEAD_IN_FRAMES: u32 = 10;
 /// Silence after "Goodbye" before the BYE, so jitter buffers play it out in full.
 pub const TAIL_FRAMES: u32 = 10;
+/// How long a `require_keypress` call waits for a key after asking for one (SPEC §4:
+/// 15 s), in frames.
+pub const KEYPRESS_TIMEOUT_FRAMES: u32 = 15 * 50;
 
 /// One step of a call script.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +30,12 @@ pub enum ScriptItem {
     CodeStart,
     /// A reading of the code is complete (no audio; reported as `CodePlayed`).
     CodeEnd,
+    /// Silence while waiting for a key: a key moves on past this item; if the frames
+    /// run out first, the playout ends without reading the code.
+    AwaitKey {
+        /// Number of 20 ms frames to wait.
+        frames: u32,
+    },
 }
 
 /// The ordered items of one call.
@@ -113,13 +122,68 @@ impl CallScript {
         CallScript { items }
     }
 
+    /// The `require_keypress` script (SPEC §4): lead-in, "press any key", then up to
+    /// [`KEYPRESS_TIMEOUT_FRAMES`] of silence waiting for a key, then the standard
+    /// script (intro, readings, outro) once a key came.
+    pub fn with_keypress(pack: &PromptPack, digits: &[u8], repeat: u32) -> CallScript {
+        let mut items = vec![
+            ScriptItem::Silence {
+                frames: LEAD_IN_FRAMES,
+            },
+            ScriptItem::Say(Phrase::PressKey),
+            ScriptItem::AwaitKey {
+                frames: KEYPRESS_TIMEOUT_FRAMES,
+            },
+        ];
+        // The standard script's lead-in becomes the gap after the key, so the key's
+        // tone has ended before "Your verification code is" starts.
+        items.extend(CallScript::build(pack, digits, repeat).items);
+        CallScript { items }
+    }
+
+    /// Where playing continues when a key is pressed while item `at` plays.
+    ///
+    /// - Before or during an [`ScriptItem::AwaitKey`]: just past it (a key pressed while
+    ///   "press any key" still plays counts too).
+    /// - Otherwise the reading of the code starts over: back to the first reading (and
+    ///   the pause before it), so the remaining readings follow again (SPEC §4).
+    ///
+    /// `None` when the script holds no code to restart.
+    pub fn after_key(&self, at: usize) -> Option<usize> {
+        let items = &self.items;
+        let at = at.min(items.len());
+        if let Some(w) = items[at..]
+            .iter()
+            .position(|i| matches!(i, ScriptItem::AwaitKey { .. }))
+        {
+            return Some(at + w + 1);
+        }
+        let gate = items[..at]
+            .iter()
+            .rposition(|i| matches!(i, ScriptItem::AwaitKey { .. }))
+            .map_or(0, |i| i + 1);
+        let start = gate
+            + items[gate..]
+                .iter()
+                .position(|i| *i == ScriptItem::CodeStart)?;
+        // Begin with the pause before the reading, so the digits do not follow the cut
+        // phrase (or the key's tone) without a gap.
+        if start > gate && matches!(items[start - 1], ScriptItem::Silence { .. }) {
+            Some(start - 1)
+        } else {
+            Some(start)
+        }
+    }
+
     /// Length of the script in 20 ms frames (= RTP packets) when played with `pack`.
     pub fn frame_count(&self, pack: &PromptPack) -> u64 {
         self.items
             .iter()
             .map(|item| match *item {
                 ScriptItem::Say(p) => pack.pcm(p).len().div_ceil(super::FRAME_SAMPLES) as u64,
-                ScriptItem::Silence { frames } => u64::from(frames),
+                ScriptItem::Silence { frames } | ScriptItem::AwaitKey { frames } => {
+                    u64::from(frames)
+                }
                 ScriptItem::CodeStart | ScriptItem::CodeEnd => 0,
             })
             .sum()
@@ -222,6 +286,68 @@ mod tests {
             .len() as u64;
         assert_eq!(s.frame_count(&pack), 3 + one);
         assert_eq!(s.duration(&pack), FRAME_DURATION * (3 + one as u32));
+    }
+
+    #[test]
+    fn keypress_script_asks_first_then_waits_fifteen_seconds() {
+        let pack = PromptLibrary::builtin().get("en").unwrap();
+        let s = CallScript::with_keypress(&pack, &[1, 2, 3, 4], 1);
+        assert_eq!(
+            s.items[..4],
+            [
+                Silence { frames: 10 },
+                Say(Phrase::PressKey),
+                AwaitKey { frames: 750 },
+                Silence { frames: 10 },
+            ]
+        );
+        assert_eq!(
+            s.items[4..],
+            CallScript::build(&pack, &[1, 2, 3, 4], 1).items[1..]
+        );
+        assert_eq!(s.readings(), 1);
+    }
+
+    #[test]
+    fn a_key_passes_the_gate_or_restarts_the_first_reading() {
+        let pack = PromptLibrary::builtin().get("en").unwrap();
+        let s = CallScript::with_keypress(&pack, &[1, 2, 3], 2);
+        let pos = |item: ScriptItem, nth: usize| {
+            s.items
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| **i == item)
+                .nth(nth)
+                .map(|(n, _)| n)
+                .unwrap()
+        };
+        let gate = pos(AwaitKey { frames: 750 }, 0);
+        let first_reading = pos(CodeStart, 0);
+        // During "press any key" and during the wait: straight past the wait.
+        assert_eq!(s.after_key(1), Some(gate + 1));
+        assert_eq!(s.after_key(gate), Some(gate + 1));
+        // During the intro, inside a reading, during "I repeat", the second reading
+        // and the outro: back to the pause before the first reading.
+        assert!(matches!(s.items[first_reading - 1], Silence { .. }));
+        for at in [
+            gate + 2,
+            first_reading + 2,
+            pos(Say(Phrase::Repeat), 0),
+            pos(CodeStart, 1) + 1,
+            pos(Say(Phrase::Outro), 0),
+            s.items.len() - 1,
+        ] {
+            assert_eq!(s.after_key(at), Some(first_reading - 1), "key at item {at}");
+        }
+        // Without a gate the same holds from the start.
+        let plain = CallScript::build(&pack, &[1, 2, 3], 1);
+        let cs = plain.items.iter().position(|i| *i == CodeStart).unwrap();
+        assert_eq!(plain.after_key(0), Some(cs - 1));
+        // Nothing to restart in a script without a code.
+        let none = CallScript {
+            items: vec![Silence { frames: 3 }],
+        };
+        assert_eq!(none.after_key(0), None);
     }
 
     #[test]

@@ -23,6 +23,15 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+mod admin;
+mod outbox;
+mod phones;
+
+use admin::audit_in_tx;
+pub use admin::{AuditEntry, CallRecord};
+pub use outbox::WebhookJob;
+pub use phones::PhoneRow;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -156,6 +165,18 @@ impl Store {
         Ok(Store { pool, backend })
     }
 
+    /// A transaction that will write. On SQLite it takes the write lock up
+    /// front (`BEGIN IMMEDIATE`): a deferred transaction that reads and then
+    /// writes fails with SQLITE_BUSY_SNAPSHOT when another connection wrote
+    /// in between, and the busy timeout cannot retry that. It also makes the
+    /// limit counts inside `start_verification` exact.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
@@ -194,16 +215,135 @@ impl Store {
         Ok(row.try_get::<String, _>(0)?)
     }
 
-    /// Inserts a verification with its queued call. With an idempotency key
-    /// that was used before by the same API key, inserts nothing and returns
-    /// the id of the first verification instead.
-    pub async fn insert_verification(&self, v: &NewVerification<'_>) -> Result<Inserted> {
-        if let Some(key) = v.idempotency_key {
-            if let Some(id) = self.find_idempotent(v.api_key, key).await? {
-                return Ok(Inserted::Existing(id));
+    /// Starts a verification in one transaction: idempotency, the rate
+    /// limits, the daily country budget, superseding the pending
+    /// verifications of the same number or user, then the verification row
+    /// and its queued call. Limits are counted under a lock per limited key
+    /// (PostgreSQL advisory locks; SQLite's write lock, taken at BEGIN), so several
+    /// instances cannot overshoot them together.
+    pub async fn start_verification(
+        &self,
+        v: &NewVerification<'_>,
+        guards: &StartGuards<'_>,
+    ) -> Result<StartOutcome> {
+        let mut tx = self.write_tx().await?;
+        if self.backend == Backend::Postgres {
+            let mut keys: Vec<i64> = guards
+                .limits
+                .iter()
+                .map(|l| lock_key(l.column.name(), l.value))
+                .collect();
+            if let Some(b) = &guards.budget {
+                keys.push(lock_key("budget", &b.country));
+            }
+            keys.sort_unstable();
+            keys.dedup();
+            if !keys.is_empty() {
+                // One round trip; the select list is evaluated left to
+                // right, so the locks are taken in key order (no deadlock).
+                let sql = format!(
+                    "SELECT {}",
+                    (1..=keys.len())
+                        .map(|i| format!("pg_advisory_xact_lock(${i})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let mut q = sqlx::query(&sql);
+                for k in keys {
+                    q = q.bind(k);
+                }
+                q.execute(&mut *tx).await?;
             }
         }
-        let mut tx = self.pool.begin().await?;
+        if let Some(key) = v.idempotency_key {
+            let row = sqlx::query(
+                "SELECT id FROM verifications WHERE api_key = $1 AND idempotency_key = $2",
+            )
+            .bind(v.api_key)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                tx.rollback().await?;
+                return Ok(StartOutcome::Existing(row.try_get(0)?));
+            }
+        }
+        if !guards.limits.is_empty() {
+            // All windows counted in one round trip: per limit, the count
+            // and the oldest start inside its window.
+            let parts: Vec<String> = guards
+                .limits
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let (a, b) = (2 * i + 1, 2 * i + 2);
+                    let col = l.column.name();
+                    format!(
+                        "(SELECT COUNT(*) FROM verifications WHERE {col} = ${a} AND created_at > ${b}), \
+                         (SELECT MIN(created_at) FROM verifications WHERE {col} = ${a} AND created_at > ${b})"
+                    )
+                })
+                .collect();
+            let sql = format!("SELECT {}", parts.join(", "));
+            let mut q = sqlx::query(&sql);
+            for l in &guards.limits {
+                q = q.bind(l.value).bind(v.now - l.window_ms);
+            }
+            let row = q.fetch_one(&mut *tx).await?;
+            for (i, limit) in guards.limits.iter().enumerate() {
+                let count: i64 = row.try_get(2 * i)?;
+                if count >= limit.max {
+                    let oldest: Option<i64> = row.try_get(2 * i + 1)?;
+                    tx.rollback().await?;
+                    let retry_after_ms =
+                        oldest.map_or(limit.window_ms, |o| o + limit.window_ms - v.now);
+                    return Ok(StartOutcome::Limited {
+                        limit: limit.name,
+                        retry_after_ms: retry_after_ms.max(1000),
+                    });
+                }
+            }
+        }
+        if let Some(b) = &guards.budget {
+            let row = sqlx::query(
+                "INSERT INTO daily_budget (day, country, count) VALUES ($1, $2, 1) \
+                 ON CONFLICT (day, country) DO UPDATE SET count = daily_budget.count + 1 \
+                 RETURNING count",
+            )
+            .bind(&b.day)
+            .bind(&b.country)
+            .fetch_one(&mut *tx)
+            .await?;
+            let count: i64 = row.try_get(0)?;
+            if count > b.max {
+                tx.rollback().await?;
+                return Ok(StartOutcome::BudgetExhausted);
+            }
+        }
+        let mut superseded = Vec::new();
+        let pending = match v.user_id {
+            Some(user) => {
+                sqlx::query(
+                    "SELECT id FROM verifications WHERE status = 'pending' AND phone = $1 \
+                     UNION SELECT id FROM verifications WHERE status = 'pending' AND user_id = $2",
+                )
+                .bind(v.phone)
+                .bind(user)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            None => {
+                sqlx::query("SELECT id FROM verifications WHERE status = 'pending' AND phone = $1")
+                    .bind(v.phone)
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
+        };
+        for row in pending {
+            let id: String = row.try_get(0)?;
+            cancel_in_tx(&mut tx, &id, v.now).await?;
+            superseded.push(id);
+        }
         let inserted = sqlx::query(
             "INSERT INTO verifications (id, user_id, phone, locale, code_hash, status, attempts_left, \
              expires_at, created_at, updated_at, callback_url, api_key, idempotency_key) \
@@ -225,14 +365,9 @@ impl Store {
         .await?;
         if inserted.rows_affected() == 0 {
             tx.rollback().await?;
-            // Lost a race with the same idempotency key.
-            let key = v.idempotency_key.unwrap_or_default();
-            return match self.find_idempotent(v.api_key, key).await? {
-                Some(id) => Ok(Inserted::Existing(id)),
-                None => Err(StoreError::Corrupt(
-                    "verification insert conflicted but no row holds the key".into(),
-                )),
-            };
+            return Err(StoreError::Corrupt(
+                "verification insert conflicted with an existing row".into(),
+            ));
         }
         sqlx::query(
             "INSERT INTO calls (id, verification_id, status, code_sealed, next_attempt_at, created_at, updated_at) \
@@ -245,18 +380,47 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         insert_event(&mut tx, v.call_id, CallStatus::Queued, v.now).await?;
+        // The audit record commits with the verification: one write, and
+        // never a verification without its record.
+        audit_in_tx(
+            &mut tx,
+            AuditEntry {
+                actor: v.api_key,
+                action: "verification.start",
+                target: Some(v.id),
+                outcome: "created",
+                detail: None,
+            },
+            v.now,
+        )
+        .await?;
         tx.commit().await?;
-        Ok(Inserted::New)
+        Ok(StartOutcome::New { superseded })
     }
 
-    async fn find_idempotent(&self, api_key: &str, key: &str) -> Result<Option<String>> {
-        let row =
-            sqlx::query("SELECT id FROM verifications WHERE api_key = $1 AND idempotency_key = $2")
-                .bind(api_key)
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(|r| r.try_get::<String, _>(0)).transpose()?)
+    /// Cancels a pending verification and its call if it was not placed
+    /// yet. A call in progress is hung up by the dialer, which watches the
+    /// verification's status. False if it was not pending.
+    pub async fn cancel_verification(&self, id: &str, now: i64) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let done = cancel_in_tx(&mut tx, id, now).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// The verification's current status (cheap; the dialer polls it while
+    /// a call is up).
+    pub async fn verification_status(&self, id: &str) -> Result<Option<VerificationStatus>> {
+        let row = sqlx::query("SELECT status FROM verifications WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let s: String = r.try_get(0)?;
+            VerificationStatus::parse(&s)
+                .ok_or_else(|| StoreError::Corrupt(format!("verification status {s:?}")))
+        })
+        .transpose()
     }
 
     pub async fn get_verification(&self, id: &str) -> Result<Option<VerificationRow>> {
@@ -360,27 +524,42 @@ impl Store {
         to: VerificationStatus,
         now: i64,
     ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             "UPDATE verifications SET status = $2, updated_at = $3 WHERE id = $1 AND status = 'pending'",
         )
         .bind(id)
         .bind(to.as_str())
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let changed = done.rows_affected() == 1;
+        if changed {
+            enqueue_webhook(&mut tx, id, &format!("verification.{}", to.as_str()), now).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
-    /// Marks pending verifications past their expiry as expired.
-    pub async fn expire_due(&self, now: i64) -> Result<u64> {
-        let done = sqlx::query(
+    /// Marks pending verifications past their expiry as expired; returns
+    /// their ids.
+    pub async fn expire_due(&self, now: i64) -> Result<Vec<String>> {
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query(
             "UPDATE verifications SET status = 'expired', updated_at = $1 \
-             WHERE status = 'pending' AND expires_at <= $1",
+             WHERE status = 'pending' AND expires_at <= $1 RETURNING id",
         )
         .bind(now)
-        .execute(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(done.rows_affected())
+        let mut ids = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: String = r.try_get(0)?;
+            enqueue_webhook(&mut tx, &id, "verification.expired", now).await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        Ok(ids)
     }
 
     /// Claims the oldest queued call for `instance` until `lease_until`.
@@ -395,13 +574,13 @@ impl Store {
             Backend::Sqlite => "",
         };
         let sql = format!(
-            "UPDATE calls SET status = 'dialing', claimed_by = $1, lease_until = $3, updated_at = $2 \
+            "UPDATE calls SET status = 'dialing', claimed_by = $1, lease_until = $3, updated_at = $2, claimed_at = $2 \
              WHERE id = (SELECT id FROM calls WHERE status = 'queued' AND next_attempt_at <= $2 \
                          ORDER BY next_attempt_at, created_at LIMIT 1{lock}) \
                AND status = 'queued' \
              RETURNING id, verification_id, code_sealed"
         );
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let Some(row) = sqlx::query(&sql)
             .bind(instance)
             .bind(now)
@@ -448,8 +627,8 @@ impl Store {
         now: i64,
         update: CallUpdate<'_>,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("SELECT status FROM calls WHERE id = $1")
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query("SELECT status, verification_id FROM calls WHERE id = $1")
             .bind(call_id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -458,6 +637,7 @@ impl Store {
             return Ok(false);
         };
         let current: String = row.try_get(0)?;
+        let verification_id: String = row.try_get(1)?;
         let current = CallStatus::parse(&current)
             .ok_or_else(|| StoreError::Corrupt(format!("call status {current:?}")))?;
         let status_changes = current != to;
@@ -488,6 +668,13 @@ impl Store {
         .await?;
         if status_changes {
             insert_event(&mut tx, call_id, to, now).await?;
+            enqueue_webhook(
+                &mut tx,
+                &verification_id,
+                &format!("call.{}", to.as_str()),
+                now,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -549,10 +736,130 @@ pub struct CallUpdate<'a> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inserted {
-    New,
+pub enum StartOutcome {
+    /// Created; these pending verifications of the same number or user
+    /// were canceled by it.
+    New { superseded: Vec<String> },
     /// The idempotency key was used before: the id of that verification.
     Existing(String),
+    /// A rate limit is reached; retry after this many milliseconds.
+    Limited {
+        limit: &'static str,
+        retry_after_ms: i64,
+    },
+    /// Today's call budget for the destination's country is spent.
+    BudgetExhausted,
+}
+
+/// What a start must respect.
+#[derive(Debug, Default)]
+pub struct StartGuards<'a> {
+    pub limits: Vec<LimitCheck<'a>>,
+    pub budget: Option<BudgetCheck>,
+}
+
+#[derive(Debug)]
+pub struct LimitCheck<'a> {
+    pub name: &'static str,
+    pub column: LimitColumn,
+    pub value: &'a str,
+    pub max: i64,
+    pub window_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum LimitColumn {
+    Phone,
+    User,
+    ApiKey,
+}
+
+impl LimitColumn {
+    fn name(self) -> &'static str {
+        match self {
+            LimitColumn::Phone => "phone",
+            LimitColumn::User => "user_id",
+            LimitColumn::ApiKey => "api_key",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct BudgetCheck {
+    /// UTC day, `2026-11-27`.
+    pub day: String,
+    /// Country calling code, `+31`.
+    pub country: String,
+    pub max: i64,
+}
+
+/// A stable 64-bit key for a PostgreSQL advisory lock.
+fn lock_key(kind: &str, value: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(kind.as_bytes())
+        .chain_update([0u8])
+        .chain_update(value.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+/// Cancels a pending verification and, if still queued, its call.
+async fn cancel_in_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE verifications SET status = 'canceled', updated_at = $2 WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    enqueue_webhook(tx, id, "verification.canceled", now).await?;
+    let queued = sqlx::query(
+        "UPDATE calls SET status = 'canceled', ended_at = $2, updated_at = $2, code_sealed = NULL \
+         WHERE verification_id = $1 AND status = 'queued' RETURNING id",
+    )
+    .bind(id)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in queued {
+        let call_id: String = row.try_get(0)?;
+        insert_event(tx, &call_id, CallStatus::Canceled, now).await?;
+        enqueue_webhook(tx, id, "call.canceled", now).await?;
+    }
+    Ok(true)
+}
+
+/// Queues a webhook for `event` if the verification has a callback URL.
+/// The body is rendered at the first delivery attempt and then kept, so
+/// every retry sends the same bytes.
+pub(crate) async fn enqueue_webhook(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    verification_id: &str,
+    event: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO webhook_outbox (id, verification_id, url, event, next_attempt_at, created_at) \
+         SELECT $1, id, callback_url, $2, $3, $3 FROM verifications \
+         WHERE id = $4 AND callback_url IS NOT NULL",
+    )
+    .bind(format!("wh_{}", ulid::Ulid::new()))
+    .bind(event)
+    .bind(now)
+    .bind(verification_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn insert_event(

@@ -251,7 +251,7 @@ mod tests {
                         bytes.extend_from_slice(f);
                     }
                 }
-                ScriptItem::Silence { frames } => {
+                ScriptItem::Silence { frames } | ScriptItem::AwaitKey { frames } => {
                     bytes.extend(std::iter::repeat_n(codec.silence(), frames as usize * 160));
                 }
                 ScriptItem::CodeStart | ScriptItem::CodeEnd => {}

@@ -111,6 +111,8 @@ async fn answers_hears_the_code_and_hangs_up_on_bye() {
         remote: answer.rtp,
         codec: answer.codec,
         payload_type: answer.payload_type,
+        rtcp_socket: None,
+        telephone_event_pt: None,
         pack,
         script,
     });

@@ -1,6 +1,7 @@
-//! Verification rules: start (validate, generate or accept the code, store
-//! its keyed hash and the sealed copy for the dialer), read, check (attempt
-//! counting, expiry, approve once). Knows the store, not HTTP or SIP.
+//! Verification rules: start (registered numbers, toll-fraud controls, rate
+//! limits, the code and its keyed hash), read, check (attempt counting,
+//! expiry, approve once), cancel, and the registered numbers of a user.
+//! Knows the store, not HTTP or SIP.
 
 mod keys;
 
@@ -13,7 +14,14 @@ use tokio::sync::Notify;
 
 use crate::config::Settings;
 use crate::domain::{self, CallStatus, OtpCode, PhoneNumber, VerificationStatus};
-use crate::store::{CheckSlot, Inserted, NewVerification, Store, StoreError};
+use crate::metrics::Metrics;
+use crate::store::{
+    AuditEntry, BudgetCheck, CheckSlot, LimitCheck, LimitColumn, NewVerification, PhoneRow,
+    StartGuards, StartOutcome, Store, StoreError,
+};
+
+/// At most this many registered numbers per user (SPEC §3).
+pub const MAX_PHONES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -22,6 +30,16 @@ pub enum VerifyError {
         field: &'static str,
         message: String,
     },
+    /// A toll-fraud control refused the destination.
+    #[error("to: {0}")]
+    Refused(String),
+    #[error("rate limit {limit} reached")]
+    RateLimited {
+        limit: &'static str,
+        retry_after_secs: u64,
+    },
+    #[error("verification is already {0}")]
+    Conflict(&'static str),
     #[error("verification not found")]
     NotFound,
     #[error(transparent)]
@@ -30,8 +48,15 @@ pub enum VerifyError {
     Seal(#[from] SealError),
 }
 
+fn invalid(field: &'static str, message: impl Into<String>) -> VerifyError {
+    VerifyError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
 /// What the auth service sends to start a verification.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[derive(Debug, Default, Clone, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
     pub user_id: Option<String>,
@@ -42,7 +67,7 @@ pub struct StartRequest {
 }
 
 /// The verification object of SPEC §3.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct VerificationView {
     pub id: String,
     pub status: VerificationStatus,
@@ -53,7 +78,7 @@ pub struct VerificationView {
     pub call: CallView,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CallView {
     pub status: CallStatus,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -68,7 +93,7 @@ pub struct CallView {
     pub attempts: Vec<AttemptView>,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct AttemptView {
     pub to: String,
     pub trunk: String,
@@ -82,7 +107,7 @@ pub struct AttemptView {
     pub ended_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CheckResult {
     pub id: String,
     pub status: VerificationStatus,
@@ -90,11 +115,20 @@ pub struct CheckResult {
     pub attempts_left: i64,
 }
 
-#[derive(Debug, Clone)]
-pub enum Started {
-    Created(VerificationView),
-    /// Same idempotency key as before: the first answer again.
-    Repeated(VerificationView),
+/// A registered number as the API shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct PhoneEntry {
+    pub number: String,
+    #[serde(default)]
+    pub primary: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PhoneList {
+    pub phones: Vec<PhoneEntry>,
 }
 
 #[derive(Clone)]
@@ -104,6 +138,8 @@ pub struct Verifier {
     keys: CodeKeys,
     locales: Arc<Vec<String>>,
     dialer_wake: Arc<Notify>,
+    cancel_wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
 }
 
 impl Verifier {
@@ -113,6 +149,8 @@ impl Verifier {
         keys: CodeKeys,
         locales: Vec<String>,
         dialer_wake: Arc<Notify>,
+        cancel_wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             store,
@@ -120,6 +158,8 @@ impl Verifier {
             keys,
             locales: Arc::new(locales),
             dialer_wake,
+            cancel_wake,
+            metrics,
         }
     }
 
@@ -127,77 +167,203 @@ impl Verifier {
         &self.keys
     }
 
+    fn parse_number(&self, input: &str) -> Result<PhoneNumber, VerifyError> {
+        PhoneNumber::parse(input, self.settings.verification.region())
+            .map_err(|e| invalid("to", e.to_string()))
+    }
+
+    async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: Option<&str>,
+        outcome: &str,
+        detail: Option<&str>,
+    ) {
+        let entry = AuditEntry {
+            actor,
+            action,
+            target,
+            outcome,
+            detail,
+        };
+        if let Err(e) = self.store.audit(entry, domain::now_ms()).await {
+            tracing::error!(error = %e, action, "writing the audit log failed");
+        }
+    }
+
+    /// Refuses a start: audited, counted, never a call.
+    async fn refuse(
+        &self,
+        actor: &str,
+        number: &PhoneNumber,
+        reason: &str,
+        detail: String,
+    ) -> VerifyError {
+        self.metrics.refused(reason);
+        self.audit(
+            actor,
+            "verification.start",
+            Some(&number.masked()),
+            reason,
+            Some(&detail),
+        )
+        .await;
+        VerifyError::Refused(detail)
+    }
+
+    /// Which number to call for this request (SPEC §3 rules on `user_id`
+    /// and `to`).
+    async fn destination(
+        &self,
+        req: &StartRequest,
+        actor: &str,
+    ) -> Result<PhoneNumber, VerifyError> {
+        let allow_any = self.settings.verification.allow_unregistered_numbers;
+        match (req.user_id.as_deref(), req.to.as_deref()) {
+            (None, None) => Err(invalid("to", "give `to`, `user_id`, or both")),
+            (Some(user), to) => {
+                validate_user_id(user)?;
+                let phones = self.store.phones(user).await?;
+                match to {
+                    Some(to) => {
+                        let number = self.parse_number(to)?;
+                        if !allow_any && !phones.iter().any(|p| p.number == number.as_str()) {
+                            self.metrics.refused("not_registered");
+                            self.audit(
+                                actor,
+                                "verification.start",
+                                Some(&number.masked()),
+                                "not_registered",
+                                None,
+                            )
+                            .await;
+                            return Err(invalid("to", "not one of this user's registered numbers"));
+                        }
+                        Ok(number)
+                    }
+                    None => phones
+                        .iter()
+                        .find(|p| p.primary)
+                        .map(|p| PhoneNumber::from_trusted(p.number.clone()))
+                        .ok_or_else(|| {
+                            invalid("user_id", "this user has no registered primary number")
+                        }),
+                }
+            }
+            (None, Some(to)) => {
+                let number = self.parse_number(to)?;
+                if !allow_any && !self.store.number_is_registered(number.as_str()).await? {
+                    self.metrics.refused("not_registered");
+                    self.audit(
+                        actor,
+                        "verification.start",
+                        Some(&number.masked()),
+                        "not_registered",
+                        None,
+                    )
+                    .await;
+                    return Err(invalid("to", "number is not registered for any user"));
+                }
+                Ok(number)
+            }
+        }
+    }
+
+    /// Toll-fraud controls on the destination: prefix allowlist, line type.
+    async fn screen(&self, number: &PhoneNumber, actor: &str) -> Result<(), VerifyError> {
+        if let Some(prefixes) = self.settings.allowed_prefixes() {
+            if !prefixes
+                .iter()
+                .any(|p| number.as_str().starts_with(p.as_str()))
+            {
+                return Err(self
+                    .refuse(
+                        actor,
+                        number,
+                        "prefix_not_allowed",
+                        "destination prefix is not allowed on this gateway".into(),
+                    )
+                    .await);
+            }
+        }
+        let kind = number.kind();
+        if self.settings.verification.mobile_only && !kind.is_mobile() {
+            return Err(self
+                .refuse(
+                    actor,
+                    number,
+                    "not_mobile",
+                    "only mobile numbers may be called".into(),
+                )
+                .await);
+        }
+        if !self.settings.fraud.allowed_number_types.contains(&kind) {
+            return Err(self
+                .refuse(
+                    actor,
+                    number,
+                    "number_type",
+                    format!("numbers of type {kind:?} may not be called"),
+                )
+                .await);
+        }
+        Ok(())
+    }
+
     pub async fn start(
         &self,
         req: StartRequest,
         api_key: &str,
         idempotency_key: Option<&str>,
-    ) -> Result<Started, VerifyError> {
+    ) -> Result<VerificationView, VerifyError> {
         let vs = &self.settings.verification;
-        let to = match req.to.as_deref() {
-            Some(to) => PhoneNumber::parse(to, vs.region()).map_err(|e| VerifyError::Invalid {
-                field: "to",
-                message: e.to_string(),
-            })?,
-            None => {
-                return Err(VerifyError::Invalid {
-                    field: "to",
-                    message: "a number to call is required (registered numbers per user are not \
-                              enabled on this gateway)"
-                        .into(),
-                })
-            }
-        };
-        if !vs.allow_unregistered_numbers {
-            return Err(VerifyError::Invalid {
-                field: "to",
-                message: "number is not registered for this user".into(),
-            });
-        }
-        if let Some(u) = req.user_id.as_deref() {
-            if u.is_empty() || u.len() > 128 || u.chars().any(char::is_control) {
-                return Err(VerifyError::Invalid {
-                    field: "user_id",
-                    message: "must be 1..128 printable characters".into(),
-                });
-            }
-        }
-        let locale = req.locale.unwrap_or_else(|| vs.default_locale.clone());
-        if !self.locales.contains(&locale) {
-            return Err(VerifyError::Invalid {
-                field: "locale",
-                message: format!(
-                    "no prompt pack for locale {locale:?}; installed: {}",
-                    self.locales.join(", ")
-                ),
-            });
-        }
-        let code = match req.code.as_deref() {
-            Some(c) => OtpCode::parse(c).map_err(|e| VerifyError::Invalid {
-                field: "code",
-                message: e.to_string(),
-            })?,
-            None => OtpCode::generate(vs.code_length).map_err(|e| VerifyError::Invalid {
-                field: "code",
-                message: e.to_string(),
-            })?,
-        };
-        if let Some(url) = req.callback_url.as_deref() {
-            if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2048 {
-                return Err(VerifyError::Invalid {
-                    field: "callback_url",
-                    message: "must be an http(s) URL of at most 2048 characters".into(),
-                });
-            }
-        }
         if let Some(k) = idempotency_key {
             if k.is_empty() || k.len() > 255 {
-                return Err(VerifyError::Invalid {
-                    field: "Idempotency-Key",
-                    message: "must be 1..255 characters".into(),
-                });
+                return Err(invalid("Idempotency-Key", "must be 1..255 characters"));
             }
         }
+        let number = self.destination(&req, api_key).await?;
+        let locale = req
+            .locale
+            .clone()
+            .unwrap_or_else(|| vs.default_locale.clone());
+        if !self.locales.contains(&locale) {
+            return Err(invalid(
+                "locale",
+                format!(
+                    "no prompt pack for {locale:?}; installed: {}",
+                    self.locales.join(", ")
+                ),
+            ));
+        }
+        let code = match req.code.as_deref() {
+            Some(c) => OtpCode::parse(c).map_err(|e| invalid("code", e.to_string()))?,
+            None => {
+                OtpCode::generate(vs.code_length).map_err(|e| invalid("code", e.to_string()))?
+            }
+        };
+        if let Some(url) = req.callback_url.as_deref() {
+            if !(url.starts_with("https://") || url.starts_with("http://"))
+                || url.len() > 2048
+                || url.parse::<reqwest::Url>().is_err()
+            {
+                return Err(invalid(
+                    "callback_url",
+                    "must be an http(s) URL of at most 2048 characters",
+                ));
+            }
+            if self.settings.webhooks.secret.is_none() {
+                return Err(invalid(
+                    "callback_url",
+                    format!(
+                        "webhooks are off on this gateway: the signing secret (env {}) is not set",
+                        self.settings.webhooks.secret_env
+                    ),
+                ));
+            }
+        }
+        self.screen(&number, api_key).await?;
 
         let id = domain::new_verification_id();
         let call_id = domain::new_call_id();
@@ -205,30 +371,120 @@ impl Verifier {
         let ttl_ms = i64::try_from(vs.ttl.0.as_millis()).unwrap_or(i64::MAX);
         let code_hash = self.keys.hash(&id, code.expose());
         let sealed = self.keys.seal(&id, &code)?;
-        let inserted = self
+        drop(code);
+
+        let limits = &self.settings.limits;
+        let window = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let mut guards = StartGuards::default();
+        guards.limits.push(LimitCheck {
+            name: "per_number",
+            column: LimitColumn::Phone,
+            value: number.as_str(),
+            max: i64::from(limits.per_number.count),
+            window_ms: window(limits.per_number.per),
+        });
+        if let Some(user) = req.user_id.as_deref() {
+            guards.limits.push(LimitCheck {
+                name: "per_user",
+                column: LimitColumn::User,
+                value: user,
+                max: i64::from(limits.per_user.count),
+                window_ms: window(limits.per_user.per),
+            });
+        }
+        guards.limits.push(LimitCheck {
+            name: "per_api_key",
+            column: LimitColumn::ApiKey,
+            value: api_key,
+            max: i64::from(limits.per_api_key.count),
+            window_ms: window(limits.per_api_key.per),
+        });
+        let country = number.country_code();
+        let budget = self.settings.daily_budget_for(&country);
+        if budget > 0 {
+            guards.budget = Some(BudgetCheck {
+                day: domain::format_ms(now).chars().take(10).collect(),
+                country: country.clone(),
+                max: i64::try_from(budget).unwrap_or(i64::MAX),
+            });
+        }
+
+        let outcome = self
             .store
-            .insert_verification(&NewVerification {
-                id: &id,
-                user_id: req.user_id.as_deref(),
-                phone: to.as_str(),
-                locale: &locale,
-                code_hash: &code_hash,
-                attempts_left: i64::from(vs.max_check_attempts),
-                expires_at: now.saturating_add(ttl_ms),
-                callback_url: req.callback_url.as_deref(),
-                api_key,
-                idempotency_key,
-                call_id: &call_id,
-                code_sealed: &sealed,
-                now,
-            })
+            .start_verification(
+                &NewVerification {
+                    id: &id,
+                    user_id: req.user_id.as_deref(),
+                    phone: number.as_str(),
+                    locale: &locale,
+                    code_hash: &code_hash,
+                    attempts_left: i64::from(vs.max_check_attempts),
+                    expires_at: now.saturating_add(ttl_ms),
+                    callback_url: req.callback_url.as_deref(),
+                    api_key,
+                    idempotency_key,
+                    call_id: &call_id,
+                    code_sealed: &sealed,
+                    now,
+                },
+                &guards,
+            )
             .await?;
-        match inserted {
-            Inserted::New => {
+        match outcome {
+            StartOutcome::New { superseded } => {
+                self.metrics.verifications_started.inc();
+                if !superseded.is_empty() {
+                    self.cancel_wake.notify_waiters();
+                }
+                // Everything in the answer is known: no read-back. It shows
+                // the call as queued, as it was when committed.
+                let view = VerificationView {
+                    id,
+                    status: VerificationStatus::Pending,
+                    to: number.masked(),
+                    locale,
+                    expires_at: domain::format_ms(now.saturating_add(ttl_ms)),
+                    attempts_left: i64::from(vs.max_check_attempts),
+                    call: CallView {
+                        status: CallStatus::Queued,
+                        sip_code: None,
+                        trunk: None,
+                        answered_at: None,
+                        ended_at: None,
+                        times_played: 0,
+                        attempts: Vec::new(),
+                    },
+                };
                 self.dialer_wake.notify_one();
-                Ok(Started::Created(self.view(&id).await?))
+                Ok(view)
             }
-            Inserted::Existing(first) => Ok(Started::Repeated(self.view(&first).await?)),
+            StartOutcome::Existing(first) => self.view(&first).await,
+            StartOutcome::Limited {
+                limit,
+                retry_after_ms,
+            } => {
+                self.metrics.limited(limit);
+                self.audit(
+                    api_key,
+                    "verification.start",
+                    Some(&number.masked()),
+                    "rate_limited",
+                    Some(limit),
+                )
+                .await;
+                Err(VerifyError::RateLimited {
+                    limit,
+                    retry_after_secs: u64::try_from((retry_after_ms + 999) / 1000).unwrap_or(1),
+                })
+            }
+            StartOutcome::BudgetExhausted => Err(self
+                .refuse(
+                    api_key,
+                    &number,
+                    "daily_budget",
+                    format!("today's call budget for {country} is spent"),
+                )
+                .await),
         }
     }
 
@@ -246,39 +502,26 @@ impl Verifier {
                 .await?;
             status = VerificationStatus::Expired;
         }
-        let call = match self.store.get_call_of(id).await? {
-            Some(c) => {
-                let attempts = self
-                    .store
-                    .attempts(&c.id)
-                    .await?
-                    .into_iter()
-                    .map(|a| AttemptView {
-                        to: PhoneNumber::from_trusted(a.number).masked(),
-                        trunk: a.trunk,
-                        status: a.status,
-                        sip_code: a.sip_code,
-                        reason: a.reason,
-                        started_at: domain::format_ms(a.started_at),
-                        ended_at: a.ended_at.map(domain::format_ms),
-                    })
-                    .collect();
-                CallView {
-                    status: c.status,
-                    sip_code: c.sip_code,
-                    trunk: c.trunk,
-                    answered_at: c.answered_at.map(domain::format_ms),
-                    ended_at: c.ended_at.map(domain::format_ms),
-                    times_played: c.times_played,
-                    attempts,
-                }
-            }
-            None => {
-                return Err(VerifyError::Store(StoreError::Corrupt(format!(
-                    "verification {id} has no call"
-                ))))
-            }
-        };
+        let c = self.store.get_call_of(id).await?.ok_or_else(|| {
+            VerifyError::Store(StoreError::Corrupt(format!(
+                "verification {id} has no call"
+            )))
+        })?;
+        let attempts = self
+            .store
+            .attempts(&c.id)
+            .await?
+            .into_iter()
+            .map(|a| AttemptView {
+                to: PhoneNumber::from_trusted(a.number).masked(),
+                trunk: a.trunk,
+                status: a.status,
+                sip_code: a.sip_code,
+                reason: a.reason,
+                started_at: domain::format_ms(a.started_at),
+                ended_at: a.ended_at.map(domain::format_ms),
+            })
+            .collect();
         Ok(VerificationView {
             id: v.id,
             status,
@@ -286,13 +529,28 @@ impl Verifier {
             locale: v.locale,
             expires_at: domain::format_ms(v.expires_at),
             attempts_left: v.attempts_left,
-            call,
+            call: CallView {
+                status: c.status,
+                sip_code: c.sip_code,
+                trunk: c.trunk,
+                answered_at: c.answered_at.map(domain::format_ms),
+                ended_at: c.ended_at.map(domain::format_ms),
+                times_played: c.times_played,
+                attempts,
+            },
         })
     }
 
     /// Checks a code the user typed. Each evaluation costs one attempt; the
     /// comparison is constant-time; a verification is approved at most once.
-    pub async fn check(&self, id: &str, candidate: &str) -> Result<CheckResult, VerifyError> {
+    /// An unknown id is answered like a closed verification, after the same
+    /// hashing work, so neither shape nor timing tells them apart.
+    pub async fn check(
+        &self,
+        id: &str,
+        candidate: &str,
+        actor: &str,
+    ) -> Result<CheckResult, VerifyError> {
         let now = domain::now_ms();
         let slot = self.store.reserve_check(id, now).await?;
         let CheckSlot::Reserved {
@@ -300,16 +558,36 @@ impl Verifier {
             attempts_left,
         } = slot
         else {
-            let view = self.view(id).await?;
+            let _ = self.keys.matches(id, candidate.as_bytes(), "");
+            self.metrics.checked("closed");
+            let Some(v) = self.store.get_verification(id).await? else {
+                // Guessing ids is worth knowing about, and the audit write
+                // keeps this answer as slow as a wrong code's.
+                self.audit(actor, "verification.check", Some(id), "unknown_id", None)
+                    .await;
+                return Ok(CheckResult {
+                    id: id.to_string(),
+                    status: VerificationStatus::Failed,
+                    valid: false,
+                    attempts_left: 0,
+                });
+            };
+            let status = if v.status == VerificationStatus::Pending && now >= v.expires_at {
+                self.store
+                    .finish_verification(id, VerificationStatus::Expired, now)
+                    .await?;
+                VerificationStatus::Expired
+            } else {
+                v.status
+            };
             return Ok(CheckResult {
-                id: view.id,
-                status: view.status,
+                id: id.to_string(),
+                status,
                 valid: false,
-                attempts_left: view.attempts_left,
+                attempts_left: v.attempts_left,
             });
         };
-        // A malformed candidate is simply wrong, and is hashed all the same
-        // so that its answer takes as long as any other wrong code.
+        // A malformed candidate is simply wrong, and is hashed all the same.
         let well_formed = OtpCode::parse(candidate).is_ok();
         let matches = self.keys.matches(id, candidate.as_bytes(), &code_hash) && well_formed;
         if matches
@@ -318,6 +596,11 @@ impl Verifier {
                 .finish_verification(id, VerificationStatus::Approved, now)
                 .await?
         {
+            self.metrics.checked("approved");
+            self.audit(actor, "verification.check", Some(id), "approved", None)
+                .await;
+            // The user has the code: a call still reading it can stop.
+            self.cancel_wake.notify_waiters();
             return Ok(CheckResult {
                 id: id.to_string(),
                 status: VerificationStatus::Approved,
@@ -325,13 +608,20 @@ impl Verifier {
                 attempts_left,
             });
         }
+        self.metrics.checked("wrong");
+        self.audit(actor, "verification.check", Some(id), "wrong", None)
+            .await;
         if attempts_left == 0 {
             self.store
                 .finish_verification(id, VerificationStatus::Failed, now)
                 .await?;
         }
         // Read back: a concurrent check may have approved or failed it.
-        let status = self.view(id).await?.status;
+        let status = self
+            .store
+            .verification_status(id)
+            .await?
+            .unwrap_or(VerificationStatus::Failed);
         Ok(CheckResult {
             id: id.to_string(),
             status,
@@ -339,4 +629,130 @@ impl Verifier {
             attempts_left,
         })
     }
+
+    /// Cancels a pending verification (and hangs up its call). Canceling a
+    /// canceled one again is harmless; any other final status is a conflict.
+    pub async fn cancel(&self, id: &str, actor: &str) -> Result<VerificationView, VerifyError> {
+        let now = domain::now_ms();
+        if self.store.cancel_verification(id, now).await? {
+            self.cancel_wake.notify_waiters();
+            self.audit(actor, "verification.cancel", Some(id), "canceled", None)
+                .await;
+            return self.view(id).await;
+        }
+        let view = self.view(id).await?;
+        match view.status {
+            VerificationStatus::Canceled => Ok(view),
+            VerificationStatus::Pending => Err(VerifyError::Conflict("changing")),
+            other => Err(VerifyError::Conflict(other.as_str())),
+        }
+    }
+
+    /// Replaces a user's registered numbers: at most 8, exactly one
+    /// primary, each a valid number (normalised to E.164), no duplicates.
+    pub async fn set_phones(
+        &self,
+        user_id: &str,
+        list: PhoneList,
+        actor: &str,
+    ) -> Result<PhoneList, VerifyError> {
+        validate_user_id(user_id)?;
+        if list.phones.len() > MAX_PHONES {
+            return Err(invalid(
+                "phones",
+                format!("at most {MAX_PHONES} numbers per user"),
+            ));
+        }
+        let primaries = list.phones.iter().filter(|p| p.primary).count();
+        if !list.phones.is_empty() && primaries != 1 {
+            return Err(invalid(
+                "phones",
+                format!("exactly one number must be primary, got {primaries}"),
+            ));
+        }
+        let mut rows: Vec<PhoneRow> = Vec::with_capacity(list.phones.len());
+        for (i, p) in list.phones.iter().enumerate() {
+            let n = PhoneNumber::parse(&p.number, self.settings.verification.region())
+                .map_err(|e| invalid("phones", format!("phones[{i}].number: {e}")))?;
+            if rows.iter().any(|r| r.number == n.as_str()) {
+                return Err(invalid(
+                    "phones",
+                    format!("phones[{i}].number: listed twice"),
+                ));
+            }
+            if let Some(label) = &p.label {
+                if label.chars().count() > 64 || label.chars().any(char::is_control) {
+                    return Err(invalid(
+                        "phones",
+                        format!("phones[{i}].label: at most 64 printable characters"),
+                    ));
+                }
+            }
+            rows.push(PhoneRow {
+                number: n.as_str().to_string(),
+                primary: p.primary,
+                label: p.label.clone(),
+            });
+        }
+        self.store
+            .replace_phones(user_id, &rows, domain::now_ms())
+            .await?;
+        self.audit(
+            actor,
+            "phones.replace",
+            Some(user_id),
+            "ok",
+            Some(&format!("{} numbers", rows.len())),
+        )
+        .await;
+        self.phones(user_id).await
+    }
+
+    pub async fn phones(&self, user_id: &str) -> Result<PhoneList, VerifyError> {
+        validate_user_id(user_id)?;
+        let rows = self.store.phones(user_id).await?;
+        Ok(PhoneList {
+            phones: rows
+                .into_iter()
+                .map(|r| PhoneEntry {
+                    number: r.number,
+                    primary: r.primary,
+                    label: r.label,
+                })
+                .collect(),
+        })
+    }
+
+    pub async fn delete_phone(
+        &self,
+        user_id: &str,
+        number: &str,
+        actor: &str,
+    ) -> Result<(), VerifyError> {
+        validate_user_id(user_id)?;
+        let n = PhoneNumber::parse(number, self.settings.verification.region())
+            .map_err(|e| invalid("number", e.to_string()))?;
+        if !self.store.delete_phone(user_id, n.as_str()).await? {
+            return Err(VerifyError::NotFound);
+        }
+        self.audit(
+            actor,
+            "phones.delete",
+            Some(user_id),
+            "ok",
+            Some(&n.masked()),
+        )
+        .await;
+        Ok(())
+    }
+}
+
+fn validate_user_id(u: &str) -> Result<(), VerifyError> {
+    if u.is_empty() || u.len() > 128 || u.chars().any(|c| c.is_control() || c == '/') {
+        return Err(invalid(
+            "user_id",
+            "must be 1..128 printable characters without '/'",
+        ));
+    }
+    Ok(())
 }

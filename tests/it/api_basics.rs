@@ -131,8 +131,17 @@ async fn checks_and_idempotency(db: Db) {
     let other: serde_json::Value = send("k-2").await.unwrap().json().await.unwrap();
     assert_ne!(other["id"], first["id"]);
 
-    // Five wrong checks fail it; then even the right code is refused.
+    // The second verification for the number superseded the first.
     let id = first["id"].as_str().unwrap();
+    let v1 = t.view(id).await;
+    assert_eq!(v1.status, otpdial::domain::VerificationStatus::Canceled);
+    assert_eq!(v1.call.status, CallStatus::Canceled);
+    let (_, r) = t.check(id, "4815").await;
+    assert_eq!(r["valid"], false, "a canceled verification never approves");
+    assert_eq!(r["status"], "canceled");
+
+    // Five wrong checks fail it; then even the right code is refused.
+    let id = other["id"].as_str().unwrap();
     for left in (0..5).rev() {
         let (status, r) = t.check(id, "0000").await;
         assert_eq!(status, 200);
@@ -144,8 +153,9 @@ async fn checks_and_idempotency(db: Db) {
     assert_eq!(r["valid"], false);
     assert_eq!(r["status"], "failed");
 
-    // The other one approves with the right code, once.
-    let id2 = other["id"].as_str().unwrap();
+    // A third one approves with the right code, once.
+    let third: serde_json::Value = send("k-3").await.unwrap().json().await.unwrap();
+    let id2 = third["id"].as_str().unwrap();
     let (_, r) = t.check(id2, "4815").await;
     assert_eq!(r["valid"], true);
     assert_eq!(r["status"], "approved");

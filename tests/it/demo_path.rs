@@ -83,3 +83,57 @@ async fn demo_command_approves_the_code_the_phone_heard() {
     assert!(text.contains("valid=true status=approved"), "{text}");
     assert!(text.contains("demo OK"), "{text}");
 }
+
+/// Canceling through the API hangs up a call that is up: the phone gets a
+/// BYE before the code is read, and the call ends `canceled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_hangs_up_a_call_in_progress() {
+    let mut phone = TestPhone::start(TestPhoneConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        answer: AnswerMode::Answer {
+            ring: Duration::from_millis(50),
+        },
+        library: Arc::new(PromptLibrary::builtin()),
+    })
+    .await
+    .unwrap();
+    let t = spawn_app(
+        base_settings(phone.sip_addr().port()),
+        Db::Sqlite,
+        DialerMode::Background,
+    )
+    .await;
+    let v = t
+        .start_verification(json!({ "to": "+31612345678", "code": "8080", "locale": "en" }))
+        .await;
+    for _ in 0..200 {
+        if t.view(&v.id).await.call.status == CallStatus::Answered {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(t.view(&v.id).await.call.status, CallStatus::Answered);
+    let started = std::time::Instant::now();
+    let (status, c) = t
+        .post(&format!("/v1/verifications/{}/cancel", v.id), json!({}))
+        .await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["status"], "canceled");
+    let heard = tokio::time::timeout(Duration::from_secs(10), phone.next_call())
+        .await
+        .expect("phone saw the call end")
+        .expect("phone running");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "hung up promptly, not after the whole script"
+    );
+    assert!(
+        heard.readings.is_empty(),
+        "code never read: {:?}",
+        heard.readings
+    );
+    let done = t.wait_call_final(&v.id, Duration::from_secs(10)).await;
+    assert_eq!(done.call.status, CallStatus::Canceled, "{done:?}");
+    assert_eq!(done.call.times_played, 0);
+    t.app.stop().await;
+}

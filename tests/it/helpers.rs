@@ -27,6 +27,7 @@ pub struct TestApp {
 }
 
 pub const TOKEN: &str = "test-token-verify";
+pub const ADMIN_TOKEN: &str = "test-token-admin";
 
 /// Settings for a gateway on loopback with one trunk at `trunk_port`.
 pub fn base_settings(trunk_port: u16) -> Settings {
@@ -50,11 +51,18 @@ ring_timeout = "20s"
 "#
     ))
     .expect("test settings");
-    s.api.keys = vec![ApiKeySettings {
-        name: "auth-service".into(),
-        hash: otpdial::api::hash_token(TOKEN),
-        scopes: vec![Scope::Verify],
-    }];
+    s.api.keys = vec![
+        ApiKeySettings {
+            name: "auth-service".into(),
+            hash: otpdial::api::hash_token(TOKEN),
+            scopes: vec![Scope::Verify],
+        },
+        ApiKeySettings {
+            name: "ops".into(),
+            hash: otpdial::api::hash_token(ADMIN_TOKEN),
+            scopes: vec![Scope::Admin],
+        },
+    ];
     s
 }
 
@@ -82,8 +90,18 @@ pub async fn fresh_database(db: Db, dir: &std::path::Path) -> String {
 
 pub async fn spawn_app(settings: Settings, db: Db, mode: DialerMode) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = settings;
-    settings.database.url = fresh_database(db, dir.path()).await;
+    let url = fresh_database(db, dir.path()).await;
+    spawn_app_on(settings, url, dir, mode).await
+}
+
+/// Starts the app on an existing database (e.g. again after a stop).
+pub async fn spawn_app_on(
+    mut settings: Settings,
+    url: String,
+    dir: tempfile::TempDir,
+    mode: DialerMode,
+) -> TestApp {
+    settings.database.url = url;
     let app = app::start(settings, mode).await.expect("app starts");
     TestApp {
         app,
@@ -94,6 +112,13 @@ pub async fn spawn_app(settings: Settings, db: Db, mode: DialerMode) -> TestApp 
 }
 
 impl TestApp {
+    /// Stops the app, keeping its database for a restart.
+    pub async fn stop_keep_db(self) -> (String, tempfile::TempDir) {
+        let url = self.app.store_url.clone();
+        self.app.stop().await;
+        (url, self._dir)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.app.base_url())
     }
@@ -112,10 +137,14 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.get_as(&self.token, path).await
+    }
+
+    pub async fn get_as(&self, token: &str, path: &str) -> (StatusCode, Value) {
         let resp = self
             .http
             .get(self.url(path))
-            .bearer_auth(&self.token)
+            .bearer_auth(token)
             .send()
             .await
             .expect("request");
@@ -184,35 +213,7 @@ pub struct Sipp {
 
 impl Sipp {
     pub fn uas(scenario: &str, vars: &[(&str, String)]) -> Sipp {
-        let port = free_udp_port();
-        let log_dir = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new("sipp");
-        cmd.arg("-sf")
-            .arg(sipp_scenario(scenario))
-            .args(["-i", "127.0.0.1", "-mi", "127.0.0.1"])
-            .args(["-p", &port.to_string()])
-            .args(["-m", "1", "-timeout", "90s", "-nostdin"])
-            .arg("-trace_err")
-            .arg("-error_file")
-            .arg(log_dir.path().join("errors.log"))
-            .current_dir(log_dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in vars {
-            cmd.args(["-set", k, v]);
-        }
-        let child = cmd
-            .spawn()
-            .expect("sipp runs (install Debian package sip-tester: scripts/test.sh does)");
-        // SIPp binds within milliseconds; our INVITE retransmission (Timer A)
-        // covers a slow start anyway.
-        std::thread::sleep(Duration::from_millis(200));
-        Sipp {
-            child,
-            port,
-            log_dir,
-        }
+        Sipp::uas_with_args(scenario, vars, &[])
     }
 
     /// Waits for SIPp to finish its one call; Ok(()) when its scenario

@@ -5,8 +5,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod api_basics;
+mod api_rules;
 mod calls_sipp;
 mod demo_path;
 mod helpers;
+mod media_dtmf;
+mod media_prompts_cli;
 mod sip_kamailio;
 mod sip_scenarios;

@@ -1,0 +1,169 @@
+//! Operations routes (scope `admin`): trunk state and call records.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::auth::Caller;
+use super::error::{ApiError, Problem};
+use super::AppState;
+use crate::config::Scope;
+use crate::domain::{self, CallStatus, PhoneNumber};
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TrunkView {
+    pub name: String,
+    /// Registration state; null for trunks with `register = false`
+    /// (IP-authenticated).
+    pub registered: Option<bool>,
+    /// Whether the last OPTIONS/REGISTER got an answer; null before the
+    /// first probe (or with keepalive off).
+    pub reachable: Option<bool>,
+    pub last_error: Option<String>,
+    pub active_calls: u32,
+    pub calls_total: u64,
+    /// Answered calls / calls placed, 0..1 (0 before the first call).
+    pub answer_rate: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TrunkList {
+    pub trunks: Vec<TrunkView>,
+}
+
+/// Each configured trunk with its live counters.
+#[utoipa::path(
+    get,
+    path = "/v1/trunks",
+    tag = "operations",
+    responses(
+        (status = 200, body = TrunkList),
+        (status = 401, body = Problem),
+        (status = 403, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn trunks(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<TrunkList>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let trunks = state
+        .settings
+        .trunks
+        .iter()
+        .map(|t| {
+            let c = state.engine.counters(&t.name);
+            let status = state.engine.trunk_status(&t.name);
+            let total = c.total.load(Ordering::Relaxed);
+            let answered = c.answered.load(Ordering::Relaxed);
+            TrunkView {
+                name: t.name.clone(),
+                registered: t.register.then_some(status.registered),
+                reachable: status.reachable,
+                last_error: status.last_error,
+                active_calls: c.active.load(Ordering::Relaxed),
+                calls_total: total,
+                answer_rate: if total == 0 {
+                    0.0
+                } else {
+                    answered as f64 / total as f64
+                },
+            }
+        })
+        .collect();
+    Ok(Json(TrunkList { trunks }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CallsQuery {
+    /// RFC 3339 time or unix seconds; default: 24 hours ago.
+    since: Option<String>,
+    /// At most this many records (1..1000, default 100).
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CallRecordView {
+    pub id: String,
+    pub verification_id: String,
+    /// Masked destination.
+    pub to: String,
+    pub status: CallStatus,
+    pub sip_code: Option<i64>,
+    pub trunk: Option<String>,
+    pub created_at: String,
+    pub answered_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub times_played: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CallList {
+    pub calls: Vec<CallRecordView>,
+}
+
+fn parse_since(s: &str) -> Result<i64, ApiError> {
+    if let Ok(secs) = s.parse::<i64>() {
+        return Ok(secs.saturating_mul(1000));
+    }
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|_| ApiError::unprocessable("since: expected RFC 3339 time or unix seconds"))
+}
+
+/// Call records since a time, oldest first (no codes, masked numbers).
+#[utoipa::path(
+    get,
+    path = "/v1/calls",
+    tag = "operations",
+    params(CallsQuery),
+    responses(
+        (status = 200, body = CallList),
+        (status = 400, body = Problem),
+        (status = 401, body = Problem),
+        (status = 403, body = Problem),
+        (status = 422, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn calls(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<CallsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<CallList>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let since = match q.since.as_deref() {
+        Some(s) => parse_since(s)?,
+        None => domain::now_ms() - 24 * 3600 * 1000,
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::unprocessable("limit: must be 1..1000"));
+    }
+    let rows = state.store.calls_since(since, limit).await.map_err(|e| {
+        tracing::error!(error = %e, "listing calls failed");
+        ApiError::internal()
+    })?;
+    Ok(Json(CallList {
+        calls: rows
+            .into_iter()
+            .map(|r| CallRecordView {
+                id: r.call_id,
+                verification_id: r.verification_id,
+                to: PhoneNumber::from_trusted(r.phone).masked(),
+                status: r.status,
+                sip_code: r.sip_code,
+                trunk: r.trunk,
+                created_at: domain::format_ms(r.created_at),
+                answered_at: r.answered_at.map(domain::format_ms),
+                ended_at: r.ended_at.map(domain::format_ms),
+                times_played: r.times_played,
+            })
+            .collect(),
+    }))
+}

@@ -1,0 +1,151 @@
+//! Prometheus metrics (prometheus-client): counters the layers bump, and
+//! the text exposition served at `/metrics`. Labels carry no numbers, ids
+//! or codes.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrunkLabel {
+    pub trunk: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrunkStatusLabel {
+    pub trunk: String,
+    pub status: String,
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    pub verifications_started: Counter,
+    pub refusals: Family<ReasonLabel, Counter>,
+    pub rate_limited: Family<ReasonLabel, Counter>,
+    pub checks: Family<ResultLabel, Counter>,
+    pub calls_finished: Family<StatusLabel, Counter>,
+    pub call_attempts: Family<TrunkStatusLabel, Counter>,
+    pub webhook_deliveries: Family<ResultLabel, Counter>,
+    pub active_calls: Family<TrunkLabel, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("otpdial");
+        let m = Metrics {
+            verifications_started: Counter::default(),
+            refusals: Family::default(),
+            rate_limited: Family::default(),
+            checks: Family::default(),
+            calls_finished: Family::default(),
+            call_attempts: Family::default(),
+            webhook_deliveries: Family::default(),
+            active_calls: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "verifications_started",
+            "Verifications created",
+            m.verifications_started.clone(),
+        );
+        registry.register(
+            "verification_refusals",
+            "Verification starts refused by toll-fraud or registration rules",
+            m.refusals.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Verification starts refused by a rate limit",
+            m.rate_limited.clone(),
+        );
+        registry.register("checks", "Code checks by result", m.checks.clone());
+        registry.register(
+            "calls_finished",
+            "Calls by final status",
+            m.calls_finished.clone(),
+        );
+        registry.register(
+            "call_attempts",
+            "Call attempts by trunk and status",
+            m.call_attempts.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery tries by result",
+            m.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "active_calls",
+            "Calls in progress per trunk",
+            m.active_calls.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    pub fn refused(&self, reason: &str) {
+        self.refusals
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn limited(&self, limit: &str) {
+        self.rate_limited
+            .get_or_create(&ReasonLabel {
+                reason: limit.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn checked(&self, result: &str) {
+        self.checks
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn webhook(&self, result: &str) {
+        self.webhook_deliveries
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

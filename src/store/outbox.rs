@@ -1,0 +1,115 @@
+//! The webhook outbox: rows written in the same transaction as the status
+//! change they report, claimed with a lease by the delivery worker.
+
+use sqlx::Row;
+
+use super::{Result, Store};
+
+#[derive(Debug, Clone)]
+pub struct WebhookJob {
+    pub id: String,
+    pub verification_id: String,
+    pub url: String,
+    pub event: String,
+    pub payload: Option<String>,
+    pub attempts: i64,
+}
+
+impl Store {
+    /// Claims up to `limit` due deliveries until `lease_until`.
+    pub async fn claim_webhooks(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<WebhookJob>> {
+        let rows = sqlx::query(
+            "UPDATE webhook_outbox SET lease_until = $2 WHERE id IN ( \
+                SELECT id FROM webhook_outbox \
+                WHERE delivered_at IS NULL AND dead = 0 AND next_attempt_at <= $1 \
+                  AND (lease_until IS NULL OR lease_until < $1) \
+                ORDER BY created_at LIMIT $3) \
+             RETURNING id, verification_id, url, event, payload, attempts",
+        )
+        .bind(now)
+        .bind(lease_until)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut jobs: Vec<WebhookJob> = rows
+            .iter()
+            .map(|r| {
+                Ok(WebhookJob {
+                    id: r.try_get(0)?,
+                    verification_id: r.try_get(1)?,
+                    url: r.try_get(2)?,
+                    event: r.try_get(3)?,
+                    payload: r.try_get(4)?,
+                    attempts: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        // RETURNING order is unspecified; deliver oldest first (ids are ULIDs).
+        jobs.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(jobs)
+    }
+
+    pub async fn save_webhook_payload(&self, id: &str, payload: &str) -> Result<()> {
+        sqlx::query("UPDATE webhook_outbox SET payload = $2 WHERE id = $1")
+            .bind(id)
+            .bind(payload)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn webhook_delivered(&self, id: &str, attempts: i64, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE webhook_outbox SET delivered_at = $2, attempts = $3, lease_until = NULL, last_error = NULL WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(attempts)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a failed try: retry at `next_attempt_at`, or give up.
+    pub async fn webhook_failed(
+        &self,
+        id: &str,
+        attempts: i64,
+        next_attempt_at: Option<i64>,
+        error: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE webhook_outbox SET attempts = $2, next_attempt_at = COALESCE($3, next_attempt_at), \
+             dead = $4, last_error = $5, lease_until = NULL WHERE id = $1",
+        )
+        .bind(id)
+        .bind(attempts)
+        .bind(next_attempt_at)
+        .bind(i64::from(next_attempt_at.is_none()))
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// (delivered, dead, pending) counts for one verification, for tests
+    /// and ops.
+    pub async fn webhook_counts(&self, verification_id: &str) -> Result<(i64, i64, i64)> {
+        let row = sqlx::query(
+            "SELECT \
+               CAST(COALESCE(SUM(CASE WHEN delivered_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(dead), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(CASE WHEN delivered_at IS NULL AND dead = 0 THEN 1 ELSE 0 END), 0) AS BIGINT) \
+             FROM webhook_outbox WHERE verification_id = $1",
+        )
+        .bind(verification_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+    }
+}
