@@ -301,3 +301,65 @@ register_expires = 300
         "no secrets printed"
     );
 }
+
+/// The whole gateway (API, dialer, registration) with Kamailio as its trunk:
+/// it registers by itself, `/v1/trunks` says so, and a verification started
+/// over HTTP is called through Kamailio to the SIPp callee.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_registers_and_calls_through_kamailio() {
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    let sipp = Sipp::uas(
+        "uas_answer_via_proxy.xml",
+        &[("rtp_port", rtp_port.to_string())],
+    );
+    let kamailio = Kamailio::start(sipp.port, "SHA-256");
+    let t = crate::helpers::spawn_app(
+        trunk_settings(kamailio.port, PASSWORD),
+        crate::helpers::Db::Sqlite,
+        otpdial::app::DialerMode::Background,
+    )
+    .await;
+
+    let mut trunk = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (_, list) = t.get_as(crate::helpers::ADMIN_TOKEN, "/v1/trunks").await;
+        trunk = list["trunks"][0].clone();
+        if trunk["registered"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(trunk["registered"], true, "{trunk}\n{}", kamailio.log());
+    assert_eq!(trunk["last_error"], serde_json::Value::Null, "{trunk}");
+    let ready = t.http.get(t.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let packets = tokio::task::spawn_blocking(move || {
+        receive_rtp(&rtp, Duration::from_secs(40), Duration::from_millis(1500))
+    });
+    let v = t
+        .start_verification(
+            serde_json::json!({"to": "+31612345678", "code": "1357", "locale": "en"}),
+        )
+        .await;
+    let done = t.wait_call_final(&v.id, Duration::from_secs(40)).await;
+    sipp.finish(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", kamailio.log()));
+    assert_eq!(
+        done.call.status,
+        CallStatus::Completed,
+        "{done:?}\n{}",
+        kamailio.log()
+    );
+    assert_eq!(done.call.times_played, 1);
+    let lib = PromptLibrary::builtin();
+    let pack = lib.get("en").unwrap();
+    let expected = CallScript::build(&pack, &[1, 3, 5, 7], 1).frame_count(&pack) as usize;
+    assert_eq!(packets.await.unwrap().len(), expected);
+    let (_, list) = t.get_as(crate::helpers::ADMIN_TOKEN, "/v1/trunks").await;
+    assert_eq!(list["trunks"][0]["calls_total"], 1);
+    assert_eq!(list["trunks"][0]["answer_rate"], 1.0);
+    t.app.stop().await;
+}
