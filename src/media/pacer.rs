@@ -557,6 +557,12 @@ impl Stream {
         let Ok(p) = rtp_rs::RtpReader::new(data) else {
             return; // not RTP (STUN, garbage): never latch onto it
         };
+        let pt = p.payload_type();
+        if Some(pt) != self.telephone_event_pt && G711::from_payload_type(pt).is_none() {
+            // Not media of this call: RTCP sent to the RTP port (its packet types read
+            // as payload types 72-76), comfort noise, strays. Never latch onto those.
+            return;
+        }
         if !self.latched {
             // Symmetric RTP: the far end's packets come from where ours reach it (a
             // NAT's public mapping rather than the private address in its SDP).
@@ -569,7 +575,6 @@ impl Stream {
                 }
             }
         }
-        let pt = p.payload_type();
         let key = if Some(pt) == self.telephone_event_pt {
             // The far end sends RFC 4733: in-band tones (if any) would double the keys.
             self.inband = None;
@@ -994,6 +999,42 @@ mod tests {
         assert!(latched
             .iter()
             .all(|(_, p)| RtpReader::new(p).unwrap().payload_type() == 0));
+    }
+
+    #[test]
+    fn only_this_calls_media_latches() {
+        let pack = PromptLibrary::builtin().get("en").unwrap();
+        let (tx, _rx) = tokio_mpsc::unbounded_channel();
+        let sdp = loopback().local_addr().unwrap();
+        let mut s = Stream::new(
+            1,
+            PlayoutSpec {
+                socket: loopback(),
+                rtcp_socket: None,
+                remote: sdp,
+                codec: G711::Alaw,
+                payload_type: 8,
+                telephone_event_pt: Some(101),
+                pack,
+                script: CallScript::default(),
+            },
+            tx,
+        );
+        let stray: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        // An RTCP sender report (reads as RTP payload type 72) and a comfort-noise
+        // packet: not this call's media.
+        let mut sr = [0u8; 28];
+        sr[0] = 0x80;
+        sr[1] = 200;
+        s.on_rtp(&sr, stray);
+        s.on_rtp(&rtp_packet(13, 1, 0, false, &[0]), stray);
+        assert_eq!((s.latched, s.remote), (false, sdp));
+        // The first A-law packet latches, and only the first.
+        let nat: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        s.on_rtp(&rtp_packet(8, 2, 160, false, &[0xd5; 160]), nat);
+        s.on_rtp(&rtp_packet(8, 3, 320, false, &[0xd5; 160]), stray);
+        assert_eq!((s.latched, s.remote), (true, nat));
+        assert_eq!(s.rtcp_remote, "127.0.0.1:40001".parse().unwrap());
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub const TOKEN: &str = "test-token-verify";
 pub const ADMIN_TOKEN: &str = "test-token-admin";
 
 /// Settings for a gateway on loopback with one trunk at `trunk_port`.
+///
+/// RTP ports stay below Linux's ephemeral range (32768-60999), where the tests bind
+/// their receivers and pick SIPp's port (`free_udp_port`): a gateway in a parallel
+/// test could otherwise take a port between its pick and SIPp's bind.
 pub fn base_settings(trunk_port: u16) -> Settings {
     let mut s = Settings::from_toml(&format!(
         r#"
@@ -37,7 +41,7 @@ pub fn base_settings(trunk_port: u16) -> Settings {
 listen = "127.0.0.1:0"
 [sip]
 listen = "127.0.0.1:0"
-rtp_ports = "30000-39999"
+rtp_ports = "20000-29999"
 [verification]
 default_locale = "en"
 repeat = 2

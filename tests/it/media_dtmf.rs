@@ -146,7 +146,7 @@ async fn sip_info_key_during_playback_reads_the_code_again() {
     })
     .await
     .unwrap();
-    let done = t.wait_call_final(&v.id, Duration::from_secs(30)).await;
+    let done = t.wait_call_final(&v.id, Duration::from_secs(60)).await;
     sipp.finish(Duration::from_secs(10))
         .await
         .expect("SIPp scenario passed (its INFO got a 200)");
