@@ -412,6 +412,10 @@ impl Dialer {
                 CallUpdate {
                     sip_code: outcome.sip_code.map(i64::from),
                     times_played: Some(i64::from(outcome.times_played)),
+                    fail_verification: !matches!(
+                        outcome.status,
+                        CallStatus::Completed | CallStatus::Canceled
+                    ),
                     ..CallUpdate::default()
                 },
             )
@@ -422,11 +426,6 @@ impl Dialer {
                 status: outcome.status.as_str().to_string(),
             })
             .inc();
-        if !matches!(outcome.status, CallStatus::Completed | CallStatus::Canceled) {
-            self.store
-                .finish_verification(&claimed.verification_id, VerificationStatus::Failed, now)
-                .await?;
-        }
         tracing::info!(
             call = %claimed.call_id,
             status = outcome.status.as_str(),

@@ -676,6 +676,21 @@ impl Store {
             )
             .await?;
         }
+        if final_status && update.fail_verification {
+            // In the same transaction: nobody sees the call ended while its
+            // verification still looks pending.
+            let failed = sqlx::query(
+                "UPDATE verifications SET status = 'failed', updated_at = $2 \
+                 WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(&verification_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if failed.rows_affected() == 1 {
+                enqueue_webhook(&mut tx, &verification_id, "verification.failed", now).await?;
+            }
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -733,6 +748,9 @@ pub struct CallUpdate<'a> {
     pub trunk: Option<&'a str>,
     pub answered_at: Option<i64>,
     pub times_played: Option<i64>,
+    /// With a final status: fail the verification too, if still pending
+    /// (the call ended without the code being read).
+    pub fail_verification: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
