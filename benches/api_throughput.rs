@@ -5,7 +5,8 @@
 //! 127.0.0.1:5432, trust auth, database `test`; skipped if unreachable).
 //! Bounded: N starts and M checks per backend, a fixed client concurrency.
 //! The dialer is off (no calls are placed) so this measures the API, the
-//! rules and the store, not SIP.
+//! rules and the store, not SIP. Every rule is on, as in production: rate
+//! limits, the daily country budget, superseding, the audit record.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ per_number = "1000/1m"
 per_user = "1000/1m"
 per_api_key = "1000000/1m"
 [fraud]
-default_daily_budget = 0
+default_daily_budget = 1000000
 [[trunks]]
 name = "bench"
 proxy = "sip:127.0.0.1:9"

@@ -19,4 +19,6 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
-cargo test --locked --all-targets -- --test-threads=4
+# Benchmarks are built (so they cannot rot) but run by hand: see BENCHMARKS.md.
+cargo build --locked --benches
+cargo test --locked --lib --bins --tests -- --test-threads=4

@@ -25,12 +25,15 @@ CREATE TABLE audit_log (
 );
 CREATE INDEX audit_log_at ON audit_log (at);
 
--- Calls started per country calling code per UTC day (toll-fraud budget).
+-- Calls started per country calling code per UTC day (toll-fraud budget),
+-- spread over a few shard rows so that concurrent starts to one country do
+-- not all queue on one row lock; the budget is their sum.
 CREATE TABLE daily_budget (
     day      TEXT NOT NULL,
     country  TEXT NOT NULL,
+    shard    BIGINT NOT NULL,
     count    BIGINT NOT NULL,
-    PRIMARY KEY (day, country)
+    PRIMARY KEY (day, country, shard)
 );
 
 -- Webhook deliveries: written with the status change, delivered by a

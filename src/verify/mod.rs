@@ -378,6 +378,7 @@ impl Verifier {
         let mut guards = StartGuards::default();
         guards.limits.push(LimitCheck {
             name: "per_number",
+            exact: true,
             column: LimitColumn::Phone,
             value: number.as_str(),
             max: i64::from(limits.per_number.count),
@@ -386,6 +387,7 @@ impl Verifier {
         if let Some(user) = req.user_id.as_deref() {
             guards.limits.push(LimitCheck {
                 name: "per_user",
+                exact: true,
                 column: LimitColumn::User,
                 value: user,
                 max: i64::from(limits.per_user.count),
@@ -394,6 +396,7 @@ impl Verifier {
         }
         guards.limits.push(LimitCheck {
             name: "per_api_key",
+            exact: false,
             column: LimitColumn::ApiKey,
             value: api_key,
             max: i64::from(limits.per_api_key.count),
