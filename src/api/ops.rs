@@ -40,8 +40,8 @@ pub struct TrunkList {
     tag = "operations",
     responses(
         (status = 200, body = TrunkList),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -78,12 +78,15 @@ pub(super) async fn trunks(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CallsQuery {
     /// RFC 3339 time or unix seconds; default: 24 hours ago.
+    #[param(value_type = String, required = false)]
     since: Option<String>,
     /// At most this many records (1..1000, default 100).
-    limit: Option<i64>,
+    #[param(value_type = i64, required = false, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -123,10 +126,10 @@ fn parse_since(s: &str) -> Result<i64, ApiError> {
     params(CallsQuery),
     responses(
         (status = 200, body = CallList),
-        (status = 400, body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 422, body = Problem),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -141,10 +144,14 @@ pub(super) async fn calls(
         Some(s) => parse_since(s)?,
         None => domain::now_ms() - 24 * 3600 * 1000,
     };
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::unprocessable("limit: must be 1..1000"));
-    }
+    let limit = match q.limit.as_deref() {
+        None => 100,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::unprocessable("limit: must be a whole number 1..1000"))?,
+    };
     let rows = state.store.calls_since(since, limit).await.map_err(|e| {
         tracing::error!(error = %e, "listing calls failed");
         ApiError::internal()

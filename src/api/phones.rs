@@ -17,14 +17,14 @@ use crate::verify::PhoneList;
     put,
     path = "/v1/users/{user_id}/phones",
     tag = "phones",
-    params(("user_id" = String, Path)),
+    params(("user_id" = String, Path, min_length = 1, max_length = 128, pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f]+$")),
     request_body = PhoneList,
     responses(
         (status = 200, body = PhoneList),
-        (status = 400, body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 422, body = Problem),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -49,12 +49,13 @@ pub(super) async fn put(
     get,
     path = "/v1/users/{user_id}/phones",
     tag = "phones",
-    params(("user_id" = String, Path)),
+    params(("user_id" = String, Path, min_length = 1, max_length = 128, pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f]+$")),
     responses(
         (status = 200, body = PhoneList),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 422, body = Problem),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -72,13 +73,13 @@ pub(super) async fn get(
     delete,
     path = "/v1/users/{user_id}/phones/{number}",
     tag = "phones",
-    params(("user_id" = String, Path), ("number" = String, Path, description = "E.164, e.g. +31612345678")),
+    params(("user_id" = String, Path, min_length = 1, max_length = 128, pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f]+$"), ("number" = String, Path, description = "E.164, e.g. +31612345678", pattern = "^\\+[1-9][0-9]{6,14}$")),
     responses(
         (status = 204, description = "Removed"),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 404, body = Problem),
-        (status = 422, body = Problem),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -45,11 +45,11 @@ fn valid_id(id: &str) -> Result<(), ApiError> {
     responses(
         (status = 201, description = "Created; the call is queued", body = VerificationView,
          headers(("Location" = String, description = "/v1/verifications/{id}"))),
-        (status = 400, description = "Malformed request", body = Problem),
-        (status = 401, description = "Missing or wrong token", body = Problem),
-        (status = 403, description = "Token lacks the verify scope", body = Problem),
-        (status = 422, description = "Invalid or refused input", body = Problem),
-        (status = 429, description = "A rate limit is reached (see Retry-After)", body = Problem),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks the verify scope", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid or refused input", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "A rate limit is reached (see Retry-After)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -82,12 +82,12 @@ pub(super) async fn start(
     get,
     path = "/v1/verifications/{id}",
     tag = "verifications",
-    params(("id" = String, Path, description = "Verification id (vf_...)")),
+    params(("id" = String, Path, description = "Verification id (vf_...)", pattern = "^vf_[0-9A-Za-z_]{1,61}$")),
     responses(
         (status = 200, body = VerificationView),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 404, body = Problem),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -105,6 +105,7 @@ pub(super) async fn get(
 #[serde(deny_unknown_fields)]
 pub(super) struct CheckBody {
     /// The digits the user typed.
+    #[schema(max_length = 64)]
     code: String,
 }
 
@@ -113,14 +114,15 @@ pub(super) struct CheckBody {
     post,
     path = "/v1/verifications/{id}/check",
     tag = "verifications",
-    params(("id" = String, Path, description = "Verification id (vf_...)")),
+    params(("id" = String, Path, description = "Verification id (vf_...)", pattern = "^vf_[0-9A-Za-z_]{1,61}$")),
     request_body = CheckBody,
     responses(
-        (status = 200, description = "Checked; `valid` says whether it matched", body = CheckResult),
-        (status = 400, body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 422, body = Problem),
+        (status = 200, description = "Checked; `valid` says whether it matched (an unknown id answers like a closed verification)", body = CheckResult),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not a verification id at all (malformed)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -133,7 +135,7 @@ pub(super) async fn check(
     caller.require(Scope::Verify)?;
     valid_id(&id)?;
     let body = json_body(body)?;
-    if body.code.len() > 64 {
+    if body.code.chars().count() > 64 {
         return Err(ApiError::unprocessable("code: too long"));
     }
     Ok(Json(
@@ -146,13 +148,13 @@ pub(super) async fn check(
     post,
     path = "/v1/verifications/{id}/cancel",
     tag = "verifications",
-    params(("id" = String, Path, description = "Verification id (vf_...)")),
+    params(("id" = String, Path, description = "Verification id (vf_...)", pattern = "^vf_[0-9A-Za-z_]{1,61}$")),
     responses(
         (status = 200, body = VerificationView),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 404, body = Problem),
-        (status = 409, description = "Already approved, failed or expired", body = Problem),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already approved, failed or expired", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -59,10 +59,21 @@ fn invalid(field: &'static str, message: impl Into<String>) -> VerifyError {
 #[derive(Debug, Default, Clone, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
+    /// The user whose registered number to call (the primary one unless `to`
+    /// names another of theirs).
+    #[schema(min_length = 1, max_length = 128)]
     pub user_id: Option<String>,
+    /// E.164 (`+31612345678`), or national with the configured default region.
+    #[schema(min_length = 3, max_length = 32, pattern = "^\\+?[0-9 ().-]+$")]
     pub to: Option<String>,
+    /// One of the installed prompt packs (e.g. `nl`, `en`).
+    #[schema(min_length = 1, max_length = 16)]
     pub locale: Option<String>,
+    /// A code chosen by the caller; otherwise the gateway generates one.
+    #[schema(pattern = "^[0-9]{4,10}$")]
     pub code: Option<String>,
+    /// Receives signed webhooks on every status change.
+    #[schema(max_length = 2048, pattern = "^https?://")]
     pub callback_url: Option<String>,
 }
 
@@ -118,16 +129,21 @@ pub struct CheckResult {
 /// A registered number as the API shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct PhoneEntry {
+    /// E.164 (`+31612345678`), or national with the configured default region.
+    #[schema(min_length = 3, max_length = 32, pattern = "^\\+?[0-9 ().-]+$")]
     pub number: String,
     #[serde(default)]
     pub primary: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 64)]
     pub label: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PhoneList {
+    /// At most 8; exactly one primary (none when empty).
+    #[schema(max_items = 8)]
     pub phones: Vec<PhoneEntry>,
 }
 
@@ -751,7 +767,7 @@ impl Verifier {
 }
 
 fn validate_user_id(u: &str) -> Result<(), VerifyError> {
-    if u.is_empty() || u.len() > 128 || u.chars().any(|c| c.is_control() || c == '/') {
+    if u.is_empty() || u.chars().count() > 128 || u.chars().any(|c| c.is_control() || c == '/') {
         return Err(invalid(
             "user_id",
             "must be 1..128 printable characters without '/'",

@@ -689,6 +689,19 @@ async fn openapi_matches_the_served_routes() {
     .collect();
     assert_eq!(documented, expected);
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let params = doc["paths"]["/v1/calls"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    for p in params {
+        assert_eq!(p["in"], "query", "{p}");
+        assert_ne!(p["required"], true, "{p}");
+    }
+    // Errors are documented as problem documents.
+    let not_found = &doc["paths"]["/v1/verifications/{id}"]["get"]["responses"]["404"];
+    assert!(
+        not_found["content"]["application/problem+json"].is_object(),
+        "{not_found}"
+    );
 
     for route in &documented {
         let (method, path) = route.split_once(' ').unwrap();
