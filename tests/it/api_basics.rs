@@ -89,16 +89,6 @@ async fn auth_and_problems(db: Db) {
     t.app.stop().await;
 }
 
-#[tokio::test]
-async fn auth_and_problem_responses_sqlite() {
-    auth_and_problems(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn auth_and_problem_responses_postgres() {
-    auth_and_problems(Db::Postgres).await;
-}
-
 async fn checks_and_idempotency(db: Db) {
     let t = app(db).await;
 
@@ -187,12 +177,4 @@ async fn checks_and_idempotency(db: Db) {
     t.app.stop().await;
 }
 
-#[tokio::test]
-async fn checks_and_idempotency_sqlite() {
-    checks_and_idempotency(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn checks_and_idempotency_postgres() {
-    checks_and_idempotency(Db::Postgres).await;
-}
+crate::on_both_databases!(auth_and_problems, checks_and_idempotency);

@@ -125,16 +125,6 @@ async fn registered_numbers(db: Db) {
     t.app.stop().await;
 }
 
-#[tokio::test]
-async fn registered_numbers_sqlite() {
-    registered_numbers(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn registered_numbers_postgres() {
-    registered_numbers(Db::Postgres).await;
-}
-
 async fn limits(db: Db) {
     let mut s = base_settings(free_udp_port());
     s.limits.per_number = "2/10m".parse().unwrap();
@@ -183,16 +173,6 @@ async fn limits(db: Db) {
         "{text}"
     );
     t.app.stop().await;
-}
-
-#[tokio::test]
-async fn limits_sqlite() {
-    limits(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn limits_postgres() {
-    limits(Db::Postgres).await;
 }
 
 async fn toll_fraud(db: Db) {
@@ -244,16 +224,6 @@ async fn toll_fraud(db: Db) {
     t.app.stop().await;
 }
 
-#[tokio::test]
-async fn toll_fraud_sqlite() {
-    toll_fraud(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn toll_fraud_postgres() {
-    toll_fraud(Db::Postgres).await;
-}
-
 async fn mobile_only_and_unknown_ids(db: Db) {
     let mut s = base_settings(free_udp_port());
     s.verification.mobile_only = true;
@@ -279,16 +249,6 @@ async fn mobile_only_and_unknown_ids(db: Db) {
     assert_eq!(keys(&wrong), keys(&unknown), "same shape");
     assert_eq!(unknown["valid"], false);
     t.app.stop().await;
-}
-
-#[tokio::test]
-async fn mobile_only_and_unknown_ids_sqlite() {
-    mobile_only_and_unknown_ids(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn mobile_only_and_unknown_ids_postgres() {
-    mobile_only_and_unknown_ids(Db::Postgres).await;
 }
 
 async fn cancel(db: Db) {
@@ -327,16 +287,6 @@ async fn cancel(db: Db) {
         .await;
     assert_eq!(status, 404);
     t.app.stop().await;
-}
-
-#[tokio::test]
-async fn cancel_sqlite() {
-    cancel(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn cancel_postgres() {
-    cancel(Db::Postgres).await;
 }
 
 async fn concurrent_checks(db: Db) {
@@ -395,16 +345,6 @@ async fn concurrent_checks(db: Db) {
         Ok(t) => t.app.stop().await,
         Err(_) => panic!("test app still shared"),
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_checks_sqlite() {
-    concurrent_checks(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_checks_postgres() {
-    concurrent_checks(Db::Postgres).await;
 }
 
 /// A webhook receiver on loopback: records what it got and answers with the
@@ -511,16 +451,6 @@ async fn webhooks(db: Db) {
     }
     assert_eq!(counts, (1, 0, 0));
     t.app.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhooks_sqlite() {
-    webhooks(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhooks_postgres() {
-    webhooks(Db::Postgres).await;
 }
 
 /// A webhook queued while the receiver is down survives a restart of the
@@ -631,16 +561,6 @@ async fn admin_routes(db: Db) {
     assert_eq!(status, 200);
     assert_eq!(none["calls"].as_array().unwrap().len(), 0);
     t.app.stop().await;
-}
-
-#[tokio::test]
-async fn admin_routes_sqlite() {
-    admin_routes(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn admin_routes_postgres() {
-    admin_routes(Db::Postgres).await;
 }
 
 /// The OpenAPI document is 3.1, lists exactly the routes the router
@@ -770,3 +690,14 @@ async fn metrics_are_prometheus_text() {
     assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics-style end");
     t.app.stop().await;
 }
+
+crate::on_both_databases!(
+    registered_numbers,
+    limits,
+    toll_fraud,
+    mobile_only_and_unknown_ids,
+    cancel,
+    concurrent_checks,
+    webhooks,
+    admin_routes
+);

@@ -136,12 +136,4 @@ async fn busy_callee(db: Db) {
     t.app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sipp_busy_ends_busy_without_rtp_sqlite() {
-    busy_callee(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sipp_busy_ends_busy_without_rtp_postgres() {
-    busy_callee(Db::Postgres).await;
-}
+crate::on_both_databases!(busy_callee);
