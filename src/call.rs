@@ -42,7 +42,7 @@ pub struct AttemptOutcome {
 }
 
 impl AttemptOutcome {
-    fn failed(reason: impl Into<String>, failover: bool) -> Self {
+    pub fn failed(reason: impl Into<String>, failover: bool) -> Self {
         Self {
             status: CallStatus::Failed,
             sip_code: None,

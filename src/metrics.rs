@@ -109,35 +109,58 @@ impl Metrics {
     }
 
     pub fn refused(&self, reason: &str) {
-        self.refusals
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_string(),
-            })
-            .inc();
+        bump(
+            &self.refusals,
+            ReasonLabel {
+                reason: reason.into(),
+            },
+        );
     }
 
     pub fn limited(&self, limit: &str) {
-        self.rate_limited
-            .get_or_create(&ReasonLabel {
-                reason: limit.to_string(),
-            })
-            .inc();
+        bump(
+            &self.rate_limited,
+            ReasonLabel {
+                reason: limit.into(),
+            },
+        );
     }
 
     pub fn checked(&self, result: &str) {
-        self.checks
-            .get_or_create(&ResultLabel {
-                result: result.to_string(),
-            })
-            .inc();
+        bump(
+            &self.checks,
+            ResultLabel {
+                result: result.into(),
+            },
+        );
+    }
+
+    pub fn call_finished(&self, status: &str) {
+        bump(
+            &self.calls_finished,
+            StatusLabel {
+                status: status.into(),
+            },
+        );
+    }
+
+    pub fn call_attempt(&self, trunk: &str, status: &str) {
+        bump(
+            &self.call_attempts,
+            TrunkStatusLabel {
+                trunk: trunk.into(),
+                status: status.into(),
+            },
+        );
     }
 
     pub fn webhook(&self, result: &str) {
-        self.webhook_deliveries
-            .get_or_create(&ResultLabel {
-                result: result.to_string(),
-            })
-            .inc();
+        bump(
+            &self.webhook_deliveries,
+            ResultLabel {
+                result: result.into(),
+            },
+        );
     }
 
     /// The Prometheus text exposition.
@@ -148,4 +171,11 @@ impl Metrics {
         }
         out
     }
+}
+
+fn bump<L>(family: &Family<L, Counter>, label: L)
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    family.get_or_create(&label).inc();
 }

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::call::{AttemptOutcome, CallEngine, PlaceCall, Progress};
 use crate::config::{Settings, TrunkSettings};
-use crate::domain::{self, CallStatus, VerificationStatus};
-use crate::metrics::{Metrics, StatusLabel, TrunkStatusLabel};
+use crate::domain::{self, CallStatus, OtpCode, VerificationStatus};
+use crate::metrics::Metrics;
 use crate::store::{CallUpdate, ClaimedCall, Store, StoreError};
 use crate::verify::CodeKeys;
 
@@ -24,16 +24,15 @@ const LEASE: Duration = Duration::from_secs(300);
 /// Poll interval when nobody wakes the dialer (other instances' work,
 /// retries that become due).
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often the calls in progress are checked against their
+/// verifications, to hang up when another instance canceled or approved it.
+const CANCEL_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Idle,
     Finished { call_id: String, status: CallStatus },
 }
-
-/// How often a call in progress re-reads its verification, to hang up when
-/// another instance canceled or approved it.
-const CANCEL_POLL: Duration = Duration::from_secs(1);
 
 pub struct Dialer {
     store: Store,
@@ -209,60 +208,61 @@ impl Dialer {
         routes
     }
 
-    async fn run_claimed(&self, claimed: ClaimedCall) -> Result<CallStatus, StoreError> {
-        let call_id = claimed.call_id.as_str();
+    /// What must hold before a claimed call is placed: its verification
+    /// still pending and unexpired, its code readable, a trunk for the
+    /// number. Otherwise the outcome to record without placing it.
+    fn ready_to_place(
+        &self,
+        claimed: &ClaimedCall,
+    ) -> Result<(OtpCode, Vec<&TrunkSettings>), AttemptOutcome> {
         if claimed.verification_status != VerificationStatus::Pending {
             // Approved, canceled or expired before its call was placed: the
             // user needs no call any more.
-            let outcome = AttemptOutcome {
+            return Err(AttemptOutcome {
                 status: CallStatus::Canceled,
-                ..failed_outcome(format!(
-                    "verification already {}",
-                    claimed.verification_status.as_str()
-                ))
-            };
-            return self.finish(&claimed, outcome).await;
+                ..AttemptOutcome::failed(
+                    format!(
+                        "verification already {}",
+                        claimed.verification_status.as_str()
+                    ),
+                    false,
+                )
+            });
         }
-        let code = match claimed
-            .code_sealed
-            .as_deref()
-            .map(|s| self.keys.open(&claimed.verification_id, s))
-        {
-            Some(Ok(code)) => code,
-            Some(Err(e)) => {
-                return self
-                    .finish(
-                        &claimed,
-                        failed_outcome(format!("cannot open the code: {e}")),
-                    )
-                    .await
-            }
+        let code = match claimed.code_sealed.as_deref() {
+            Some(sealed) => self
+                .keys
+                .open(&claimed.verification_id, sealed)
+                .map_err(|e| AttemptOutcome::failed(format!("cannot open the code: {e}"), false))?,
             None => {
-                return self
-                    .finish(
-                        &claimed,
-                        failed_outcome("the code is no longer stored".into()),
-                    )
-                    .await
+                return Err(AttemptOutcome::failed(
+                    "the code is no longer stored",
+                    false,
+                ))
             }
         };
         if domain::now_ms() >= claimed.expires_at {
-            return self
-                .finish(
-                    &claimed,
-                    failed_outcome("verification expired before the call".into()),
-                )
-                .await;
+            return Err(AttemptOutcome::failed(
+                "verification expired before the call",
+                false,
+            ));
         }
         let routes = self.routes(&claimed.phone);
         if routes.is_empty() {
-            return self
-                .finish(
-                    &claimed,
-                    failed_outcome(format!("no trunk routes {}", claimed.phone)),
-                )
-                .await;
+            return Err(AttemptOutcome::failed(
+                format!("no trunk routes {}", claimed.phone),
+                false,
+            ));
         }
+        Ok((code, routes))
+    }
+
+    async fn run_claimed(&self, claimed: ClaimedCall) -> Result<CallStatus, StoreError> {
+        let call_id = claimed.call_id.as_str();
+        let (code, routes) = match self.ready_to_place(&claimed) {
+            Ok(ready) => ready,
+            Err(outcome) => return self.finish(&claimed, outcome).await,
+        };
 
         let cancel = CancellationToken::new();
         self.inflight_lock()
@@ -271,7 +271,7 @@ impl Dialer {
             dialer: self,
             verification_id: &claimed.verification_id,
         };
-        let mut last = failed_outcome("no trunk could take the call".into());
+        let mut last = AttemptOutcome::failed("no trunk could take the call", false);
         for trunk in routes {
             if cancel.is_cancelled() {
                 break;
@@ -336,12 +336,7 @@ impl Dialer {
                 "attempt ended"
             );
             self.metrics
-                .call_attempts
-                .get_or_create(&TrunkStatusLabel {
-                    trunk: trunk.name.clone(),
-                    status: outcome.status.as_str().to_string(),
-                })
-                .inc();
+                .call_attempt(&trunk.name, outcome.status.as_str());
             let failover = outcome.failover;
             last = outcome;
             if !failover {
@@ -358,41 +353,28 @@ impl Dialer {
         p: Progress,
     ) -> Result<(), StoreError> {
         let now = domain::now_ms();
-        match p {
-            Progress::Ringing => {
-                self.store
-                    .advance_call(call_id, CallStatus::Ringing, now, CallUpdate::default())
-                    .await?;
-            }
-            Progress::Answered => {
-                self.store
-                    .advance_call(
-                        call_id,
-                        CallStatus::Answered,
-                        now,
-                        CallUpdate {
-                            trunk: Some(trunk),
-                            answered_at: Some(now),
-                            sip_code: Some(200),
-                            ..CallUpdate::default()
-                        },
-                    )
-                    .await?;
-            }
-            Progress::Played(n) => {
-                self.store
-                    .advance_call(
-                        call_id,
-                        CallStatus::Answered,
-                        now,
-                        CallUpdate {
-                            times_played: Some(i64::from(n)),
-                            ..CallUpdate::default()
-                        },
-                    )
-                    .await?;
-            }
-        }
+        let (status, update) = match p {
+            Progress::Ringing => (CallStatus::Ringing, CallUpdate::default()),
+            Progress::Answered => (
+                CallStatus::Answered,
+                CallUpdate {
+                    trunk: Some(trunk),
+                    answered_at: Some(now),
+                    sip_code: Some(200),
+                    ..CallUpdate::default()
+                },
+            ),
+            Progress::Played(n) => (
+                CallStatus::Answered,
+                CallUpdate {
+                    times_played: Some(i64::from(n)),
+                    ..CallUpdate::default()
+                },
+            ),
+        };
+        self.store
+            .advance_call(call_id, status, now, update)
+            .await?;
         Ok(())
     }
 
@@ -420,12 +402,7 @@ impl Dialer {
                 },
             )
             .await?;
-        self.metrics
-            .calls_finished
-            .get_or_create(&StatusLabel {
-                status: outcome.status.as_str().to_string(),
-            })
-            .inc();
+        self.metrics.call_finished(outcome.status.as_str());
         tracing::info!(
             call = %claimed.call_id,
             status = outcome.status.as_str(),
@@ -434,15 +411,5 @@ impl Dialer {
             "call finished"
         );
         Ok(outcome.status)
-    }
-}
-
-fn failed_outcome(reason: String) -> AttemptOutcome {
-    AttemptOutcome {
-        status: CallStatus::Failed,
-        sip_code: None,
-        reason: Some(reason),
-        times_played: 0,
-        failover: false,
     }
 }

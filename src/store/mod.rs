@@ -177,10 +177,6 @@ impl Store {
         })
     }
 
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
     pub async fn migrate(&self) -> Result<()> {
         match self.backend {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
@@ -446,17 +442,6 @@ impl Store {
              FROM calls WHERE verification_id = $1 ORDER BY created_at DESC LIMIT 1",
         )
         .bind(verification_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| call_from_row(&r)).transpose()
-    }
-
-    pub async fn get_call(&self, call_id: &str) -> Result<Option<CallRow>> {
-        let row = sqlx::query(
-            "SELECT id, verification_id, status, sip_code, trunk, answered_at, ended_at, times_played \
-             FROM calls WHERE id = $1",
-        )
-        .bind(call_id)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| call_from_row(&r)).transpose()

@@ -17,7 +17,7 @@ use crate::domain::{self, CallStatus, OtpCode, PhoneNumber, VerificationStatus};
 use crate::metrics::Metrics;
 use crate::store::{
     AuditEntry, BudgetCheck, CheckSlot, LimitCheck, LimitColumn, NewVerification, PhoneRow,
-    StartGuards, StartOutcome, Store, StoreError,
+    StartGuards, StartOutcome, Store, StoreError, VerificationRow,
 };
 
 /// At most this many registered numbers per user (SPEC §3).
@@ -177,10 +177,6 @@ impl Verifier {
             cancel_wake,
             metrics,
         }
-    }
-
-    pub fn keys(&self) -> &CodeKeys {
-        &self.keys
     }
 
     fn parse_number(&self, input: &str) -> Result<PhoneNumber, VerifyError> {
@@ -507,20 +503,29 @@ impl Verifier {
         }
     }
 
+    /// The stored status, with a pending verification past its expiry
+    /// marked expired on the way (the housekeeping sweep may not have run).
+    async fn current_status(
+        &self,
+        v: &VerificationRow,
+        now: i64,
+    ) -> Result<VerificationStatus, VerifyError> {
+        if v.status == VerificationStatus::Pending && now >= v.expires_at {
+            self.store
+                .finish_verification(&v.id, VerificationStatus::Expired, now)
+                .await?;
+            return Ok(VerificationStatus::Expired);
+        }
+        Ok(v.status)
+    }
+
     pub async fn view(&self, id: &str) -> Result<VerificationView, VerifyError> {
         let v = self
             .store
             .get_verification(id)
             .await?
             .ok_or(VerifyError::NotFound)?;
-        let now = domain::now_ms();
-        let mut status = v.status;
-        if status == VerificationStatus::Pending && now >= v.expires_at {
-            self.store
-                .finish_verification(id, VerificationStatus::Expired, now)
-                .await?;
-            status = VerificationStatus::Expired;
-        }
+        let status = self.current_status(&v, domain::now_ms()).await?;
         let c = self.store.get_call_of(id).await?.ok_or_else(|| {
             VerifyError::Store(StoreError::Corrupt(format!(
                 "verification {id} has no call"
@@ -591,14 +596,7 @@ impl Verifier {
                     attempts_left: 0,
                 });
             };
-            let status = if v.status == VerificationStatus::Pending && now >= v.expires_at {
-                self.store
-                    .finish_verification(id, VerificationStatus::Expired, now)
-                    .await?;
-                VerificationStatus::Expired
-            } else {
-                v.status
-            };
+            let status = self.current_status(&v, now).await?;
             return Ok(CheckResult {
                 id: id.to_string(),
                 status,
