@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiKey, AppState};
 use crate::call::CallEngine;
-use crate::config::Settings;
+use crate::config::{Settings, TrunkSettings};
 use crate::dialer::Dialer;
 use crate::media::{Pacer, PacerOptions, PromptLibrary};
 use crate::metrics::Metrics;
@@ -84,42 +84,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         );
     }
 
-    let external = settings.sip.external_address.trim();
-    let external_ip = if external.is_empty() {
-        None
-    } else {
-        Some(resolve_ip(external).await.with_context(|| {
-            format!("config key `sip.external_address`: cannot resolve {external:?}")
-        })?)
-    };
-    // Via/Contact must name an address the trunk can reach. Without an
-    // external_address, a wildcard listener advertises the address of the
-    // interface that routes to the first trunk.
-    let advertised = if !external.is_empty() {
-        Some(external.to_string())
-    } else if settings.sip.listen.ip().is_unspecified() {
-        match settings.trunks.first() {
-            Some(t) => {
-                let ip = route_source(&t.proxy.host_port()).await.with_context(|| {
-                    format!(
-                        "cannot find the local address that routes to trunk {}",
-                        t.name
-                    )
-                })?;
-                Some(ip.to_string())
-            }
-            None => None,
-        }
-    } else {
-        None
-    };
-    let sip = SipEndpoint::bind(
-        settings.sip.listen,
-        advertised,
-        settings.sip.user_agent.clone(),
-    )
-    .await
-    .with_context(|| format!("cannot bind SIP on {}", settings.sip.listen))?;
+    let (sip, external_ip) = sip_endpoint(&settings, settings.trunks.first()).await?;
     let sip_addr = sip.local_addr();
     let pacer = Pacer::start_with(PacerOptions {
         realtime_priority: settings.media.realtime_priority,
@@ -268,21 +233,52 @@ pub async fn run(
     Ok(())
 }
 
-/// The local IP the kernel would use to reach `host_port` (connecting a UDP
-/// socket selects a route without sending anything).
-async fn route_source(host_port: &str) -> anyhow::Result<IpAddr> {
-    let dest = tokio::net::lookup_host(host_port)
-        .await?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("{host_port} has no address"))?;
-    let any: SocketAddr = if dest.is_ipv4() {
-        "0.0.0.0:0".parse()?
+/// The SIP endpoint as `serve` and the ops commands set it up, and the IP
+/// to announce in SDP (`sip.external_address`, if set). Via/Contact must
+/// name an address the trunk can reach: without an external_address, a
+/// wildcard listener advertises the address of the interface that routes to
+/// `route_to` (the first trunk for `serve`).
+pub(crate) async fn sip_endpoint(
+    settings: &Settings,
+    route_to: Option<&TrunkSettings>,
+) -> anyhow::Result<(SipEndpoint, Option<IpAddr>)> {
+    let external = settings.sip.external_address.trim();
+    let external_ip = if external.is_empty() {
+        None
     } else {
-        "[::]:0".parse()?
+        Some(resolve_ip(external).await.with_context(|| {
+            format!("config key `sip.external_address`: cannot resolve {external:?}")
+        })?)
     };
-    let probe = tokio::net::UdpSocket::bind(any).await?;
-    probe.connect(dest).await?;
-    Ok(probe.local_addr()?.ip())
+    let advertised = if !external.is_empty() {
+        Some(external.to_string())
+    } else if settings.sip.listen.ip().is_unspecified() {
+        match route_to {
+            Some(t) => {
+                let dest = crate::call::resolve(&t.proxy)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("trunk {}: {e}", t.name))?;
+                let ip = crate::call::route_source(dest).with_context(|| {
+                    format!(
+                        "cannot find the local address that routes to trunk {}",
+                        t.name
+                    )
+                })?;
+                Some(ip.to_string())
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
+    let sip = SipEndpoint::bind(
+        settings.sip.listen,
+        advertised,
+        settings.sip.user_agent.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot bind SIP on {}", settings.sip.listen))?;
+    Ok((sip, external_ip))
 }
 
 async fn resolve_ip(host: &str) -> anyhow::Result<IpAddr> {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CodecName, PortRange, TrunkSettings};
+use crate::config::{CodecName, PortRange, SipTarget, TrunkSettings};
 use crate::domain::CallStatus;
 use crate::media::{
     rtcp_socket_beside, CallScript, Pacer, PlayoutEvent, PlayoutSpec, PromptLibrary, G711,
@@ -212,16 +212,9 @@ impl CallEngine {
             return AttemptOutcome::failed(format!("no prompt pack for {}", call.locale), false);
         };
         let proxy = &call.trunk.proxy;
-        let destination = match tokio::net::lookup_host(proxy.host_port()).await {
-            Ok(mut addrs) => match addrs.next() {
-                Some(a) => a,
-                None => {
-                    return AttemptOutcome::failed(format!("{} has no address", proxy.host), true)
-                }
-            },
-            Err(e) => {
-                return AttemptOutcome::failed(format!("cannot resolve {}: {e}", proxy.host), true)
-            }
+        let destination = match resolve(proxy).await {
+            Ok(a) => a,
+            Err(e) => return AttemptOutcome::failed(e, true),
         };
         let local_ip = match self.local_ip_towards(destination) {
             Ok(ip) => ip,
@@ -386,32 +379,46 @@ impl CallEngine {
         }
     }
 
-    /// The address of our interface that routes to `dest` (no packet is
-    /// sent: connecting a UDP socket only selects the route).
+    /// The address we send from to reach `dest`: the SIP listener's, or
+    /// when that is a wildcard, the interface that routes there.
     fn local_ip_towards(&self, dest: SocketAddr) -> std::io::Result<IpAddr> {
         let sip_ip = self.sip.local_addr().ip();
-        if !sip_ip.is_unspecified() {
-            return Ok(sip_ip);
-        }
-        let any: IpAddr = if dest.is_ipv4() {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        if sip_ip.is_unspecified() {
+            route_source(dest)
         } else {
-            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-        };
-        let probe = UdpSocket::bind(SocketAddr::new(any, 0))?;
-        probe.connect(dest)?;
-        Ok(probe.local_addr()?.ip())
+            Ok(sip_ip)
+        }
     }
+}
+
+/// The first address of a trunk proxy.
+pub(crate) async fn resolve(target: &SipTarget) -> Result<SocketAddr, String> {
+    tokio::net::lookup_host(target.host_port())
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
+        .next()
+        .ok_or_else(|| format!("{} has no address", target.host))
+}
+
+/// The local IP the kernel would use to reach `dest` (connecting a UDP
+/// socket only selects the route; nothing is sent).
+pub(crate) fn route_source(dest: SocketAddr) -> std::io::Result<IpAddr> {
+    let any: IpAddr = if dest.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    };
+    let probe = UdpSocket::bind(SocketAddr::new(any, 0))?;
+    probe.connect(dest)?;
+    Ok(probe.local_addr()?.ip())
 }
 
 /// What the SIP user agent needs to register with / probe a trunk. Resolves the proxy.
 pub async fn trunk_config(t: &TrunkSettings, one_shot: bool) -> Result<TrunkConfig, String> {
     let proxy = &t.proxy;
-    let destination = tokio::net::lookup_host(proxy.host_port())
+    let destination = resolve(proxy)
         .await
-        .map_err(|e| format!("trunk {}: cannot resolve {}: {e}", t.name, proxy.host))?
-        .next()
-        .ok_or_else(|| format!("trunk {}: {} has no address", t.name, proxy.host))?;
+        .map_err(|e| format!("trunk {}: {e}", t.name))?;
     let aor = match &t.username {
         Some(user) => format!("sip:{user}@{}", proxy.host),
         None => t.from.clone(),

@@ -5,7 +5,6 @@
 //! `call`, `sip_io`, `media`, `config`, never on `api`/`store`/`dialer`.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::call::{trunk_config, AttemptOutcome, CallEngine, PlaceCall, Progress};
 use crate::config::{Settings, TrunkSettings};
+use crate::domain::OtpCode;
 use crate::media::{Pacer, PromptLibrary};
 use crate::sip::{ProbeKind, ProbeResult};
-use crate::sip_io::SipEndpoint;
 
 /// Longer than a REGISTER/OPTIONS can take (Timer F = 32 s) plus one auth round.
 const PROBE_WAIT: Duration = Duration::from_secs(70);
@@ -103,47 +102,6 @@ pub fn describe_probe(r: &ProbeResult) -> String {
     s
 }
 
-/// The SIP endpoint for an ops command, advertising the address that routes to `trunk`
-/// when bound to a wildcard (as `serve` does).
-async fn endpoint(
-    settings: &Settings,
-    trunk: Option<&TrunkSettings>,
-) -> anyhow::Result<SipEndpoint> {
-    let external = settings.sip.external_address.trim();
-    let advertised = if !external.is_empty() {
-        Some(external.to_string())
-    } else if settings.sip.listen.ip().is_unspecified() {
-        match trunk {
-            Some(t) => Some(route_source(&t.proxy.host_port()).await?.to_string()),
-            None => None,
-        }
-    } else {
-        None
-    };
-    SipEndpoint::bind(
-        settings.sip.listen,
-        advertised,
-        settings.sip.user_agent.clone(),
-    )
-    .await
-    .with_context(|| format!("cannot bind SIP on {}", settings.sip.listen))
-}
-
-async fn route_source(host_port: &str) -> anyhow::Result<IpAddr> {
-    let dest = tokio::net::lookup_host(host_port)
-        .await?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("{host_port} has no address"))?;
-    let any: SocketAddr = if dest.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
-    };
-    let probe = tokio::net::UdpSocket::bind(any).await?;
-    probe.connect(dest).await?;
-    Ok(probe.local_addr()?.ip())
-}
-
 fn pick_trunk<'a>(settings: &'a Settings, req: &CallRequest) -> anyhow::Result<&'a TrunkSettings> {
     if let Some(name) = &req.trunk {
         return settings
@@ -164,25 +122,16 @@ fn pick_trunk<'a>(settings: &'a Settings, req: &CallRequest) -> anyhow::Result<&
         .ok_or_else(|| anyhow::anyhow!("no trunk routes {}", req.to))
 }
 
-fn random_code(len: usize) -> String {
-    (0..len)
-        .map(|_| char::from(b'0' + rand::random_range(0..10u8)))
-        .collect()
-}
-
 /// `otpdial call`: registers first if the trunk wants it, places one call, plays the
 /// code, and reports what SIP said. Errors are configuration problems; every network
 /// outcome is in the report.
 pub async fn call(settings: &Settings, req: CallRequest) -> anyhow::Result<CallReport> {
     let trunk = pick_trunk(settings, &req)?;
+    // The same rules as the API: 4 to 10 digits, generated from the CSPRNG
+    // when not given.
     let code = match &req.code {
-        Some(c) => {
-            if c.is_empty() || c.len() > 20 || !c.bytes().all(|b| b.is_ascii_digit()) {
-                bail!("--code must be 1 to 20 digits");
-            }
-            c.clone()
-        }
-        None => random_code(settings.verification.code_length),
+        Some(c) => OtpCode::parse(c).map_err(|e| anyhow::anyhow!("--code: {e}"))?,
+        None => OtpCode::generate(settings.verification.code_length)?,
     };
     let locale = req
         .locale
@@ -203,18 +152,7 @@ pub async fn call(settings: &Settings, req: CallRequest) -> anyhow::Result<CallR
             .map_err(|e| anyhow::anyhow!("--to {:?}: {e}", req.to))?
             .to_string()
     };
-    let sip = endpoint(settings, Some(trunk)).await?;
-    let external_ip = match settings.sip.external_address.trim() {
-        "" => None,
-        host => Some(
-            tokio::net::lookup_host((host, 0))
-                .await
-                .ok()
-                .and_then(|mut a| a.next())
-                .map(|a| a.ip())
-                .ok_or_else(|| anyhow::anyhow!("cannot resolve sip.external_address {host:?}"))?,
-        ),
-    };
+    let (sip, external_ip) = crate::app::sip_endpoint(settings, Some(trunk)).await?;
     let registration = if trunk.register {
         let cfg = trunk_config(trunk, true)
             .await
@@ -235,14 +173,13 @@ pub async fn call(settings: &Settings, req: CallRequest) -> anyhow::Result<CallR
         settings.sip.rtp_ports,
         external_ip,
     );
-    let digits: Vec<u8> = code.bytes().map(|b| b - b'0').collect();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let outcome = engine
         .place(
             PlaceCall {
                 to: &to,
                 trunk,
-                digits,
+                digits: code.digit_values(),
                 locale: &locale,
                 repeat: settings.verification.repeat,
                 require_keypress: settings.verification.require_keypress,
@@ -258,7 +195,8 @@ pub async fn call(settings: &Settings, req: CallRequest) -> anyhow::Result<CallR
     }
     Ok(CallReport {
         trunk: trunk.name.clone(),
-        code,
+        // Printed for the person testing: it is what they should hear.
+        code: String::from_utf8_lossy(code.expose()).into_owned(),
         progress,
         outcome,
         registration,
@@ -282,7 +220,7 @@ pub async fn trunk_check(
             None => bail!("the config has no [[trunks]]"),
         }
     }
-    let sip = endpoint(settings, trunks.first().copied()).await?;
+    let (sip, _) = crate::app::sip_endpoint(settings, trunks.first().copied()).await?;
     let mut waits = Vec::new();
     for t in &trunks {
         let cfg = trunk_config(t, true).await.map_err(anyhow::Error::msg)?;
