@@ -759,18 +759,16 @@ impl Settings {
                 ));
             }
         }
-        for (key, list) in [("fraud.allowed_prefixes", &self.fraud.allowed_prefixes)] {
-            for p in list {
-                if !p.starts_with('+') || !p[1..].bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(err(
-                        key.into(),
-                        format!("{p:?} must be an E.164 prefix such as \"+31\""),
-                    ));
-                }
+        for p in &self.fraud.allowed_prefixes {
+            if !is_e164_prefix(p) {
+                return Err(err(
+                    "fraud.allowed_prefixes".into(),
+                    format!("{p:?} must be an E.164 prefix such as \"+31\""),
+                ));
             }
         }
         for p in self.fraud.daily_budget.keys() {
-            if !p.starts_with('+') || p.len() < 2 || !p[1..].bytes().all(|b| b.is_ascii_digit()) {
+            if !is_e164_prefix(p) {
                 return Err(err(
                     "fraud.daily_budget".into(),
                     format!("{p:?} must be a country calling code such as \"+31\""),
@@ -807,7 +805,7 @@ impl Settings {
                 ));
             }
             for p in &t.prefixes {
-                if !p.starts_with('+') || !p[1..].bytes().all(|b| b.is_ascii_digit()) {
+                if !is_e164_prefix(p) {
                     return Err(err(
                         format!("trunks[{i}].prefixes"),
                         format!("{p:?} must be an E.164 prefix such as \"+31\""),
@@ -850,6 +848,12 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// `+` and at least one digit: an E.164 prefix or country calling code.
+fn is_e164_prefix(p: &str) -> bool {
+    p.strip_prefix('+')
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `OTPDIAL_A__B=v` sets `a.b`. Variables without `__` (such as
