@@ -932,6 +932,13 @@ mod tests {
         p.events.blocking_recv().expect("an event")
     }
 
+    /// Waits (up to 2 s) for the first packet at `sock`; returns where it came from.
+    fn first_packet_source(sock: &UdpSocket) -> SocketAddr {
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 512];
+        sock.recv_from(&mut buf).unwrap().1
+    }
+
     #[test]
     fn rfc4733_key_restarts_the_reading_and_rtp_latches_to_its_source() {
         let pack = PromptLibrary::builtin().get("en").unwrap();
@@ -949,11 +956,7 @@ mod tests {
             script: one_reading(50),
         });
         // Our RTP arrives where the SDP said; its source is our socket.
-        sdp_addr
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let mut buf = [0u8; 512];
-        let (_, ours) = sdp_addr.recv_from(&mut buf).unwrap();
+        let ours = first_packet_source(&sdp_addr);
         assert_eq!(
             next_event(&mut playout),
             PlayoutEvent::CodePlayed { times: 1 }
@@ -1052,11 +1055,7 @@ mod tests {
             pack,
             script: one_reading(50),
         });
-        far_end
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let mut buf = [0u8; 512];
-        let (_, ours) = far_end.recv_from(&mut buf).unwrap();
+        let ours = first_packet_source(&far_end);
         assert_eq!(
             next_event(&mut playout),
             PlayoutEvent::CodePlayed { times: 1 }
