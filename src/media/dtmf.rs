@@ -107,12 +107,12 @@ const MIN_TONE_SHARE: f32 = 0.6;
 
 /// Power of `samples` at `freq` (Goertzel), normalised to the mean power of a sine of
 /// that frequency: a pure tone of amplitude A gives about A²/2.
-fn goertzel_power(samples: &[f32], freq: f32) -> f32 {
+fn goertzel_power(samples: &[i16], freq: f32) -> f32 {
     let n = samples.len() as f32;
     let coeff = 2.0 * (2.0 * std::f32::consts::PI * freq / super::SAMPLE_RATE as f32).cos();
     let (mut s1, mut s2) = (0.0f32, 0.0f32);
     for &x in samples {
-        let s = x + coeff * s1 - s2;
+        let s = f32::from(x) + coeff * s1 - s2;
         s2 = s1;
         s1 = s;
     }
@@ -142,10 +142,15 @@ pub fn detect_frame(samples: &[i16]) -> Option<char> {
     if samples.is_empty() {
         return None;
     }
-    let x: Vec<f32> = samples.iter().map(|&s| f32::from(s)).collect();
-    let total = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let rows = ROWS.map(|f| goertzel_power(&x, f));
-    let cols = COLS.map(|f| goertzel_power(&x, f));
+    // Straight from the i16 samples (exact in f32): this runs on the pacer thread for
+    // every in-band frame received, so no per-frame buffer.
+    let total = samples
+        .iter()
+        .map(|&s| f32::from(s) * f32::from(s))
+        .sum::<f32>()
+        / samples.len() as f32;
+    let rows = ROWS.map(|f| goertzel_power(samples, f));
+    let cols = COLS.map(|f| goertzel_power(samples, f));
     let (r, rp, r_clear) = strongest(&rows);
     let (c, cp, c_clear) = strongest(&cols);
     let ok = r_clear

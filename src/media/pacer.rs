@@ -357,6 +357,16 @@ enum Next<'a> {
     End,
 }
 
+/// A 20 ms frame of digital silence in `codec`, built once rather than per packet.
+fn silence_frame(codec: G711) -> &'static [u8; FRAME_SAMPLES] {
+    static ULAW: [u8; FRAME_SAMPLES] = [g711::ULAW_SILENCE; FRAME_SAMPLES];
+    static ALAW: [u8; FRAME_SAMPLES] = [g711::ALAW_SILENCE; FRAME_SAMPLES];
+    match codec {
+        G711::Ulaw => &ULAW,
+        G711::Alaw => &ALAW,
+    }
+}
+
 /// Packets between sender reports: 5 s randomised to 2.5-7.5 s (RFC 3550 §6.2 asks
 /// for randomisation so that reports of many streams do not synchronise).
 fn report_interval_packets() -> u64 {
@@ -488,17 +498,24 @@ impl Stream {
 
     /// Sends the packet that is due. Returns false when the script is over.
     fn send_one(&mut self, buf: &mut [u8; PACKET_LEN]) -> bool {
-        let silence = [self.codec.silence(); FRAME_SAMPLES];
-        let (payload, speech) = match self.next_frame() {
-            Next::End => return false,
-            Next::Speech(f) => (*f, true),
-            Next::Silence => (silence, false),
-        };
+        // Copied out (a few bytes) so the frame can be written straight from the pack
+        // while `next_frame` still borrows the stream: no 160-byte copy per packet.
+        let (index, after_silence, header, codec) =
+            (self.index, self.after_silence, self.header, self.codec);
         // The first packet of the stream also carries the marker so that the
         // far end's jitter buffer starts cleanly (as Asterisk and FreeSWITCH do).
-        let marker = (speech && self.after_silence) || self.index == 0;
+        let (len, speech) = match self.next_frame() {
+            Next::End => return false,
+            Next::Speech(f) => (
+                header.write(index, after_silence || index == 0, f, buf),
+                true,
+            ),
+            Next::Silence => (
+                header.write(index, index == 0, silence_frame(codec), buf),
+                false,
+            ),
+        };
         self.after_silence = !speech;
-        let len = self.header.write(self.index, marker, &payload, buf);
         self.index += 1;
         match self.socket.send_to(&buf[..len], self.remote) {
             Ok(_) => self.packets_sent += 1,
@@ -932,6 +949,13 @@ mod tests {
         p.events.blocking_recv().expect("an event")
     }
 
+    /// Waits (up to 2 s) for the first packet at `sock`; returns where it came from.
+    fn first_packet_source(sock: &UdpSocket) -> SocketAddr {
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 512];
+        sock.recv_from(&mut buf).unwrap().1
+    }
+
     #[test]
     fn rfc4733_key_restarts_the_reading_and_rtp_latches_to_its_source() {
         let pack = PromptLibrary::builtin().get("en").unwrap();
@@ -949,11 +973,7 @@ mod tests {
             script: one_reading(50),
         });
         // Our RTP arrives where the SDP said; its source is our socket.
-        sdp_addr
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let mut buf = [0u8; 512];
-        let (_, ours) = sdp_addr.recv_from(&mut buf).unwrap();
+        let ours = first_packet_source(&sdp_addr);
         assert_eq!(
             next_event(&mut playout),
             PlayoutEvent::CodePlayed { times: 1 }
@@ -1052,11 +1072,7 @@ mod tests {
             pack,
             script: one_reading(50),
         });
-        far_end
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let mut buf = [0u8; 512];
-        let (_, ours) = far_end.recv_from(&mut buf).unwrap();
+        let ours = first_packet_source(&far_end);
         assert_eq!(
             next_event(&mut playout),
             PlayoutEvent::CodePlayed { times: 1 }

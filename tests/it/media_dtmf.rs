@@ -15,9 +15,10 @@ use std::time::Duration;
 use otpdial::app::DialerMode;
 use otpdial::domain::CallStatus;
 use otpdial::media::{CallScript, PromptLibrary, ScriptItem};
+use otpdial::verify::VerificationView;
 use serde_json::json;
 
-use crate::helpers::{base_settings, receive_rtp, spawn_app, Db, Sipp};
+use crate::helpers::{base_settings, receive_rtp, spawn_app, Db, Sipp, TestApp};
 
 /// A SIPp callee whose scenario sends media (play_dtmf): like `Sipp::uas`, plus
 /// `-mp` on a free port, since SIPp's default media port 6000 is shared by every SIPp
@@ -34,6 +35,19 @@ fn sipp_with_media(scenario: &str) -> Sipp {
     Sipp::uas_with_args(scenario, &[], &["-mp", &media_port.to_string()])
 }
 
+/// Asks for a call reading "1234" in English, waits (up to 60 s) for it to end, then
+/// for `sipp` to pass its scenario.
+async fn call_1234_with(t: &TestApp, sipp: Sipp) -> VerificationView {
+    let v = t
+        .start_verification(json!({ "to": "+31612345678", "code": "1234", "locale": "en" }))
+        .await;
+    let done = t.wait_call_final(&v.id, Duration::from_secs(60)).await;
+    sipp.finish(Duration::from_secs(10))
+        .await
+        .expect("SIPp scenario passed");
+    done
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc4733_key_during_playback_reads_the_code_again() {
     let sipp = sipp_with_media("uas_dtmf_rfc4733.xml");
@@ -44,13 +58,7 @@ async fn rfc4733_key_during_playback_reads_the_code_again() {
 
     // "1234" read twice takes about 11 s; the first reading ends about 5 s after the
     // answer and the key comes 6 s after it: during the second reading or "I repeat".
-    let v = t
-        .start_verification(json!({ "to": "+31612345678", "code": "1234", "locale": "en" }))
-        .await;
-    let done = t.wait_call_final(&v.id, Duration::from_secs(60)).await;
-    sipp.finish(Duration::from_secs(10))
-        .await
-        .expect("SIPp scenario passed");
+    let done = call_1234_with(&t, sipp).await;
 
     assert_eq!(done.call.status, CallStatus::Completed, "{done:?}");
     // One reading before the key, then all `repeat` readings again.
@@ -71,13 +79,7 @@ async fn require_keypress_reads_the_code_only_after_a_key() {
 
     // "Press any key" takes about 2 s; the key comes 6 s after the answer, while the
     // gateway waits for it, and opens the way to the normal script.
-    let v = t
-        .start_verification(json!({ "to": "+31612345678", "code": "1234", "locale": "en" }))
-        .await;
-    let done = t.wait_call_final(&v.id, Duration::from_secs(60)).await;
-    sipp.finish(Duration::from_secs(10))
-        .await
-        .expect("SIPp scenario passed");
+    let done = call_1234_with(&t, sipp).await;
     assert_eq!(done.call.status, CallStatus::Completed, "{done:?}");
     assert_eq!(
         done.call.times_played, 2,
