@@ -400,11 +400,12 @@ async fn drive(
 
         while let Some(t) = ua.poll_transmit() {
             if t.transport == Transport::Tcp {
-                let payload = t.payload;
-                let sent = connections
-                    .get(&t.destination)
-                    .is_some_and(|c| c.send(payload.clone()).is_ok());
-                if !sent {
+                // A failed send hands the payload back, so nothing is copied per message.
+                let unsent = match connections.get(&t.destination) {
+                    Some(c) => c.send(t.payload).err().map(|e| e.0),
+                    None => Some(t.payload),
+                };
+                if let Some(payload) = unsent {
                     // No (live) connection: open one; it sends once connected.
                     let (tx, rx) = mpsc::unbounded_channel();
                     let _ = tx.send(payload);

@@ -136,69 +136,83 @@ impl UserAgent {
     }
 
     fn send_register(&mut self, now: Instant, i: usize) {
-        let host_port = self.ident.host_port.clone();
         let t = &mut self.trunks[i];
-        let Some(registrar) = t.registrar.clone() else {
+        if t.registrar.is_none() {
             return;
-        };
+        }
         t.reg_cseq += 1;
         t.reg_pending = true;
-        let branch = new_branch();
-        let mut headers = common_headers(
-            &self.ident,
-            &branch,
-            &[],
-            &format!("<{}>;tag={}", t.cfg.aor, t.reg_from_tag),
-            &format!("<{}>", t.cfg.aor),
-            &t.reg_call_id,
-            t.reg_cseq,
-            Method::Register,
-            self.tcp_peers.contains(&t.cfg.destination),
-        );
-        headers.push(
-            h::Contact::new(format!("<sip:{}@{host_port}>", Self::aor_user(&t.cfg.aor))).into(),
-        );
-        headers.push(h::Expires::new(t.expires_wanted.to_string()).into());
-        headers.extend(
-            t.reg_auth
-                .headers(Method::Register, &registrar.to_string(), b""),
-        );
-        let request = message::render_request(Method::Register, &registrar, headers, b"");
-        let (dest, id) = (t.cfg.destination, t.id);
-        self.start_trunk_tx(now, branch, TxMethod::Register, id, dest, request);
+        let from = format!("<{}>;tag={}", t.cfg.aor, t.reg_from_tag);
+        let to = format!("<{}>", t.cfg.aor);
+        let expires = h::Expires::new(t.expires_wanted.to_string()).into();
+        self.send_trunk_request(now, i, Method::Register, &from, &to, expires);
     }
 
     fn send_options(&mut self, now: Instant, i: usize) {
-        let host_port = self.ident.host_port.clone();
+        let t = &mut self.trunks[i];
+        if t.registrar.is_none() {
+            return;
+        }
+        t.opt_cseq += 1;
+        t.opt_pending = true;
+        let from = format!("<{}>;tag={}", t.cfg.aor, random_token());
+        let to = format!("<{}>", t.cfg.registrar_uri);
+        let accept = h::Accept::new("application/sdp").into();
+        self.send_trunk_request(now, i, Method::Options, &from, &to, accept);
+    }
+
+    /// Sends the REGISTER or OPTIONS of trunk `i` with the Call-ID, CSeq and credentials
+    /// of that kind of request; `extra` goes after the Contact (Expires or Accept).
+    fn send_trunk_request(
+        &mut self,
+        now: Instant,
+        i: usize,
+        method: Method,
+        from: &str,
+        to: &str,
+        extra: Header,
+    ) {
         let t = &mut self.trunks[i];
         let Some(registrar) = t.registrar.clone() else {
             return;
         };
-        t.opt_cseq += 1;
-        t.opt_pending = true;
+        let (tx_method, call_id, cseq, auth) = match method {
+            Method::Register => (
+                TxMethod::Register,
+                &t.reg_call_id,
+                t.reg_cseq,
+                &mut t.reg_auth,
+            ),
+            _ => (
+                TxMethod::Options,
+                &t.opt_call_id,
+                t.opt_cseq,
+                &mut t.opt_auth,
+            ),
+        };
         let branch = new_branch();
         let mut headers = common_headers(
             &self.ident,
             &branch,
             &[],
-            &format!("<{}>;tag={}", t.cfg.aor, random_token()),
-            &format!("<{}>", t.cfg.registrar_uri),
-            &t.opt_call_id,
-            t.opt_cseq,
-            Method::Options,
+            from,
+            to,
+            call_id,
+            cseq,
+            method,
             self.tcp_peers.contains(&t.cfg.destination),
         );
-        headers.push(
-            h::Contact::new(format!("<sip:{}@{host_port}>", Self::aor_user(&t.cfg.aor))).into(),
+        let contact = format!(
+            "<sip:{}@{}>",
+            Self::aor_user(&t.cfg.aor),
+            self.ident.host_port
         );
-        headers.push(h::Accept::new("application/sdp").into());
-        headers.extend(
-            t.opt_auth
-                .headers(Method::Options, &registrar.to_string(), b""),
-        );
-        let request = message::render_request(Method::Options, &registrar, headers, b"");
+        headers.push(h::Contact::new(contact).into());
+        headers.push(extra);
+        headers.extend(auth.headers(method, &registrar.to_string(), b""));
+        let request = message::render_request(method, &registrar, headers, b"");
         let (dest, id) = (t.cfg.destination, t.id);
-        self.start_trunk_tx(now, branch, TxMethod::Options, id, dest, request);
+        self.start_trunk_tx(now, branch, tx_method, id, dest, request);
     }
 
     fn start_trunk_tx(
