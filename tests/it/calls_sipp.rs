@@ -6,17 +6,9 @@ use std::time::Duration;
 
 use otpdial::app::DialerMode;
 use otpdial::domain::{CallStatus, VerificationStatus};
-use otpdial::media::{CallScript, PromptLibrary};
 use serde_json::json;
 
-use crate::helpers::{base_settings, receive_rtp, spawn_app, Db, Sipp};
-
-/// Frames the gateway must send for `digits` read `repeat` times.
-fn expected_frames(digits: &[u8], repeat: u32) -> usize {
-    let lib = PromptLibrary::builtin();
-    let pack = lib.get("en").expect("en pack");
-    CallScript::build(&pack, digits, repeat).frame_count(&pack) as usize
-}
+use crate::helpers::{base_settings, expected_frames, receive_rtp, spawn_app, Db, Sipp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sipp_answers_and_receives_the_code_as_paced_rtp() {

@@ -399,3 +399,11 @@ impl Sipp {
         Ok(screen)
     }
 }
+
+/// RTP packets the gateway sends for `digits` read `repeat` times with the
+/// built-in `en` pack: every frame of the call script.
+pub fn expected_frames(digits: &[u8], repeat: u32) -> usize {
+    let lib = otpdial::media::PromptLibrary::builtin();
+    let pack = lib.get("en").expect("en pack");
+    otpdial::media::CallScript::build(&pack, digits, repeat).frame_count(&pack) as usize
+}

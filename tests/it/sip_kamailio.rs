@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use otpdial::config::{HumanDuration, SecretString, Settings, Transport};
 use otpdial::domain::CallStatus;
-use otpdial::media::{CallScript, PromptLibrary};
 use otpdial::ops::{self, CallRequest};
 use otpdial::sip::ProbeKind;
 
@@ -182,9 +181,7 @@ async fn register_and_call(algorithm: &str, transport: Transport) {
     );
     assert_eq!(report.outcome.times_played, 1);
     let packets = packets.await.unwrap();
-    let lib = PromptLibrary::builtin();
-    let pack = lib.get("en").unwrap();
-    let expected = CallScript::build(&pack, &[2, 4, 6, 8], 1).frame_count(&pack) as usize;
+    let expected = crate::helpers::expected_frames(&[2, 4, 6, 8], 1);
     assert_eq!(packets.len(), expected, "the callee heard the whole code");
     assert!(packets.iter().all(|p| p.payload_type == 8));
     // Kamailio saw the challenged and the authenticated INVITE, and routed ACK and BYE
@@ -354,9 +351,7 @@ async fn gateway_registers_and_calls_through_kamailio() {
         kamailio.log()
     );
     assert_eq!(done.call.times_played, 1);
-    let lib = PromptLibrary::builtin();
-    let pack = lib.get("en").unwrap();
-    let expected = CallScript::build(&pack, &[1, 3, 5, 7], 1).frame_count(&pack) as usize;
+    let expected = crate::helpers::expected_frames(&[1, 3, 5, 7], 1);
     assert_eq!(packets.await.unwrap().len(), expected);
     let (_, list) = t.get_as(crate::helpers::ADMIN_TOKEN, "/v1/trunks").await;
     assert_eq!(list["trunks"][0]["calls_total"], 1);

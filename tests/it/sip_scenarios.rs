@@ -9,7 +9,6 @@ use std::time::Duration;
 use otpdial::call::Progress;
 use otpdial::config::{HumanDuration, SecretString, Settings, TrunkSettings};
 use otpdial::domain::CallStatus;
-use otpdial::media::{CallScript, PromptLibrary};
 use otpdial::ops::{self, CallReport, CallRequest};
 
 use crate::helpers::{base_settings, receive_rtp, Received, Sipp};
@@ -38,10 +37,9 @@ async fn place(s: &Settings) -> CallReport {
     .expect("call placed")
 }
 
+/// Every frame of the script for `CODE` (4815) read once.
 fn expected_frames() -> usize {
-    let lib = PromptLibrary::builtin();
-    let pack = lib.get("en").expect("en pack");
-    CallScript::build(&pack, &[4, 8, 1, 5], 1).frame_count(&pack) as usize
+    crate::helpers::expected_frames(&[4, 8, 1, 5], 1)
 }
 
 /// A loopback RTP receiver and its port.
