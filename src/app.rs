@@ -18,6 +18,7 @@ use crate::media::{Pacer, PacerOptions, PromptLibrary};
 use crate::metrics::Metrics;
 use crate::sip_io::SipEndpoint;
 use crate::store::Store;
+use crate::trunks::TrunkBoard;
 use crate::verify::{CodeKeys, Verifier};
 use crate::webhooks::WebhookWorker;
 
@@ -30,6 +31,7 @@ pub struct RunningApp {
     pub store: Store,
     pub dialer: Arc<Dialer>,
     pub verifier: Verifier,
+    pub trunks: Arc<TrunkBoard>,
     shutdown: CancellationToken,
     http: JoinHandle<()>,
     dialer_task: Option<JoinHandle<()>>,
@@ -101,6 +103,11 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         .start_trunks(&settings.trunks)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
+    let board = Arc::new(TrunkBoard::new(
+        &settings.trunks,
+        engine.trunk_status_map(),
+        settings.dialer.max_concurrent_calls,
+    ));
 
     let wake = Arc::new(Notify::new());
     let cancel_wake = Arc::new(Notify::new());
@@ -118,6 +125,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         store.clone(),
         keys,
         engine.clone(),
+        board.clone(),
         settings.clone(),
         wake,
         cancel_wake,
@@ -145,6 +153,9 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
     background.push(tokio::spawn(
         dialer.clone().watch_cancellations(shutdown.clone()),
     ));
+    background.push(tokio::spawn(
+        dialer.clone().maintain_leases(shutdown.clone()),
+    ));
     let dialer_task = match mode {
         DialerMode::Background => Some(tokio::spawn(dialer.clone().run(shutdown.clone()))),
         DialerMode::Manual => None,
@@ -155,7 +166,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         store: store.clone(),
         api_keys: Arc::new(ApiKey::from_settings(&settings.api.keys)),
         settings: settings.clone(),
-        engine: engine.clone(),
+        trunks: board.clone(),
         metrics,
     };
     let listener = tokio::net::TcpListener::bind(settings.http.listen)
@@ -179,6 +190,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         store,
         dialer,
         verifier,
+        trunks: board,
         shutdown,
         http,
         dialer_task,

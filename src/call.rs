@@ -3,10 +3,9 @@
 //! RTP pacer (`media`) and reports progress on a channel; it knows nothing of
 //! HTTP or SQL.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -17,8 +16,9 @@ use crate::media::{
     rtcp_socket_beside, CallScript, Pacer, PlayoutEvent, PlayoutSpec, PromptLibrary, G711,
 };
 use crate::sip::sdp::{AudioCodec, MediaOffer};
-use crate::sip::{EndReason, OutgoingCall, TrunkConfig, TrunkStatus};
+use crate::sip::{EndReason, OutgoingCall, TrunkConfig};
 use crate::sip_io::{CallEvent, SipEndpoint};
+use crate::trunks::TrunkSlot;
 
 /// Progress of one attempt, in the order it happens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,28 +53,65 @@ impl AttemptOutcome {
     }
 }
 
+/// Why we hang up a call ourselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HangupCause {
+    /// The verification stopped being pending (canceled, approved, expired).
+    Canceled,
+    /// Nobody answered within the trunk's `ring_timeout`.
+    RingTimeout,
+    /// `require_keypress`: no key within the time allowed.
+    NoKeypress,
+    /// The gateway is stopping and the call outlived `shutdown_grace`.
+    Shutdown,
+}
+
+impl HangupCause {
+    /// The reason recorded for the attempt (and the call).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Canceled => "canceled",
+            Self::RingTimeout => "no answer within ring_timeout",
+            Self::NoKeypress => "no_keypress",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A request to hang up one call, with its cause; the first cause wins.
+#[derive(Debug, Clone, Default)]
+pub struct Hangup {
+    token: CancellationToken,
+    cause: Arc<OnceLock<HangupCause>>,
+}
+
+impl Hangup {
+    pub fn request(&self, cause: HangupCause) {
+        let _ = self.cause.set(cause);
+        self.token.cancel();
+    }
+
+    pub fn cause(&self) -> Option<HangupCause> {
+        self.cause.get().copied()
+    }
+
+    pub async fn requested(&self) {
+        self.token.cancelled().await
+    }
+}
+
 /// What to say to whom.
 pub struct PlaceCall<'a> {
     /// E.164 number (`+31612345678`) or a full `sip:` URI.
     pub to: &'a str,
-    pub trunk: &'a TrunkSettings,
     pub digits: Vec<u8>,
     pub locale: &'a str,
     pub repeat: u32,
     /// Ask for a key first and read the code only after one (SPEC §4).
     pub require_keypress: bool,
-    /// Hang up (or cancel) when this fires, e.g. when the verification is
-    /// canceled.
-    pub cancel: CancellationToken,
-}
-
-/// Live per-trunk counters, shared with the dialer for routing decisions
-/// and with the ops API.
-#[derive(Debug, Default)]
-pub struct TrunkCounters {
-    pub active: AtomicU32,
-    pub total: AtomicU64,
-    pub answered: AtomicU64,
+    /// Hang up (or cancel) when this is requested, e.g. when the
+    /// verification is canceled.
+    pub hangup: Hangup,
 }
 
 pub struct CallEngine {
@@ -83,7 +120,6 @@ pub struct CallEngine {
     prompts: Arc<PromptLibrary>,
     rtp: RtpPorts,
     external_ip: Option<IpAddr>,
-    counters: Mutex<HashMap<String, Arc<TrunkCounters>>>,
 }
 
 /// Hands out RTP ports from the configured range, round robin, binding
@@ -131,7 +167,6 @@ impl CallEngine {
                 next: AtomicU32::new(rand::random::<u32>() % 1000 * 2),
             },
             external_ip,
-            counters: Mutex::new(HashMap::new()),
         }
     }
 
@@ -141,14 +176,6 @@ impl CallEngine {
 
     pub fn prompts(&self) -> &PromptLibrary {
         &self.prompts
-    }
-
-    pub fn counters(&self, trunk: &str) -> Arc<TrunkCounters> {
-        let mut map = match self.counters.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.entry(trunk.to_string()).or_default().clone()
     }
 
     pub async fn shutdown(&self) {
@@ -168,50 +195,31 @@ impl CallEngine {
         Ok(())
     }
 
-    /// What registration and keepalive know about a trunk (`registered`, `reachable`,
-    /// `last_error`); the default (nothing known) before `start_trunks`.
-    pub fn trunk_status(&self, name: &str) -> TrunkStatus {
-        self.sip.trunk_status(name).unwrap_or_default()
-    }
-
-    /// Whether the dialer should offer calls to this trunk now: registered when it must
-    /// register, and not known to be unreachable.
-    pub fn trunk_usable(&self, trunk: &TrunkSettings) -> bool {
-        let st = self.trunk_status(&trunk.name);
-        (!trunk.register || st.registered) && st.reachable != Some(false)
+    /// The map the SIP driver keeps trunk registration/keepalive status in
+    /// (read through the trunk board).
+    pub fn trunk_status_map(&self) -> crate::sip_io::TrunkStatusMap {
+        self.sip.status_map()
     }
 
     /// Places one attempt and plays the code if answered. Never panics on
     /// anything the network does; every way it can end is an outcome.
+    ///
+    /// Everything the call holds lives in this future: the trunk `slot`,
+    /// the SIP session and the RTP stream. However it stops (it returns, or
+    /// it is dropped mid-call by a cancel, an error or a panic of its
+    /// caller), their guards hang the call up (BYE after the answer, CANCEL
+    /// before), stop the stream and give the slot back.
     pub async fn place(
         &self,
         call: PlaceCall<'_>,
+        slot: TrunkSlot,
         progress: mpsc::UnboundedSender<Progress>,
     ) -> AttemptOutcome {
-        let counters = self.counters(&call.trunk.name);
-        if counters.active.load(Ordering::Relaxed) >= call.trunk.max_concurrent_calls {
-            return AttemptOutcome::failed(
-                format!("trunk {} is at max_concurrent_calls", call.trunk.name),
-                true,
-            );
-        }
-        counters.active.fetch_add(1, Ordering::Relaxed);
-        counters.total.fetch_add(1, Ordering::Relaxed);
-        let outcome = self.place_inner(call, &counters, progress).await;
-        counters.active.fetch_sub(1, Ordering::Relaxed);
-        outcome
-    }
-
-    async fn place_inner(
-        &self,
-        call: PlaceCall<'_>,
-        counters: &TrunkCounters,
-        progress: mpsc::UnboundedSender<Progress>,
-    ) -> AttemptOutcome {
+        let trunk = slot.trunk().clone();
         let Some(pack) = self.prompts.get(call.locale) else {
             return AttemptOutcome::failed(format!("no prompt pack for {}", call.locale), false);
         };
-        let proxy = &call.trunk.proxy;
+        let proxy = &trunk.proxy;
         let destination = match resolve(proxy).await {
             Ok(a) => a,
             Err(e) => return AttemptOutcome::failed(e, true),
@@ -228,8 +236,7 @@ impl CallEngine {
             Ok(a) => a.port(),
             Err(e) => return AttemptOutcome::failed(format!("RTP socket: {e}"), false),
         };
-        let codecs = call
-            .trunk
+        let codecs = trunk
             .codecs
             .iter()
             .map(|c| match c {
@@ -245,8 +252,8 @@ impl CallEngine {
         let outgoing = OutgoingCall {
             request_uri,
             destination,
-            from_uri: call.trunk.from.clone(),
-            from_display: call.trunk.from_display.clone(),
+            from_uri: trunk.from.clone(),
+            from_display: trunk.from_display.clone(),
             media: MediaOffer {
                 address: self.external_ip.unwrap_or(local_ip),
                 port: rtp_port,
@@ -254,8 +261,8 @@ impl CallEngine {
                 telephone_event_pt: 101,
                 ptime_ms: 20,
             },
-            credentials: call.trunk.credentials(),
-            extra_headers: caller_id_headers(call.trunk),
+            credentials: trunk.credentials(),
+            extra_headers: caller_id_headers(&trunk),
             tcp: proxy.transport == crate::config::Transport::Tcp,
         };
         let mut session = match self.sip.invite(outgoing).await {
@@ -266,7 +273,7 @@ impl CallEngine {
         // The ring timer starts with the first provisional response: until
         // then the INVITE transaction's Timer B decides (no response at all
         // is a trunk failure worth failing over, not a user not answering).
-        let ring_timeout = tokio::time::sleep(call.trunk.ring_timeout.0);
+        let ring_timeout = tokio::time::sleep(trunk.ring_timeout.0);
         tokio::pin!(ring_timeout);
         let mut ringing = false;
         let mut hung_up = false;
@@ -274,11 +281,13 @@ impl CallEngine {
         let mut playout: Option<crate::media::Playout> = None;
         let mut times_played = 0u32;
         let mut answered = false;
-        let mut hangup_reason: Option<String> = None;
+        // Why we hung up, when we did.
+        let mut ours: Option<HangupCause> = None;
         loop {
             tokio::select! {
                 ev = session.events.recv() => {
                     let Some(ev) = ev else {
+                        session.ended();
                         return AttemptOutcome::failed("SIP endpoint stopped", false);
                     };
                     match ev {
@@ -287,7 +296,7 @@ impl CallEngine {
                                 ringing = true;
                                 ring_timeout
                                     .as_mut()
-                                    .reset(tokio::time::Instant::now() + call.trunk.ring_timeout.0);
+                                    .reset(tokio::time::Instant::now() + trunk.ring_timeout.0);
                             }
                             if (180..200).contains(&status) {
                                 let _ = progress.send(Progress::Ringing);
@@ -298,7 +307,7 @@ impl CallEngine {
                                 continue; // a 200 that crossed our CANCEL; the UA BYEs it
                             }
                             answered = true;
-                            counters.answered.fetch_add(1, Ordering::Relaxed);
+                            slot.answered();
                             let _ = progress.send(Progress::Answered);
                             let Some(socket) = rtp_socket.take() else { continue };
                             let codec = match media.codec {
@@ -328,10 +337,11 @@ impl CallEngine {
                             }
                         }
                         CallEvent::Ended { reason } => {
+                            session.ended();
                             if let Some(p) = &playout {
                                 p.stop();
                             }
-                            return end_outcome(reason, answered, times_played, hangup_reason);
+                            return end_outcome(reason, answered, times_played, ours);
                         }
                     }
                 }
@@ -349,7 +359,7 @@ impl CallEngine {
                         Some(PlayoutEvent::KeyPressed { .. }) => {}
                         Some(PlayoutEvent::NoKeypress) => {
                             // Finished follows and hangs up; the call fails unread.
-                            hangup_reason = Some("no key pressed within 15 s".into());
+                            ours = Some(HangupCause::NoKeypress);
                         }
                         Some(PlayoutEvent::Finished { times_played: t, .. }) => {
                             times_played = times_played.max(t);
@@ -364,12 +374,12 @@ impl CallEngine {
                 }
                 _ = &mut ring_timeout, if ringing && !answered && !hung_up => {
                     hung_up = true;
-                    hangup_reason = Some("no answer within ring_timeout".into());
+                    ours = Some(HangupCause::RingTimeout);
                     session.hangup();
                 }
-                _ = call.cancel.cancelled(), if !hung_up => {
+                _ = call.hangup.requested(), if !hung_up => {
                     hung_up = true;
-                    hangup_reason = Some("canceled".into());
+                    ours = Some(call.hangup.cause().unwrap_or(HangupCause::Canceled));
                     if let Some(p) = &playout {
                         p.stop();
                     }
@@ -450,37 +460,40 @@ fn caller_id_headers(trunk: &TrunkSettings) -> Vec<(String, String)> {
     out
 }
 
-/// Maps how the SIP call ended to a call status (SPEC §4).
+/// Maps how the SIP call ended to a call status (SPEC §4). `ours` is why we
+/// hung up, if we did.
 fn end_outcome(
     reason: EndReason,
     answered: bool,
     times_played: u32,
-    hangup_reason: Option<String>,
+    ours: Option<HangupCause>,
 ) -> AttemptOutcome {
-    let canceled = hangup_reason.as_deref() == Some("canceled");
-    let played = AttemptOutcome {
-        status: if times_played > 0 {
-            CallStatus::Completed
-        } else if canceled {
-            CallStatus::Canceled
-        } else {
-            CallStatus::Failed
-        },
-        sip_code: Some(200),
-        reason: None,
-        times_played,
-        failover: false,
+    let canceled = ours == Some(HangupCause::Canceled);
+    let unanswered_status = match ours {
+        Some(HangupCause::Canceled) => CallStatus::Canceled,
+        Some(HangupCause::RingTimeout) => CallStatus::NoAnswer,
+        Some(HangupCause::NoKeypress | HangupCause::Shutdown) | None => CallStatus::Failed,
     };
+    let ours_reason = ours.map(|c| c.reason().to_string());
     match reason {
         EndReason::RemoteHangup | EndReason::LocalHangup if answered => AttemptOutcome {
+            status: if times_played > 0 {
+                CallStatus::Completed
+            } else if canceled {
+                CallStatus::Canceled
+            } else {
+                CallStatus::Failed
+            },
+            sip_code: Some(200),
             reason: match (&reason, times_played) {
                 (_, n) if n > 0 => None,
                 (EndReason::RemoteHangup, _) => {
                     Some("callee hung up before the code was read".into())
                 }
-                _ => hangup_reason.or_else(|| Some("hung up before the code was read".into())),
+                _ => ours_reason.or_else(|| Some("hung up before the code was read".into())),
             },
-            ..played
+            times_played,
+            failover: false,
         },
         EndReason::MediaFailed { reason } => AttemptOutcome {
             status: CallStatus::Failed,
@@ -491,41 +504,42 @@ fn end_outcome(
         },
         EndReason::Rejected { status, reason } => {
             let (call_status, failover) = classify_final(status);
-            let call_status = if status == 487 && hangup_reason.as_deref() == Some("canceled") {
-                CallStatus::Canceled
-            } else {
-                call_status
+            let (call_status, failover) = match (status, ours) {
+                // The 487 that answers our CANCEL: our cause decides.
+                (487, Some(_)) => (unanswered_status, false),
+                _ => (call_status, failover && ours.is_none()),
             };
             AttemptOutcome {
                 status: call_status,
                 sip_code: Some(status),
-                reason: Some(format!("{status} {reason}")),
+                reason: Some(match &ours_reason {
+                    Some(r) if status == 487 => r.clone(),
+                    _ => format!("{status} {reason}"),
+                }),
                 times_played: 0,
                 failover,
             }
         }
         EndReason::Canceled => AttemptOutcome {
-            status: if hangup_reason.as_deref() == Some("canceled") {
-                CallStatus::Canceled
-            } else {
-                CallStatus::NoAnswer
+            status: match ours {
+                Some(_) => unanswered_status,
+                None => CallStatus::NoAnswer,
             },
             sip_code: None,
-            reason: hangup_reason,
+            reason: ours_reason,
             times_played: 0,
             failover: false,
         },
-        EndReason::Timeout => AttemptOutcome::failed("no response from the trunk (timeout)", true),
-        EndReason::RemoteHangup | EndReason::LocalHangup => AttemptOutcome {
-            status: if hangup_reason.as_deref() == Some("canceled") {
-                CallStatus::Canceled
-            } else if hangup_reason.is_some() {
-                CallStatus::NoAnswer
-            } else {
-                CallStatus::Failed
+        EndReason::Timeout if ours.is_none() => {
+            AttemptOutcome::failed("no response from the trunk (timeout)", true)
+        }
+        EndReason::Timeout | EndReason::RemoteHangup | EndReason::LocalHangup => AttemptOutcome {
+            status: match ours {
+                Some(_) => unanswered_status,
+                None => CallStatus::Failed,
             },
             sip_code: None,
-            reason: hangup_reason.or_else(|| Some("call ended before it was answered".into())),
+            reason: ours_reason.or_else(|| Some("call ended before it was answered".into())),
             times_played: 0,
             failover: false,
         },
@@ -536,7 +550,10 @@ fn end_outcome(
 pub fn classify_final(status: u16) -> (CallStatus, bool) {
     match status {
         486 | 600 => (CallStatus::Busy, false),
-        408 | 480 | 487 => (CallStatus::NoAnswer, false),
+        // 408 from a trunk: nothing downstream answered its INVITE, worth
+        // another trunk (issue 8); 480/487: the callee did not pick up.
+        408 => (CallStatus::Failed, true),
+        480 | 487 => (CallStatus::NoAnswer, false),
         603 => (CallStatus::Rejected, false),
         488 | 606 => (CallStatus::Failed, false),
         400..=499 => (CallStatus::Rejected, false),
@@ -574,20 +591,17 @@ mod tests {
 
     #[test]
     fn canceled_answered_call_is_canceled_unless_the_code_was_read() {
-        let o = end_outcome(EndReason::LocalHangup, true, 0, Some("canceled".into()));
+        let c = Some(HangupCause::Canceled);
+        let o = end_outcome(EndReason::LocalHangup, true, 0, c);
         assert_eq!(o.status, CallStatus::Canceled);
-        let o = end_outcome(EndReason::LocalHangup, true, 1, Some("canceled".into()));
+        let o = end_outcome(EndReason::LocalHangup, true, 1, c);
         assert_eq!(o.status, CallStatus::Completed);
     }
 
     #[test]
     fn ring_timeout_cancel_is_no_answer() {
-        let o = end_outcome(
-            EndReason::Canceled,
-            false,
-            0,
-            Some("no answer within ring_timeout".into()),
-        );
+        let rt = Some(HangupCause::RingTimeout);
+        let o = end_outcome(EndReason::Canceled, false, 0, rt);
         assert_eq!(o.status, CallStatus::NoAnswer);
         let o = end_outcome(
             EndReason::Rejected {
@@ -596,8 +610,27 @@ mod tests {
             },
             false,
             0,
-            Some("no answer within ring_timeout".into()),
+            rt,
         );
         assert_eq!(o.status, CallStatus::NoAnswer);
+    }
+
+    #[test]
+    fn shutdown_hangup_fails_unread_calls_and_never_fails_over() {
+        let s = Some(HangupCause::Shutdown);
+        let o = end_outcome(EndReason::LocalHangup, true, 0, s);
+        assert_eq!(o.status, CallStatus::Failed);
+        assert_eq!(o.reason.as_deref(), Some("shutdown"));
+        let o = end_outcome(EndReason::Canceled, false, 0, s);
+        assert_eq!((o.status, o.failover), (CallStatus::Failed, false));
+        let o = end_outcome(EndReason::Timeout, false, 0, s);
+        assert_eq!((o.status, o.failover), (CallStatus::Failed, false));
+        let o = end_outcome(EndReason::LocalHangup, true, 2, s);
+        assert_eq!(o.status, CallStatus::Completed);
+    }
+
+    #[test]
+    fn a_408_fails_over_to_the_next_trunk() {
+        assert_eq!(classify_final(408), (CallStatus::Failed, true));
     }
 }

@@ -46,6 +46,7 @@ pub struct Settings {
     pub fraud: FraudSettings,
     pub prompts: PromptSettings,
     pub media: MediaSettings,
+    pub dialer: DialerSettings,
     pub trunks: Vec<TrunkSettings>,
 }
 
@@ -300,6 +301,54 @@ pub struct MediaSettings {
     pub realtime_priority: u8,
 }
 
+/// Outcomes of a call round that `[dialer] retry_on` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    NoAnswer,
+    Busy,
+    Rejected,
+    Failed,
+}
+
+/// `[dialer]` (SPEC §6): retries, take-over of calls whose instance died,
+/// capacity, and what a shutdown waits for.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialerSettings {
+    /// Call rounds per verification, across numbers and retries (a round
+    /// may itself fail over across trunks).
+    pub max_attempts: u32,
+    /// Round outcomes that may be retried when `max_attempts > 1`.
+    pub retry_on: Vec<RetryOn>,
+    pub retry_delay: HumanDuration,
+    /// A retry calls the user's next registered number (primary first).
+    pub next_number: bool,
+    /// On SIGTERM/SIGINT, calls in progress may finish this long before
+    /// they are hung up.
+    pub shutdown_grace: HumanDuration,
+    /// How long a claimed call stays owned without renewal. A call whose
+    /// instance died is taken over once its lease ran out.
+    pub lease: HumanDuration,
+    /// Calls in progress on this instance over all trunks; 0 = the sum of
+    /// the trunks' `max_concurrent_calls`.
+    pub max_concurrent_calls: u32,
+}
+
+impl Default for DialerSettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 1,
+            retry_on: vec![RetryOn::NoAnswer, RetryOn::Busy],
+            retry_delay: HumanDuration(Duration::from_secs(30)),
+            next_number: true,
+            shutdown_grace: HumanDuration(Duration::from_secs(30)),
+            lease: HumanDuration(Duration::from_secs(20)),
+            max_concurrent_calls: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrunkSettings {
@@ -342,6 +391,21 @@ pub struct TrunkSettings {
     /// some carriers rate-limit or blocklist unsolicited OPTIONS.
     #[serde(default = "default_options_interval")]
     pub options_interval: HumanDuration,
+    /// Consecutive failures (5xx, 408, no response, transport error) after
+    /// which the trunk is marked down and tried only when no other can.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// A down trunk comes back when OPTIONS succeed again; without OPTIONS
+    /// keepalive it gets one trial call after this long.
+    #[serde(default = "default_breaker_cooldown")]
+    pub breaker_cooldown: HumanDuration,
+}
+
+fn default_breaker_failures() -> u32 {
+    3
+}
+fn default_breaker_cooldown() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
 }
 
 fn default_register_expires() -> u32 {
@@ -775,8 +839,33 @@ impl Settings {
                 ));
             }
         }
+        let d = &self.dialer;
+        if !(1..=10).contains(&d.max_attempts) {
+            return Err(err(
+                "dialer.max_attempts".into(),
+                format!("must be 1..10, got {}", d.max_attempts),
+            ));
+        }
+        if d.lease.0 < Duration::from_secs(3) || d.lease.0 > Duration::from_secs(600) {
+            return Err(err(
+                "dialer.lease".into(),
+                "must be between 3s and 10m".into(),
+            ));
+        }
+        if d.shutdown_grace.0 > Duration::from_secs(3600) {
+            return Err(err(
+                "dialer.shutdown_grace".into(),
+                "must be at most 1h".into(),
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, t) in self.trunks.iter().enumerate() {
+            if t.breaker_failures == 0 {
+                return Err(err(
+                    format!("trunks[{i}].breaker_failures"),
+                    "must be at least 1".into(),
+                ));
+            }
             if t.name.trim().is_empty() || !names.insert(t.name.as_str()) {
                 return Err(err(
                     format!("trunks[{i}].name"),

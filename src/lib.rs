@@ -19,6 +19,8 @@ pub mod ops;
 pub mod sip;
 pub mod sip_io;
 pub mod store;
+pub mod sync;
 pub mod testphone;
+pub mod trunks;
 pub mod verify;
 pub mod webhooks;

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub call_attempts: Family<TrunkStatusLabel, Counter>,
     pub webhook_deliveries: Family<ResultLabel, Counter>,
     pub active_calls: Family<TrunkLabel, Gauge>,
+    /// 1 while a trunk's circuit breaker holds it down.
+    pub trunk_down: Family<TrunkLabel, Gauge>,
+    pub calls_recovered: Family<ResultLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -67,6 +70,8 @@ impl Metrics {
             call_attempts: Family::default(),
             webhook_deliveries: Family::default(),
             active_calls: Family::default(),
+            trunk_down: Family::default(),
+            calls_recovered: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -104,6 +109,16 @@ impl Metrics {
             "active_calls",
             "Calls in progress per trunk",
             m.active_calls.clone(),
+        );
+        registry.register(
+            "trunk_down",
+            "1 while the trunk's circuit breaker marks it down",
+            m.trunk_down.clone(),
+        );
+        registry.register(
+            "calls_recovered",
+            "Calls of a dead instance taken over, by result (failed, requeued)",
+            m.calls_recovered.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }
@@ -150,6 +165,15 @@ impl Metrics {
             TrunkStatusLabel {
                 trunk: trunk.into(),
                 status: status.into(),
+            },
+        );
+    }
+
+    pub fn recovered(&self, result: &str) {
+        bump(
+            &self.calls_recovered,
+            ResultLabel {
+                result: result.into(),
             },
         );
     }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-use crate::call::{trunk_config, AttemptOutcome, CallEngine, PlaceCall, Progress};
+use crate::call::{trunk_config, AttemptOutcome, CallEngine, Hangup, PlaceCall, Progress};
+use crate::trunks::TrunkBoard;
 use crate::config::{Settings, TrunkSettings};
 use crate::domain::OtpCode;
 use crate::media::{Pacer, PromptLibrary};
@@ -173,18 +173,22 @@ pub async fn call(settings: &Settings, req: CallRequest) -> anyhow::Result<CallR
         settings.sip.rtp_ports,
         external_ip,
     );
+    let board = TrunkBoard::new(std::slice::from_ref(trunk), engine.trunk_status_map(), 1);
+    let slot = board
+        .try_slot(&trunk.name)
+        .ok_or_else(|| anyhow::anyhow!("trunk {} allows no calls", trunk.name))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let outcome = engine
         .place(
             PlaceCall {
                 to: &to,
-                trunk,
                 digits: code.digit_values(),
                 locale: &locale,
                 repeat: settings.verification.repeat,
                 require_keypress: settings.verification.require_keypress,
-                cancel: CancellationToken::new(),
+                hangup: Hangup::default(),
             },
+            slot,
             tx,
         )
         .await;

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use crate::sync::lock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
@@ -65,7 +66,8 @@ enum Command {
 }
 
 /// Trunk status by trunk name, written by the driver task, read by anyone.
-type StatusMap = Arc<Mutex<HashMap<String, TrunkStatus>>>;
+pub type TrunkStatusMap = Arc<Mutex<HashMap<String, TrunkStatus>>>;
+type StatusMap = TrunkStatusMap;
 
 /// Handle to the SIP driver task. Cheap to clone.
 #[derive(Clone)]
@@ -94,6 +96,19 @@ pub struct CallSession {
     pub handle: CallHandle,
     pub events: mpsc::UnboundedReceiver<CallEvent>,
     commands: mpsc::UnboundedSender<Command>,
+    ended: bool,
+}
+
+/// The live-call guard of the SIP side: a session dropped before its call
+/// ended (an early return, an error, a panic, a cancelled future) hangs the
+/// call up: BYE once answered, CANCEL while it rings (or as soon as it
+/// does), ACK+BYE for a 200 that still arrives.
+impl Drop for CallSession {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = self.commands.send(Command::Hangup(self.handle));
+        }
+    }
 }
 
 impl CallSession {
@@ -101,6 +116,12 @@ impl CallSession {
     /// as [`CallEvent::Ended`]. Harmless after the call ended or the endpoint shut down.
     pub fn hangup(&self) {
         let _ = self.commands.send(Command::Hangup(self.handle));
+    }
+
+    /// Marks the call as over (its `Ended` event arrived), so that dropping
+    /// the session sends nothing more.
+    pub fn ended(&mut self) {
+        self.ended = true;
     }
 
     /// A clonable way to hang up this call from elsewhere (e.g. a ring-timeout task).
@@ -196,6 +217,7 @@ impl SipEndpoint {
             handle,
             events: events_rx,
             commands: self.inner.commands.clone(),
+            ended: false,
         })
     }
 
@@ -215,6 +237,12 @@ impl SipEndpoint {
         Ok(rx)
     }
 
+    /// The map the driver writes each trunk's registration/keepalive status
+    /// into; the trunk board reads it.
+    pub fn status_map(&self) -> TrunkStatusMap {
+        self.inner.trunks.clone()
+    }
+
     /// The last known status of a trunk added with [`Self::add_trunk`].
     pub fn trunk_status(&self, name: &str) -> Option<TrunkStatus> {
         lock(&self.inner.trunks).get(name).cloned()
@@ -224,10 +252,7 @@ impl SipEndpoint {
     /// (their channels close); hang them up first for a clean end.
     pub async fn shutdown(&self) {
         let _ = self.inner.commands.send(Command::Shutdown);
-        let task = match self.inner.task.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
+        let task = lock(&self.inner.task).take();
         if let Some(task) = task {
             if let Err(e) = task.await {
                 warn!(error = %e, "SIP driver task failed");
@@ -236,12 +261,6 @@ impl SipEndpoint {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
 
 /// Where trunk events go: the shared status map and the probe channel of each trunk.
 struct TrunkRoutes {

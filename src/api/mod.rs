@@ -12,7 +12,6 @@ mod verifications;
 pub use auth::{hash_token, new_token, ApiKey};
 pub use error::{ApiError, Problem};
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -23,10 +22,10 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::OpenApi;
 
-use crate::call::CallEngine;
 use crate::config::Settings;
 use crate::metrics::{Metrics, TrunkLabel};
 use crate::store::Store;
+use crate::trunks::TrunkBoard;
 use crate::verify::Verifier;
 
 #[derive(Clone)]
@@ -35,7 +34,8 @@ pub struct AppState {
     pub store: Store,
     pub api_keys: Arc<Vec<ApiKey>>,
     pub settings: Arc<Settings>,
-    pub engine: Arc<CallEngine>,
+    /// The shared read model of trunk state (no handle on the call engine).
+    pub trunks: Arc<TrunkBoard>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -117,35 +117,25 @@ async fn readyz(State(state): State<AppState>) -> Result<(StatusCode, &'static s
         tracing::warn!(error = %e, "readiness: database unreachable");
         return Err(ApiError::unavailable("database unreachable"));
     }
-    let usable = state.settings.trunks.iter().any(|t| {
-        state.engine.trunk_usable(t)
-            && state
-                .engine
-                .counters(&t.name)
-                .active
-                .load(Ordering::Relaxed)
-                < t.max_concurrent_calls
-    });
-    if !usable {
+    if !state.trunks.any_usable_with_capacity() {
         return Err(ApiError::unavailable("no SIP trunk can take a call"));
     }
     Ok((StatusCode::OK, "ready\n"))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    for t in &state.settings.trunks {
-        let active = state
-            .engine
-            .counters(&t.name)
-            .active
-            .load(Ordering::Relaxed);
+    for t in state.trunks.snapshot() {
+        let label = TrunkLabel { trunk: t.name };
         state
             .metrics
             .active_calls
-            .get_or_create(&TrunkLabel {
-                trunk: t.name.clone(),
-            })
-            .set(i64::from(active));
+            .get_or_create(&label)
+            .set(i64::from(t.active_calls));
+        state
+            .metrics
+            .trunk_down
+            .get_or_create(&label)
+            .set(i64::from(t.breaker == crate::trunks::BreakerState::Open));
     }
     (
         [(

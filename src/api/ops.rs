@@ -1,7 +1,5 @@
 //! Operations routes (scope `admin`): trunk state and call records.
 
-use std::sync::atomic::Ordering;
-
 use axum::extract::{Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -22,7 +20,14 @@ pub struct TrunkView {
     /// first probe (or with keepalive off).
     pub reachable: Option<bool>,
     pub last_error: Option<String>,
+    /// Circuit breaker: `closed` (in use), `open` (marked down after
+    /// consecutive failures; tried only when no other trunk can take the
+    /// call), `half_open` (down, next call may try it).
+    pub breaker: String,
+    /// Failures in a row (5xx, 408, no response, transport error).
+    pub consecutive_failures: u32,
     pub active_calls: u32,
+    pub max_concurrent_calls: u32,
     pub calls_total: u64,
     /// Answered calls / calls placed, 0..1 (0 before the first call).
     pub answer_rate: f64,
@@ -51,27 +56,20 @@ pub(super) async fn trunks(
 ) -> Result<Json<TrunkList>, ApiError> {
     caller.require(Scope::Admin)?;
     let trunks = state
-        .settings
         .trunks
-        .iter()
-        .map(|t| {
-            let c = state.engine.counters(&t.name);
-            let status = state.engine.trunk_status(&t.name);
-            let total = c.total.load(Ordering::Relaxed);
-            let answered = c.answered.load(Ordering::Relaxed);
-            TrunkView {
-                name: t.name.clone(),
-                registered: t.register.then_some(status.registered),
-                reachable: status.reachable,
-                last_error: status.last_error,
-                active_calls: c.active.load(Ordering::Relaxed),
-                calls_total: total,
-                answer_rate: if total == 0 {
-                    0.0
-                } else {
-                    answered as f64 / total as f64
-                },
-            }
+        .snapshot()
+        .into_iter()
+        .map(|t| TrunkView {
+            registered: t.register.then_some(t.status.registered),
+            reachable: t.status.reachable,
+            last_error: t.status.last_error.clone(),
+            breaker: t.breaker.as_str().to_string(),
+            consecutive_failures: t.consecutive_failures,
+            active_calls: t.active_calls,
+            max_concurrent_calls: t.max_concurrent_calls,
+            calls_total: t.calls_total,
+            answer_rate: t.answer_rate(),
+            name: t.name,
         })
         .collect();
     Ok(Json(TrunkList { trunks }))

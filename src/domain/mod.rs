@@ -130,14 +130,14 @@ impl CallStatus {
 
     /// Whether a call may move from `self` to `next`. Calls only move
     /// forward; a final status never changes. `Dialing` may repeat when the
-    /// dialer fails over to the next trunk, and a call that was claimed can
-    /// go back to `Queued` when its instance gives it up.
+    /// dialer fails over to the next trunk, and a call in progress can go
+    /// back to `Queued` when its instance gives it up or a retry follows.
     pub fn can_become(self, next: CallStatus) -> bool {
         if self.is_final() {
             return false;
         }
         if next == Self::Queued {
-            return self == Self::Dialing;
+            return self != Self::Queued;
         }
         next.rank() > self.rank() || (self == Self::Dialing && next == Self::Dialing)
     }
@@ -174,7 +174,10 @@ mod tests {
         assert!(!Answered.can_become(Ringing));
         assert!(!Completed.can_become(Failed));
         assert!(!Busy.can_become(Completed));
-        assert!(!Ringing.can_become(Queued));
+        // A round that ends in a retry queues the call again.
+        assert!(Ringing.can_become(Queued));
+        assert!(!Queued.can_become(Queued));
+        assert!(!NoAnswer.can_become(Queued));
     }
 
     #[test]

@@ -155,6 +155,9 @@ pub struct TrunkStatus {
     /// Whether the last OPTIONS or REGISTER got any answer; None before the first probe.
     pub reachable: Option<bool>,
     pub last_error: Option<String>,
+    /// Probes (OPTIONS, REGISTER) that got a good answer so far: a circuit
+    /// breaker closes when this moves after it opened.
+    pub probes_ok: u64,
 }
 
 /// Something the application must know about a call.

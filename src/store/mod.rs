@@ -24,11 +24,13 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 mod admin;
+mod calls;
 mod outbox;
 mod phones;
 
 use admin::audit_in_tx;
 pub use admin::{AuditEntry, CallRecord};
+pub use calls::{AfterAttempt, CallUpdate, ClaimedCall, Recovered};
 pub use outbox::WebhookJob;
 pub use phones::PhoneRow;
 
@@ -70,6 +72,9 @@ pub struct CallRow {
     pub answered_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub times_played: i64,
+    /// Why the call ended as it did, when there is more to say than its
+    /// status (`expired`, `gateway_restart`, `shutdown`, …).
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -82,18 +87,6 @@ pub struct AttemptRow {
     pub reason: Option<String>,
     pub started_at: i64,
     pub ended_at: Option<i64>,
-}
-
-/// A queued call claimed by one dialer instance.
-#[derive(Debug, Clone)]
-pub struct ClaimedCall {
-    pub call_id: String,
-    pub verification_id: String,
-    pub phone: String,
-    pub locale: String,
-    pub code_sealed: Option<String>,
-    pub expires_at: i64,
-    pub verification_status: VerificationStatus,
 }
 
 pub struct NewVerification<'a> {
@@ -139,7 +132,11 @@ impl Store {
         } else {
             url.to_string()
         };
-        let mut options = AnyPoolOptions::new().max_connections(max_connections.max(1));
+        // A database that is gone must turn into a quick 503 for the API and a
+        // retry for the dialer, not a request that hangs for the default 30 s.
+        let mut options = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(std::time::Duration::from_secs(3));
         if backend == Backend::Sqlite {
             options = options.after_connect(|conn, _meta| {
                 Box::pin(async move {
@@ -438,7 +435,7 @@ impl Store {
 
     pub async fn get_call_of(&self, verification_id: &str) -> Result<Option<CallRow>> {
         let row = sqlx::query(
-            "SELECT id, verification_id, status, sip_code, trunk, answered_at, ended_at, times_played \
+            "SELECT id, verification_id, status, sip_code, trunk, answered_at, ended_at, times_played, reason \
              FROM calls WHERE verification_id = $1 ORDER BY created_at DESC LIMIT 1",
         )
         .bind(verification_id)
@@ -531,217 +528,6 @@ impl Store {
         tx.commit().await?;
         Ok(changed)
     }
-
-    /// Marks pending verifications past their expiry as expired; returns
-    /// their ids.
-    pub async fn expire_due(&self, now: i64) -> Result<Vec<String>> {
-        let mut tx = self.write_tx().await?;
-        let rows = sqlx::query(
-            "UPDATE verifications SET status = 'expired', updated_at = $1 \
-             WHERE status = 'pending' AND expires_at <= $1 RETURNING id",
-        )
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut ids = Vec::with_capacity(rows.len());
-        for r in rows {
-            let id: String = r.try_get(0)?;
-            enqueue_webhook(&mut tx, &id, "verification.expired", now).await?;
-            ids.push(id);
-        }
-        tx.commit().await?;
-        Ok(ids)
-    }
-
-    /// Claims the oldest queued call for `instance` until `lease_until`.
-    pub async fn claim_next_call(
-        &self,
-        instance: &str,
-        now: i64,
-        lease_until: i64,
-    ) -> Result<Option<ClaimedCall>> {
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let sql = format!(
-            "UPDATE calls SET status = 'dialing', claimed_by = $1, lease_until = $3, updated_at = $2, claimed_at = $2 \
-             WHERE id = (SELECT id FROM calls WHERE status = 'queued' AND next_attempt_at <= $2 \
-                         ORDER BY next_attempt_at, created_at LIMIT 1{lock}) \
-               AND status = 'queued' \
-             RETURNING id, verification_id, code_sealed"
-        );
-        let mut tx = self.write_tx().await?;
-        let Some(row) = sqlx::query(&sql)
-            .bind(instance)
-            .bind(now)
-            .bind(lease_until)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            tx.commit().await?;
-            return Ok(None);
-        };
-        let call_id: String = row.try_get(0)?;
-        let verification_id: String = row.try_get(1)?;
-        let code_sealed: Option<String> = row.try_get(2)?;
-        insert_event(&mut tx, &call_id, CallStatus::Dialing, now).await?;
-        let v = sqlx::query(
-            "SELECT phone, locale, expires_at, status FROM verifications WHERE id = $1",
-        )
-        .bind(&verification_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let claimed = ClaimedCall {
-            call_id,
-            verification_id,
-            phone: v.try_get(0)?,
-            locale: v.try_get(1)?,
-            code_sealed,
-            expires_at: v.try_get(2)?,
-            verification_status: {
-                let s: String = v.try_get(3)?;
-                VerificationStatus::parse(&s)
-                    .ok_or_else(|| StoreError::Corrupt(format!("verification status {s:?}")))?
-            },
-        };
-        tx.commit().await?;
-        Ok(Some(claimed))
-    }
-
-    /// Records a forward move of the call's status (ignored if the call
-    /// already moved past it, e.g. a late `ringing` after `answered`).
-    pub async fn advance_call(
-        &self,
-        call_id: &str,
-        to: CallStatus,
-        now: i64,
-        update: CallUpdate<'_>,
-    ) -> Result<bool> {
-        let mut tx = self.write_tx().await?;
-        let row = sqlx::query("SELECT status, verification_id FROM calls WHERE id = $1")
-            .bind(call_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            tx.rollback().await?;
-            return Ok(false);
-        };
-        let current: String = row.try_get(0)?;
-        let verification_id: String = row.try_get(1)?;
-        let current = CallStatus::parse(&current)
-            .ok_or_else(|| StoreError::Corrupt(format!("call status {current:?}")))?;
-        let status_changes = current != to;
-        if status_changes && !current.can_become(to) {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        let final_status = to.is_final();
-        sqlx::query(
-            "UPDATE calls SET status = $2, updated_at = $3, \
-               sip_code = COALESCE($4, sip_code), trunk = COALESCE($5, trunk), \
-               answered_at = COALESCE($6, answered_at), \
-               times_played = CASE WHEN $7 > times_played THEN $7 ELSE times_played END, \
-               ended_at = CASE WHEN $8 = 1 THEN $3 ELSE ended_at END, \
-               code_sealed = CASE WHEN $8 = 1 THEN NULL ELSE code_sealed END, \
-               claimed_by = CASE WHEN $8 = 1 THEN NULL ELSE claimed_by END \
-             WHERE id = $1",
-        )
-        .bind(call_id)
-        .bind(to.as_str())
-        .bind(now)
-        .bind(update.sip_code)
-        .bind(update.trunk)
-        .bind(update.answered_at)
-        .bind(update.times_played.unwrap_or(0))
-        .bind(i64::from(final_status))
-        .execute(&mut *tx)
-        .await?;
-        if status_changes {
-            insert_event(&mut tx, call_id, to, now).await?;
-            enqueue_webhook(
-                &mut tx,
-                &verification_id,
-                &format!("call.{}", to.as_str()),
-                now,
-            )
-            .await?;
-        }
-        if final_status && update.fail_verification {
-            // In the same transaction: nobody sees the call ended while its
-            // verification still looks pending.
-            let failed = sqlx::query(
-                "UPDATE verifications SET status = 'failed', updated_at = $2 \
-                 WHERE id = $1 AND status = 'pending'",
-            )
-            .bind(&verification_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            if failed.rows_affected() == 1 {
-                enqueue_webhook(&mut tx, &verification_id, "verification.failed", now).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    pub async fn start_attempt(
-        &self,
-        call_id: &str,
-        number: &str,
-        trunk: &str,
-        now: i64,
-    ) -> Result<i64> {
-        let row = sqlx::query(
-            "INSERT INTO call_attempts (call_id, seq, number, trunk, status, started_at) \
-             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM call_attempts WHERE call_id = $1), \
-                     $2, $3, 'dialing', $4) RETURNING seq",
-        )
-        .bind(call_id)
-        .bind(number)
-        .bind(trunk)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get(0)?)
-    }
-
-    pub async fn finish_attempt(
-        &self,
-        call_id: &str,
-        seq: i64,
-        status: CallStatus,
-        sip_code: Option<i64>,
-        reason: Option<&str>,
-        now: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE call_attempts SET status = $3, sip_code = $4, reason = $5, ended_at = $6 \
-             WHERE call_id = $1 AND seq = $2",
-        )
-        .bind(call_id)
-        .bind(seq)
-        .bind(status.as_str())
-        .bind(sip_code)
-        .bind(reason)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-}
-
-/// Optional fields written together with a call status change.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CallUpdate<'a> {
-    pub sip_code: Option<i64>,
-    pub trunk: Option<&'a str>,
-    pub answered_at: Option<i64>,
-    pub times_played: Option<i64>,
-    /// With a final status: fail the verification too, if still pending
-    /// (the call ended without the code being read).
-    pub fail_verification: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -929,5 +715,6 @@ fn call_from_row(r: &AnyRow) -> Result<CallRow> {
         answered_at: r.try_get(5)?,
         ended_at: r.try_get(6)?,
         times_played: r.try_get(7)?,
+        reason: r.try_get(8)?,
     })
 }

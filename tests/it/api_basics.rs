@@ -163,7 +163,7 @@ async fn checks_and_idempotency(db: Db) {
     for _ in 0..2 {
         match t.app.dialer.claim_and_run_one().await.unwrap() {
             Outcome::Finished { status, .. } => assert_eq!(status, CallStatus::Canceled),
-            Outcome::Idle => panic!("two calls were queued"),
+            other => panic!("two calls were queued, got {other:?}"),
         }
     }
     assert_eq!(

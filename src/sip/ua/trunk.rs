@@ -356,6 +356,7 @@ impl UserAgent {
                 t.status.registered = true;
                 t.status.reachable = Some(true);
                 t.status.last_error = None;
+                t.status.probes_ok += 1;
                 t.expires_at = Some(now + Duration::from_secs(u64::from(granted)));
                 if !t.cfg.one_shot {
                     t.reg_due = Some(now + refresh_after(granted));
@@ -410,8 +411,11 @@ impl UserAgent {
         t.status.reachable = Some(true);
         if let Some(e) = &error {
             t.status.last_error = Some(e.clone());
-        } else if !t.cfg.register {
-            t.status.last_error = None;
+        } else {
+            t.status.probes_ok += 1;
+            if !t.cfg.register {
+                t.status.last_error = None;
+            }
         }
         if let (Some(every), false) = (t.cfg.options_interval, t.cfg.one_shot) {
             t.opt_due = Some(now + every);
