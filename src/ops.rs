@@ -12,11 +12,11 @@ use anyhow::{bail, Context};
 use tokio::sync::mpsc;
 
 use crate::call::{trunk_config, AttemptOutcome, CallEngine, Hangup, PlaceCall, Progress};
-use crate::trunks::TrunkBoard;
 use crate::config::{Settings, TrunkSettings};
 use crate::domain::OtpCode;
 use crate::media::{Pacer, PromptLibrary};
 use crate::sip::{ProbeKind, ProbeResult};
+use crate::trunks::TrunkBoard;
 
 /// Longer than a REGISTER/OPTIONS can take (Timer F = 32 s) plus one auth round.
 const PROBE_WAIT: Duration = Duration::from_secs(70);

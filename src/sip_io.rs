@@ -12,11 +12,11 @@ use crate::sip::{
     sdp, CallHandle, EndReason, Event, OutgoingCall, ProbeResult, Transport, TrunkConfig, TrunkId,
     TrunkStatus, UaConfig, UserAgent,
 };
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use crate::sync::lock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
@@ -260,7 +260,6 @@ impl SipEndpoint {
         }
     }
 }
-
 
 /// Where trunk events go: the shared status map and the probe channel of each trunk.
 struct TrunkRoutes {

@@ -226,7 +226,10 @@ impl TrunkBoard {
     }
 
     fn signalling_status(&self, name: &str) -> TrunkStatus {
-        lock(&self.signalling).get(name).cloned().unwrap_or_default()
+        lock(&self.signalling)
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn snapshot_of(&self, t: &TrunkState, now: Instant) -> TrunkSnapshot {
@@ -409,10 +412,7 @@ mod tests {
         b.failure(t0, 2, 0);
         b.success();
         b.failure(t0, 2, 0);
-        assert_eq!(
-            b.state(t0, Duration::from_secs(1), 0),
-            BreakerState::Closed
-        );
+        assert_eq!(b.state(t0, Duration::from_secs(1), 0), BreakerState::Closed);
     }
 
     fn trunk(name: &str, prefixes: &[&str], priority: u32, max: u32) -> TrunkSettings {

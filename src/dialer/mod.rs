@@ -44,9 +44,15 @@ const PERSIST_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Durat
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Idle,
-    Finished { call_id: String, status: CallStatus },
+    Finished {
+        call_id: String,
+        status: CallStatus,
+    },
     /// The round ended and the call is queued again for a retry.
-    Retrying { call_id: String, status: CallStatus },
+    Retrying {
+        call_id: String,
+        status: CallStatus,
+    },
 }
 
 /// A fault to inject into the next answered call, to test that every way a
@@ -282,10 +288,7 @@ impl Dialer {
                         }
                     }
                 }
-                if done
-                    .iter()
-                    .any(|r| matches!(r, Recovered::Requeued { .. }))
-                {
+                if done.iter().any(|r| matches!(r, Recovered::Requeued { .. })) {
                     self.wake.notify_one();
                 }
                 done
@@ -313,7 +316,12 @@ impl Dialer {
         let prefixes = self.board.claimable_prefixes();
         let now = domain::now_ms();
         self.store
-            .claim_next_call(&self.instance, now, now + self.lease_ms(), prefixes.as_deref())
+            .claim_next_call(
+                &self.instance,
+                now,
+                now + self.lease_ms(),
+                prefixes.as_deref(),
+            )
             .await
     }
 
@@ -372,7 +380,11 @@ impl Dialer {
             return;
         }
         let grace = self.settings.dialer.shutdown_grace.0;
-        tracing::info!(calls = running.len(), ?grace, "waiting for calls in progress");
+        tracing::info!(
+            calls = running.len(),
+            ?grace,
+            "waiting for calls in progress"
+        );
         let deadline = tokio::time::Instant::now() + grace;
         while !running.is_empty() {
             tokio::select! {
@@ -398,7 +410,10 @@ impl Dialer {
             }
         }
         if !running.is_empty() {
-            tracing::error!(calls = running.len(), "calls did not end after hang-up; dropping them");
+            tracing::error!(
+                calls = running.len(),
+                "calls did not end after hang-up; dropping them"
+            );
             running.abort_all();
             while running.join_next().await.is_some() {}
         }
@@ -410,59 +425,43 @@ impl Dialer {
     fn ready_to_place(
         &self,
         claimed: &ClaimedCall,
-    ) -> Result<(OtpCode, Vec<String>), (AttemptOutcome, Option<&'static str>)> {
-        if claimed.verification_status != VerificationStatus::Pending {
-            // Approved, canceled or expired before its call was placed: the
-            // user needs no call any more.
-            let status = claimed.verification_status;
-            let reason = if status == VerificationStatus::Expired {
-                Some("expired")
-            } else {
-                None
-            };
-            return Err((
-                AttemptOutcome {
-                    status: if reason.is_some() {
-                        CallStatus::Failed
-                    } else {
-                        CallStatus::Canceled
-                    },
+    ) -> Result<(OtpCode, Vec<String>), AttemptOutcome> {
+        let expired = || AttemptOutcome::failed("expired", false);
+        match claimed.verification_status {
+            VerificationStatus::Pending => {}
+            VerificationStatus::Expired => return Err(expired()),
+            // Approved or canceled before its call was placed: the user
+            // needs no call any more.
+            other => {
+                return Err(AttemptOutcome {
+                    status: CallStatus::Canceled,
                     ..AttemptOutcome::failed(
-                        format!("verification already {}", status.as_str()),
+                        format!("verification already {}", other.as_str()),
                         false,
                     )
-                },
-                reason,
-            ));
+                })
+            }
         }
         if domain::now_ms() >= claimed.expires_at {
-            return Err((
-                AttemptOutcome::failed("verification expired before the call", false),
-                Some("expired"),
-            ));
+            return Err(expired());
         }
         let code = match claimed.code_sealed.as_deref() {
             Some(sealed) => self
                 .keys
                 .open(&claimed.verification_id, sealed)
-                .map_err(|e| {
-                    (
-                        AttemptOutcome::failed(format!("cannot open the code: {e}"), false),
-                        None,
-                    )
-                })?,
+                .map_err(|e| AttemptOutcome::failed(format!("cannot open the code: {e}"), false))?,
             None => {
-                return Err((
-                    AttemptOutcome::failed("the code is no longer stored", false),
-                    None,
+                return Err(AttemptOutcome::failed(
+                    "the code is no longer stored",
+                    false,
                 ))
             }
         };
         let routes = self.board.routes(&claimed.phone);
         if routes.is_empty() {
-            return Err((
-                AttemptOutcome::failed(format!("no trunk routes {}", claimed.phone), false),
-                None,
+            return Err(AttemptOutcome::failed(
+                format!("no trunk routes {}", claimed.phone),
+                false,
             ));
         }
         Ok((code, routes))
@@ -504,7 +503,7 @@ impl Dialer {
         let call_id = claimed.call_id.as_str();
         let (code, routes) = match self.ready_to_place(claimed) {
             Ok(ready) => ready,
-            Err((outcome, reason)) => {
+            Err(outcome) => {
                 let status = outcome.status;
                 self.persist(|| {
                     self.store.advance_call(
@@ -512,7 +511,7 @@ impl Dialer {
                         status,
                         domain::now_ms(),
                         CallUpdate {
-                            reason: reason.or(outcome.reason.as_deref()),
+                            reason: short_reason(outcome.reason.as_deref()),
                             fail_verification: status != CallStatus::Canceled,
                             ..CallUpdate::default()
                         },
@@ -520,7 +519,11 @@ impl Dialer {
                 })
                 .await?;
                 self.metrics.call_finished(status.as_str());
-                tracing::info!(status = status.as_str(), reason = outcome.reason.as_deref().unwrap_or(""), "call not placed");
+                tracing::info!(
+                    status = status.as_str(),
+                    reason = outcome.reason.as_deref().unwrap_or(""),
+                    "call not placed"
+                );
                 return Ok(Outcome::Finished {
                     call_id: call_id.to_string(),
                     status,
@@ -752,7 +755,11 @@ impl Dialer {
         })
         .await?;
         if retry_at.is_some() {
-            tracing::info!(status = outcome.status.as_str(), round = claimed.round, "round ended; retry queued");
+            tracing::info!(
+                status = outcome.status.as_str(),
+                round = claimed.round,
+                "round ended; retry queued"
+            );
             self.wake.notify_one();
             return Ok(Outcome::Retrying {
                 call_id: call_id.to_string(),

@@ -387,7 +387,9 @@ impl Store {
             .iter()
             .map(|r| r.try_get(0))
             .collect::<std::result::Result<_, _>>()?;
-        Ok(next_in_cycle(&numbers, current).unwrap_or(current).to_string())
+        Ok(next_in_cycle(&numbers, current)
+            .unwrap_or(current)
+            .to_string())
     }
 }
 
@@ -486,13 +488,7 @@ async fn advance_in(
     .await?;
     if status_changes {
         insert_event(tx, call_id, to, now).await?;
-        enqueue_webhook(
-            tx,
-            &verification_id,
-            &format!("call.{}", to.as_str()),
-            now,
-        )
-        .await?;
+        enqueue_webhook(tx, &verification_id, &format!("call.{}", to.as_str()), now).await?;
     }
     if final_status && update.fail_verification {
         // In the same transaction: nobody sees the call ended while its

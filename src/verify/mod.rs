@@ -101,6 +101,12 @@ pub struct CallView {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ended_at: Option<String>,
     pub times_played: i64,
+    /// Why the call ended as it did when its status alone does not say:
+    /// `expired` (still queued when the verification expired),
+    /// `gateway_restart` (its instance died after dialling), `shutdown`,
+    /// `no_keypress`, `canceled`, `internal_error`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
     pub attempts: Vec<AttemptView>,
 }
 
@@ -467,6 +473,7 @@ impl Verifier {
                         answered_at: None,
                         ended_at: None,
                         times_played: 0,
+                        reason: None,
                         attempts: Vec::new(),
                     },
                 };
@@ -560,6 +567,7 @@ impl Verifier {
                 answered_at: c.answered_at.map(domain::format_ms),
                 ended_at: c.ended_at.map(domain::format_ms),
                 times_played: c.times_played,
+                reason: c.reason,
                 attempts,
             },
         })

@@ -8,6 +8,7 @@ mod api_basics;
 mod api_rules;
 mod calls_sipp;
 mod demo_path;
+mod dialer_durable;
 mod helpers;
 mod media_dtmf;
 mod media_prompts_cli;
