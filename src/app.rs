@@ -49,14 +49,18 @@ pub enum DialerMode {
 
 pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<RunningApp> {
     let settings = Arc::new(settings);
-    let store = Store::connect(&settings.database.url, settings.database.max_connections)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open database {}",
-                redact_url(&settings.database.url)
-            )
-        })?;
+    let store = Store::connect(
+        &settings.database.url,
+        settings.database.max_connections,
+        settings.database.acquire_timeout.0,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot open database {}",
+            redact_url(&settings.database.url)
+        )
+    })?;
     store.migrate().await.context("database migration failed")?;
 
     let master = match std::env::var(&settings.verification.code_key_env) {

@@ -69,6 +69,9 @@ impl Default for HttpSettings {
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
+    /// How long a request waits for a database connection before it is
+    /// answered 503 (database down, or every connection busy).
+    pub acquire_timeout: HumanDuration,
 }
 
 impl Default for DatabaseSettings {
@@ -76,6 +79,7 @@ impl Default for DatabaseSettings {
         Self {
             url: "sqlite://otpdial.db".into(),
             max_connections: 8,
+            acquire_timeout: HumanDuration(Duration::from_millis(800)),
         }
     }
 }

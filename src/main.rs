@@ -87,7 +87,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate { config } => {
             init_tracing("info");
             let settings = Settings::load(config.as_deref())?;
-            let store = otpdial::store::Store::connect(&settings.database.url, 1).await?;
+            let store = otpdial::store::Store::connect(
+                &settings.database.url,
+                1,
+                std::time::Duration::from_secs(10),
+            )
+            .await?;
             store.migrate().await?;
             println!(
                 "migrations applied to {}",

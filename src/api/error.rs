@@ -100,6 +100,24 @@ impl ApiError {
     }
 }
 
+/// A database that cannot be reached is a 503 with `Retry-After` (the
+/// client may try again shortly, nothing was lost); anything else the store
+/// says is a 500 whose details stay in the log.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "database unreachable while serving a request");
+            Self {
+                retry_after: Some(1),
+                ..ApiError::unavailable("the database is unreachable; try again shortly")
+            }
+        } else {
+            tracing::error!(error = %e, "store error while serving a request");
+            ApiError::internal()
+        }
+    }
+}
+
 impl From<VerifyError> for ApiError {
     fn from(e: VerifyError) -> Self {
         match e {
@@ -120,10 +138,7 @@ impl From<VerifyError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string())
             }
             VerifyError::NotFound => ApiError::not_found("verification"),
-            VerifyError::Store(inner) => {
-                tracing::error!(error = %inner, "store error while serving a request");
-                ApiError::internal()
-            }
+            VerifyError::Store(inner) => ApiError::from(inner),
             VerifyError::Seal(inner) => {
                 tracing::error!(error = %inner, "code sealing failed");
                 ApiError::internal()

@@ -150,10 +150,7 @@ pub(super) async fn calls(
             .filter(|n| (1..=1000).contains(n))
             .ok_or_else(|| ApiError::unprocessable("limit: must be a whole number 1..1000"))?,
     };
-    let rows = state.store.calls_since(since, limit).await.map_err(|e| {
-        tracing::error!(error = %e, "listing calls failed");
-        ApiError::internal()
-    })?;
+    let rows = state.store.calls_since(since, limit).await?;
     Ok(Json(CallList {
         calls: rows
             .into_iter()

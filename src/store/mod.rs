@@ -21,6 +21,32 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The database could not be reached (down, restarting, network gone,
+    /// pool exhausted), as opposed to a query or data problem.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Db(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::Tls(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                        | sqlx::Error::Protocol(_)
+                ) || e
+                    .as_database_error()
+                    .and_then(|d| d.code())
+                    // PostgreSQL: 57P01 admin shutdown, 57P02 crash shutdown,
+                    // 57P03 cannot connect now (starting up), class 08 connection.
+                    .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
+            }
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 mod admin;
@@ -118,7 +144,11 @@ pub enum CheckSlot {
 }
 
 impl Store {
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: std::time::Duration,
+    ) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -136,7 +166,7 @@ impl Store {
         // retry for the dialer, not a request that hangs for the default 30 s.
         let mut options = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(std::time::Duration::from_secs(3));
+            .acquire_timeout(acquire_timeout);
         if backend == Backend::Sqlite {
             options = options.after_connect(|conn, _meta| {
                 Box::pin(async move {
