@@ -218,7 +218,8 @@ impl Dialer {
 
     /// Hangs up the calls of this instance whose verification stopped
     /// being pending (canceled through the API of any instance, approved,
-    /// expired). One query per second for all calls, not one per call.
+    /// expired) or that are no longer this instance's (taken over after a
+    /// lapsed lease). One query per second for all calls, not one per call.
     pub async fn watch_cancellations(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
@@ -229,11 +230,15 @@ impl Dialer {
             if lock(&self.inflight).is_empty() {
                 continue;
             }
-            match self.store.finished_verifications_of(&self.instance).await {
-                Ok(ids) => {
+            // Calls that started before the query are judged by it; one
+            // that started after it is judged next time.
+            let before: Vec<String> = lock(&self.inflight).keys().cloned().collect();
+            match self.store.verifications_held_by(&self.instance).await {
+                Ok(held) => {
+                    let held: std::collections::HashSet<String> = held.into_iter().collect();
                     let inflight = lock(&self.inflight);
-                    for id in ids {
-                        if let Some(h) = inflight.get(&id) {
+                    for id in before.iter().filter(|id| !held.contains(*id)) {
+                        if let Some(h) = inflight.get(id) {
                             h.request(HangupCause::Canceled);
                         }
                     }
@@ -251,16 +256,24 @@ impl Dialer {
         let every = self.settings.dialer.lease.0 / 3;
         loop {
             let now = domain::now_ms();
-            if let Err(e) = self
+            let wait = match self
                 .store
                 .renew_leases(&self.instance, now + self.lease_ms())
                 .await
             {
-                tracing::warn!(error = %e, "cannot renew call leases");
-            }
-            self.recover_once().await;
+                Ok(_) => {
+                    self.recover_once().await;
+                    every
+                }
+                Err(e) => {
+                    // Renew again soon: after an outage our leases must be
+                    // back before another instance decides we are dead.
+                    tracing::warn!(error = %e, "cannot renew call leases");
+                    Duration::from_secs(1).min(every)
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
             }
         }

@@ -112,13 +112,15 @@ impl Store {
             .collect()
     }
 
-    /// Verifications, no longer pending, whose call `instance` is still
-    /// running.
-    pub async fn finished_verifications_of(&self, instance: &str) -> Result<Vec<String>> {
+    /// The verifications whose call `instance` still holds in progress
+    /// while they are pending. A call of this instance that is not in the
+    /// list must be hung up: its verification was canceled, approved or
+    /// expired, or another instance took the call over (its lease lapsed).
+    pub async fn verifications_held_by(&self, instance: &str) -> Result<Vec<String>> {
         let rows = sqlx::query(
             "SELECT c.verification_id FROM calls c JOIN verifications v ON v.id = c.verification_id \
              WHERE c.claimed_by = $1 AND c.status IN ('dialing', 'ringing', 'answered') \
-               AND v.status <> 'pending'",
+               AND v.status = 'pending'",
         )
         .bind(instance)
         .fetch_all(&self.pool)
