@@ -6,11 +6,13 @@
 
 mod api_basics;
 mod api_rules;
+mod callee;
 mod calls_sipp;
 mod demo_path;
 mod dialer_durable;
 mod helpers;
 mod media_dtmf;
 mod media_prompts_cli;
+mod procs;
 mod sip_kamailio;
 mod sip_scenarios;
