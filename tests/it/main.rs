@@ -10,6 +10,7 @@ mod callee;
 mod calls_sipp;
 mod demo_path;
 mod dialer_durable;
+mod dialer_faults;
 mod helpers;
 mod media_dtmf;
 mod media_prompts_cli;
