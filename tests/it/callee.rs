@@ -704,4 +704,34 @@ mod tests {
         assert_eq!(seen.answered(), 0);
         assert!(callee.errors().is_empty(), "{}", callee.errors());
     }
+
+    /// Trunk keepalives to the many-calls callee get 200 (`-aa`) and are counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answer_many_answers_options() {
+        let callee = SippUas::answer_many(Duration::ZERO).await;
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let me = s.local_addr().unwrap();
+        let options = format!(
+            "OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {me};branch=z9hG4bK-opt1\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:probe@{me}>;tag=p1\r\n\
+             To: <sip:127.0.0.1:{port}>\r\n\
+             Call-ID: options-probe-1\r\n\
+             CSeq: 1 OPTIONS\r\n\
+             Content-Length: 0\r\n\r\n",
+            port = callee.port()
+        );
+        s.send_to(options.as_bytes(), ("127.0.0.1", callee.port()))
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, _) = s.recv_from(&mut buf).unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+        let seen = callee
+            .wait_calls(Duration::from_secs(5), |l| l.options == 1)
+            .await;
+        assert!(seen.calls.is_empty(), "an OPTIONS is not a call: {seen:#?}");
+    }
 }

@@ -90,23 +90,28 @@ ring_timeout = "20s"
 }
 
 /// A fresh database of the given kind: a new SQLite file, or a new
-/// PostgreSQL database on the machine's server (127.0.0.1:5432, trust).
+/// PostgreSQL database on the test server: `OTPDIAL_TEST_PG` (a URL without the
+/// database, e.g. `postgres://postgres@127.0.0.1:5433`, as scripts/test.sh sets it
+/// when it starts its own server), else 127.0.0.1:5432; trust auth, database `test`.
 pub async fn fresh_database(db: Db, dir: &std::path::Path) -> String {
     match db {
         Db::Sqlite => format!("sqlite://{}", dir.join("otpdial.db").display()),
         Db::Postgres => {
             use sqlx::Connection;
             sqlx::any::install_default_drivers();
-            let admin = "postgres://postgres@127.0.0.1:5432/test";
-            let mut conn = sqlx::AnyConnection::connect(admin)
+            let server = test_pg_server();
+            let admin = format!("{server}/test");
+            let mut conn = sqlx::AnyConnection::connect(&admin)
                 .await
-                .expect("PostgreSQL on 127.0.0.1:5432 (trust auth, database test)");
+                .unwrap_or_else(|e| {
+                    panic!("PostgreSQL at {admin} (trust auth, database test; set OTPDIAL_TEST_PG or run scripts/test.sh): {e}")
+                });
             let name = format!("otpdial_t_{}", ulid::Ulid::new()).to_lowercase();
             sqlx::query(&format!("CREATE DATABASE {name}"))
                 .execute(&mut conn)
                 .await
                 .expect("create test database");
-            format!("postgres://postgres@127.0.0.1:5432/{name}")
+            format!("{server}/{name}")
         }
     }
 }
@@ -406,4 +411,13 @@ pub fn expected_frames(digits: &[u8], repeat: u32) -> usize {
     let lib = otpdial::media::PromptLibrary::builtin();
     let pack = lib.get("en").expect("en pack");
     otpdial::media::CallScript::build(&pack, digits, repeat).frame_count(&pack) as usize
+}
+
+/// The PostgreSQL server of the tests, without a database or trailing slash.
+pub fn test_pg_server() -> String {
+    std::env::var("OTPDIAL_TEST_PG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| v.trim().trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".to_owned())
 }

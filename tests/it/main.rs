@@ -17,3 +17,4 @@ mod media_prompts_cli;
 mod procs;
 mod sip_kamailio;
 mod sip_scenarios;
+mod tempgres;
