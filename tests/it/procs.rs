@@ -378,7 +378,8 @@ impl ServeProc {
                 cmd.env_remove(k);
             }
         }
-        cmd.env("RUST_LOG", "info");
+        // Plain text in the log file (tracing colours it otherwise).
+        cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
