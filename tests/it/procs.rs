@@ -186,6 +186,13 @@ scopes = ["admin"]
         self.set("database.url", url)
     }
 
+    /// Plays the built-in packs (`en`, `nl`; calls of several seconds) instead of the
+    /// fast test pack: for tests that need a call to last.
+    pub fn builtin_prompts(mut self) -> ServeConfig {
+        self.table.remove("prompts");
+        self
+    }
+
     /// Adds a `[[trunks]]` entry for a UDP trunk on 127.0.0.1:`port`, with a caller ID,
     /// PCMA/PCMU and a 20 s ring timeout; `extra` is more TOML keys of that trunk,
     /// e.g. `"priority = 20\nmax_concurrent_calls = 20"`.
