@@ -294,7 +294,7 @@ async fn sigterm_mid_call_lets_it_finish_within_the_grace() {
         .trunk("t", callee.port(), "")
         // The built-in pack read twice: several seconds of audio.
         .merge_toml("[verification]\nrepeat = 2\n[dialer]\nshutdown_grace = \"30s\"")
-        .set("prompts", toml::Value::Table(toml::Table::new()));
+        .builtin_prompts();
     let mut gw = ServeProc::start(cfg).await;
     let v = gw
         .start_verification(json!({ "to": nl_mobile(5000) }))
@@ -332,7 +332,7 @@ async fn database_gone_mid_run_then_back() {
         .trunk("t", callee.port(), "")
         // The built-in pack: calls of several seconds, long enough to outlive
         // the database.
-        .set("prompts", toml::Value::Table(toml::Table::new()))
+        .builtin_prompts()
         .merge_toml("[database]\nacquire_timeout = \"500ms\"");
     let gw = ServeProc::start(cfg).await;
     let mut ids = Vec::new();

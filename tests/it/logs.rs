@@ -31,7 +31,7 @@ async fn json_logs_name_the_call_and_never_the_code() {
         .start_verification(json!({ "to": nl_mobile(7000), "code": code }))
         .await;
     let done = &gw
-        .wait_calls_final(&[v.id.clone()], Duration::from_secs(30))
+        .wait_calls_final(std::slice::from_ref(&v.id), Duration::from_secs(30))
         .await[0];
     assert_eq!(done.call.status, CallStatus::Completed, "{done:?}");
     let (status, _) = gw
