@@ -55,7 +55,7 @@ impl Store {
                     SUM(CASE WHEN answered_at IS NOT NULL THEN 1 ELSE 0 END), \
                     SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) \
              FROM calls WHERE created_at >= $1 AND created_at < $3 \
-             GROUP BY (created_at - $1) / $2",
+             GROUP BY 1",
         )
         .bind(since)
         .bind(bucket_ms)

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod admin_dashboard;
 mod api_basics;
 mod api_rules;
 mod callee;

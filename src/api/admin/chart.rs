@@ -15,6 +15,12 @@ const RIGHT: f64 = 52.0;
 const TOP: f64 = 14.0;
 const BOTTOM: f64 = 30.0;
 
+/// The top of the call axis: four grid steps of 1, 2 or 5 times a power of ten, so
+/// every grid line is a whole number of calls.
+fn axis_top(max: i64) -> i64 {
+    4 * nice_ceiling((max + 3) / 4)
+}
+
 /// The smallest 1, 2 or 5 times a power of ten at or above `n` (at least 1).
 fn nice_ceiling(n: i64) -> i64 {
     let mut step = 1;
@@ -46,7 +52,7 @@ pub(super) fn render(buckets: &[CallBucket], bucket_ms: i64) -> String {
     } else {
         format!("{} s", bucket_ms / 1000)
     };
-    let max_calls = nice_ceiling(buckets.iter().map(|b| b.calls).max().unwrap_or(0));
+    let max_calls = axis_top(buckets.iter().map(|b| b.calls).max().unwrap_or(0));
     let _ = write!(
         svg,
         r#"<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" aria-label="Calls per {per} and answer rate" xmlns="http://www.w3.org/2000/svg">"#
@@ -54,12 +60,7 @@ pub(super) fn render(buckets: &[CallBucket], bucket_ms: i64) -> String {
     // Horizontal grid with the call count on the left, the rate on the right.
     for i in 0..=4 {
         let y = TOP + plot_h - plot_h * f64::from(i) / 4.0;
-        let calls = max_calls as f64 * f64::from(i) / 4.0;
-        let calls = if calls.fract() == 0.0 {
-            format!("{calls}")
-        } else {
-            format!("{calls:.1}")
-        };
+        let calls = max_calls / 4 * i64::from(i);
         let _ = write!(
             svg,
             r##"<line x1="{LEFT}" y1="{y:.1}" x2="{x2}" y2="{y:.1}" stroke="#e3e6ea"/><text x="{lx}" y="{ty:.1}" text-anchor="end" class="ax">{calls}</text><text x="{rx}" y="{ty:.1}" class="ax rate">{pct}%</text>"##,
@@ -110,9 +111,10 @@ pub(super) fn render(buckets: &[CallBucket], bucket_ms: i64) -> String {
             .unwrap_or_default();
         let _ = write!(
             svg,
-            r##"<g><title>{t}: {calls} calls, {placed} placed, {answered} answered{rate}</title><rect x="{x:.1}" y="{y_all:.1}" width="{bar_w:.1}" height="{h_all:.1}" fill="#9db4cc"/><rect x="{x:.1}" y="{y_ans:.1}" width="{bar_w:.1}" height="{h_ans:.1}" fill="#2e9b5f"/></g>"##,
+            r##"<g><title>{t}: {calls} call{s}, {placed} placed, {answered} answered{rate}</title><rect x="{x:.1}" y="{y_all:.1}" width="{bar_w:.1}" height="{h_all:.1}" fill="#9db4cc"/><rect x="{x:.1}" y="{y_ans:.1}" width="{bar_w:.1}" height="{h_ans:.1}" fill="#2e9b5f"/></g>"##,
             t = Esc(&clock(b.start_ms)),
             calls = b.calls,
+            s = if b.calls == 1 { "" } else { "s" },
             placed = b.dialled,
             answered = b.answered,
             h_all = TOP + plot_h - y_all,
@@ -166,6 +168,11 @@ mod tests {
         assert_eq!(nice_ceiling(7), 10);
         assert_eq!(nice_ceiling(11), 20);
         assert_eq!(nice_ceiling(420), 500);
+        assert_eq!(axis_top(0), 4);
+        assert_eq!(axis_top(1), 4);
+        assert_eq!(axis_top(5), 8);
+        assert_eq!(axis_top(9), 20);
+        assert_eq!(axis_top(130), 200);
     }
 
     #[test]

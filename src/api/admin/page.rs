@@ -121,7 +121,7 @@ code{font:12px ui-monospace,"DejaVu Sans Mono",monospace}
 .legend{display:flex;gap:18px;font-size:12px;color:#4d5763;margin:0 0 6px}
 .legend i{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:5px;vertical-align:-1px}
 .chart .ax{font-size:11px;fill:#5b6673}.chart .rate{fill:#b3661a}
-nav.win a{margin-right:10px}
+nav.win{margin-bottom:4px}nav.win a,nav.win strong{margin:0 6px}
 "#;
 
 fn head(out: &mut String, title: &str, refresh: bool) {
@@ -350,10 +350,19 @@ pub(super) fn dashboard(d: &Dashboard<'_>) -> String {
     let _ = write!(
         out,
         "<section id=\"chart\"><h2>Calls per {per} and answer rate, last {h} hours (UTC)</h2>\
-         <nav class=\"win\">Window: <a href=\"?hours=1\">1 h</a><a href=\"?hours=3\">3 h</a><a href=\"?hours=6\">6 h</a><a href=\"?hours=24\">24 h</a></nav>\
+         <nav class=\"win\">Window: {links}</nav>\
          <p class=\"legend\"><span><i style=\"background:#9db4cc\"></i>calls</span><span><i style=\"background:#2e9b5f\"></i>answered</span>\
          <span><i style=\"background:#d9822b\"></i>answer rate (right axis)</span></p>",
-        h = d.hours
+        h = d.hours,
+        links = [1, 3, 6, 24]
+            .iter()
+            .map(|h| if *h == d.hours {
+                format!("<strong>{h} h</strong>")
+            } else {
+                format!("<a href=\"?hours={h}\">{h} h</a>")
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
     );
     match &d.buckets {
         Ok(b) => out.push_str(&super::chart::render(b, d.bucket_ms)),
