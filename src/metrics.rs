@@ -321,14 +321,14 @@ impl Collector for Live {
             let sent = ConstCounter::new(pacer.packets_sent());
             sent.encode(encoder.encode_descriptor(
                 "rtp_packets_sent",
-                "RTP packets the kernel accepted, all calls",
+                "RTP packets the kernel accepted, all calls.",
                 None,
                 sent.metric_type(),
             )?)?;
             let late = ConstCounter::new(pacer.packets_late());
             late.encode(encoder.encode_descriptor(
                 "rtp_packets_late",
-                "RTP packets sent more than 10 ms after they were due",
+                "RTP packets sent more than 10 ms after they were due.",
                 None,
                 late.metric_type(),
             )?)?;
@@ -339,7 +339,7 @@ impl Collector for Live {
         let in_progress = ConstGauge::new(i64::from(board.active_calls()));
         in_progress.encode(encoder.encode_descriptor(
             "calls_in_progress",
-            "Calls in progress on this instance, all trunks",
+            "Calls in progress on this instance, all trunks.",
             None,
             in_progress.metric_type(),
         )?)?;
@@ -347,7 +347,7 @@ impl Collector for Live {
         let gauge = ConstGauge::new(0i64);
         let mut registered = encoder.encode_descriptor(
             "trunk_registered",
-            "1 while a trunk with register = true holds a registration, else 0",
+            "1 while a trunk with register = true holds a registration, else 0.",
             None,
             gauge.metric_type(),
         )?;
@@ -360,7 +360,7 @@ impl Collector for Live {
         }
         let mut breaker = encoder.encode_descriptor(
             "trunk_breaker",
-            "1 for the state the trunk's circuit breaker is in (closed, open, half_open), 0 for the others",
+            "1 for the state the trunk's circuit breaker is in (closed, open, half_open), 0 for the others.",
             None,
             gauge.metric_type(),
         )?;
@@ -380,7 +380,7 @@ impl Collector for Live {
         }
         let mut answer_rate = encoder.encode_descriptor(
             "trunk_answer_rate",
-            "Answered / placed calls per trunk since start (0..1); absent before the trunk's first call",
+            "Answered / placed calls per trunk since start (0..1); absent before the trunk's first call.",
             None,
             ConstGauge::new(0.0f64).metric_type(),
         )?;

@@ -16,6 +16,7 @@ mod helpers;
 mod logs;
 mod media_dtmf;
 mod media_prompts_cli;
+mod metrics;
 mod procs;
 mod sip_kamailio;
 mod sip_scenarios;
