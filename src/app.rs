@@ -146,6 +146,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
                 secret,
                 settings.webhooks.backoff.0,
                 metrics.clone(),
+                settings.webhooks.targets(),
             )?;
             background.push(tokio::spawn(worker.run(shutdown.clone())));
         }

@@ -183,6 +183,11 @@ pub struct WebhookSettings {
     /// Resolved from `secret_env` at load; never printed.
     #[serde(skip)]
     pub secret: Option<SecretString>,
+    /// Let `callback_url` reach loopback, private, link-local (metadata)
+    /// and other internal addresses. Off: such a URL is refused with 422.
+    pub allow_private_targets: bool,
+    /// Let `callback_url` be plain http. Off: https only.
+    pub allow_http: bool,
 }
 
 impl Default for WebhookSettings {
@@ -191,6 +196,17 @@ impl Default for WebhookSettings {
             secret_env: "OTPDIAL_WEBHOOK_SECRET".into(),
             backoff: HumanDuration(Duration::from_secs(2)),
             secret: None,
+            allow_private_targets: false,
+            allow_http: false,
+        }
+    }
+}
+
+impl WebhookSettings {
+    pub fn targets(&self) -> crate::egress::TargetPolicy {
+        crate::egress::TargetPolicy {
+            allow_http: self.allow_http,
+            allow_private: self.allow_private_targets,
         }
     }
 }

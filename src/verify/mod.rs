@@ -362,15 +362,12 @@ impl Verifier {
             }
         };
         if let Some(url) = req.callback_url.as_deref() {
-            if !(url.starts_with("https://") || url.starts_with("http://"))
-                || url.len() > 2048
-                || url.parse::<reqwest::Url>().is_err()
-            {
-                return Err(invalid(
-                    "callback_url",
-                    "must be an http(s) URL of at most 2048 characters",
-                ));
+            if url.len() > 2048 {
+                return Err(invalid("callback_url", "must be at most 2048 characters"));
             }
+            crate::egress::check_url(url, self.settings.webhooks.targets())
+                .await
+                .map_err(|why| invalid("callback_url", why))?;
             if self.settings.webhooks.secret.is_none() {
                 return Err(invalid(
                     "callback_url",

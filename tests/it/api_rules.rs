@@ -394,7 +394,60 @@ fn webhook_settings() -> Settings {
     let mut s = base_settings(free_udp_port());
     s.webhooks.secret = Some(SecretString::new("whsec-test".into()));
     s.webhooks.backoff = otpdial::config::HumanDuration(Duration::from_millis(100));
+    // The test receiver listens on plain http on loopback.
+    s.webhooks.allow_private_targets = true;
+    s.webhooks.allow_http = true;
     s
+}
+
+/// SSRF: with the default rules a `callback_url` that is plain http, or
+/// resolves to loopback, a private network, link-local (cloud metadata),
+/// CGNAT or an IPv4-mapped internal address is refused with 422 and no
+/// verification is created; a public https URL is accepted.
+async fn callback_url_to_internal_targets_is_refused(db: Db) {
+    let mut s = base_settings(free_udp_port());
+    s.webhooks.secret = Some(SecretString::new("whsec-test".into()));
+    let t = spawn_app(s, db, DialerMode::Manual).await;
+    for (i, url) in [
+        "http://93.184.216.34/hook",
+        "https://127.0.0.1/hook",
+        "https://localhost:8443/hook",
+        "https://[::1]/hook",
+        "https://10.0.0.7/hook",
+        "https://172.20.1.1/hook",
+        "https://192.168.1.10/hook",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://100.100.100.200/hook",
+        "https://[::ffff:10.1.1.1]/hook",
+        "https://[fd00:ec2::254]/hook",
+        "https://0.0.0.0/hook",
+        "gopher://93.184.216.34/hook",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (status, body) = t
+            .post(
+                "/v1/verifications",
+                json!({ "to": format!("+3161200{:04}", 100 + i), "callback_url": url }),
+            )
+            .await;
+        assert_eq!(status, 422, "{url}: {body}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("callback_url"),
+            "{url}: {body}"
+        );
+    }
+    let (status, body) = t
+        .post(
+            "/v1/verifications",
+            json!({ "to": "+31612000199", "callback_url": "https://93.184.216.34/hook" }),
+        )
+        .await;
+    assert_eq!(status, 201, "a public https target is fine: {body}");
 }
 
 async fn wait_for<T>(mut f: impl FnMut() -> Option<T>, what: &str) -> T {
@@ -459,6 +512,8 @@ async fn webhooks(db: Db) {
 async fn webhook_survives_restart() {
     let mut s = webhook_settings();
     s.webhooks.backoff = otpdial::config::HumanDuration(Duration::from_secs(1));
+    s.webhooks.allow_private_targets = true;
+    s.webhooks.allow_http = true;
     // Receiver not started yet: port reserved and closed.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -699,5 +754,6 @@ crate::on_both_databases!(
     cancel,
     concurrent_checks,
     webhooks,
+    callback_url_to_internal_targets_is_refused,
     admin_routes
 );
