@@ -217,6 +217,11 @@ pub struct LimitSettings {
     pub per_number: RateLimit,
     pub per_user: RateLimit,
     pub per_api_key: RateLimit,
+    /// Wrong code checks per user (or per number, for verifications without
+    /// a user) across all their verifications; past 5 each try waits a
+    /// doubling back-off (1 s … 5 min), at the limit checks are refused
+    /// (429) until the window moves.
+    pub wrong_checks_per_user: RateLimit,
     /// Calls placed per second across all instances (the dialer paces
     /// itself; requests are not refused for it).
     pub global_calls_per_second: u32,
@@ -236,6 +241,10 @@ impl Default for LimitSettings {
             per_api_key: RateLimit {
                 count: 600,
                 per: Duration::from_secs(60),
+            },
+            wrong_checks_per_user: RateLimit {
+                count: 10,
+                per: Duration::from_secs(3600),
             },
             global_calls_per_second: 20,
         }
