@@ -12,6 +12,7 @@ mod calls_sipp;
 mod demo_path;
 mod dialer_durable;
 mod dialer_faults;
+mod docker_configs;
 mod helpers;
 mod logs;
 mod media_dtmf;
