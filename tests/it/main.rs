@@ -16,6 +16,7 @@ mod logs;
 mod media_dtmf;
 mod media_prompts_cli;
 mod procs;
+mod risk_hook;
 mod sip_kamailio;
 mod sip_scenarios;
 mod tempgres;
