@@ -920,7 +920,7 @@ impl Settings {
             }
         }
         let hook = self.risk.hook_url.trim();
-        if !hook.is_empty() && !(hook.starts_with("https://") || hook.starts_with("http://")) {
+        if !(hook.is_empty() || hook.starts_with("https://") || hook.starts_with("http://")) {
             return Err(err(
                 "risk.hook_url".into(),
                 format!("must be an http(s) URL, got {hook:?}"),
