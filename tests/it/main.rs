@@ -8,6 +8,7 @@ mod api_basics;
 mod api_rules;
 mod callee;
 mod calls_sipp;
+mod cli_config;
 mod demo_path;
 mod dialer_durable;
 mod dialer_faults;
