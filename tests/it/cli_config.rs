@@ -58,3 +58,34 @@ from = "sip:+31508200001@sip2.example"
         "masked passwords shown as ***: {stdout}"
     );
 }
+
+/// Every subcommand's `--help` says what it does and shows an example.
+#[test]
+fn every_subcommand_help_has_an_example() {
+    for cmd in [
+        &["serve"][..],
+        &["demo"],
+        &["call"],
+        &["migrate"],
+        &["prompts", "check"],
+        &["trunk", "check"],
+        &["apikey", "new"],
+        &["config", "check"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_otpdial"))
+            .args(cmd)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{cmd:?}");
+        assert!(
+            text.contains("Example"),
+            "{cmd:?} --help has no example:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("otpdial {}", cmd.join(" "))),
+            "{cmd:?} example shows the command:\n{text}"
+        );
+    }
+}
