@@ -139,6 +139,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         wake,
         cancel_wake,
         metrics.clone(),
+        crate::risk::RiskHook::from_settings(&settings.risk)?,
     ));
     let shutdown = CancellationToken::new();
     let mut background = Vec::new();

@@ -17,6 +17,7 @@ pub mod egress;
 pub mod media;
 pub mod metrics;
 pub mod ops;
+pub mod risk;
 pub mod sip;
 pub mod sip_io;
 pub mod store;
