@@ -397,7 +397,7 @@ async fn demo_trunk_phone_and_gateway_run_outside_containers() {
         .arg(dir.path())
         .args(["-l", "udp:127.0.0.1:5060", "-l", "tcp:127.0.0.1:5060"]);
     with_env(&mut cmd, &services["kamailio"].env);
-    let mut kamailio = Proc::spawn(cmd, dir.path().join("kamailio.log"));
+    let kamailio = Proc::spawn(cmd, dir.path().join("kamailio.log"));
     wait_for(
         "Kamailio listening on 127.0.0.1:5060",
         Duration::from_secs(10),
