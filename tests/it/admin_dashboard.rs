@@ -384,6 +384,19 @@ async fn dashboard_in_headless_chromium() {
         "{dom}"
     );
     assert!(!dom.contains("carrier-a"));
+    let login_shot = out.join("login.png");
+    chromium(
+        &out,
+        &[
+            format!("--screenshot={}", login_shot.display()),
+            "--window-size=1280,700".to_owned(),
+        ],
+        &gw.url("/admin"),
+    )
+    .await;
+    let png = std::fs::read(&login_shot).expect("login screenshot written");
+    assert!(png.starts_with(b"\x89PNG"));
+    println!("login screenshot: {}", login_shot.display());
 
     // With the admin token as bearer.
     let bearer = header_proxy(
