@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the real peers the
-# tests talk to (SIPp, Kamailio, PostgreSQL), then builds and runs every test.
+# tests talk to (SIPp, Kamailio, PostgreSQL, baresip) and headless Chromium (the
+# dashboard test), then builds and runs every test.
 # The tests start Kamailio themselves (own config, free loopback ports, foreground);
 # the Debian package's system service is not used.
 #
@@ -40,6 +41,8 @@ need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need+=(kamailio)
 [ -n "$(pg_bin)" ] || need+=(postgresql)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq

@@ -15,6 +15,7 @@ use crate::domain::CallStatus;
 use crate::media::{
     rtcp_socket_beside, CallScript, Pacer, PlayoutEvent, PlayoutSpec, PromptLibrary, G711,
 };
+use crate::metrics::Metrics;
 use crate::sip::sdp::{AudioCodec, MediaOffer};
 use crate::sip::{EndReason, OutgoingCall, TrunkConfig};
 use crate::sip_io::{CallEvent, SipEndpoint};
@@ -120,6 +121,8 @@ pub struct CallEngine {
     prompts: Arc<PromptLibrary>,
     rtp: RtpPorts,
     external_ip: Option<IpAddr>,
+    /// Setup-time and post-dial-delay histograms, when the gateway exports metrics.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Hands out RTP ports from the configured range, round robin, binding
@@ -167,7 +170,19 @@ impl CallEngine {
                 next: AtomicU32::new(rand::random::<u32>() % 1000 * 2),
             },
             external_ip,
+            metrics: None,
         }
+    }
+
+    /// Records each attempt's setup time and post-dial delay in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The RTP pacer's packet counters.
+    pub fn pacer_stats(&self) -> Arc<crate::media::PacerStats> {
+        self.pacer.stats()
     }
 
     pub fn sip_addr(&self) -> SocketAddr {
@@ -265,6 +280,8 @@ impl CallEngine {
             extra_headers: caller_id_headers(&trunk),
             tcp: proxy.transport == crate::config::Transport::Tcp,
         };
+        let invite_sent = std::time::Instant::now();
+        let mut alerted = false;
         let mut session = match self.sip.invite(outgoing).await {
             Ok(s) => s,
             Err(e) => return AttemptOutcome::failed(format!("SIP: {e}"), true),
@@ -301,6 +318,12 @@ impl CallEngine {
                                     .reset(tokio::time::Instant::now() + trunk.ring_timeout.0);
                             }
                             if (180..200).contains(&status) {
+                                if !alerted {
+                                    alerted = true;
+                                    if let Some(m) = &self.metrics {
+                                        m.call_alerting(&trunk.name, invite_sent.elapsed());
+                                    }
+                                }
                                 let _ = progress.send(Progress::Ringing);
                             }
                         }
@@ -310,6 +333,9 @@ impl CallEngine {
                             }
                             answered = true;
                             slot.answered();
+                            if let Some(m) = &self.metrics {
+                                m.call_answered(&trunk.name, invite_sent.elapsed());
+                            }
                             let _ = progress.send(Progress::Answered);
                             let Some(socket) = rtp_socket.take() else { continue };
                             let codec = match media.codec {
