@@ -384,19 +384,6 @@ async fn dashboard_in_headless_chromium() {
         "{dom}"
     );
     assert!(!dom.contains("carrier-a"));
-    let login_shot = out.join("login.png");
-    chromium(
-        &out,
-        &[
-            format!("--screenshot={}", login_shot.display()),
-            "--window-size=1280,700".to_owned(),
-        ],
-        &gw.url("/admin"),
-    )
-    .await;
-    let png = std::fs::read(&login_shot).expect("login screenshot written");
-    assert!(png.starts_with(b"\x89PNG"));
-    println!("login screenshot: {}", login_shot.display());
 
     // With the admin token as bearer.
     let bearer = header_proxy(
@@ -440,13 +427,5 @@ async fn dashboard_in_headless_chromium() {
         "a page with content, not a blank: {} bytes",
         png.len()
     );
-    let dom = chromium(
-        &out,
-        &["--dump-dom".to_owned()],
-        &format!("{session}/admin"),
-    )
-    .await;
-    assert_dashboard(&dom, &number);
-    assert!(dom.contains("Log out"));
     println!("dashboard screenshot: {}", shot.display());
 }
