@@ -1651,3 +1651,32 @@ fn strict_router_in_record_route_gets_the_request_uri() {
     assert_eq!(bye.request_uri(), "sip:10.9.9.2:5070");
     assert_eq!(bye.to, "10.9.9.2:5070".parse().unwrap());
 }
+
+#[test]
+fn register_and_options_over_tcp_advertise_a_tcp_contact() {
+    // The Contact of a REGISTER is where the trunk sends our calls' requests: over TCP it
+    // must say so, like the Contact of an INVITE (one builder for both).
+    let mut h = Harness::new();
+    let mut cfg = trunk_cfg(true, Some(Duration::from_secs(30)));
+    cfg.tcp = true;
+    h.ua.add_trunk(h.now, cfg);
+    h.drain();
+    let sent = h.take_sent();
+    assert_eq!(sent.len(), 2, "REGISTER and OPTIONS");
+    for s in &sent {
+        assert!(s.msg().vias[0].starts_with("SIP/2.0/TCP "), "{}", s.text);
+        assert_eq!(
+            s.headers("Contact"),
+            vec![format!("<sip:31508200000@{LOCAL};transport=tcp>")],
+            "{}",
+            s.text
+        );
+    }
+    h.tcp = true;
+    h.call();
+    let invite = h.only_sent();
+    assert_eq!(
+        invite.headers("Contact"),
+        vec![format!("<sip:otpdial@{LOCAL};transport=tcp>")]
+    );
+}
