@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::Notify;
@@ -137,7 +138,15 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
     ));
     let shutdown = CancellationToken::new();
     let mut background = Vec::new();
-    background.push(tokio::spawn(housekeeping(store.clone(), shutdown.clone())));
+    background.push(tokio::spawn(housekeeping(
+        store.clone(),
+        settings
+            .limits
+            .wrong_checks_per_user
+            .per
+            .max(Duration::from_secs(24 * 3600)),
+        shutdown.clone(),
+    )));
     match settings.webhooks.secret.clone() {
         Some(secret) => {
             let worker = WebhookWorker::new(
@@ -146,6 +155,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
                 secret,
                 settings.webhooks.backoff.0,
                 metrics.clone(),
+                settings.webhooks.targets(),
             )?;
             background.push(tokio::spawn(worker.run(shutdown.clone())));
         }
@@ -225,14 +235,22 @@ impl RunningApp {
 
 /// Periodic store upkeep: expires pending verifications whose time is up
 /// (so their webhooks go out even if nobody reads them).
-async fn housekeeping(store: Store, shutdown: CancellationToken) {
-    loop {
+async fn housekeeping(store: Store, keep_wrong_checks: Duration, shutdown: CancellationToken) {
+    let keep_ms = i64::try_from(keep_wrong_checks.as_millis()).unwrap_or(i64::MAX);
+    for round in 0u64.. {
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = shutdown.cancelled() => return,
         }
-        if let Err(e) = store.expire_due(crate::domain::now_ms()).await {
+        let now = crate::domain::now_ms();
+        if let Err(e) = store.expire_due(now).await {
             tracing::warn!(error = %e, "expiring verifications failed");
+        }
+        // Once a minute: wrong checks older than the guard's window.
+        if round % 30 == 0 {
+            if let Err(e) = store.prune_wrong_checks(now.saturating_sub(keep_ms)).await {
+                tracing::warn!(error = %e, "pruning wrong checks failed");
+            }
         }
     }
 }

@@ -269,6 +269,8 @@ impl CallEngine {
             Ok(s) => s,
             Err(e) => return AttemptOutcome::failed(format!("SIP: {e}"), true),
         };
+        // Every log line of the attempt from here on names the SIP call.
+        tracing::Span::current().record("sip_call_id", session.call_id.as_str());
 
         // The ring timer starts with the first provisional response: until
         // then the INVITE transaction's Timer B decides (no response at all

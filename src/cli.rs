@@ -15,6 +15,12 @@ pub struct Cli {
     pub command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway: HTTP API, SIP user agent, dialer.
@@ -22,6 +28,10 @@ pub enum Command {
         /// TOML config file (or OTPDIAL_CONFIG).
         #[arg(long, env = "OTPDIAL_CONFIG")]
         config: Option<PathBuf>,
+        /// Log lines as text for people or JSON (one object per line) for a log
+        /// pipeline; a call's lines carry its verification id and SIP Call-ID.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "OTPDIAL_LOG_FORMAT")]
+        log_format: LogFormat,
     },
     /// Zero-setup run: a built-in test phone answers one verification call
     /// on loopback; prints what it heard and checks it through the API.

@@ -183,6 +183,11 @@ pub struct WebhookSettings {
     /// Resolved from `secret_env` at load; never printed.
     #[serde(skip)]
     pub secret: Option<SecretString>,
+    /// Let `callback_url` reach loopback, private, link-local (metadata)
+    /// and other internal addresses. Off: such a URL is refused with 422.
+    pub allow_private_targets: bool,
+    /// Let `callback_url` be plain http. Off: https only.
+    pub allow_http: bool,
 }
 
 impl Default for WebhookSettings {
@@ -191,6 +196,17 @@ impl Default for WebhookSettings {
             secret_env: "OTPDIAL_WEBHOOK_SECRET".into(),
             backoff: HumanDuration(Duration::from_secs(2)),
             secret: None,
+            allow_private_targets: false,
+            allow_http: false,
+        }
+    }
+}
+
+impl WebhookSettings {
+    pub fn targets(&self) -> crate::egress::TargetPolicy {
+        crate::egress::TargetPolicy {
+            allow_http: self.allow_http,
+            allow_private: self.allow_private_targets,
         }
     }
 }
@@ -201,6 +217,11 @@ pub struct LimitSettings {
     pub per_number: RateLimit,
     pub per_user: RateLimit,
     pub per_api_key: RateLimit,
+    /// Wrong code checks per user (or per number, for verifications without
+    /// a user) across all their verifications; past 5 each try waits a
+    /// doubling back-off (1 s … 5 min), at the limit checks are refused
+    /// (429) until the window moves.
+    pub wrong_checks_per_user: RateLimit,
     /// Calls placed per second across all instances (the dialer paces
     /// itself; requests are not refused for it).
     pub global_calls_per_second: u32,
@@ -220,6 +241,10 @@ impl Default for LimitSettings {
             per_api_key: RateLimit {
                 count: 600,
                 per: Duration::from_secs(60),
+            },
+            wrong_checks_per_user: RateLimit {
+                count: 10,
+                per: Duration::from_secs(3600),
             },
             global_calls_per_second: 20,
         }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod dialer;
 pub mod domain;
+pub mod egress;
 pub mod media;
 pub mod metrics;
 pub mod ops;

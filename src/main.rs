@@ -4,17 +4,32 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use otpdial::cli::{
-    ApikeyCommand, Cli, Command, ConfigCommand, PromptsCommand, ScopeArg, TrunkCommand,
+    ApikeyCommand, Cli, Command, ConfigCommand, LogFormat, PromptsCommand, ScopeArg, TrunkCommand,
 };
 use otpdial::config::Settings;
 
 fn init_tracing(default: &str) {
+    init_tracing_as(default, LogFormat::Text);
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the level. In JSON each line is one
+/// object with the fields of the spans it happened in (`verification`,
+/// `call`, `trunk`, `sip_call_id` for a call's lines).
+fn init_tracing_as(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .flatten_event(true)
+            .init(),
+    }
 }
 
 #[tokio::main]
@@ -31,8 +46,8 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config } => {
-            init_tracing("info");
+        Command::Serve { config, log_format } => {
+            init_tracing_as("info", log_format);
             let settings = Settings::load(config.as_deref())?;
             otpdial::app::run(settings, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)

@@ -55,7 +55,7 @@ enum Command {
     Invite {
         call: OutgoingCall,
         events: mpsc::UnboundedSender<CallEvent>,
-        reply: oneshot::Sender<CallHandle>,
+        reply: oneshot::Sender<(CallHandle, String)>,
     },
     Hangup(CallHandle),
     AddTrunk {
@@ -94,6 +94,8 @@ impl std::fmt::Debug for SipEndpoint {
 #[derive(Debug)]
 pub struct CallSession {
     pub handle: CallHandle,
+    /// The SIP Call-ID (for logs; it names the call on the trunk's side too).
+    pub call_id: String,
     pub events: mpsc::UnboundedReceiver<CallEvent>,
     commands: mpsc::UnboundedSender<Command>,
     ended: bool,
@@ -212,9 +214,10 @@ impl SipEndpoint {
                 reply: reply_tx,
             })
             .map_err(|_| SipIoError::Closed)?;
-        let handle = reply_rx.await.map_err(|_| SipIoError::Closed)?;
+        let (handle, call_id) = reply_rx.await.map_err(|_| SipIoError::Closed)?;
         Ok(CallSession {
             handle,
+            call_id,
             events: events_rx,
             commands: self.inner.commands.clone(),
             ended: false,
@@ -399,9 +402,10 @@ async fn drive(
                 Some(Command::Invite { call, events, reply }) => {
                     let handle = ua.invite(Instant::now(), call);
                     routes.insert(handle, events);
+                    let call_id = ua.call_id(handle).unwrap_or_default().to_string();
                     // The caller may have given up waiting; the call still runs and
                     // its events are dropped with the channel.
-                    let _ = reply.send(handle);
+                    let _ = reply.send((handle, call_id));
                 }
                 Some(Command::Hangup(handle)) => ua.hangup(Instant::now(), handle),
                 Some(Command::AddTrunk { config, probes }) => {

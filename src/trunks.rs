@@ -171,17 +171,11 @@ impl Drop for TrunkSlot {
     }
 }
 
-/// A slot in the instance-wide call limit; dropping it frees the slot.
+/// A slot in the instance-wide call limit; dropping it frees the slot (the
+/// dialer waits for it on the semaphore itself, so no wake-up is needed).
 #[derive(Debug)]
 pub struct CallSlot {
-    freed: Arc<Notify>,
     _permit: OwnedSemaphorePermit,
-}
-
-impl Drop for CallSlot {
-    fn drop(&mut self) {
-        self.freed.notify_one();
-    }
 }
 
 impl TrunkBoard {
@@ -318,10 +312,7 @@ impl TrunkBoard {
     /// limit was closed, which nothing does).
     pub async fn call_slot(&self) -> Option<CallSlot> {
         let permit = self.overall.clone().acquire_owned().await.ok()?;
-        Some(CallSlot {
-            freed: self.freed.clone(),
-            _permit: permit,
-        })
+        Some(CallSlot { _permit: permit })
     }
 
     pub fn overall_capacity(&self) -> u32 {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SecretString;
 use crate::domain;
+use crate::egress::{check_url, resolver_for, TargetPolicy};
 use crate::metrics::Metrics;
 use crate::store::{Store, WebhookJob};
 use crate::verify::{VerificationView, Verifier};
@@ -47,6 +48,7 @@ pub struct WebhookWorker {
     backoff: Duration,
     http: reqwest::Client,
     metrics: Arc<Metrics>,
+    targets: TargetPolicy,
 }
 
 impl WebhookWorker {
@@ -56,12 +58,16 @@ impl WebhookWorker {
         secret: SecretString,
         backoff: Duration,
         metrics: Arc<Metrics>,
+        targets: TargetPolicy,
     ) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("otpdial/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("otpdial/", env!("CARGO_PKG_VERSION")));
+        if let Some(resolver) = resolver_for(targets) {
+            http = http.dns_resolver(resolver);
+        }
+        let http = http.build()?;
         Ok(Self {
             store,
             verifier,
@@ -69,6 +75,7 @@ impl WebhookWorker {
             backoff,
             http,
             metrics,
+            targets,
         })
     }
 
@@ -118,6 +125,16 @@ impl WebhookWorker {
         let unix = domain::now_ms() / 1000;
         let sig = signature(self.secret.expose().as_bytes(), unix, payload.as_bytes());
         let tries = job.attempts + 1;
+        // Checked again at delivery: the rules may have tightened since the
+        // start, and a name may now resolve elsewhere.
+        if let Err(why) = check_url(&job.url, self.targets).await {
+            tracing::warn!(webhook = %job.id, event = %job.event, %why, "webhook target refused");
+            self.metrics.webhook("refused");
+            self.store
+                .webhook_failed(&job.id, MAX_TRIES, None, &format!("target refused: {why}"))
+                .await?;
+            return Ok(());
+        }
         let result = self
             .http
             .post(&job.url)

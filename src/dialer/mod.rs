@@ -568,7 +568,15 @@ impl Dialer {
                 .await?;
             settle.attempt = Some(seq);
             tracing::info!(trunk = %trunk, attempt = seq, round = claimed.round, "dialing");
-            let outcome = self.place_one(claimed, &code, trunk, slot, &hangup).await?;
+            let attempt_span = tracing::info_span!(
+                "attempt",
+                trunk = %trunk,
+                sip_call_id = tracing::field::Empty
+            );
+            let outcome = self
+                .place_one(claimed, &code, trunk, slot, &hangup)
+                .instrument(attempt_span)
+                .await?;
             self.board.record_outcome(trunk, breaker_signal(&outcome));
             self.metrics.call_attempt(trunk, outcome.status.as_str());
             tracing::info!(

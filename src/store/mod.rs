@@ -51,12 +51,14 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 mod admin;
 mod calls;
+mod checks;
 mod outbox;
 mod phones;
 
 use admin::audit_in_tx;
 pub use admin::{AuditEntry, CallRecord};
 pub use calls::{AfterAttempt, CallUpdate, ClaimedCall, Recovered};
+pub use checks::WrongChecks;
 pub use outbox::WebhookJob;
 pub use phones::PhoneRow;
 

@@ -3,6 +3,7 @@
 //! expiry, approve once), cancel, and the registered numbers of a user.
 //! Knows the store, not HTTP or SIP.
 
+mod guard;
 mod keys;
 
 pub use keys::{CodeKeys, SealError};
@@ -362,15 +363,12 @@ impl Verifier {
             }
         };
         if let Some(url) = req.callback_url.as_deref() {
-            if !(url.starts_with("https://") || url.starts_with("http://"))
-                || url.len() > 2048
-                || url.parse::<reqwest::Url>().is_err()
-            {
-                return Err(invalid(
-                    "callback_url",
-                    "must be an http(s) URL of at most 2048 characters",
-                ));
+            if url.len() > 2048 {
+                return Err(invalid("callback_url", "must be at most 2048 characters"));
             }
+            crate::egress::check_url(url, self.settings.webhooks.targets())
+                .await
+                .map_err(|why| invalid("callback_url", why))?;
             if self.settings.webhooks.secret.is_none() {
                 return Err(invalid(
                     "callback_url",
@@ -584,6 +582,44 @@ impl Verifier {
         actor: &str,
     ) -> Result<CheckResult, VerifyError> {
         let now = domain::now_ms();
+        // The same reads and writes happen for an unknown id as for a wrong
+        // code (its subject is the API key, which is counted but never
+        // locked out: that would lock every user of the auth service), so
+        // neither the answer nor its timing tells them apart.
+        let known = self.store.get_verification(id).await?;
+        let subject = match &known {
+            Some(v) => guard::subject_of(v),
+            None => format!("unknown:{actor}"),
+        };
+        let checks = guard::CheckGuard {
+            limit: self.settings.limits.wrong_checks_per_user,
+        };
+        let wrong_so_far = self
+            .store
+            .wrong_checks_since(&subject, now - checks.window_ms())
+            .await?;
+        // Only a check that would be evaluated is held back.
+        let evaluable = known
+            .as_ref()
+            .is_some_and(|v| v.status == VerificationStatus::Pending);
+        if let (
+            true,
+            guard::Gate::Wait {
+                retry_after_ms,
+                locked,
+            },
+        ) = (evaluable, checks.gate(wrong_so_far, now))
+        {
+            let outcome = if locked { "locked_out" } else { "backoff" };
+            self.metrics.checked(outcome);
+            self.audit(actor, "verification.check", Some(id), outcome, None)
+                .await;
+            let secs = u64::try_from((retry_after_ms + 999) / 1000).unwrap_or(1);
+            return Err(VerifyError::RateLimited {
+                limit: "wrong_checks_per_user",
+                retry_after_secs: secs,
+            });
+        }
         let slot = self.store.reserve_check(id, now).await?;
         let CheckSlot::Reserved {
             code_hash,
@@ -592,11 +628,13 @@ impl Verifier {
         else {
             let _ = self.keys.matches(id, candidate.as_bytes(), "");
             self.metrics.checked("closed");
-            let Some(v) = self.store.get_verification(id).await? else {
-                // Guessing ids is worth knowing about, and the audit write
-                // keeps this answer as slow as a wrong code's.
+            let Some(v) = known else {
+                // Guessing ids is worth knowing about; the count and the
+                // audit write keep this answer as slow as a wrong code's.
+                self.store.record_wrong_check(&subject, now).await?;
                 self.audit(actor, "verification.check", Some(id), "unknown_id", None)
                     .await;
+                let _ = self.store.verification_status(id).await?;
                 return Ok(CheckResult {
                     id: id.to_string(),
                     status: VerificationStatus::Failed,
@@ -634,6 +672,7 @@ impl Verifier {
             });
         }
         self.metrics.checked("wrong");
+        self.store.record_wrong_check(&subject, now).await?;
         self.audit(actor, "verification.check", Some(id), "wrong", None)
             .await;
         if attempts_left == 0 {

@@ -734,4 +734,17 @@ mod tests {
             .await;
         assert!(seen.calls.is_empty(), "an OPTIONS is not a call: {seen:#?}");
     }
+
+    /// One trunk port that goes 503, then silent, then answers again: each stage
+    /// takes the port the previous one released.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trunk_port_changes_hands_503_black_hole_answer() {
+        let mut down = SippUas::unavailable_on(free_udp_port()).await;
+        let port = down.port();
+        down.stop();
+        let hole = BlackHole::bind_on(port);
+        drop(hole);
+        let up = SippUas::answer_many_on(port, Duration::ZERO).await;
+        assert_eq!(up.port(), port);
+    }
 }

@@ -69,10 +69,15 @@ async fn sipp_answers_and_receives_the_code_as_paced_rtp() {
         "20 ms of G.711"
     );
     // About 50 packets per second of audio: paced in real time, not burst.
+    // The bounds are loose on purpose: arrival times are read in user space,
+    // and a loaded machine (the suite runs tests in parallel) delays the
+    // receiver or the pacer by a little; a burst would be far below 0.9 and
+    // a pacer stuck on relative sleeps far above 1.25. Pacing precision is
+    // measured by the playout benchmark, not here.
     let span = packets[packets.len() - 1].at - first.at;
     let nominal = Duration::from_millis(20 * (packets.len() as u64 - 1));
     assert!(
-        span > nominal.mul_f64(0.95) && span < nominal.mul_f64(1.05),
+        span > nominal.mul_f64(0.9) && span < nominal.mul_f64(1.25),
         "{} packets over {span:?}, nominal {nominal:?}",
         packets.len()
     );

@@ -13,6 +13,7 @@ use crate::callee::{BlackHole, SippUas};
 use crate::helpers::{Db, ADMIN_TOKEN};
 use crate::on_both_databases;
 use crate::procs::{nl_mobile, ServeConfig, ServeProc};
+use crate::tempgres::TempGres;
 
 on_both_databases!(kill9_mid_queue_and_mid_call_then_restart);
 
@@ -293,7 +294,7 @@ async fn sigterm_mid_call_lets_it_finish_within_the_grace() {
         .trunk("t", callee.port(), "")
         // The built-in pack read twice: several seconds of audio.
         .merge_toml("[verification]\nrepeat = 2\n[dialer]\nshutdown_grace = \"30s\"")
-        .set("prompts", toml::Value::Table(toml::Table::new()));
+        .builtin_prompts();
     let mut gw = ServeProc::start(cfg).await;
     let v = gw
         .start_verification(json!({ "to": nl_mobile(5000) }))
@@ -315,4 +316,95 @@ async fn sigterm_mid_call_lets_it_finish_within_the_grace() {
     assert_eq!(v.call.status, CallStatus::Completed, "{v:?}");
     assert!(v.call.times_played >= 1);
     eprintln!("SIGTERM mid-call: exited {took:?} later, call completed");
+}
+
+/// The database (a PostgreSQL server of the test's own) stops mid-run: the
+/// API answers 503 within a second, calls in progress play to their end
+/// and hang up, nothing panics; when the server is back the calls' ends are
+/// recorded and new verifications go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_gone_mid_run_then_back() {
+    let pg = TempGres::start_new();
+    let url = pg.fresh_database().await;
+    let callee = SippUas::answer_many(Duration::from_millis(300)).await;
+    let cfg = ServeConfig::new()
+        .database(&url)
+        .trunk("t", callee.port(), "")
+        // The built-in pack: calls of several seconds, long enough to outlive
+        // the database.
+        .builtin_prompts()
+        .merge_toml("[database]\nacquire_timeout = \"500ms\"");
+    let gw = ServeProc::start(cfg).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            gw.start_verification(json!({ "to": nl_mobile(6000 + i) }))
+                .await
+                .id,
+        );
+    }
+    callee
+        .wait_calls(Duration::from_secs(20), |log| {
+            log.calls.iter().filter(|c| c.answered()).count() == 3
+        })
+        .await;
+
+    let pg = tokio::task::spawn_blocking(move || {
+        let mut pg = pg;
+        pg.stop();
+        pg
+    })
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    let (status, body) = gw
+        .try_request(
+            reqwest::Method::POST,
+            "/v1/verifications",
+            crate::helpers::TOKEN,
+            Some(&json!({ "to": nl_mobile(6010) })),
+        )
+        .await
+        .expect("an HTTP answer while the database is down");
+    let took = t0.elapsed();
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(took < Duration::from_secs(1), "503 took {took:?}");
+    let (status, _) = gw
+        .try_request(reqwest::Method::GET, "/readyz", "", None)
+        .await
+        .unwrap();
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _) = gw
+        .try_request(reqwest::Method::GET, "/healthz", "", None)
+        .await
+        .unwrap();
+    assert_eq!(status, reqwest::StatusCode::OK, "the process stays up");
+
+    // The calls play to their end and hang up without the database.
+    let log = callee
+        .wait_calls(Duration::from_secs(40), |log| {
+            log.calls.iter().filter(|c| c.byes == 1).count() == 3
+        })
+        .await;
+    assert_eq!(log.calls.len(), 3);
+
+    let pg = tokio::task::spawn_blocking(move || {
+        let mut pg = pg;
+        pg.start();
+        pg
+    })
+    .await
+    .unwrap();
+    let views = gw.wait_calls_final(&ids, Duration::from_secs(30)).await;
+    for v in &views {
+        assert_eq!(v.call.status, CallStatus::Completed, "{v:?}");
+    }
+    let v = gw
+        .start_verification(json!({ "to": nl_mobile(6011) }))
+        .await;
+    let done = &gw.wait_calls_final(&[v.id], Duration::from_secs(30)).await[0];
+    assert_eq!(done.call.status, CallStatus::Completed, "{done:?}");
+    assert!(gw.panics().is_empty(), "{}", gw.log());
+    eprintln!("database gone: 503 after {took:?}; 3 calls completed without it");
+    drop(pg);
 }

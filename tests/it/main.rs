@@ -12,6 +12,7 @@ mod demo_path;
 mod dialer_durable;
 mod dialer_faults;
 mod helpers;
+mod logs;
 mod media_dtmf;
 mod media_prompts_cli;
 mod procs;

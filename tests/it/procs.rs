@@ -186,6 +186,13 @@ scopes = ["admin"]
         self.set("database.url", url)
     }
 
+    /// Plays the built-in packs (`en`, `nl`; calls of several seconds) instead of the
+    /// fast test pack: for tests that need a call to last.
+    pub fn builtin_prompts(mut self) -> ServeConfig {
+        self.table.remove("prompts");
+        self
+    }
+
     /// Adds a `[[trunks]]` entry for a UDP trunk on 127.0.0.1:`port`, with a caller ID,
     /// PCMA/PCMU and a 20 s ring timeout; `extra` is more TOML keys of that trunk,
     /// e.g. `"priority = 20\nmax_concurrent_calls = 20"`.
@@ -378,7 +385,8 @@ impl ServeProc {
                 cmd.env_remove(k);
             }
         }
-        cmd.env("RUST_LOG", "info");
+        // Plain text in the log file (tracing colours it otherwise).
+        cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

@@ -280,4 +280,55 @@ mod tests {
         assert!(!dir.exists(), "temp dir removed");
         assert!(answer(&url).await.is_err(), "server gone after drop");
     }
+
+    /// A gateway process on a TempGres database: it calls, it keeps running while the
+    /// database is stopped, and it reads from the database again once it is back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serve_proc_runs_on_tempgres_across_a_database_stop() {
+        use crate::callee::SippUas;
+        use crate::procs::{nl_mobile, ServeConfig, ServeProc};
+
+        let mut pg = TempGres::start_new();
+        let callee = SippUas::answer_many(Duration::ZERO).await;
+        let cfg = ServeConfig::new()
+            .database(&pg.fresh_database().await)
+            .trunk("a", callee.port(), "");
+        let mut gw = ServeProc::start(cfg).await;
+        let v = gw
+            .start_verification(serde_json::json!({ "to": nl_mobile(5), "code": "4812" }))
+            .await;
+        gw.wait_calls_final(std::slice::from_ref(&v.id), Duration::from_secs(10))
+            .await;
+
+        pg.stop();
+        let (status, _) = gw.get("/healthz").await;
+        assert_eq!(status, 200, "the process is up without its database");
+        assert!(gw.is_running());
+
+        pg.start();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = gw
+                .try_request(
+                    reqwest::Method::GET,
+                    &format!("/v1/verifications/{}", v.id),
+                    crate::helpers::TOKEN,
+                    None,
+                )
+                .await;
+            if let Ok((status, body)) = r {
+                if status == 200 {
+                    assert_eq!(body["call"]["status"], "completed");
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                Instant::now() < deadline,
+                "no answer from the database again\n{}",
+                gw.log()
+            );
+        }
+        assert!(gw.panics().is_empty(), "{}", gw.log());
+    }
 }

@@ -144,6 +144,11 @@ impl UserAgent {
         }
     }
 
+    /// The SIP Call-ID of a call we placed (for logs).
+    pub fn call_id(&self, call: CallHandle) -> Option<&str> {
+        self.calls.get(&call).map(|c| c.call_id.as_str())
+    }
+
     /// Calls whose state is still kept (ended calls linger briefly to absorb stragglers).
     pub fn active_calls(&self) -> usize {
         self.calls.len()

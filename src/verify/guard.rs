@@ -1,0 +1,146 @@
+//! The brute-force guard across verifications: wrong code checks are
+//! counted per subject (the user, or the number when the verification has
+//! no user) over `limits.wrong_checks_per_user`. Past the first few, each
+//! further try must wait a doubling back-off; at the limit the subject is
+//! locked out until the oldest wrong check leaves the window. Starting new
+//! verifications does not reset it: that is the point. Pure: counts and
+//! time are passed in.
+
+use crate::config::RateLimit;
+use crate::store::{VerificationRow, WrongChecks};
+
+/// Wrong checks allowed back to back before the back-off starts (one
+/// verification's worth at the default `max_check_attempts`).
+const FREE: i64 = 5;
+/// First back-off, doubling per further wrong check, capped.
+const BACKOFF_MS: i64 = 1_000;
+const BACKOFF_MAX_MS: i64 = 300_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Gate {
+    Open,
+    /// Not now: back-off (or lock-out when `locked`) for this long.
+    Wait {
+        retry_after_ms: i64,
+        locked: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CheckGuard {
+    pub(super) limit: RateLimit,
+}
+
+impl CheckGuard {
+    pub(super) fn window_ms(&self) -> i64 {
+        i64::try_from(self.limit.per.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    pub(super) fn gate(&self, w: WrongChecks, now: i64) -> Gate {
+        if self.limit.count == 0 {
+            return Gate::Open;
+        }
+        if w.count >= i64::from(self.limit.count) {
+            let until = w.first_at.unwrap_or(now).saturating_add(self.window_ms());
+            return Gate::Wait {
+                retry_after_ms: (until - now).max(1),
+                locked: true,
+            };
+        }
+        if w.count >= FREE {
+            let doublings = u32::try_from(w.count - FREE).unwrap_or(u32::MAX).min(20);
+            let backoff = BACKOFF_MS
+                .saturating_mul(1i64 << doublings)
+                .min(BACKOFF_MAX_MS);
+            let next = w.last_at.unwrap_or(now).saturating_add(backoff);
+            if now < next {
+                return Gate::Wait {
+                    retry_after_ms: next - now,
+                    locked: false,
+                };
+            }
+        }
+        Gate::Open
+    }
+}
+
+/// Whose wrong checks a verification's count against.
+pub(super) fn subject_of(v: &VerificationRow) -> String {
+    match &v.user_id {
+        Some(user) => format!("user:{user}"),
+        None => format!("number:{}", v.phone),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn guard(count: u32) -> CheckGuard {
+        CheckGuard {
+            limit: RateLimit {
+                count,
+                per: Duration::from_secs(3600),
+            },
+        }
+    }
+
+    fn w(count: i64, first: i64, last: i64) -> WrongChecks {
+        WrongChecks {
+            count,
+            first_at: (count > 0).then_some(first),
+            last_at: (count > 0).then_some(last),
+        }
+    }
+
+    #[test]
+    fn first_tries_are_free_then_back_off_doubles() {
+        let g = guard(10);
+        assert_eq!(g.gate(w(0, 0, 0), 1_000), Gate::Open);
+        assert_eq!(g.gate(w(4, 0, 1_000), 1_000), Gate::Open);
+        // Fifth wrong check done at t=1000: the next waits 1 s, then 2 s...
+        assert_eq!(
+            g.gate(w(5, 0, 1_000), 1_500),
+            Gate::Wait {
+                retry_after_ms: 500,
+                locked: false
+            }
+        );
+        assert_eq!(g.gate(w(5, 0, 1_000), 2_000), Gate::Open);
+        assert_eq!(
+            g.gate(w(7, 0, 10_000), 10_000),
+            Gate::Wait {
+                retry_after_ms: 4_000,
+                locked: false
+            }
+        );
+    }
+
+    #[test]
+    fn the_limit_locks_out_until_the_window_moves() {
+        let g = guard(10);
+        let gate = g.gate(w(10, 60_000, 900_000), 1_000_000);
+        assert_eq!(
+            gate,
+            Gate::Wait {
+                retry_after_ms: 60_000 + 3_600_000 - 1_000_000,
+                locked: true
+            }
+        );
+        assert_eq!(guard(0).gate(w(50, 0, 0), 1), Gate::Open, "0 turns it off");
+    }
+
+    #[test]
+    fn back_off_is_capped() {
+        let g = guard(1000);
+        assert_eq!(
+            g.gate(w(100, 0, 0), 0),
+            Gate::Wait {
+                retry_after_ms: BACKOFF_MAX_MS,
+                locked: false
+            }
+        );
+    }
+}
