@@ -187,6 +187,19 @@ impl Metrics {
         );
     }
 
+    /// The gateway's metrics plus the SIP listener policy's counters
+    /// (`otpdial_sip_dropped_total{reason}`, `otpdial_sip_bans_total`,
+    /// `otpdial_sip_banned_sources`), read from `sip` at each scrape.
+    pub fn with_sip(sip: Arc<crate::sip_io::SipStats>) -> Arc<Metrics> {
+        match Arc::try_unwrap(Self::new()) {
+            Ok(mut m) => {
+                m.registry.register_collector(Box::new(SipCollector(sip)));
+                Arc::new(m)
+            }
+            Err(shared) => shared,
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -202,4 +215,47 @@ where
     L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
 {
     family.get_or_create(&label).inc();
+}
+
+/// The SIP listener policy's counters, kept by the SIP driver and read at scrape time.
+#[derive(Debug)]
+struct SipCollector(Arc<crate::sip_io::SipStats>);
+
+impl prometheus_client::collector::Collector for SipCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+        let mut family = encoder.encode_descriptor(
+            "sip_dropped",
+            "SIP messages dropped (or refused with 403) by the listener policy, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in self.0.dropped() {
+            let label = ReasonLabel {
+                reason: reason.to_string(),
+            };
+            ConstCounter::new(n).encode(family.encode_family(&label)?)?;
+        }
+        let bans = ConstCounter::new(self.0.bans());
+        bans.encode(encoder.encode_descriptor(
+            "sip_bans",
+            "SIP sources banned (too many failed authentications or requests)",
+            None,
+            bans.metric_type(),
+        )?)?;
+        let banned = ConstGauge::new(i64::try_from(self.0.banned_now()).unwrap_or(i64::MAX));
+        banned.encode(encoder.encode_descriptor(
+            "sip_banned_sources",
+            "SIP sources under a ban now",
+            None,
+            banned.metric_type(),
+        )?)?;
+        Ok(())
+    }
 }

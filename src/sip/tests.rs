@@ -81,14 +81,18 @@ fn offer() -> MediaOffer {
 }
 
 impl Harness {
+    /// A user agent whose far end (`PEER`) is trusted like a trunk.
     fn new() -> Self {
         let start = Instant::now();
+        let mut ua = UserAgent::new(UaConfig {
+            local_addr: LOCAL.parse().unwrap(),
+            advertised_host: None,
+            server_header: "otpdial-test".into(),
+            policy: Default::default(),
+        });
+        ua.trust_source(PEER.parse::<SocketAddr>().unwrap().ip());
         Harness {
-            ua: UserAgent::new(UaConfig {
-                local_addr: LOCAL.parse().unwrap(),
-                advertised_host: None,
-                user_agent: "otpdial-test".into(),
-            }),
+            ua,
             start,
             now: start,
             peer: PEER.parse().unwrap(),
@@ -1594,8 +1598,10 @@ fn external_address_goes_into_via_and_contact_of_calls_and_registrations() {
     h.ua = UserAgent::new(UaConfig {
         local_addr: LOCAL.parse().unwrap(),
         advertised_host: Some("203.0.113.7".into()),
-        user_agent: "otpdial-test".into(),
+        server_header: "otpdial-test".into(),
+        policy: Default::default(),
     });
+    h.ua.trust_source(h.peer.ip());
     h.call();
     let invite = h.only_sent();
     assert!(invite.msg().vias[0].starts_with("SIP/2.0/UDP 203.0.113.7:5060;"));

@@ -17,5 +17,6 @@ mod media_dtmf;
 mod media_prompts_cli;
 mod procs;
 mod sip_kamailio;
+mod sip_policy;
 mod sip_scenarios;
 mod tempgres;

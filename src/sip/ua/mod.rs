@@ -17,6 +17,7 @@ mod transaction;
 mod trunk;
 
 use super::message::{self, Message, ParseError, StartLine};
+use super::policy::{DropReason, PolicyCounters, RequestFacts, SourcePolicy, Verdict};
 use super::{
     sdp, CallHandle, EndReason, Event, OutgoingCall, Transmit, Transport, TrunkId, UaConfig,
 };
@@ -45,6 +46,8 @@ pub struct UserAgent {
     /// Peers reached over TCP (trunks configured so, and whoever sent us a request over
     /// TCP); everything else is UDP. Transport follows the address, not the call.
     tcp_peers: HashSet<SocketAddr>,
+    /// The listener policy: every request from outside our dialogs passes it first.
+    policy: SourcePolicy,
 }
 
 fn random_token() -> String {
@@ -92,7 +95,9 @@ fn common_headers(
     headers.push(h::To::new(to).into());
     headers.push(h::CallId::new(call_id).into());
     headers.push(h::CSeq::new(format!("{cseq} {method}")).into());
-    headers.push(h::UserAgent::new(ident.user_agent.clone()).into());
+    if !ident.server_header.is_empty() {
+        headers.push(h::UserAgent::new(ident.server_header.clone()).into());
+    }
     headers
 }
 
@@ -101,7 +106,8 @@ fn common_headers(
 struct Ident {
     /// host:port for Via, Contact and Call-ID.
     host_port: String,
-    user_agent: String,
+    /// User-Agent / Server value; empty = omitted.
+    server_header: String,
 }
 
 impl Ident {
@@ -130,7 +136,7 @@ impl UserAgent {
         UserAgent {
             ident: Ident {
                 host_port,
-                user_agent: config.user_agent,
+                server_header: config.server_header,
             },
             next_handle: 1,
             calls: HashMap::new(),
@@ -141,6 +147,7 @@ impl UserAgent {
             events: VecDeque::new(),
             trunks: Vec::new(),
             tcp_peers: HashSet::new(),
+            policy: SourcePolicy::new(config.policy),
         }
     }
 
@@ -160,6 +167,18 @@ impl UserAgent {
             && self.by_call_id.is_empty()
             && self.client_txs.is_empty()
             && self.server_txs.is_empty()
+    }
+
+    /// What the listener policy dropped (or refused) so far, by reason, and its bans.
+    pub fn policy_counters(&self) -> PolicyCounters {
+        *self.policy.counters()
+    }
+
+    /// Accepts requests from `ip` as from a trunk (never limited or banned), e.g. the
+    /// peer of `otpdial call --to sip:...`. Trunks added with `add_trunk` are trusted
+    /// already.
+    pub fn trust_source(&mut self, ip: IpAddr) {
+        self.policy.add_trunk(ip);
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -213,6 +232,11 @@ impl UserAgent {
 
     /// Feeds one received UDP datagram. Anything malformed is logged and dropped.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if self.policy.is_banned(now, from.ip()) {
+            // Not even parsed: a banned flood costs a hash lookup.
+            self.policy.count(DropReason::Banned);
+            return;
+        }
         match message::parse(data) {
             Ok(msg) => match msg.start {
                 StartLine::Request { .. } => self.on_request(now, from, msg),
@@ -221,9 +245,21 @@ impl UserAgent {
             Err(ParseError::KeepAlive) => {}
             Err(ParseError::MissingHeader(name, req)) => {
                 debug!(%from, header = name, "request lacks a mandatory header");
-                self.reply_bad_request(from, &req, name);
+                let facts = RequestFacts {
+                    in_dialog: false,
+                    is_register: req.method == Method::Register,
+                    registered_phone: self.is_registered_phone(from),
+                };
+                match self.policy.check_request(now, from.ip(), facts) {
+                    Verdict::Accept => self.reply_bad_request(from, &req, name),
+                    // Without Call-ID/CSeq not even a uniform 403 can be built: drop.
+                    Verdict::Drop(_) | Verdict::Forbid(_) => {}
+                }
             }
-            Err(e) => debug!(%from, error = %e, "dropping unparseable datagram"),
+            Err(e) => {
+                debug!(%from, error = %e, "dropping unparseable datagram");
+                self.policy.count(DropReason::Malformed);
+            }
         }
     }
 
@@ -245,6 +281,11 @@ impl UserAgent {
         });
     }
 
+    /// Whether `from` holds a QA phone's registration (none before the registrar).
+    fn is_registered_phone(&self, _from: SocketAddr) -> bool {
+        false
+    }
+
     /// How we reach `peer`: TCP when it is a TCP trunk or talked TCP to us, else UDP.
     fn transport_to(&self, peer: SocketAddr) -> Transport {
         transaction::transport_for(&self.tcp_peers, peer)
@@ -259,7 +300,7 @@ mod tests {
     fn ident(host_port: &str) -> Ident {
         Ident {
             host_port: host_port.into(),
-            user_agent: String::new(),
+            server_header: String::new(),
         }
     }
 

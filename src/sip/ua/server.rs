@@ -45,6 +45,26 @@ impl UserAgent {
             return;
         };
         let method = *method;
+        let dialog = self.find_dialog(&msg);
+        let method_name = msg
+            .extension_method
+            .clone()
+            .unwrap_or_else(|| method.to_string());
+        let key = msg.top_branch().map(|b| (b, method_name));
+        let retransmission = key
+            .as_ref()
+            .is_some_and(|k| self.server_txs.contains_key(k));
+        let facts = RequestFacts {
+            // A retransmission of a request we answered passed the policy the first time.
+            in_dialog: dialog.is_some() || retransmission,
+            is_register: method == Method::Register,
+            registered_phone: self.is_registered_phone(from),
+        };
+        let verdict = self.policy.check_request(now, from.ip(), facts);
+        if let Verdict::Drop(reason) = verdict {
+            debug!(%from, %method, reason = reason.as_str(), "request dropped by the listener policy");
+            return;
+        }
         if method == Method::Ack {
             // ACK for a 2xx we sent to a re-INVITE stops its retransmission.
             for stx in self.server_txs.values_mut() {
@@ -58,11 +78,6 @@ impl UserAgent {
             }
             return;
         }
-        let method_name = msg
-            .extension_method
-            .clone()
-            .unwrap_or_else(|| method.to_string());
-        let key = msg.top_branch().map(|b| (b, method_name));
         if let Some(stx) = key.as_ref().and_then(|k| self.server_txs.get(k)) {
             // Retransmitted request: same answer again (server transaction).
             let t = Transmit {
@@ -81,7 +96,14 @@ impl UserAgent {
             // Reliable transport: the response goes back on the request's connection.
             destination = from;
         }
-        let dialog = self.find_dialog(&msg);
+        if let Verdict::Forbid(reason) = verdict {
+            // The same 403 for every such request, not cached: a flood of them must not
+            // fill the server transaction table.
+            debug!(%from, %method, reason = reason.as_str(), "request refused by the listener policy");
+            let response = self.build_response(&msg, top_via, 403, Vec::new(), b"");
+            self.transmit(destination, response);
+            return;
+        }
 
         let mut extra: Vec<Header> = Vec::new();
         let mut body: Vec<u8> = Vec::new();
@@ -189,7 +211,9 @@ impl UserAgent {
             .clone()
             .unwrap_or_else(|| msg.cseq_method.to_string());
         headers.push(h::CSeq::new(format!("{} {cseq_method}", msg.cseq)).into());
-        headers.push(h::Server::new(self.ident.user_agent.clone()).into());
+        if !self.ident.server_header.is_empty() {
+            headers.push(h::Server::new(self.ident.server_header.clone()).into());
+        }
         headers.extend(extra);
         message::render_response(status, headers, body)
     }
@@ -237,13 +261,27 @@ impl UserAgent {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::sip::policy::{PolicyConfig, UnknownSources};
 
-    fn ua() -> UserAgent {
+    const SOURCE: &str = "127.0.0.9";
+
+    fn ua_with(server_header: &str, unknown: UnknownSources) -> UserAgent {
         UserAgent::new(UaConfig {
             local_addr: "127.0.0.1:5060".parse().unwrap(),
             advertised_host: None,
-            user_agent: "ua-test".into(),
+            server_header: server_header.into(),
+            policy: PolicyConfig {
+                unknown_sources: unknown,
+                ..PolicyConfig::default()
+            },
         })
+    }
+
+    /// A UA that trusts the test's source, as it trusts a trunk.
+    fn ua() -> UserAgent {
+        let mut ua = ua_with("ua-test", UnknownSources::Drop);
+        ua.trust_source(SOURCE.parse().unwrap());
+        ua
     }
 
     fn request(method: &str, branch: &str, to_tag: &str) -> String {
@@ -316,5 +354,61 @@ mod tests {
         let (_, again) = answer(&mut ua, &req);
         assert_eq!(first.to, again.to, "same To tag: same transaction");
         assert_eq!(ua.server_txs.len(), 1);
+    }
+
+    fn feed(ua: &mut UserAgent, from: &str, text: &str) -> Vec<(Message, String)> {
+        ua.handle_datagram(Instant::now(), from.parse().unwrap(), text.as_bytes());
+        std::iter::from_fn(|| ua.poll_transmit())
+            .map(|t| {
+                let text = String::from_utf8(t.payload.clone()).unwrap();
+                (message::parse(&t.payload).unwrap(), text)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unknown_sources_get_nothing_by_default() {
+        let mut ua = ua_with("", UnknownSources::Drop);
+        for m in ["OPTIONS", "INVITE", "REGISTER", "BYE", "INFO"] {
+            let sent = feed(&mut ua, "127.0.0.66:5080", &request(m, "z9hG4bKu", ""));
+            assert!(sent.is_empty(), "{m} got an answer");
+        }
+        assert_eq!(
+            ua.policy_counters().dropped[DropReason::UnknownSource as usize],
+            5
+        );
+        assert!(ua.is_idle(), "nothing cached for strangers");
+    }
+
+    #[test]
+    fn unknown_sources_get_a_uniform_403_when_configured() {
+        let mut ua = ua_with("", UnknownSources::Forbid);
+        let mut seen = Vec::new();
+        for m in ["OPTIONS", "INVITE", "BYE"] {
+            let sent = feed(&mut ua, "127.0.0.66:5080", &request(m, "z9hG4bKf", ""));
+            assert_eq!(sent.len(), 1);
+            let (msg, text) = &sent[0];
+            assert_eq!(status(msg), 403, "{m}");
+            assert!(!text.contains("\r\nServer:"), "{text}");
+            assert!(!text.contains("\r\nAllow:"), "{text}");
+            seen.push(msg.body.len());
+        }
+        assert!(seen.iter().all(|n| *n == 0));
+        assert!(ua.is_idle(), "403s are not cached");
+    }
+
+    #[test]
+    fn server_header_is_omitted_when_empty_and_sent_when_set() {
+        let mut quiet = ua_with("", UnknownSources::Drop);
+        quiet.trust_source(SOURCE.parse().unwrap());
+        let from = format!("{SOURCE}:5070");
+        let sent = feed(&mut quiet, &from, &request("OPTIONS", "z9hG4bKs1", ""));
+        assert!(!sent[0].1.contains("\r\nServer:"), "{}", sent[0].1);
+        let sent = feed(&mut ua(), &from, &request("OPTIONS", "z9hG4bKs2", ""));
+        assert!(
+            sent[0].1.contains("\r\nServer: ua-test\r\n"),
+            "{}",
+            sent[0].1
+        );
     }
 }

@@ -218,6 +218,7 @@ impl UserAgent {
         let (status, reason) = (*status, reason.clone());
         let Some(branch) = msg.top_branch() else {
             debug!("response without a Via branch dropped");
+            self.policy.count(DropReason::StrayResponse);
             return;
         };
         let method = match msg.cseq_method {
@@ -228,6 +229,7 @@ impl UserAgent {
             Method::Options => TxMethod::Options,
             other => {
                 debug!(method = %other, "response to a method we never send");
+                self.policy.count(DropReason::StrayResponse);
                 return;
             }
         };
@@ -241,7 +243,10 @@ impl UserAgent {
                 .filter(|h| self.calls.get(h).is_some_and(|c| c.invite_branch == key.0));
             match late_2xx_of {
                 Some(handle) => self.on_invite_2xx(now, handle, &msg),
-                None => debug!(branch = %key.0, status, "response matches no transaction"),
+                None => {
+                    debug!(branch = %key.0, status, "response matches no transaction");
+                    self.policy.count(DropReason::StrayResponse);
+                }
             }
             return;
         }
@@ -301,7 +306,8 @@ mod tests {
         UserAgent::new(UaConfig {
             local_addr: "127.0.0.1:5060".parse().unwrap(),
             advertised_host: None,
-            user_agent: String::new(),
+            server_header: String::new(),
+            policy: Default::default(),
         })
     }
 

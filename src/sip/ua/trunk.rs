@@ -64,6 +64,7 @@ impl UserAgent {
     /// Outcomes arrive as [`Event::TrunkProbe`].
     pub fn add_trunk(&mut self, now: Instant, cfg: TrunkConfig) -> TrunkId {
         let id = TrunkId(self.trunks.len());
+        self.policy.add_trunk(cfg.destination.ip());
         if cfg.tcp {
             self.tcp_peers.insert(cfg.destination);
         }
