@@ -120,7 +120,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
 
     let wake = Arc::new(Notify::new());
     let cancel_wake = Arc::new(Notify::new());
-    metrics.watch(board.clone(), engine.pacer_stats());
+    metrics.watch(board.clone(), engine.pacer_stats(), engine.sip_stats());
     let verifier = Verifier::new(
         store.clone(),
         settings.clone(),
@@ -310,13 +310,13 @@ pub(crate) async fn sip_endpoint(
     } else {
         None
     };
-    let sip = SipEndpoint::bind(
-        settings.sip.listen,
-        advertised,
-        settings.sip.user_agent.clone(),
-    )
-    .await
-    .with_context(|| format!("cannot bind SIP on {}", settings.sip.listen))?;
+    let options = crate::sip_io::SipOptions {
+        server_header: settings.sip.server_header_value(),
+        policy: settings.sip.policy(),
+    };
+    let sip = SipEndpoint::bind(settings.sip.listen, advertised, options)
+        .await
+        .with_context(|| format!("cannot bind SIP on {}", settings.sip.listen))?;
     Ok((sip, external_ip))
 }
 

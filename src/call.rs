@@ -189,6 +189,11 @@ impl CallEngine {
         self.sip.local_addr()
     }
 
+    /// The SIP listener policy's counters (for metrics).
+    pub fn sip_stats(&self) -> Arc<crate::sip_io::SipStats> {
+        self.sip.stats()
+    }
+
     pub fn prompts(&self) -> &PromptLibrary {
         &self.prompts
     }

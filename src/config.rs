@@ -93,7 +93,84 @@ pub struct SipSettings {
     /// address of the interface that routes to the trunk.
     pub external_address: String,
     pub rtp_ports: PortRange,
-    pub user_agent: String,
+    /// User-Agent (requests) and Server (responses) value; empty = header omitted.
+    pub server_header: Option<String>,
+    /// Deprecated alias of `server_header`, used when that is not set.
+    pub user_agent: Option<String>,
+    /// Requests from neither a trunk nor a registered QA phone: `drop` (nothing back)
+    /// or `403` (a uniform 403 Forbidden).
+    pub unknown_sources: UnknownSourcesSetting,
+    /// Failed authentications (and requests over `request_limit`) from one source
+    /// within `ban_time` that ban it for `ban_time`; 0 = never ban.
+    pub ban_after_failures: u32,
+    pub ban_time: HumanDuration,
+    /// Requests per source (trunks excepted) and window, e.g. `50/1s`.
+    pub request_limit: RateLimit,
+}
+
+impl SipSettings {
+    /// The User-Agent/Server value in effect (`server_header`, else the deprecated
+    /// `user_agent`, else none).
+    pub fn server_header_value(&self) -> String {
+        self.server_header
+            .clone()
+            .or_else(|| self.user_agent.clone())
+            .unwrap_or_default()
+    }
+
+    /// The listener policy these settings describe.
+    pub fn policy(&self) -> crate::sip::policy::PolicyConfig {
+        crate::sip::policy::PolicyConfig {
+            unknown_sources: match self.unknown_sources {
+                UnknownSourcesSetting::Drop => crate::sip::policy::UnknownSources::Drop,
+                UnknownSourcesSetting::Forbid => crate::sip::policy::UnknownSources::Forbid,
+            },
+            ban_after_failures: self.ban_after_failures,
+            ban_time: self.ban_time.0,
+            request_limit: self.request_limit.count,
+            request_window: self.request_limit.per,
+        }
+    }
+}
+
+/// `sip.unknown_sources`: `"drop"` or `"403"` (also as the number 403, as an
+/// environment override gives it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownSourcesSetting {
+    #[default]
+    Drop,
+    Forbid,
+}
+
+impl<'de> Deserialize<'de> for UnknownSourcesSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Number(i64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(t) if t.eq_ignore_ascii_case("drop") => Ok(Self::Drop),
+            Raw::Text(t) if t.trim() == "403" => Ok(Self::Forbid),
+            Raw::Number(403) => Ok(Self::Forbid),
+            Raw::Text(t) => Err(serde::de::Error::custom(format!(
+                "must be \"drop\" or \"403\", got {t:?}"
+            ))),
+            Raw::Number(n) => Err(serde::de::Error::custom(format!(
+                "must be \"drop\" or \"403\", got {n}"
+            ))),
+        }
+    }
+}
+
+impl Serialize for UnknownSourcesSetting {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            Self::Drop => "drop",
+            Self::Forbid => "403",
+        })
+    }
 }
 
 impl Default for SipSettings {
@@ -105,7 +182,15 @@ impl Default for SipSettings {
                 first: 20000,
                 last: 29999,
             },
-            user_agent: format!("otpdial/{}", env!("CARGO_PKG_VERSION")),
+            server_header: None,
+            user_agent: None,
+            unknown_sources: UnknownSourcesSetting::Drop,
+            ban_after_failures: 10,
+            ban_time: HumanDuration(Duration::from_secs(600)),
+            request_limit: RateLimit {
+                count: 50,
+                per: Duration::from_secs(1),
+            },
         }
     }
 }
@@ -1134,6 +1219,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("trunks[0].register"), "{e}");
+    }
+
+    #[test]
+    fn sip_listener_policy_keys() {
+        let s = Settings::from_toml("").unwrap();
+        assert_eq!(s.sip.unknown_sources, UnknownSourcesSetting::Drop);
+        assert_eq!(
+            s.sip.server_header_value(),
+            "",
+            "no product name by default"
+        );
+        let p = s.sip.policy();
+        assert_eq!(
+            (p.ban_after_failures, p.ban_time, p.request_limit),
+            (10, Duration::from_secs(600), 50)
+        );
+        let s = Settings::from_toml(
+            "[sip]\nunknown_sources = \"403\"\nban_time = \"1h\"\nuser_agent = \"pbx\"",
+        )
+        .unwrap();
+        assert_eq!(s.sip.unknown_sources, UnknownSourcesSetting::Forbid);
+        assert_eq!(s.sip.policy().ban_time, Duration::from_secs(3600));
+        assert_eq!(s.sip.server_header_value(), "pbx", "deprecated alias");
+        let s = Settings::from_toml(
+            "[sip]\nunknown_sources = 403\nserver_header = \"\"\nuser_agent = \"pbx\"",
+        )
+        .unwrap();
+        assert_eq!(s.sip.unknown_sources, UnknownSourcesSetting::Forbid);
+        assert_eq!(s.sip.server_header_value(), "", "server_header wins");
+        let err = Settings::from_toml("[sip]\nunknown_sources = \"reject\"").unwrap_err();
+        assert!(err.to_string().contains("unknown_sources"), "{err}");
     }
 
     #[test]

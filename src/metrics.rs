@@ -191,11 +191,18 @@ impl Metrics {
     }
 
     /// Where the scrape-time values come from: the trunk board (registration,
-    /// breaker, answer rate, calls in progress) and the RTP pacer (packets).
-    /// Set once when the gateway is wired; later calls are ignored.
-    pub fn watch(&self, board: Arc<TrunkBoard>, pacer: Arc<PacerStats>) {
+    /// breaker, answer rate, calls in progress), the RTP pacer (packets) and
+    /// the SIP listener policy (drops, bans). Set once when the gateway is
+    /// wired; later calls are ignored.
+    pub fn watch(
+        &self,
+        board: Arc<TrunkBoard>,
+        pacer: Arc<PacerStats>,
+        sip: Arc<crate::sip_io::SipStats>,
+    ) {
         let _ = self.live.board.set(board);
         let _ = self.live.pacer.set(pacer);
+        let _ = self.live.sip.set(sip);
     }
 
     /// An INVITE through `trunk` was answered `after` it was sent.
@@ -308,11 +315,49 @@ where
     family.get_or_create(&label).inc();
 }
 
+/// The SIP listener policy's counters, kept by the SIP driver and read at
+/// scrape time (`otpdial_sip_dropped_total{reason}`, `otpdial_sip_bans_total`,
+/// `otpdial_sip_banned_sources`).
+fn encode_sip(
+    sip: &crate::sip_io::SipStats,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::metrics::MetricType;
+    let mut family = encoder.encode_descriptor(
+        "sip_dropped",
+        "SIP messages dropped (or refused with 403) by the listener policy, by reason",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, n) in sip.dropped() {
+        let label = ReasonLabel {
+            reason: reason.to_string(),
+        };
+        ConstCounter::new(n).encode(family.encode_family(&label)?)?;
+    }
+    let bans = ConstCounter::new(sip.bans());
+    bans.encode(encoder.encode_descriptor(
+        "sip_bans",
+        "SIP sources banned (too many failed authentications or requests)",
+        None,
+        bans.metric_type(),
+    )?)?;
+    let banned = ConstGauge::new(i64::try_from(sip.banned_now()).unwrap_or(i64::MAX));
+    banned.encode(encoder.encode_descriptor(
+        "sip_banned_sources",
+        "SIP sources under a ban now",
+        None,
+        banned.metric_type(),
+    )?)?;
+    Ok(())
+}
+
 /// Values read when `/metrics` is scraped, from the parts that own them.
 #[derive(Debug, Default)]
 struct Live {
     board: OnceLock<Arc<TrunkBoard>>,
     pacer: OnceLock<Arc<PacerStats>>,
+    sip: OnceLock<Arc<crate::sip_io::SipStats>>,
 }
 
 impl Collector for Live {
@@ -332,6 +377,9 @@ impl Collector for Live {
                 None,
                 late.metric_type(),
             )?)?;
+        }
+        if let Some(sip) = self.sip.get() {
+            encode_sip(sip, &mut encoder)?;
         }
         let Some(board) = self.board.get() else {
             return Ok(());

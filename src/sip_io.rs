@@ -8,6 +8,7 @@
 //! from the peer) and forgotten when it closes; the next message to that peer opens a new
 //! one (reconnect). Messages are framed by Content-Length (`sip::frame_stream`).
 
+use crate::sip::policy::{DropReason, PolicyConfig, PolicyCounters};
 use crate::sip::{
     sdp, CallHandle, EndReason, Event, OutgoingCall, ProbeResult, Transport, TrunkConfig, TrunkId,
     TrunkStatus, UaConfig, UserAgent,
@@ -15,6 +16,7 @@ use crate::sip::{
 use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -80,6 +82,54 @@ struct Inner {
     local_addr: SocketAddr,
     task: Mutex<Option<JoinHandle<()>>>,
     trunks: StatusMap,
+    stats: Arc<SipStats>,
+}
+
+/// How the endpoint presents itself and whom it answers.
+#[derive(Debug, Clone, Default)]
+pub struct SipOptions {
+    /// User-Agent/Server value; empty = omitted.
+    pub server_header: String,
+    pub policy: PolicyConfig,
+}
+
+/// Counters of the listener policy, copied from the user agent by the driver after
+/// each step; read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct SipStats {
+    /// Indexed like [`DropReason::ALL`].
+    dropped: [AtomicU64; 5],
+    bans: AtomicU64,
+    banned_now: AtomicU64,
+}
+
+impl SipStats {
+    fn store(&self, c: &PolicyCounters) {
+        for (slot, v) in self.dropped.iter().zip(c.dropped) {
+            slot.store(v, Ordering::Relaxed);
+        }
+        self.bans.store(c.bans, Ordering::Relaxed);
+        self.banned_now.store(c.banned_now, Ordering::Relaxed);
+    }
+
+    /// Dropped (or 403-refused) messages so far, by reason label.
+    pub fn dropped(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL
+            .iter()
+            .zip(&self.dropped)
+            .map(|(r, v)| (r.as_str(), v.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Sources banned so far.
+    pub fn bans(&self) -> u64 {
+        self.bans.load(Ordering::Relaxed)
+    }
+
+    /// Sources under a ban now.
+    pub fn banned_now(&self) -> u64 {
+        self.banned_now.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for SipEndpoint {
@@ -164,7 +214,7 @@ impl SipEndpoint {
     pub async fn bind(
         listen: SocketAddr,
         advertised_host: Option<String>,
-        user_agent: String,
+        options: SipOptions,
     ) -> std::io::Result<SipEndpoint> {
         let socket = UdpSocket::bind(listen).await?;
         let local_addr = socket.local_addr()?;
@@ -174,7 +224,8 @@ impl SipEndpoint {
         let ua = UserAgent::new(UaConfig {
             local_addr,
             advertised_host,
-            user_agent,
+            server_header: options.server_header,
+            policy: options.policy,
         });
         // TCP on the same address and port; without it outbound TCP still works, only
         // peers that open connections to us cannot.
@@ -187,19 +238,26 @@ impl SipEndpoint {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let trunks: StatusMap = Arc::default();
-        let task = tokio::spawn(drive(socket, tcp, ua, rx, trunks.clone()));
+        let stats = Arc::new(SipStats::default());
+        let task = tokio::spawn(drive(socket, tcp, ua, rx, trunks.clone(), stats.clone()));
         Ok(SipEndpoint {
             inner: Arc::new(Inner {
                 commands: tx,
                 local_addr,
                 task: Mutex::new(Some(task)),
                 trunks,
+                stats,
             }),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+
+    /// The listener policy's counters, for metrics.
+    pub fn stats(&self) -> Arc<SipStats> {
+        self.inner.stats.clone()
     }
 
     /// Places a call; its progress arrives on [`CallSession::events`].
@@ -351,6 +409,7 @@ async fn drive(
     mut ua: UserAgent,
     mut commands: mpsc::UnboundedReceiver<Command>,
     statuses: StatusMap,
+    stats: Arc<SipStats>,
 ) {
     let (stream_tx, mut stream_rx) = mpsc::unbounded_channel::<StreamEvent>();
     let mut connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
@@ -457,6 +516,7 @@ async fn drive(
             }
             route_event(&mut routes, event);
         }
+        stats.store(&ua.policy_counters());
     }
     conn_tasks.abort_all();
     debug!("SIP driver stopped");
@@ -533,7 +593,11 @@ mod tests {
 
     #[tokio::test]
     async fn loopback_call_answer_and_hangup() {
-        let ep = SipEndpoint::bind("127.0.0.1:0".parse().unwrap(), None, "otpdial-test".into())
+        let options = SipOptions {
+            server_header: "otpdial-test".into(),
+            ..SipOptions::default()
+        };
+        let ep = SipEndpoint::bind("127.0.0.1:0".parse().unwrap(), None, options)
             .await
             .unwrap();
         let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();

@@ -13,6 +13,7 @@
 
 pub mod digest;
 mod message;
+pub mod policy;
 pub mod sdp;
 mod ua;
 
@@ -38,8 +39,11 @@ pub struct UaConfig {
     /// Host (or IP) to put in Via/Contact instead of `local_addr`'s IP, e.g. a NAT's
     /// public address. The port is always `local_addr`'s.
     pub advertised_host: Option<String>,
-    /// Value of the User-Agent header.
-    pub user_agent: String,
+    /// Value of our User-Agent (requests) and Server (responses) headers; empty = no
+    /// such header (a scanner learns nothing from them).
+    pub server_header: String,
+    /// Who may talk to us (`[sip]` unknown_sources, bans, limits).
+    pub policy: policy::PolicyConfig,
 }
 
 /// How a message travels.

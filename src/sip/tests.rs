@@ -81,14 +81,18 @@ fn offer() -> MediaOffer {
 }
 
 impl Harness {
+    /// A user agent whose far end (`PEER`) is trusted like a trunk.
     fn new() -> Self {
         let start = Instant::now();
+        let mut ua = UserAgent::new(UaConfig {
+            local_addr: LOCAL.parse().unwrap(),
+            advertised_host: None,
+            server_header: "otpdial-test".into(),
+            policy: Default::default(),
+        });
+        ua.trust_source(PEER.parse::<SocketAddr>().unwrap().ip());
         Harness {
-            ua: UserAgent::new(UaConfig {
-                local_addr: LOCAL.parse().unwrap(),
-                advertised_host: None,
-                user_agent: "otpdial-test".into(),
-            }),
+            ua,
             start,
             now: start,
             peer: PEER.parse().unwrap(),
@@ -1594,8 +1598,10 @@ fn external_address_goes_into_via_and_contact_of_calls_and_registrations() {
     h.ua = UserAgent::new(UaConfig {
         local_addr: LOCAL.parse().unwrap(),
         advertised_host: Some("203.0.113.7".into()),
-        user_agent: "otpdial-test".into(),
+        server_header: "otpdial-test".into(),
+        policy: Default::default(),
     });
+    h.ua.trust_source(h.peer.ip());
     h.call();
     let invite = h.only_sent();
     assert!(invite.msg().vias[0].starts_with("SIP/2.0/UDP 203.0.113.7:5060;"));
@@ -1650,4 +1656,33 @@ fn strict_router_in_record_route_gets_the_request_uri() {
     let bye = h.only_sent();
     assert_eq!(bye.request_uri(), "sip:10.9.9.2:5070");
     assert_eq!(bye.to, "10.9.9.2:5070".parse().unwrap());
+}
+
+#[test]
+fn register_and_options_over_tcp_advertise_a_tcp_contact() {
+    // The Contact of a REGISTER is where the trunk sends our calls' requests: over TCP it
+    // must say so, like the Contact of an INVITE (one builder for both).
+    let mut h = Harness::new();
+    let mut cfg = trunk_cfg(true, Some(Duration::from_secs(30)));
+    cfg.tcp = true;
+    h.ua.add_trunk(h.now, cfg);
+    h.drain();
+    let sent = h.take_sent();
+    assert_eq!(sent.len(), 2, "REGISTER and OPTIONS");
+    for s in &sent {
+        assert!(s.msg().vias[0].starts_with("SIP/2.0/TCP "), "{}", s.text);
+        assert_eq!(
+            s.headers("Contact"),
+            vec![format!("<sip:31508200000@{LOCAL};transport=tcp>")],
+            "{}",
+            s.text
+        );
+    }
+    h.tcp = true;
+    h.call();
+    let invite = h.only_sent();
+    assert_eq!(
+        invite.headers("Contact"),
+        vec![format!("<sip:otpdial@{LOCAL};transport=tcp>")]
+    );
 }

@@ -22,5 +22,6 @@ mod metrics;
 mod procs;
 mod risk_hook;
 mod sip_kamailio;
+mod sip_policy;
 mod sip_scenarios;
 mod tempgres;
