@@ -180,8 +180,8 @@ fn docker_files_fit_together_and_config_checks_with_the_compose_env() {
     assert!(stdout.contains("password = \"***\""), "{stdout}");
     assert!(!stdout.contains(&gw.env["TRUNK_PASSWORD"]), "{stdout}");
     assert!(
-        stdout.contains("postgres"),
-        "compose's database URL applied"
+        stdout.contains("url = \"postgres://otpdial:***@postgres/otpdial\""),
+        "compose's database URL applied, its password masked: {stdout}"
     );
 
     // Without the trunk password the gateway cannot start: the variable is named.
