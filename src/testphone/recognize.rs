@@ -11,7 +11,7 @@ use crate::media::{Phrase, PromptLibrary};
 
 /// Window of the speech detector: 5 ms.
 const ONSET_WINDOW: usize = 40;
-/// Mean absolute amplitude that counts as speech (about -27 dBFS); the packs are
+/// Mean absolute amplitude that counts as speech (about -22 dBFS); the packs are
 /// normalised to -3 dBFS peaks, line noise sits far below. High enough that the
 /// detector fires on the steep rise of the first vowel or burst, not somewhere along a
 /// weak fricative onset (the "f" of "four"), where G.711 and noise would move it by
