@@ -200,12 +200,15 @@ fn run() -> Result<i32, String> {
         // mix, so `--locale nl` alone renders the codes a full run renders for nl.
         let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
         let mut longest: f64 = 0.0;
+        let mut readings = 0.0;
         let mut call_secs = 0.0;
         for i in 0..args.n {
             let code: Vec<u8> = (0..args.digits).map(|_| rng.random_range(0..10)).collect();
             let text: String = code.iter().map(|d| char::from(b'0' + d)).collect();
             let script = CallScript::build(&pack, &code, args.repeat);
-            longest = longest.max(reading_seconds(&pack, &script));
+            let reading = reading_seconds(&pack, &script);
+            longest = longest.max(reading);
+            readings += reading;
             call_secs += script.duration(&pack).as_secs_f64();
             for &law in &args.laws {
                 let pcm = g711::decode(law, &play(&pack, &script, law));
@@ -219,9 +222,11 @@ fn run() -> Result<i32, String> {
                 );
             }
         }
+        let n = args.n.max(1) as f64;
         println!(
-            "  {locale}: longest reading of the code {longest:.2} s, mean call {:.1} s",
-            call_secs / args.n.max(1) as f64
+            "  {locale}: reading of the code {:.2} s on average, {longest:.2} s at most; call {:.1} s on average",
+            readings / n,
+            call_secs / n
         );
     }
     drop(manifest);
