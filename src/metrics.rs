@@ -189,7 +189,9 @@ impl Metrics {
 
     /// The gateway's metrics plus the SIP listener policy's counters
     /// (`otpdial_sip_dropped_total{reason}`, `otpdial_sip_bans_total`,
-    /// `otpdial_sip_banned_sources`), read from `sip` at each scrape.
+    /// `otpdial_sip_banned_sources`) and the QA registrar's
+    /// (`otpdial_qa_registrations_total{result}`, `otpdial_qa_phones_registered`),
+    /// read from `sip` at each scrape.
     pub fn with_sip(sip: Arc<crate::sip_io::SipStats>) -> Arc<Metrics> {
         match Arc::try_unwrap(Self::new()) {
             Ok(mut m) => {
@@ -255,6 +257,25 @@ impl prometheus_client::collector::Collector for SipCollector {
             "SIP sources under a ban now",
             None,
             banned.metric_type(),
+        )?)?;
+        let mut family = encoder.encode_descriptor(
+            "qa_registrations",
+            "QA registrar: REGISTERs that bound a phone, bindings removed (unregistered or expired), refused authentications",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, n) in self.0.registrations() {
+            let label = ResultLabel {
+                result: result.to_string(),
+            };
+            ConstCounter::new(n).encode(family.encode_family(&label)?)?;
+        }
+        let bound = ConstGauge::new(i64::try_from(self.0.qa_registered_now()).unwrap_or(i64::MAX));
+        bound.encode(encoder.encode_descriptor(
+            "qa_phones_registered",
+            "QA phones registered now",
+            None,
+            bound.metric_type(),
         )?)?;
         Ok(())
     }

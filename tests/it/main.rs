@@ -16,6 +16,7 @@ mod logs;
 mod media_dtmf;
 mod media_prompts_cli;
 mod procs;
+mod qa_registrar;
 mod sip_kamailio;
 mod sip_policy;
 mod sip_scenarios;
