@@ -91,19 +91,23 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         );
     }
 
+    let metrics = Metrics::new();
     let (sip, external_ip) = sip_endpoint(&settings, settings.trunks.first()).await?;
     let sip_addr = sip.local_addr();
     let pacer = Pacer::start_with(PacerOptions {
         realtime_priority: settings.media.realtime_priority,
     })
     .context("cannot start the RTP pacer thread")?;
-    let engine = Arc::new(CallEngine::new(
-        sip,
-        pacer,
-        Arc::new(prompts),
-        settings.sip.rtp_ports,
-        external_ip,
-    ));
+    let engine = Arc::new(
+        CallEngine::new(
+            sip,
+            pacer,
+            Arc::new(prompts),
+            settings.sip.rtp_ports,
+            external_ip,
+        )
+        .with_metrics(metrics.clone()),
+    );
     engine
         .start_trunks(&settings.trunks)
         .await
@@ -116,7 +120,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
 
     let wake = Arc::new(Notify::new());
     let cancel_wake = Arc::new(Notify::new());
-    let metrics = Metrics::with_sip(engine.sip_stats());
+    metrics.watch(board.clone(), engine.pacer_stats(), engine.sip_stats());
     let verifier = Verifier::new(
         store.clone(),
         settings.clone(),
@@ -135,6 +139,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         wake,
         cancel_wake,
         metrics.clone(),
+        crate::risk::RiskHook::from_settings(&settings.risk)?,
     ));
     let shutdown = CancellationToken::new();
     let mut background = Vec::new();

@@ -15,6 +15,7 @@ use crate::domain::CallStatus;
 use crate::media::{
     rtcp_socket_beside, CallScript, Pacer, PlayoutEvent, PlayoutSpec, PromptLibrary, G711,
 };
+use crate::metrics::Metrics;
 use crate::sip::sdp::{AudioCodec, MediaOffer};
 use crate::sip::QaBinding;
 use crate::sip::{EndReason, OutgoingCall, TrunkConfig};
@@ -121,6 +122,8 @@ pub struct CallEngine {
     prompts: Arc<PromptLibrary>,
     rtp: RtpPorts,
     external_ip: Option<IpAddr>,
+    /// Setup-time and post-dial-delay histograms, when the gateway exports metrics.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Hands out RTP ports from the configured range, round robin, binding
@@ -168,7 +171,19 @@ impl CallEngine {
                 next: AtomicU32::new(rand::random::<u32>() % 1000 * 2),
             },
             external_ip,
+            metrics: None,
         }
+    }
+
+    /// Records each attempt's setup time and post-dial delay in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The RTP pacer's packet counters.
+    pub fn pacer_stats(&self) -> Arc<crate::media::PacerStats> {
+        self.pacer.stats()
     }
 
     pub fn sip_addr(&self) -> SocketAddr {
@@ -253,16 +268,19 @@ impl CallEngine {
             tcp: proxy.transport == crate::config::Transport::Tcp,
             codecs,
             ring_timeout: trunk.ring_timeout.0,
+            name: trunk.name.clone(),
         };
         self.place_to(call, target, Some(&slot), progress).await
     }
 
     /// Places one attempt to a registered QA phone instead of a trunk: the INVITE goes
     /// to the address and transport its REGISTER came from, with its Contact as the
-    /// Request-URI. Same outcomes as [`Self::place`]; nothing to fail over to.
+    /// Request-URI. Same outcomes as [`Self::place`]; nothing to fail over to. `route`
+    /// names it in metrics (`qa:<username>`).
     pub async fn place_qa(
         &self,
         call: PlaceCall<'_>,
+        route: &str,
         phone: &QaBinding,
         ring_timeout: std::time::Duration,
         progress: mpsc::UnboundedSender<Progress>,
@@ -277,6 +295,7 @@ impl CallEngine {
             tcp: phone.transport == crate::sip::Transport::Tcp,
             codecs: vec![AudioCodec::Pcmu, AudioCodec::Pcma],
             ring_timeout,
+            name: route.to_string(),
         };
         self.place_to(call, target, None, progress).await
     }
@@ -326,6 +345,8 @@ impl CallEngine {
             extra_headers: target.extra_headers,
             tcp: target.tcp,
         };
+        let invite_sent = std::time::Instant::now();
+        let mut alerted = false;
         let mut session = match self.sip.invite(outgoing).await {
             Ok(s) => s,
             Err(e) => return AttemptOutcome::failed(format!("SIP: {e}"), true),
@@ -362,6 +383,12 @@ impl CallEngine {
                                     .reset(tokio::time::Instant::now() + target.ring_timeout);
                             }
                             if (180..200).contains(&status) {
+                                if !alerted {
+                                    alerted = true;
+                                    if let Some(m) = &self.metrics {
+                                        m.call_alerting(&target.name, invite_sent.elapsed());
+                                    }
+                                }
                                 let _ = progress.send(Progress::Ringing);
                             }
                         }
@@ -372,6 +399,9 @@ impl CallEngine {
                             answered = true;
                             if let Some(slot) = slot {
                                 slot.answered();
+                            }
+                            if let Some(m) = &self.metrics {
+                                m.call_answered(&target.name, invite_sent.elapsed());
                             }
                             let _ = progress.send(Progress::Answered);
                             let Some(socket) = rtp_socket.take() else { continue };
@@ -477,6 +507,8 @@ struct Target {
     tcp: bool,
     codecs: Vec<AudioCodec>,
     ring_timeout: std::time::Duration,
+    /// The trunk's name, or `qa:<user>` (metrics labels).
+    name: String,
 }
 
 /// The first address of a trunk proxy.

@@ -47,6 +47,7 @@ pub struct Settings {
     pub prompts: PromptSettings,
     pub media: MediaSettings,
     pub dialer: DialerSettings,
+    pub risk: RiskSettings,
     pub trunks: Vec<TrunkSettings>,
     pub qa: QaSettings,
 }
@@ -488,6 +489,45 @@ pub struct MediaSettings {
     pub realtime_priority: u8,
 }
 
+/// What the pre-dial risk hook (or its absence of a usable answer) decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskDecision {
+    Allow,
+    Deny,
+}
+
+/// `[risk]` (SPEC §6): a signed POST before each dial (SIM-swap, porting,
+/// deny-list checks); its answer decides whether the number is called.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiskSettings {
+    /// Empty: no hook, every call is placed.
+    pub hook_url: String,
+    /// How long to wait for the answer.
+    pub timeout: HumanDuration,
+    /// The decision when no usable answer comes in time (timeout, error,
+    /// unsigned or badly signed answer).
+    pub on_timeout: RiskDecision,
+    /// Environment variable with the HMAC key that signs requests and that
+    /// the hook signs its answers with.
+    pub secret_env: String,
+    #[serde(skip)]
+    pub secret: Option<SecretString>,
+}
+
+impl Default for RiskSettings {
+    fn default() -> Self {
+        Self {
+            hook_url: String::new(),
+            timeout: HumanDuration(Duration::from_millis(1500)),
+            on_timeout: RiskDecision::Allow,
+            secret_env: "OTPDIAL_RISK_SECRET".into(),
+            secret: None,
+        }
+    }
+}
+
 /// Outcomes of a call round that `[dialer] retry_on` may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -917,6 +957,17 @@ impl Settings {
     }
 
     fn resolve_secrets(&mut self, origin: &str) -> Result<(), ConfigError> {
+        if !self.risk.hook_url.trim().is_empty() {
+            let var = &self.risk.secret_env;
+            let value = std::env::var(var).ok().filter(|v| !v.is_empty());
+            self.risk.secret = Some(SecretString(value.ok_or_else(|| ConfigError::Invalid {
+                origin: origin.to_string(),
+                key: "risk.secret_env".into(),
+                message: format!(
+                    "risk.hook_url is set, so the signing key must be in environment variable {var}, which is not set"
+                ),
+            })?));
+        }
         if !self.webhooks.secret_env.is_empty() {
             self.webhooks.secret = std::env::var(&self.webhooks.secret_env)
                 .ok()
@@ -1096,6 +1147,19 @@ impl Settings {
                     format!("{p:?} must be a country calling code such as \"+31\""),
                 ));
             }
+        }
+        let hook = self.risk.hook_url.trim();
+        if !(hook.is_empty() || hook.starts_with("https://") || hook.starts_with("http://")) {
+            return Err(err(
+                "risk.hook_url".into(),
+                format!("must be an http(s) URL, got {hook:?}"),
+            ));
+        }
+        if self.risk.timeout.0.is_zero() || self.risk.timeout.0 > Duration::from_secs(30) {
+            return Err(err(
+                "risk.timeout".into(),
+                "must be between 1ms and 30s".into(),
+            ));
         }
         let d = &self.dialer;
         if !(1..=10).contains(&d.max_attempts) {

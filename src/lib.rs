@@ -17,6 +17,8 @@ pub mod egress;
 pub mod media;
 pub mod metrics;
 pub mod ops;
+pub mod risk;
+pub mod signing;
 pub mod sip;
 pub mod sip_io;
 pub mod store;

@@ -2,14 +2,17 @@
 //! call the verification service and read the store; they know nothing of
 //! SIP or RTP. `/openapi.json` is generated from the same handlers.
 
+mod admin;
 mod auth;
 mod error;
+mod latency;
 mod ops;
 pub use ops::{CallList, CallRecordView, TrunkList, TrunkView};
 mod phones;
 mod qa;
 mod verifications;
 
+pub use admin::{qa_phones, QaPhoneRow};
 pub use auth::{hash_token, new_token, ApiKey};
 pub use error::{ApiError, Problem};
 
@@ -82,6 +85,7 @@ impl utoipa::Modify for BearerAuth {
 }
 
 pub fn router(state: AppState) -> Router {
+    let registry = state.metrics.clone();
     Router::new()
         .route("/v1/verifications", post(verifications::start))
         .route("/v1/verifications/{id}", get(verifications::get))
@@ -102,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .merge(admin::router(state.clone()))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -111,6 +116,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            registry,
+            latency::track,
+        ))
 }
 
 async fn healthz() -> &'static str {

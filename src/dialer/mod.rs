@@ -24,7 +24,10 @@ use crate::call::{AttemptOutcome, CallEngine, Hangup, HangupCause, PlaceCall, Pr
 use crate::config::{RetryOn, Settings};
 use crate::domain::{self, CallStatus, OtpCode, VerificationStatus};
 use crate::metrics::Metrics;
-use crate::store::{AfterAttempt, CallUpdate, ClaimedCall, Recovered, Store, StoreError};
+use crate::risk::{RiskHook, RiskQuery};
+use crate::store::{
+    AfterAttempt, AuditEntry, CallUpdate, ClaimedCall, Recovered, Store, StoreError,
+};
 use crate::sync::lock;
 use crate::trunks::{CallSlot, TrunkBoard};
 use crate::verify::CodeKeys;
@@ -84,6 +87,7 @@ pub struct Dialer {
     /// Calls in progress here: verification id -> hang-up request.
     inflight: Mutex<HashMap<String, Hangup>>,
     fault: AtomicU8,
+    risk: Option<RiskHook>,
 }
 
 /// Removes a call from `Dialer::inflight` when its run ends, however it ends.
@@ -165,6 +169,7 @@ impl Dialer {
         wake: Arc<Notify>,
         cancel_wake: Arc<Notify>,
         metrics: Arc<Metrics>,
+        risk: Option<RiskHook>,
     ) -> Self {
         Self {
             store,
@@ -178,6 +183,7 @@ impl Dialer {
             metrics,
             inflight: Default::default(),
             fault: AtomicU8::new(Fault::None as u8),
+            risk,
         }
     }
 
@@ -549,6 +555,10 @@ impl Dialer {
             }
         };
 
+        if let Some(denied) = self.risk_check(claimed).await {
+            return self.end_round(claimed, None, &denied).await;
+        }
+
         let hangup = Hangup::default();
         lock(&self.inflight).insert(claimed.verification_id.clone(), hangup.clone());
         let _inflight = Inflight {
@@ -688,6 +698,36 @@ impl Dialer {
         result
     }
 
+    /// Asks the pre-dial risk hook, if there is one; the outcome to record
+    /// when the call must not be placed. Every decision is audited.
+    async fn risk_check(&self, claimed: &ClaimedCall) -> Option<AttemptOutcome> {
+        let hook = self.risk.as_ref()?;
+        let query = RiskQuery::new(
+            &claimed.verification_id,
+            &claimed.phone,
+            claimed.user_id.as_deref(),
+        );
+        let verdict = hook.decide(&query).await;
+        let denied = verdict.decision == crate::config::RiskDecision::Deny;
+        let outcome = if denied { "deny" } else { "allow" };
+        tracing::info!(decision = outcome, source = %verdict.source, "risk hook");
+        let audit = AuditEntry {
+            actor: "dialer",
+            action: "call.risk",
+            target: Some(&claimed.verification_id),
+            outcome,
+            detail: Some(&verdict.source),
+        };
+        if let Err(e) = self.store.audit(audit, domain::now_ms()).await {
+            tracing::warn!(error = %e, "cannot audit the risk decision");
+        }
+        if !denied {
+            return None;
+        }
+        self.metrics.refused("risk_denied");
+        Some(AttemptOutcome::failed("risk_denied", false))
+    }
+
     /// Places one attempt and records its progress as it happens.
     async fn place_one(
         &self,
@@ -711,7 +751,7 @@ impl Dialer {
                 Route::Trunk(slot) => self.engine.place(call, slot, tx).await,
                 Route::Qa(binding) => {
                     let ring = self.settings.qa.ring_timeout.0;
-                    self.engine.place_qa(call, &binding, ring, tx).await
+                    self.engine.place_qa(call, trunk, &binding, ring, tx).await
                 }
             }
         };
@@ -878,7 +918,8 @@ impl Dialer {
                     | (RetryOn::Failed, CallStatus::Failed)
             )
         });
-        if !retriable || claimed.round >= d.max_attempts || outcome.times_played > 0 {
+        let refused = outcome.reason.as_deref() == Some("risk_denied");
+        if !retriable || refused || claimed.round >= d.max_attempts || outcome.times_played > 0 {
             return None;
         }
         let at = domain::now_ms() + i64::try_from(d.retry_delay.0.as_millis()).unwrap_or(i64::MAX);
@@ -933,9 +974,10 @@ fn breaker_signal(outcome: &AttemptOutcome) -> Option<bool> {
 /// details stay on the attempt.
 fn short_reason(reason: Option<&str>) -> Option<&str> {
     match reason {
-        Some(r @ ("expired" | "gateway_restart" | "no_keypress" | "shutdown" | "canceled")) => {
-            Some(r)
-        }
+        Some(
+            r @ ("expired" | "gateway_restart" | "no_keypress" | "shutdown" | "canceled"
+            | "risk_denied"),
+        ) => Some(r),
         _ => None,
     }
 }

@@ -19,7 +19,9 @@ pub mod rtcp;
 pub mod rtp;
 pub mod script;
 
-pub use pacer::{rtcp_socket_beside, Pacer, PacerOptions, Playout, PlayoutEvent, PlayoutSpec};
+pub use pacer::{
+    rtcp_socket_beside, Pacer, PacerOptions, PacerStats, Playout, PlayoutEvent, PlayoutSpec,
+};
 pub use pack::{PromptError, PromptLibrary, PromptPack};
 pub use script::{CallScript, ScriptItem};
 

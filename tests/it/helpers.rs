@@ -151,6 +151,11 @@ impl TestApp {
         format!("{}{path}", self.app.base_url())
     }
 
+    /// `GET /metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        metrics_text(&self.http, &self.url("/metrics")).await
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         let resp = self
             .http
@@ -420,4 +425,15 @@ pub fn test_pg_server() -> String {
         .filter(|v| !v.trim().is_empty())
         .map(|v| v.trim().trim_end_matches('/').to_owned())
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// `GET url` (a `/metrics` endpoint) as text.
+pub async fn metrics_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url)
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text")
 }
