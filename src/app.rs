@@ -187,6 +187,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         settings: settings.clone(),
         trunks: board.clone(),
         metrics,
+        qa: engine.qa_bindings(),
     };
     let listener = tokio::net::TcpListener::bind(settings.http.listen)
         .await
@@ -313,6 +314,7 @@ pub(crate) async fn sip_endpoint(
     let options = crate::sip_io::SipOptions {
         server_header: settings.sip.server_header_value(),
         policy: settings.sip.policy(),
+        registrar: settings.qa.registrar(),
     };
     let sip = SipEndpoint::bind(settings.sip.listen, advertised, options)
         .await

@@ -49,6 +49,7 @@ pub struct Settings {
     pub dialer: DialerSettings,
     pub risk: RiskSettings,
     pub trunks: Vec<TrunkSettings>,
+    pub qa: QaSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -131,6 +132,78 @@ impl SipSettings {
             request_window: self.request_limit.per,
         }
     }
+}
+
+/// `[qa]`: the registrar softphones register to, so that QA can make the gateway ring
+/// them (SPEC §6).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QaSettings {
+    /// Digest realm of the registrar's challenges.
+    pub realm: String,
+    /// Shorter registrations are refused with 423 (Min-Expires).
+    pub min_expires: u32,
+    /// Longer registrations are shortened to this.
+    pub max_expires: u32,
+    /// How long a QA phone may ring before the call is given up (no_answer).
+    pub ring_timeout: HumanDuration,
+    pub phones: Vec<QaPhoneSettings>,
+}
+
+impl Default for QaSettings {
+    fn default() -> Self {
+        Self {
+            realm: "otpdial-qa".into(),
+            min_expires: 60,
+            max_expires: 3600,
+            ring_timeout: HumanDuration(Duration::from_secs(30)),
+            phones: Vec::new(),
+        }
+    }
+}
+
+impl QaSettings {
+    /// The registrar the SIP user agent runs; None without phones.
+    pub fn registrar(&self) -> Option<crate::sip::RegistrarConfig> {
+        if self.phones.is_empty() {
+            return None;
+        }
+        Some(crate::sip::RegistrarConfig {
+            realm: self.realm.clone(),
+            accounts: self
+                .phones
+                .iter()
+                .map(|p| crate::sip::QaAccount {
+                    username: p.username.clone(),
+                    password: p
+                        .password
+                        .as_ref()
+                        .map(|s| s.expose().to_string())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            min_expires: self.min_expires,
+            max_expires: self.max_expires,
+        })
+    }
+
+    /// The QA phone that answers for `number` (E.164), if any.
+    pub fn phone_for(&self, number: &str) -> Option<&QaPhoneSettings> {
+        self.phones.iter().find(|p| p.number == number)
+    }
+}
+
+/// One `[[qa.phones]]` entry: a softphone account and the number it answers for.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QaPhoneSettings {
+    pub username: String,
+    /// Read from `password_env` at start-up; never written in the file.
+    #[serde(default, skip_deserializing)]
+    pub password: Option<SecretString>,
+    pub password_env: String,
+    /// Verifications to this number (E.164) ring the phone instead of a trunk.
+    pub number: String,
 }
 
 /// `sip.unknown_sources`: `"drop"` or `"403"` (also as the number 403, as an
@@ -905,6 +978,18 @@ impl Settings {
                 .filter(|s| !s.is_empty())
                 .map(SecretString);
         }
+        for (i, p) in self.qa.phones.iter_mut().enumerate() {
+            let var = &p.password_env;
+            let value = std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| ConfigError::Invalid {
+                    origin: origin.to_string(),
+                    key: format!("qa.phones[{i}].password_env"),
+                    message: format!("environment variable {var} is not set"),
+                })?;
+            p.password = Some(SecretString(value));
+        }
         for (i, t) in self.trunks.iter_mut().enumerate() {
             if let Some(var) = &t.password_env {
                 let value = std::env::var(var).map_err(|_| ConfigError::Invalid {
@@ -918,12 +1003,71 @@ impl Settings {
         Ok(())
     }
 
+    fn validate_qa(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |key: String, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            message,
+        };
+        let qa = &self.qa;
+        if qa.realm.trim().is_empty() {
+            return Err(err("qa.realm".into(), "must not be empty".into()));
+        }
+        if qa.min_expires == 0 || qa.min_expires > qa.max_expires {
+            return Err(err(
+                "qa.min_expires".into(),
+                format!(
+                    "must be at least 1 and at most qa.max_expires ({})",
+                    qa.max_expires
+                ),
+            ));
+        }
+        for (i, p) in qa.phones.iter().enumerate() {
+            let valid_user = !p.username.is_empty()
+                && p.username
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
+            if !valid_user {
+                return Err(err(
+                    format!("qa.phones[{i}].username"),
+                    format!("{:?}: letters, digits and - _ . + only", p.username),
+                ));
+            }
+            match crate::domain::PhoneNumber::parse(&p.number, None) {
+                Ok(n) if n.as_str() == p.number => {}
+                _ => {
+                    return Err(err(
+                        format!("qa.phones[{i}].number"),
+                        format!(
+                            "{:?} is not a valid E.164 number such as +31612000001",
+                            p.number
+                        ),
+                    ))
+                }
+            }
+            if qa.phones[..i].iter().any(|q| q.username == p.username) {
+                return Err(err(
+                    format!("qa.phones[{i}].username"),
+                    format!("{:?} is used twice", p.username),
+                ));
+            }
+            if qa.phones[..i].iter().any(|q| q.number == p.number) {
+                return Err(err(
+                    format!("qa.phones[{i}].number"),
+                    format!("{} is used twice", p.number),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let err = |key: String, message: String| ConfigError::Invalid {
             origin: origin.to_string(),
             key,
             message,
         };
+        self.validate_qa(origin)?;
         if self.media.realtime_priority > 99 {
             return Err(err(
                 "media.realtime_priority".into(),

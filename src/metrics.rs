@@ -317,7 +317,8 @@ where
 
 /// The SIP listener policy's counters, kept by the SIP driver and read at
 /// scrape time (`otpdial_sip_dropped_total{reason}`, `otpdial_sip_bans_total`,
-/// `otpdial_sip_banned_sources`).
+/// `otpdial_sip_banned_sources`), and the QA registrar's
+/// (`otpdial_qa_registrations_total{result}`, `otpdial_qa_phones_registered`).
 fn encode_sip(
     sip: &crate::sip_io::SipStats,
     encoder: &mut DescriptorEncoder<'_>,
@@ -348,6 +349,25 @@ fn encode_sip(
         "SIP sources under a ban now",
         None,
         banned.metric_type(),
+    )?)?;
+    let mut family = encoder.encode_descriptor(
+        "qa_registrations",
+        "QA registrar: REGISTERs that bound a phone, bindings removed (unregistered or expired), refused authentications",
+        None,
+        MetricType::Counter,
+    )?;
+    for (result, n) in sip.registrations() {
+        let label = ResultLabel {
+            result: result.to_string(),
+        };
+        ConstCounter::new(n).encode(family.encode_family(&label)?)?;
+    }
+    let bound = ConstGauge::new(i64::try_from(sip.qa_registered_now()).unwrap_or(i64::MAX));
+    bound.encode(encoder.encode_descriptor(
+        "qa_phones_registered",
+        "QA phones registered now",
+        None,
+        bound.metric_type(),
     )?)?;
     Ok(())
 }

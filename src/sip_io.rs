@@ -13,6 +13,7 @@ use crate::sip::{
     sdp, CallHandle, EndReason, Event, OutgoingCall, ProbeResult, Transport, TrunkConfig, TrunkId,
     TrunkStatus, UaConfig, UserAgent,
 };
+use crate::sip::{QaBinding, RegistrarConfig};
 use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -83,7 +84,11 @@ struct Inner {
     task: Mutex<Option<JoinHandle<()>>>,
     trunks: StatusMap,
     stats: Arc<SipStats>,
+    qa: QaBindingMap,
 }
+
+/// QA phones' registrations by username, written by the driver task, read by anyone.
+pub type QaBindingMap = Arc<Mutex<HashMap<String, QaBinding>>>;
 
 /// How the endpoint presents itself and whom it answers.
 #[derive(Debug, Clone, Default)]
@@ -91,6 +96,8 @@ pub struct SipOptions {
     /// User-Agent/Server value; empty = omitted.
     pub server_header: String,
     pub policy: PolicyConfig,
+    /// The QA registrar; None = REGISTER is not served.
+    pub registrar: Option<RegistrarConfig>,
 }
 
 /// Counters of the listener policy, copied from the user agent by the driver after
@@ -101,6 +108,12 @@ pub struct SipStats {
     dropped: [AtomicU64; 5],
     bans: AtomicU64,
     banned_now: AtomicU64,
+    /// QA registrar: REGISTERs that bound or refreshed a phone, bindings removed
+    /// (unregistered or expired), refused authentications.
+    qa_registered: AtomicU64,
+    qa_removed: AtomicU64,
+    qa_auth_failed: AtomicU64,
+    qa_bound: AtomicU64,
 }
 
 impl SipStats {
@@ -129,6 +142,20 @@ impl SipStats {
     /// Sources under a ban now.
     pub fn banned_now(&self) -> u64 {
         self.banned_now.load(Ordering::Relaxed)
+    }
+
+    /// QA phones registered now.
+    pub fn qa_registered_now(&self) -> u64 {
+        self.qa_bound.load(Ordering::Relaxed)
+    }
+
+    /// QA registrar outcomes so far: (registered, removed, auth_failed).
+    pub fn registrations(&self) -> [(&'static str, u64); 3] {
+        [
+            ("registered", self.qa_registered.load(Ordering::Relaxed)),
+            ("removed", self.qa_removed.load(Ordering::Relaxed)),
+            ("auth_failed", self.qa_auth_failed.load(Ordering::Relaxed)),
+        ]
     }
 }
 
@@ -226,6 +253,7 @@ impl SipEndpoint {
             advertised_host,
             server_header: options.server_header,
             policy: options.policy,
+            registrar: options.registrar,
         });
         // TCP on the same address and port; without it outbound TCP still works, only
         // peers that open connections to us cannot.
@@ -239,7 +267,13 @@ impl SipEndpoint {
         let (tx, rx) = mpsc::unbounded_channel();
         let trunks: StatusMap = Arc::default();
         let stats = Arc::new(SipStats::default());
-        let task = tokio::spawn(drive(socket, tcp, ua, rx, trunks.clone(), stats.clone()));
+        let qa: QaBindingMap = Arc::default();
+        let shared = Shared {
+            statuses: trunks.clone(),
+            stats: stats.clone(),
+            qa: qa.clone(),
+        };
+        let task = tokio::spawn(drive(socket, tcp, ua, rx, shared));
         Ok(SipEndpoint {
             inner: Arc::new(Inner {
                 commands: tx,
@@ -247,12 +281,18 @@ impl SipEndpoint {
                 task: Mutex::new(Some(task)),
                 trunks,
                 stats,
+                qa,
             }),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+
+    /// The registered QA phones by username (the binding each REGISTER left).
+    pub fn qa_bindings(&self) -> QaBindingMap {
+        self.inner.qa.clone()
     }
 
     /// The listener policy's counters, for metrics.
@@ -326,6 +366,13 @@ impl SipEndpoint {
 struct TrunkRoutes {
     statuses: StatusMap,
     by_id: HashMap<TrunkId, (String, mpsc::UnboundedSender<ProbeResult>)>,
+}
+
+/// What the driver writes and others read.
+struct Shared {
+    statuses: StatusMap,
+    stats: Arc<SipStats>,
+    qa: QaBindingMap,
 }
 
 /// What connection tasks tell the driver.
@@ -408,9 +455,13 @@ async fn drive(
     tcp: Option<TcpListener>,
     mut ua: UserAgent,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    statuses: StatusMap,
-    stats: Arc<SipStats>,
+    shared: Shared,
 ) {
+    let Shared {
+        statuses,
+        stats,
+        qa,
+    } = shared;
     let (stream_tx, mut stream_rx) = mpsc::unbounded_channel::<StreamEvent>();
     let mut connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
     let mut conn_tasks = tokio::task::JoinSet::new();
@@ -502,6 +553,28 @@ async fn drive(
             }
         }
         while let Some(event) = ua.poll_event() {
+            match &event {
+                Event::QaRegistration { username, binding } => {
+                    let mut map = lock(&qa);
+                    match binding {
+                        Some(b) => {
+                            stats.qa_registered.fetch_add(1, Ordering::Relaxed);
+                            map.insert(username.clone(), b.clone());
+                        }
+                        None => {
+                            stats.qa_removed.fetch_add(1, Ordering::Relaxed);
+                            map.remove(username);
+                        }
+                    }
+                    stats.qa_bound.store(map.len() as u64, Ordering::Relaxed);
+                    continue;
+                }
+                Event::QaAuthFailed { .. } => {
+                    stats.qa_auth_failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                _ => {}
+            }
             if let Event::TrunkProbe {
                 trunk,
                 result,
@@ -543,7 +616,9 @@ fn route_event(routes: &mut HashMap<CallHandle, mpsc::UnboundedSender<CallEvent>
             }
             return;
         }
-        Event::TrunkProbe { .. } => return,
+        Event::TrunkProbe { .. } | Event::QaRegistration { .. } | Event::QaAuthFailed { .. } => {
+            return
+        }
     };
     if let Some(tx) = routes.get(&call) {
         // A dropped receiver just means nobody listens any more.

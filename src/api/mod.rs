@@ -9,6 +9,7 @@ mod latency;
 mod ops;
 pub use ops::{CallList, CallRecordView, TrunkList, TrunkView};
 mod phones;
+mod qa;
 mod verifications;
 
 pub use admin::{qa_phones, QaPhoneRow};
@@ -40,6 +41,8 @@ pub struct AppState {
     /// The shared read model of trunk state (no handle on the call engine).
     pub trunks: Arc<TrunkBoard>,
     pub metrics: Arc<Metrics>,
+    /// Registered QA phones (written by the SIP driver).
+    pub qa: crate::sip_io::QaBindingMap,
 }
 
 #[derive(OpenApi)]
@@ -58,6 +61,7 @@ pub struct AppState {
         phones::delete,
         ops::trunks,
         ops::calls,
+        qa::phones,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -97,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/trunks", get(ops::trunks))
         .route("/v1/calls", get(ops::calls))
+        .route("/v1/qa/phones", get(qa::phones))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -123,7 +123,8 @@ pub struct PolicyCounters {
     pub dropped: [u64; 5],
     /// Sources banned so far (a source banned twice counts twice).
     pub bans: u64,
-    /// Sources under a ban right now (as of the last request or sweep).
+    /// Sources under a ban right now (counted up at each ban, recounted at the sweeps,
+    /// at most once a second while requests arrive).
     pub banned_now: u64,
 }
 
@@ -274,6 +275,7 @@ impl SourcePolicy {
             s.failures = 0;
             s.first_failure = None;
             self.counters.bans += 1;
+            self.counters.banned_now += 1;
             tracing::info!(source = %ip, ban_time = ?ban_time, "SIP source banned");
             return true;
         }
@@ -426,6 +428,7 @@ mod tests {
         }
         let now = t0 + Duration::from_secs(9);
         assert!(p.failure(now, s), "the 10th failure bans");
+        assert_eq!(p.counters().banned_now, 1);
         assert_eq!(
             p.check_request(now, s, register()),
             Verdict::Drop(DropReason::Banned)

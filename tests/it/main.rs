@@ -20,6 +20,7 @@ mod media_dtmf;
 mod media_prompts_cli;
 mod metrics;
 mod procs;
+mod qa_registrar;
 mod risk_hook;
 mod sip_kamailio;
 mod sip_policy;

@@ -12,6 +12,7 @@
 
 mod auth;
 mod dialog;
+mod registrar;
 mod server;
 mod transaction;
 mod trunk;
@@ -48,6 +49,8 @@ pub struct UserAgent {
     tcp_peers: HashSet<SocketAddr>,
     /// The listener policy: every request from outside our dialogs passes it first.
     policy: SourcePolicy,
+    /// The QA registrar, when `[[qa.phones]]` are configured.
+    registrar: Option<registrar::Registrar>,
 }
 
 fn random_token() -> String {
@@ -133,6 +136,8 @@ impl UserAgent {
             },
             None => config.local_addr.to_string(),
         };
+        let mut policy = SourcePolicy::new(config.policy);
+        policy.registrar_on = config.registrar.is_some();
         UserAgent {
             ident: Ident {
                 host_port,
@@ -147,7 +152,8 @@ impl UserAgent {
             events: VecDeque::new(),
             trunks: Vec::new(),
             tcp_peers: HashSet::new(),
-            policy: SourcePolicy::new(config.policy),
+            policy,
+            registrar: config.registrar.map(registrar::Registrar::new),
         }
     }
 
@@ -214,6 +220,9 @@ impl UserAgent {
         for t in &self.trunks {
             consider(t.next_deadline());
         }
+        if let Some(r) = &self.registrar {
+            consider(r.next_deadline());
+        }
         for (handle, call) in &self.calls {
             // A call still referenced by a transaction is reconsidered when that one goes;
             // offering its past deadline here would make the driver spin.
@@ -248,7 +257,7 @@ impl UserAgent {
                 let facts = RequestFacts {
                     in_dialog: false,
                     is_register: req.method == Method::Register,
-                    registered_phone: self.is_registered_phone(from),
+                    registered_phone: self.is_registered_phone(now, from),
                 };
                 match self.policy.check_request(now, from.ip(), facts) {
                     Verdict::Accept => self.reply_bad_request(from, &req, name),
@@ -266,6 +275,7 @@ impl UserAgent {
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.trunk_timers(now);
+        self.registrar_timers(now);
         self.client_tx_timers(now);
         self.server_tx_timers(now);
         self.forget_ended_calls(now);
@@ -281,9 +291,11 @@ impl UserAgent {
         });
     }
 
-    /// Whether `from` holds a QA phone's registration (none before the registrar).
-    fn is_registered_phone(&self, _from: SocketAddr) -> bool {
-        false
+    /// Whether `from` is the address of a registered QA phone.
+    fn is_registered_phone(&self, now: Instant, from: SocketAddr) -> bool {
+        self.registrar
+            .as_ref()
+            .is_some_and(|r| r.is_registered_source(now, from))
     }
 
     /// How we reach `peer`: TCP when it is a TCP trunk or talked TCP to us, else UDP.

@@ -58,7 +58,7 @@ impl UserAgent {
             // A retransmission of a request we answered passed the policy the first time.
             in_dialog: dialog.is_some() || retransmission,
             is_register: method == Method::Register,
-            registered_phone: self.is_registered_phone(from),
+            registered_phone: self.is_registered_phone(now, from),
         };
         let verdict = self.policy.check_request(now, from.ip(), facts);
         if let Verdict::Drop(reason) = verdict {
@@ -114,6 +114,15 @@ impl UserAgent {
             _ if msg.extension_method.is_some() => {
                 extra.push(h::Allow::new(ALLOW).into());
                 501
+            }
+            (Method::Register, _) if self.registrar.is_some() => {
+                match self.on_register(now, from, &msg) {
+                    Some((status, headers)) => {
+                        extra.extend(headers);
+                        status
+                    }
+                    None => return,
+                }
             }
             (Method::Options, _) => {
                 extra.push(h::Allow::new(ALLOW).into());
@@ -274,6 +283,7 @@ mod tests {
                 unknown_sources: unknown,
                 ..PolicyConfig::default()
             },
+            registrar: None,
         })
     }
 

@@ -308,6 +308,7 @@ mod tests {
             advertised_host: None,
             server_header: String::new(),
             policy: Default::default(),
+            registrar: None,
         })
     }
 
