@@ -11,6 +11,7 @@ mod calls_sipp;
 mod demo_path;
 mod dialer_durable;
 mod dialer_faults;
+mod fuzz_corpus;
 mod helpers;
 mod logs;
 mod media_dtmf;
