@@ -348,11 +348,13 @@ fn check_file_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Decodes a WAV file to 8 kHz mono i16.
+/// Decodes one phrase's WAV file, given as bytes, to 8 kHz mono i16, trimmed and
+/// level-normalised: what a pack load does with each file it reads. `path` only names
+/// the file in errors.
 ///
 /// Accepts mono 16-bit integer PCM at any rate (resampled here, once, at load) and
 /// mono G.711 µ-law/A-law WAV (format tags 7/6, which hound does not read).
-fn decode_wav(path: &Path, bytes: &[u8]) -> Result<Vec<i16>, PromptError> {
+pub fn decode_wav(path: &Path, bytes: &[u8]) -> Result<Vec<i16>, PromptError> {
     let wav_err = |message: String| PromptError::Wav {
         path: path.to_path_buf(),
         message,
