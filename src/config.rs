@@ -381,6 +381,9 @@ pub struct LimitSettings {
     /// doubling back-off (1 s … 5 min), at the limit checks are refused
     /// (429) until the window moves.
     pub wrong_checks_per_user: RateLimit,
+    /// The first back-off after five wrong checks, doubling per further
+    /// one (at most 5 min); `0s` = no back-off, only the limit.
+    pub wrong_check_backoff: HumanDuration,
     /// Calls placed per second across all instances (the dialer paces
     /// itself; requests are not refused for it).
     pub global_calls_per_second: u32,
@@ -405,6 +408,7 @@ impl Default for LimitSettings {
                 count: 10,
                 per: Duration::from_secs(3600),
             },
+            wrong_check_backoff: HumanDuration(Duration::from_secs(1)),
             global_calls_per_second: 20,
         }
     }

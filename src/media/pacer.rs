@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::mpsc as tokio_mpsc;
 
-use super::dtmf::{InbandDetector, TelephoneEventReceiver};
+use super::dtmf::{RtpInput, RtpKeyInput};
 use super::rtcp::{self, SenderInfo};
 use super::rtp::{RtpStreamHeader, PACKET_LEN};
 use super::script::{CallScript, ScriptItem};
@@ -358,10 +358,8 @@ struct Stream {
     resyncs: u32,
     /// Packet index after which the next RTCP sender report goes out.
     next_report: u64,
-    telephone_event_pt: Option<u8>,
-    telephone_events: TelephoneEventReceiver,
-    /// In-band detection, only when no telephone-event was negotiated.
-    inband: Option<InbandDetector>,
+    /// Key presses in what arrives on the RTP socket.
+    keys: RtpKeyInput,
     events: tokio_mpsc::UnboundedSender<PlayoutEvent>,
 }
 
@@ -439,12 +437,7 @@ impl Stream {
             resyncs: 0,
             // The first report after half an interval (RFC 3550 §6.2 "initial").
             next_report: report_interval_packets() / 2,
-            telephone_event_pt: spec.telephone_event_pt,
-            telephone_events: TelephoneEventReceiver::default(),
-            inband: spec
-                .telephone_event_pt
-                .is_none()
-                .then(InbandDetector::default),
+            keys: RtpKeyInput::new(spec.telephone_event_pt),
             events,
         }
     }
@@ -605,15 +598,9 @@ impl Stream {
     }
 
     fn on_rtp(&mut self, data: &[u8], from: SocketAddr) {
-        let Ok(p) = rtp_rs::RtpReader::new(data) else {
-            return; // not RTP (STUN, garbage): never latch onto it
+        let RtpInput::Media { key } = self.keys.on_datagram(data) else {
+            return; // not media of this call: never latch onto it
         };
-        let pt = p.payload_type();
-        if Some(pt) != self.telephone_event_pt && G711::from_payload_type(pt).is_none() {
-            // Not media of this call: RTCP sent to the RTP port (its packet types read
-            // as payload types 72-76), comfort noise, strays. Never latch onto those.
-            return;
-        }
         if !self.latched {
             // Symmetric RTP: the far end's packets come from where ours reach it (a
             // NAT's public mapping rather than the private address in its SDP).
@@ -626,19 +613,6 @@ impl Stream {
                 }
             }
         }
-        let key = if Some(pt) == self.telephone_event_pt {
-            // The far end sends RFC 4733: in-band tones (if any) would double the keys.
-            self.inband = None;
-            self.telephone_events.on_packet(p.timestamp(), p.payload())
-        } else if let (Some(det), Some(law)) = (&mut self.inband, G711::from_payload_type(pt)) {
-            let payload = p.payload();
-            let mut pcm = [0i16; 3 * FRAME_SAMPLES];
-            let n = payload.len().min(pcm.len());
-            g711::decode_into(law, &payload[..n], &mut pcm[..n]);
-            det.on_frame(&pcm[..n])
-        } else {
-            None
-        };
         if let Some(key) = key {
             let _ = self.events.send(PlayoutEvent::KeyPressed { key });
             self.on_key();
@@ -654,8 +628,7 @@ impl Stream {
         for _ in 0..READ_BUDGET {
             match socket.recv_from(buf) {
                 Ok((n, from)) => {
-                    // Version 2 and an RTCP packet type (RFC 5761 §4: 192..=223).
-                    let rtcp_like = n >= 8 && buf[0] >> 6 == 2 && (192..=223).contains(&buf[1]);
+                    let rtcp_like = rtcp::is_rtcp(&buf[..n]);
                     if rtcp_like && !self.rtcp_latched {
                         self.rtcp_latched = true;
                         self.rtcp_remote = from;

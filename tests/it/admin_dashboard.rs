@@ -427,13 +427,5 @@ async fn dashboard_in_headless_chromium() {
         "a page with content, not a blank: {} bytes",
         png.len()
     );
-    let dom = chromium(
-        &out,
-        &["--dump-dom".to_owned()],
-        &format!("{session}/admin"),
-    )
-    .await;
-    assert_dashboard(&dom, &number);
-    assert!(dom.contains("Log out"));
     println!("dashboard screenshot: {}", shot.display());
 }

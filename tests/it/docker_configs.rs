@@ -180,8 +180,8 @@ fn docker_files_fit_together_and_config_checks_with_the_compose_env() {
     assert!(stdout.contains("password = \"***\""), "{stdout}");
     assert!(!stdout.contains(&gw.env["TRUNK_PASSWORD"]), "{stdout}");
     assert!(
-        stdout.contains("postgres"),
-        "compose's database URL applied"
+        stdout.contains("url = \"postgres://otpdial:***@postgres/otpdial\""),
+        "compose's database URL applied, its password masked: {stdout}"
     );
 
     // Without the trunk password the gateway cannot start: the variable is named.
@@ -374,14 +374,20 @@ fn recordings(dir: &Path) -> Vec<(PathBuf, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_trunk_phone_and_gateway_run_outside_containers() {
-    for (port, who) in [
+    // The fixed ports of compose's namespace; another test's process may hold one
+    // for a while, so wait for them rather than fail at once.
+    let wanted = [
         (5060, "Kamailio (docker/kamailio.cfg)"),
         (5080, "baresip (docker/baresip/config)"),
-    ] {
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !wanted.iter().all(|(port, _)| port_free(*port)) {
+        let busy: Vec<_> = wanted.iter().filter(|(p, _)| !port_free(*p)).collect();
         assert!(
-            port_free(port),
-            "127.0.0.1:{port} (UDP and TCP) must be free for {who}: the docker configs use it as compose does"
+            Instant::now() < deadline,
+            "127.0.0.1 ports still taken after 60 s: {busy:?}; the docker configs use them as compose does"
         );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let services = compose();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -14,6 +14,7 @@ mod demo_path;
 mod dialer_durable;
 mod dialer_faults;
 mod docker_configs;
+mod fuzz_corpus;
 mod helpers;
 mod logs;
 mod media_dtmf;

@@ -410,7 +410,7 @@ pub(super) fn login(error: Option<&str>) -> String {
          <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"off\" required \
          style=\"width:100%;padding:6px;margin:6px 0 10px\"><br>\
          <button type=\"submit\" style=\"padding:6px 16px\">Sign in</button></form>\
-         <p class=\"muted\">A token with the <code>admin</code> scope, from <code>otpdial apikey new --scope admin</code>. \
+         <p class=\"muted\">A token with the <code>admin</code> scope, from <code>otpdial apikey new --name ops --scope admin</code>. \
          The session lasts 8 hours.</p></section></main></body></html>",
     );
     out
