@@ -265,7 +265,7 @@ impl CallEngine {
             from_display: trunk.from_display.clone(),
             credentials: trunk.credentials(),
             extra_headers: caller_id_headers(&trunk),
-            tcp: proxy.transport == crate::config::Transport::Tcp,
+            transport: sip_transport(proxy.transport),
             codecs,
             ring_timeout: trunk.ring_timeout.0,
             name: trunk.name.clone(),
@@ -292,7 +292,7 @@ impl CallEngine {
             from_display: Some("otpdial".into()),
             credentials: None,
             extra_headers: Vec::new(),
-            tcp: phone.transport == crate::sip::Transport::Tcp,
+            transport: phone.transport,
             codecs: vec![AudioCodec::Pcmu, AudioCodec::Pcma],
             ring_timeout,
             name: route.to_string(),
@@ -343,7 +343,7 @@ impl CallEngine {
             },
             credentials: target.credentials,
             extra_headers: target.extra_headers,
-            tcp: target.tcp,
+            transport: target.transport,
         };
         let invite_sent = std::time::Instant::now();
         let mut alerted = false;
@@ -504,7 +504,7 @@ struct Target {
     from_display: Option<String>,
     credentials: Option<crate::sip::digest::Credentials>,
     extra_headers: Vec<(String, String)>,
-    tcp: bool,
+    transport: crate::sip::Transport,
     codecs: Vec<AudioCodec>,
     ring_timeout: std::time::Duration,
     /// The trunk's name, or `qa:<user>` (metrics labels).
@@ -554,8 +554,20 @@ pub async fn trunk_config(t: &TrunkSettings, one_shot: bool) -> Result<TrunkConf
         register_expires: t.register_expires,
         options_interval: (!every.is_zero()).then_some(every),
         one_shot,
-        tcp: proxy.transport == crate::config::Transport::Tcp,
+        transport: sip_transport(proxy.transport),
+        tls: (proxy.transport == crate::config::Transport::Tls).then(|| crate::sip::TlsTarget {
+            server_name: proxy.host.clone(),
+            ca_file: (!t.tls_ca.is_empty()).then(|| std::path::PathBuf::from(&t.tls_ca)),
+        }),
     })
+}
+
+fn sip_transport(t: crate::config::Transport) -> crate::sip::Transport {
+    match t {
+        crate::config::Transport::Udp => crate::sip::Transport::Udp,
+        crate::config::Transport::Tcp => crate::sip::Transport::Tcp,
+        crate::config::Transport::Tls => crate::sip::Transport::Tls,
+    }
 }
 
 /// P-Asserted-Identity and Privacy as configured for the trunk.

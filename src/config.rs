@@ -630,6 +630,10 @@ pub struct TrunkSettings {
     /// keepalive it gets one trial call after this long.
     #[serde(default = "default_breaker_cooldown")]
     pub breaker_cooldown: HumanDuration,
+    /// With `transport=tls`: PEM file of the CA(s) the trunk's certificate must chain
+    /// to; empty = the public web PKI roots (Mozilla's, built in).
+    #[serde(default)]
+    pub tls_ca: String,
 }
 
 fn default_breaker_failures() -> u32 {
@@ -821,9 +825,12 @@ impl Serialize for PortRange {
 pub enum Transport {
     Udp,
     Tcp,
+    /// TCP with TLS (RFC 3261 §26.2); the certificate is verified against the trunk's
+    /// host name and `tls_ca` (or the public roots).
+    Tls,
 }
 
-/// A trunk proxy: `sip:host[:port][;transport=udp|tcp]`.
+/// A trunk proxy: `sip:host[:port][;transport=udp|tcp|tls]` (port 5060, or 5061 with TLS).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SipTarget {
     pub host: String,
@@ -846,6 +853,7 @@ impl fmt::Display for SipTarget {
         let t = match self.transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         };
         write!(f, "sip:{};transport={t}", self.host_port())
     }
@@ -865,8 +873,11 @@ impl FromStr for SipTarget {
             match p.split_once('=') {
                 Some(("transport", "udp" | "UDP")) => transport = Transport::Udp,
                 Some(("transport", "tcp" | "TCP")) => transport = Transport::Tcp,
+                Some(("transport", "tls" | "TLS")) => transport = Transport::Tls,
                 Some(("transport", t)) => {
-                    return Err(format!("{s:?}: unsupported transport {t:?} (udp or tcp)"))
+                    return Err(format!(
+                        "{s:?}: unsupported transport {t:?} (udp, tcp or tls)"
+                    ))
                 }
                 _ => {}
             }
@@ -901,6 +912,7 @@ impl FromStr for SipTarget {
                 .ok()
                 .filter(|p| *p != 0)
                 .ok_or_else(|| format!("{s:?}: bad port {p:?}"))?,
+            None if transport == Transport::Tls => 5061,
             None => 5060,
         };
         Ok(SipTarget {
@@ -1003,6 +1015,31 @@ impl Settings {
         Ok(())
     }
 
+    fn validate_tls(&self, origin: &str) -> Result<(), ConfigError> {
+        for (i, t) in self.trunks.iter().enumerate() {
+            if t.tls_ca.is_empty() {
+                continue;
+            }
+            let key = format!("trunks[{i}].tls_ca");
+            let invalid = |message: String| ConfigError::Invalid {
+                origin: origin.to_string(),
+                key: key.clone(),
+                message,
+            };
+            if t.proxy.transport != Transport::Tls {
+                return Err(invalid(
+                    "only used with transport=tls in the proxy URI".into(),
+                ));
+            }
+            let pem = std::fs::read(&t.tls_ca)
+                .map_err(|e| invalid(format!("cannot read {:?}: {e}", t.tls_ca)))?;
+            if crate::sip_io::parse_ca_pem(&pem).map_or(true, |roots| roots.is_empty()) {
+                return Err(invalid(format!("{:?} holds no PEM certificate", t.tls_ca)));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_qa(&self, origin: &str) -> Result<(), ConfigError> {
         let err = |key: String, message: String| ConfigError::Invalid {
             origin: origin.to_string(),
@@ -1068,6 +1105,7 @@ impl Settings {
             message,
         };
         self.validate_qa(origin)?;
+        self.validate_tls(origin)?;
         if self.media.realtime_priority > 99 {
             return Err(err(
                 "media.realtime_priority".into(),
@@ -1367,6 +1405,29 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("trunks[0].register"), "{e}");
+    }
+
+    #[test]
+    fn tls_trunks_default_to_5061_and_check_their_ca_file() {
+        let t: SipTarget = "sip:sip.example.com;transport=tls".parse().unwrap();
+        assert_eq!((t.port, t.transport), (5061, Transport::Tls));
+        assert_eq!(t.to_string(), "sip:sip.example.com:5061;transport=tls");
+        let base = "[[trunks]]\nname = \"t\"\nfrom = \"sip:+31508200000@x\"\n";
+        let err = Settings::from_toml(&format!(
+            "{base}proxy = \"sip:x.example;transport=tls\"\ntls_ca = \"/nonexistent.pem\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("trunks[0].tls_ca") && err.contains("cannot read"),
+            "{err}"
+        );
+        let err = Settings::from_toml(&format!(
+            "{base}proxy = \"sip:x.example\"\ntls_ca = \"/etc/hostname\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("only used with transport=tls"), "{err}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::sip::{
     sdp, CallHandle, EndReason, Event, OutgoingCall, ProbeResult, Transport, TrunkConfig, TrunkId,
     TrunkStatus, UaConfig, UserAgent,
 };
-use crate::sip::{QaBinding, RegistrarConfig};
+use crate::sip::{QaBinding, RegistrarConfig, TlsTarget};
 use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -381,20 +381,80 @@ enum StreamEvent {
     Closed(SocketAddr),
 }
 
-/// One TCP connection: writes what arrives on `outgoing`, frames what it reads.
+/// How a connection comes about.
+enum Connect {
+    /// The peer connected to our listener.
+    Accepted(TcpStream),
+    /// We connect, plain TCP.
+    Tcp,
+    /// We connect and then do a TLS handshake, verifying the peer's certificate.
+    Tls(TlsPeer),
+}
+
+/// What a TLS connection to one peer checks: the name its certificate must carry and
+/// the roots it must chain to.
+#[derive(Clone)]
+struct TlsPeer {
+    server_name: rustls::pki_types::ServerName<'static>,
+    config: Arc<rustls::ClientConfig>,
+}
+
+/// The certificates in a PEM file (for a trunk's `tls_ca`).
+pub fn parse_ca_pem(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad PEM: {e}"))
+}
+
+/// A TLS client for `target`: its CA file's roots, else the public web PKI roots.
+fn tls_peer(target: &TlsTarget) -> Result<TlsPeer, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &target.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            for cert in parse_ca_pem(&pem)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server_name = rustls::pki_types::ServerName::try_from(target.server_name.clone())
+        .map_err(|e| format!("{:?}: {e}", target.server_name))?;
+    Ok(TlsPeer {
+        server_name,
+        config: Arc::new(config),
+    })
+}
+
+/// One TCP (or TLS) connection: writes what arrives on `outgoing`, frames what it reads.
 async fn run_connection(
-    stream: Option<TcpStream>,
+    connect: Connect,
     peer: SocketAddr,
-    mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>,
+    outgoing: mpsc::UnboundedReceiver<Vec<u8>>,
     events: mpsc::UnboundedSender<StreamEvent>,
 ) {
-    let stream = match stream {
-        Some(s) => s,
-        None => {
-            match tokio::time::timeout(std::time::Duration::from_secs(10), TcpStream::connect(peer))
-                .await
-            {
-                Ok(Ok(s)) => s,
+    const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+    let (stream, tls) = match connect {
+        Connect::Accepted(s) => (s, None),
+        Connect::Tcp | Connect::Tls(_) => {
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await {
+                Ok(Ok(s)) => (
+                    s,
+                    if let Connect::Tls(t) = connect {
+                        Some(t)
+                    } else {
+                        None
+                    },
+                ),
                 Ok(Err(e)) => {
                     debug!(%peer, error = %e, "SIP TCP connect failed");
                     let _ = events.send(StreamEvent::Closed(peer));
@@ -409,7 +469,38 @@ async fn run_connection(
         }
     };
     let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+    match tls {
+        None => pump(stream, peer, outgoing, events).await,
+        Some(t) => {
+            let connector = tokio_rustls::TlsConnector::from(t.config);
+            match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(t.server_name, stream))
+                .await
+            {
+                Ok(Ok(tls)) => pump(tls, peer, outgoing, events).await,
+                Ok(Err(e)) => {
+                    // E.g. a certificate that does not verify: nothing is sent.
+                    warn!(%peer, error = %e, "SIP TLS handshake failed");
+                    let _ = events.send(StreamEvent::Closed(peer));
+                }
+                Err(_) => {
+                    warn!(%peer, "SIP TLS handshake timed out");
+                    let _ = events.send(StreamEvent::Closed(peer));
+                }
+            }
+        }
+    }
+}
+
+/// Moves SIP messages over one established stream until either side closes.
+async fn pump<S>(
+    stream: S,
+    peer: SocketAddr,
+    mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>,
+    events: mpsc::UnboundedSender<StreamEvent>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 16384];
     loop {
@@ -464,6 +555,7 @@ async fn drive(
     } = shared;
     let (stream_tx, mut stream_rx) = mpsc::unbounded_channel::<StreamEvent>();
     let mut connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
+    let mut tls_peers: HashMap<SocketAddr, TlsPeer> = HashMap::new();
     let mut conn_tasks = tokio::task::JoinSet::new();
     let mut routes: HashMap<CallHandle, mpsc::UnboundedSender<CallEvent>> = HashMap::new();
     let mut trunks = TrunkRoutes {
@@ -489,7 +581,7 @@ async fn drive(
                 if let Ok((stream, peer)) = accepted {
                     let (tx, rx) = mpsc::unbounded_channel();
                     connections.insert(peer, tx);
-                    conn_tasks.spawn(run_connection(Some(stream), peer, rx, stream_tx.clone()));
+                    conn_tasks.spawn(run_connection(Connect::Accepted(stream), peer, rx, stream_tx.clone()));
                 }
             }
             event = stream_rx.recv() => match event {
@@ -520,6 +612,14 @@ async fn drive(
                 Some(Command::Hangup(handle)) => ua.hangup(Instant::now(), handle),
                 Some(Command::AddTrunk { config, probes }) => {
                     let name = config.name.clone();
+                    if let Some(target) = &config.tls {
+                        match tls_peer(target) {
+                            Ok(p) => {
+                                tls_peers.insert(config.destination, p);
+                            }
+                            Err(e) => warn!(trunk = %name, error = %e, "trunk TLS settings unusable"),
+                        }
+                    }
                     let id = ua.add_trunk(Instant::now(), config);
                     if let Some(st) = ua.trunk_status(id) {
                         lock(&trunks.statuses).insert(name.clone(), st);
@@ -531,7 +631,7 @@ async fn drive(
         }
 
         while let Some(t) = ua.poll_transmit() {
-            if t.transport == Transport::Tcp {
+            if t.transport.is_reliable() {
                 // A failed send hands the payload back, so nothing is copied per message.
                 let unsent = match connections.get(&t.destination) {
                     Some(c) => c.send(t.payload).err().map(|e| e.0),
@@ -539,10 +639,25 @@ async fn drive(
                 };
                 if let Some(payload) = unsent {
                     // No (live) connection: open one; it sends once connected.
+                    let connect = match t.transport {
+                        Transport::Tls => match tls_peers.get(&t.destination) {
+                            Some(p) => Connect::Tls(p.clone()),
+                            None => {
+                                warn!(destination = %t.destination, "no TLS settings for this peer; message dropped");
+                                continue;
+                            }
+                        },
+                        _ => Connect::Tcp,
+                    };
                     let (tx, rx) = mpsc::unbounded_channel();
                     let _ = tx.send(payload);
                     connections.insert(t.destination, tx);
-                    conn_tasks.spawn(run_connection(None, t.destination, rx, stream_tx.clone()));
+                    conn_tasks.spawn(run_connection(
+                        connect,
+                        t.destination,
+                        rx,
+                        stream_tx.clone(),
+                    ));
                 }
                 continue;
             }
@@ -692,7 +807,7 @@ mod tests {
                 },
                 credentials: None,
                 extra_headers: Vec::new(),
-                tcp: false,
+                transport: Transport::Udp,
             })
             .await
             .unwrap();
@@ -763,7 +878,7 @@ mod tests {
                 },
                 credentials: None,
                 extra_headers: Vec::new(),
-                tcp: false,
+                transport: Transport::Udp,
             })
             .await,
             Err(SipIoError::Closed)

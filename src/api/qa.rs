@@ -70,6 +70,7 @@ pub(super) async fn phones(
                     let t = match b.transport {
                         crate::sip::Transport::Udp => "udp",
                         crate::sip::Transport::Tcp => "tcp",
+                        crate::sip::Transport::Tls => "tls",
                     };
                     format!("{t}:{}", b.source)
                 }),

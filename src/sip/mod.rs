@@ -93,6 +93,32 @@ pub enum Transport {
     Udp,
     /// One TCP connection per peer address, opened (or re-opened) by the driver.
     Tcp,
+    /// Like TCP, with TLS on the connection (the driver verifies the certificate).
+    Tls,
+}
+
+impl Transport {
+    /// Reliable transports have no retransmission timers (RFC 3261 §17.1.1.2).
+    pub fn is_reliable(self) -> bool {
+        self != Transport::Udp
+    }
+
+    /// As written in Via (`SIP/2.0/UDP`).
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+}
+
+/// What a TLS connection to a trunk checks: the host name its certificate must carry and
+/// an optional CA file (PEM) instead of the public roots. Data only: the driver connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsTarget {
+    pub server_name: String,
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A message the driver must send.
@@ -136,8 +162,8 @@ pub struct OutgoingCall {
     pub credentials: Option<digest::Credentials>,
     /// Extra headers for the INVITE, e.g. `P-Asserted-Identity` and `Privacy`.
     pub extra_headers: Vec<(String, String)>,
-    /// Reach `destination` over TCP instead of UDP.
-    pub tcp: bool,
+    /// How to reach `destination`.
+    pub transport: Transport,
 }
 
 /// Index of a trunk added with [`UserAgent::add_trunk`].
@@ -163,8 +189,10 @@ pub struct TrunkConfig {
     pub options_interval: Option<std::time::Duration>,
     /// Do each probe once and schedule nothing more (`otpdial trunk check`).
     pub one_shot: bool,
-    /// Reach the trunk over TCP instead of UDP.
-    pub tcp: bool,
+    /// How to reach the trunk.
+    pub transport: Transport,
+    /// With `Transport::Tls`: what its certificate must be.
+    pub tls: Option<TlsTarget>,
 }
 
 /// Which request a probe used.

@@ -118,7 +118,11 @@ impl Harness {
                     "P-Asserted-Identity".into(),
                     "<sip:+31508200000@sip.provider.example>".into(),
                 )],
-                tcp: self.tcp,
+                transport: if self.tcp {
+                    Transport::Tcp
+                } else {
+                    Transport::Udp
+                },
             },
         );
         self.drain();
@@ -934,7 +938,7 @@ fn unparseable_request_uri_ends_the_call_without_sending() {
             media: offer(),
             credentials: None,
             extra_headers: Vec::new(),
-            tcp: false,
+            transport: Transport::Udp,
         },
     );
     h.drain();
@@ -1250,7 +1254,8 @@ fn trunk_cfg(register: bool, options: Option<Duration>) -> TrunkConfig {
         register_expires: 3600,
         options_interval: options,
         one_shot: false,
-        tcp: false,
+        transport: Transport::Udp,
+        tls: None,
     }
 }
 
@@ -1666,7 +1671,7 @@ fn register_and_options_over_tcp_advertise_a_tcp_contact() {
     // must say so, like the Contact of an INVITE (one builder for both).
     let mut h = Harness::new();
     let mut cfg = trunk_cfg(true, Some(Duration::from_secs(30)));
-    cfg.tcp = true;
+    cfg.transport = Transport::Tcp;
     h.ua.add_trunk(h.now, cfg);
     h.drain();
     let sent = h.take_sent();
@@ -1918,4 +1923,31 @@ fn password_guessing_is_banned_after_ten_failures() {
         .map(|a| a.0),
         Some(401)
     );
+}
+
+#[test]
+fn tls_trunk_says_tls_in_via_and_contact_and_does_not_retransmit() {
+    let mut h = Harness::new();
+    let mut cfg = trunk_cfg(true, None);
+    cfg.transport = Transport::Tls;
+    cfg.tls = Some(TlsTarget {
+        server_name: "trunk.example".into(),
+        ca_file: None,
+    });
+    h.ua.add_trunk(h.now, cfg);
+    h.drain();
+    let reg = h.only_sent();
+    assert!(
+        reg.msg().vias[0].starts_with("SIP/2.0/TLS "),
+        "{}",
+        reg.text
+    );
+    assert_eq!(
+        reg.headers("Contact"),
+        vec![format!("<sip:31508200000@{LOCAL};transport=tls>")]
+    );
+    let t = h.ua.poll_transmit();
+    assert!(t.is_none());
+    h.advance(secs(10.0));
+    assert!(h.take_sent().is_empty(), "no Timer E over TLS");
 }

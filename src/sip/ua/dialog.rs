@@ -105,8 +105,8 @@ impl UserAgent {
     pub fn invite(&mut self, now: Instant, call: OutgoingCall) -> CallHandle {
         let handle = CallHandle(self.next_handle);
         self.next_handle += 1;
-        if call.tcp {
-            self.tcp_peers.insert(call.destination);
+        if call.transport.is_reliable() {
+            self.tcp_peers.insert(call.destination, call.transport);
         }
         let parsed = parse_sip_uri(&call.request_uri);
         let request_uri = match parsed {
@@ -185,9 +185,9 @@ impl UserAgent {
             &c.call_id,
             c.invite_cseq,
             Method::Invite,
-            self.tcp_peers.contains(&c.destination),
+            transaction::transport_for(&self.tcp_peers, c.destination),
         );
-        let tcp = self.tcp_peers.contains(&c.destination);
+        let tcp = self.tcp_peers.contains_key(&c.destination);
         let transport = transaction::transport_for(&self.tcp_peers, c.destination);
         headers.push(self.ident.contact("otpdial", transport));
         headers.push(h::Allow::new(server::ALLOW).into());
@@ -302,7 +302,7 @@ impl UserAgent {
             &c.call_id,
             cseq,
             Method::Bye,
-            self.tcp_peers.contains(&peer.destination),
+            transaction::transport_for(&self.tcp_peers, peer.destination),
         );
         if with_auth {
             headers.extend(c.auth.headers(Method::Bye, &uri.to_string(), b""));
@@ -334,7 +334,7 @@ impl UserAgent {
             &c.call_id,
             c.invite_cseq,
             Method::Cancel,
-            self.tcp_peers.contains(&c.destination),
+            transaction::transport_for(&self.tcp_peers, c.destination),
         );
         let request = message::render_request(Method::Cancel, &c.request_uri, headers, b"");
         let branch = c.invite_branch.clone();
@@ -422,7 +422,7 @@ impl UserAgent {
                     tx.state = TxState::Completed;
                     tx.retransmit_at = None;
                     tx.timeout_at = None;
-                    let reliable = self.tcp_peers.contains(&tx.destination);
+                    let reliable = self.tcp_peers.contains_key(&tx.destination);
                     tx.remove_at = Some(now + if reliable { Duration::ZERO } else { TIMER_D });
                     tx.ack = ack.clone();
                     let dest = tx.destination;
@@ -481,7 +481,7 @@ impl UserAgent {
             &c.call_id,
             c.invite_cseq,
             Method::Ack,
-            self.tcp_peers.contains(&c.destination),
+            transaction::transport_for(&self.tcp_peers, c.destination),
         );
         Some(message::render_request(
             Method::Ack,
@@ -535,7 +535,7 @@ impl UserAgent {
             &c.call_id,
             c.invite_cseq,
             Method::Ack,
-            self.tcp_peers.contains(&peer.destination),
+            transaction::transport_for(&self.tcp_peers, peer.destination),
         );
         let ack = message::render_request(Method::Ack, &uri, headers, b"");
         let first = c.dialog.is_none() && !c.ended;

@@ -46,7 +46,7 @@ pub struct UserAgent {
     trunks: Vec<trunk::TrunkState>,
     /// Peers reached over TCP (trunks configured so, and whoever sent us a request over
     /// TCP); everything else is UDP. Transport follows the address, not the call.
-    tcp_peers: HashSet<SocketAddr>,
+    tcp_peers: HashMap<SocketAddr, Transport>,
     /// The listener policy: every request from outside our dialogs passes it first.
     policy: SourcePolicy,
     /// The QA registrar, when `[[qa.phones]]` are configured.
@@ -83,11 +83,11 @@ fn common_headers(
     call_id: &str,
     cseq: u32,
     method: Method,
-    tcp: bool,
+    transport: Transport,
 ) -> Vec<Header> {
     let mut headers: Vec<Header> = vec![h::Via::new(format!(
         "SIP/2.0/{} {};branch={};rport",
-        if tcp { "TCP" } else { "UDP" },
+        transport.via_name(),
         ident.host_port,
         branch
     ))
@@ -122,6 +122,7 @@ impl Ident {
         let params = match transport {
             Transport::Udp => "",
             Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
         };
         h::Contact::new(format!("<sip:{user}@{}{params}>", self.host_port)).into()
     }
@@ -151,7 +152,7 @@ impl UserAgent {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             trunks: Vec::new(),
-            tcp_peers: HashSet::new(),
+            tcp_peers: HashMap::new(),
             policy,
             registrar: config.registrar.map(registrar::Registrar::new),
         }
@@ -235,7 +236,8 @@ impl UserAgent {
 
     /// [`crate::sip::frame_stream`]). Answers and later requests to `from` use TCP too.
     pub fn handle_stream_message(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        self.tcp_peers.insert(from);
+        // A connection we opened keeps its transport (TLS); one a peer opened is TCP.
+        self.tcp_peers.entry(from).or_insert(Transport::Tcp);
         self.handle_datagram(now, from, data);
     }
 

@@ -92,7 +92,7 @@ impl UserAgent {
             return;
         };
         let (mut destination, top_via) = message::response_route(top_via, from);
-        if self.tcp_peers.contains(&from) {
+        if self.tcp_peers.contains_key(&from) {
             // Reliable transport: the response goes back on the request's connection.
             destination = from;
         }
@@ -155,7 +155,7 @@ impl UserAgent {
                     extra.push(h::ContentType::new("application/sdp").into());
                     body = offer.into_bytes();
                 }
-                if method == Method::Invite && !self.tcp_peers.contains(&from) {
+                if method == Method::Invite && !self.tcp_peers.contains_key(&from) {
                     awaiting_ack = Some(AckWait {
                         call_id: msg.call_id.clone(),
                         cseq: msg.cseq,

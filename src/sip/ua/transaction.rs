@@ -89,12 +89,11 @@ pub(super) struct AckWait {
     pub(super) give_up_at: Instant,
 }
 
-pub(super) fn transport_for(tcp_peers: &HashSet<SocketAddr>, dest: SocketAddr) -> Transport {
-    if tcp_peers.contains(&dest) {
-        Transport::Tcp
-    } else {
-        Transport::Udp
-    }
+pub(super) fn transport_for(
+    tcp_peers: &HashMap<SocketAddr, Transport>,
+    dest: SocketAddr,
+) -> Transport {
+    tcp_peers.get(&dest).copied().unwrap_or(Transport::Udp)
 }
 
 impl UserAgent {
@@ -109,7 +108,7 @@ impl UserAgent {
     ) {
         self.transmit(destination, request.clone());
         let method = key.1;
-        let tcp = self.tcp_peers.contains(&destination);
+        let tcp = self.tcp_peers.contains_key(&destination);
         self.client_txs.insert(
             key,
             ClientTx {
@@ -282,7 +281,7 @@ impl UserAgent {
         tx.retransmit_at = None;
         tx.timeout_at = None;
         // Timer K is zero on reliable transports: no retransmitted finals to absorb.
-        let reliable = self.tcp_peers.contains(&tx.destination);
+        let reliable = self.tcp_peers.contains_key(&tx.destination);
         tx.remove_at = Some(now + if reliable { Duration::ZERO } else { TIMER_K });
         let (handle, purpose, sent_at) = (tx.call, tx.bye_purpose, tx.sent_at);
         if let Some(trunk) = tx.trunk {
@@ -318,7 +317,7 @@ mod tests {
         let mut ua = ua();
         let dest: SocketAddr = PEER.parse().unwrap();
         if tcp {
-            ua.tcp_peers.insert(dest);
+            ua.tcp_peers.insert(dest, Transport::Tcp);
         }
         let start = Instant::now();
         let key = ("z9hG4bKt".to_string(), method);

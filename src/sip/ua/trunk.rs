@@ -65,8 +65,8 @@ impl UserAgent {
     pub fn add_trunk(&mut self, now: Instant, cfg: TrunkConfig) -> TrunkId {
         let id = TrunkId(self.trunks.len());
         self.policy.add_trunk(cfg.destination.ip());
-        if cfg.tcp {
-            self.tcp_peers.insert(cfg.destination);
+        if cfg.transport.is_reliable() {
+            self.tcp_peers.insert(cfg.destination, cfg.transport);
         }
         let registrar = parse_sip_uri(&cfg.registrar_uri).ok();
         let wants_options = cfg.options_interval.is_some() || (cfg.one_shot && !cfg.register);
@@ -202,7 +202,7 @@ impl UserAgent {
             call_id,
             cseq,
             method,
-            self.tcp_peers.contains(&t.cfg.destination),
+            transaction::transport_for(&self.tcp_peers, t.cfg.destination),
         );
         let transport = transaction::transport_for(&self.tcp_peers, t.cfg.destination);
         headers.push(self.ident.contact(Self::aor_user(&t.cfg.aor), transport));
