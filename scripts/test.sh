@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the real peers the
-# tests talk to (SIPp, Kamailio, PostgreSQL), then builds and runs every test.
+# tests talk to (SIPp, Kamailio, PostgreSQL, baresip, SIPVicious) and headless
+# Chromium (the dashboard test), then builds and runs every test.
 # The tests start Kamailio themselves (own config, free loopback ports, foreground);
 # the Debian package's system service is not used.
 #
@@ -39,11 +40,20 @@ answers 5432 && shared_pg=true
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need+=(kamailio)
+command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
+command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 [ -n "$(pg_bin)" ] || need+=(postgresql)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# SIPVicious (svmap, svwar, svcrack) attacks the SIP listener in tests/it/sip_policy.rs.
+if ! command -v sipvicious_svmap >/dev/null 2>&1; then
+  python3 -m pip install --quiet sipvicious 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages sipvicious
 fi
 
 if [ "$shared_pg" = true ]; then

@@ -8,13 +8,16 @@
 //! from the peer) and forgotten when it closes; the next message to that peer opens a new
 //! one (reconnect). Messages are framed by Content-Length (`sip::frame_stream`).
 
+use crate::sip::policy::{DropReason, PolicyConfig, PolicyCounters};
 use crate::sip::{
     sdp, CallHandle, EndReason, Event, OutgoingCall, ProbeResult, Transport, TrunkConfig, TrunkId,
     TrunkStatus, UaConfig, UserAgent,
 };
+use crate::sip::{QaBinding, RegistrarConfig};
 use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -80,6 +83,80 @@ struct Inner {
     local_addr: SocketAddr,
     task: Mutex<Option<JoinHandle<()>>>,
     trunks: StatusMap,
+    stats: Arc<SipStats>,
+    qa: QaBindingMap,
+}
+
+/// QA phones' registrations by username, written by the driver task, read by anyone.
+pub type QaBindingMap = Arc<Mutex<HashMap<String, QaBinding>>>;
+
+/// How the endpoint presents itself and whom it answers.
+#[derive(Debug, Clone, Default)]
+pub struct SipOptions {
+    /// User-Agent/Server value; empty = omitted.
+    pub server_header: String,
+    pub policy: PolicyConfig,
+    /// The QA registrar; None = REGISTER is not served.
+    pub registrar: Option<RegistrarConfig>,
+}
+
+/// Counters of the listener policy, copied from the user agent by the driver after
+/// each step; read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct SipStats {
+    /// Indexed like [`DropReason::ALL`].
+    dropped: [AtomicU64; 5],
+    bans: AtomicU64,
+    banned_now: AtomicU64,
+    /// QA registrar: REGISTERs that bound or refreshed a phone, bindings removed
+    /// (unregistered or expired), refused authentications.
+    qa_registered: AtomicU64,
+    qa_removed: AtomicU64,
+    qa_auth_failed: AtomicU64,
+    qa_bound: AtomicU64,
+}
+
+impl SipStats {
+    fn store(&self, c: &PolicyCounters) {
+        for (slot, v) in self.dropped.iter().zip(c.dropped) {
+            slot.store(v, Ordering::Relaxed);
+        }
+        self.bans.store(c.bans, Ordering::Relaxed);
+        self.banned_now.store(c.banned_now, Ordering::Relaxed);
+    }
+
+    /// Dropped (or 403-refused) messages so far, by reason label.
+    pub fn dropped(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL
+            .iter()
+            .zip(&self.dropped)
+            .map(|(r, v)| (r.as_str(), v.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Sources banned so far.
+    pub fn bans(&self) -> u64 {
+        self.bans.load(Ordering::Relaxed)
+    }
+
+    /// Sources under a ban now.
+    pub fn banned_now(&self) -> u64 {
+        self.banned_now.load(Ordering::Relaxed)
+    }
+
+    /// QA phones registered now.
+    pub fn qa_registered_now(&self) -> u64 {
+        self.qa_bound.load(Ordering::Relaxed)
+    }
+
+    /// QA registrar outcomes so far: (registered, removed, auth_failed).
+    pub fn registrations(&self) -> [(&'static str, u64); 3] {
+        [
+            ("registered", self.qa_registered.load(Ordering::Relaxed)),
+            ("removed", self.qa_removed.load(Ordering::Relaxed)),
+            ("auth_failed", self.qa_auth_failed.load(Ordering::Relaxed)),
+        ]
+    }
 }
 
 impl std::fmt::Debug for SipEndpoint {
@@ -164,7 +241,7 @@ impl SipEndpoint {
     pub async fn bind(
         listen: SocketAddr,
         advertised_host: Option<String>,
-        user_agent: String,
+        options: SipOptions,
     ) -> std::io::Result<SipEndpoint> {
         let socket = UdpSocket::bind(listen).await?;
         let local_addr = socket.local_addr()?;
@@ -174,7 +251,9 @@ impl SipEndpoint {
         let ua = UserAgent::new(UaConfig {
             local_addr,
             advertised_host,
-            user_agent,
+            server_header: options.server_header,
+            policy: options.policy,
+            registrar: options.registrar,
         });
         // TCP on the same address and port; without it outbound TCP still works, only
         // peers that open connections to us cannot.
@@ -187,19 +266,38 @@ impl SipEndpoint {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let trunks: StatusMap = Arc::default();
-        let task = tokio::spawn(drive(socket, tcp, ua, rx, trunks.clone()));
+        let stats = Arc::new(SipStats::default());
+        let qa: QaBindingMap = Arc::default();
+        let shared = Shared {
+            statuses: trunks.clone(),
+            stats: stats.clone(),
+            qa: qa.clone(),
+        };
+        let task = tokio::spawn(drive(socket, tcp, ua, rx, shared));
         Ok(SipEndpoint {
             inner: Arc::new(Inner {
                 commands: tx,
                 local_addr,
                 task: Mutex::new(Some(task)),
                 trunks,
+                stats,
+                qa,
             }),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+
+    /// The registered QA phones by username (the binding each REGISTER left).
+    pub fn qa_bindings(&self) -> QaBindingMap {
+        self.inner.qa.clone()
+    }
+
+    /// The listener policy's counters, for metrics.
+    pub fn stats(&self) -> Arc<SipStats> {
+        self.inner.stats.clone()
     }
 
     /// Places a call; its progress arrives on [`CallSession::events`].
@@ -268,6 +366,13 @@ impl SipEndpoint {
 struct TrunkRoutes {
     statuses: StatusMap,
     by_id: HashMap<TrunkId, (String, mpsc::UnboundedSender<ProbeResult>)>,
+}
+
+/// What the driver writes and others read.
+struct Shared {
+    statuses: StatusMap,
+    stats: Arc<SipStats>,
+    qa: QaBindingMap,
 }
 
 /// What connection tasks tell the driver.
@@ -350,8 +455,13 @@ async fn drive(
     tcp: Option<TcpListener>,
     mut ua: UserAgent,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    statuses: StatusMap,
+    shared: Shared,
 ) {
+    let Shared {
+        statuses,
+        stats,
+        qa,
+    } = shared;
     let (stream_tx, mut stream_rx) = mpsc::unbounded_channel::<StreamEvent>();
     let mut connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
     let mut conn_tasks = tokio::task::JoinSet::new();
@@ -443,6 +553,28 @@ async fn drive(
             }
         }
         while let Some(event) = ua.poll_event() {
+            match &event {
+                Event::QaRegistration { username, binding } => {
+                    let mut map = lock(&qa);
+                    match binding {
+                        Some(b) => {
+                            stats.qa_registered.fetch_add(1, Ordering::Relaxed);
+                            map.insert(username.clone(), b.clone());
+                        }
+                        None => {
+                            stats.qa_removed.fetch_add(1, Ordering::Relaxed);
+                            map.remove(username);
+                        }
+                    }
+                    stats.qa_bound.store(map.len() as u64, Ordering::Relaxed);
+                    continue;
+                }
+                Event::QaAuthFailed { .. } => {
+                    stats.qa_auth_failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                _ => {}
+            }
             if let Event::TrunkProbe {
                 trunk,
                 result,
@@ -457,6 +589,7 @@ async fn drive(
             }
             route_event(&mut routes, event);
         }
+        stats.store(&ua.policy_counters());
     }
     conn_tasks.abort_all();
     debug!("SIP driver stopped");
@@ -483,7 +616,9 @@ fn route_event(routes: &mut HashMap<CallHandle, mpsc::UnboundedSender<CallEvent>
             }
             return;
         }
-        Event::TrunkProbe { .. } => return,
+        Event::TrunkProbe { .. } | Event::QaRegistration { .. } | Event::QaAuthFailed { .. } => {
+            return
+        }
     };
     if let Some(tx) = routes.get(&call) {
         // A dropped receiver just means nobody listens any more.
@@ -533,7 +668,11 @@ mod tests {
 
     #[tokio::test]
     async fn loopback_call_answer_and_hangup() {
-        let ep = SipEndpoint::bind("127.0.0.1:0".parse().unwrap(), None, "otpdial-test".into())
+        let options = SipOptions {
+            server_header: "otpdial-test".into(),
+            ..SipOptions::default()
+        };
+        let ep = SipEndpoint::bind("127.0.0.1:0".parse().unwrap(), None, options)
             .await
             .unwrap();
         let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();

@@ -162,11 +162,37 @@ pub struct PacerOptions {
     pub realtime_priority: u8,
 }
 
+/// Packet counters over every stream since the pacer started, for `/metrics`. The
+/// thread adds to them once per wake-up, not per packet.
+#[derive(Debug, Default)]
+pub struct PacerStats {
+    sent: AtomicU64,
+    late: AtomicU64,
+}
+
+/// A packet that leaves more than this after its due time counts as late: half a
+/// packet time, well past timer noise and the [`SEND_AHEAD`] batching, and the point
+/// where a jitter buffer starts to need its slack.
+pub const LATE_AFTER: Duration = Duration::from_millis(10);
+
+impl PacerStats {
+    /// RTP packets the kernel accepted.
+    pub fn packets_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Of those, packets sent more than [`LATE_AFTER`] after they were due.
+    pub fn packets_late(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
+    }
+}
+
 /// The shared RTP sending thread. Dropping it stops all streams and joins the thread.
 #[derive(Debug)]
 pub struct Pacer {
     inbox: Inbox,
     active: Arc<AtomicUsize>,
+    stats: Arc<PacerStats>,
     next_id: AtomicU64,
     thread: Option<JoinHandle<()>>,
 }
@@ -187,11 +213,13 @@ impl Pacer {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let active = Arc::new(AtomicUsize::new(0));
         let thread_active = Arc::clone(&active);
+        let stats = Arc::new(PacerStats::default());
+        let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("rtp-pacer".to_owned())
             .spawn(move || {
                 apply_priority(options.realtime_priority);
-                run(poll, rx, &thread_active)
+                run(poll, rx, &thread_active, &thread_stats)
             })?;
         Ok(Pacer {
             inbox: Inbox {
@@ -199,6 +227,7 @@ impl Pacer {
                 waker,
             },
             active,
+            stats,
             next_id: AtomicU64::new(1),
             thread: Some(thread),
         })
@@ -240,6 +269,11 @@ impl Pacer {
     /// Streams currently playing.
     pub fn active_streams(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Packet counters of all streams so far.
+    pub fn stats(&self) -> Arc<PacerStats> {
+        Arc::clone(&self.stats)
     }
 }
 
@@ -653,7 +687,12 @@ fn wait(poll: &mut Poll, events: &mut Events, deadline: Option<Instant>) {
 }
 
 /// The thread body.
-fn run(mut poll: Poll, commands: mpsc::Receiver<Command>, active: &AtomicUsize) {
+fn run(
+    mut poll: Poll,
+    commands: mpsc::Receiver<Command>,
+    active: &AtomicUsize,
+    stats: &PacerStats,
+) {
     let mut streams: HashMap<u64, Box<Stream>> = HashMap::new();
     // (deadline, stream id); entries of stopped streams are skipped when popped.
     let mut due: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
@@ -739,6 +778,7 @@ fn run(mut poll: Poll, commands: mpsc::Receiver<Command>, active: &AtomicUsize) 
         // than it would absorb gaps.
         let now = Instant::now();
         let send_until = now + SEND_AHEAD;
+        let (mut sent, mut late) = (0u64, 0u64);
         while let Some(&Reverse((deadline, id))) = due.peek() {
             if deadline > send_until {
                 break;
@@ -748,11 +788,21 @@ fn run(mut poll: Poll, commands: mpsc::Receiver<Command>, active: &AtomicUsize) 
                 continue; // stopped earlier
             };
             stream.limit_lag(now);
-            if stream.send_one(&mut buf) {
+            let before = stream.packets_sent;
+            let more = stream.send_one(&mut buf);
+            if stream.packets_sent > before {
+                sent += 1;
+                late += u64::from(now.saturating_duration_since(deadline) > LATE_AFTER);
+            }
+            if more {
                 due.push(Reverse((stream.deadline(), id)));
             } else if let Some(s) = streams.remove(&id) {
                 finish(s);
             }
+        }
+        if sent > 0 {
+            stats.sent.fetch_add(sent, Ordering::Relaxed);
+            stats.late.fetch_add(late, Ordering::Relaxed);
         }
     }
 

@@ -149,6 +149,8 @@ repeat = 1
 allow_unregistered_numbers = true
 [limits]
 per_api_key = "100000/1m"
+[database]
+acquire_timeout = "10s"
 [[api.keys]]
 name = "auth-service"
 hash = "{verify}"
