@@ -86,6 +86,21 @@ else
   echo "test.sh: started a throwaway PostgreSQL at $OTPDIAL_TEST_PG (data in $pgdir)"
 fi
 
+# Fuzzing, 1 of 2 (fuzz/README.md): cargo-fuzz and the fuzz targets are built in the
+# background at the lowest priority, on CPU the main build and the tests leave idle;
+# part 2 below waits for it. FUZZ_SMOKE=0 skips fuzzing.
+fuzz_build_log="$(mktemp "${TMPDIR:-/tmp}/otpdial-fuzz-build.XXXXXX")"
+nice -n 19 scripts/fuzz-smoke.sh build >"$fuzz_build_log" 2>&1 &
+fuzz_build_pid=$!
+
 # Benchmarks are built (so they cannot rot) but run by hand: see BENCHMARKS.md.
 cargo build --locked --benches
 cargo test --locked --lib --bins --tests -- --test-threads=4
+
+# Fuzzing, 2 of 2: every cargo-fuzz target for a short bounded time on its committed
+# corpus (FUZZ_SECONDS each, default 20); fails on a crash. Skips, saying why, where
+# cargo-fuzz cannot be installed. A failed background build is redone here, visibly.
+# The corpus replay above (tests/it/fuzz_corpus.rs) runs every committed input anyway.
+wait "$fuzz_build_pid" || true
+cat "$fuzz_build_log" && rm -f "$fuzz_build_log"
+scripts/fuzz-smoke.sh run

@@ -22,6 +22,10 @@ use super::{g711, Phrase, FRAME_SAMPLES, G711, SAMPLE_RATE};
 
 /// Longest phrase accepted; keeps a wrong file (a whole song) from eating memory.
 const MAX_PHRASE_SECONDS: u32 = 60;
+/// Sample rates accepted, telephone band to studio. Outside it a header is broken, and
+/// the resampler's buffers grow with the rate: 4 GHz asked for 17 GB (fuzzer), 1 Hz
+/// took seconds.
+const WAV_RATES: std::ops::RangeInclusive<u32> = 4_000..=384_000;
 /// Longest pause accepted in pack.toml.
 const MAX_PAUSE: Duration = Duration::from_secs(10);
 /// Peak level every phrase is brought to: -3 dBFS, as `prompts/build.sh` makes them,
@@ -366,6 +370,11 @@ pub fn decode_wav(path: &Path, bytes: &[u8]) -> Result<Vec<i16>, PromptError> {
         }
         None => decode_pcm_wav(bytes).map_err(wav_err)?,
     };
+    if !WAV_RATES.contains(&rate) {
+        return Err(wav_err(format!(
+            "declares a sample rate of {rate} Hz; prompts must be 4 kHz to 384 kHz"
+        )));
+    }
     if pcm.is_empty() {
         return Err(wav_err("has no samples".to_owned()));
     }
@@ -1409,6 +1418,23 @@ mod tests {
         hum.extend(&quiet);
         let p = check_phrase(Phrase::Digit(5), &hum).problems.join("; ");
         assert!(p.contains("muffled"), "{p}");
+    }
+
+    /// The fuzzer's inputs (`fuzz/regressions/wav_phrase/`): G.711 WAVs declaring
+    /// 4,294,967,291 Hz (the resampler asked for 17 GB and aborted) and 1,230,118,720 Hz
+    /// (it ran past the fuzzer's timeout); 1 Hz took seconds.
+    #[test]
+    fn absurd_sample_rates_are_refused_not_resampled() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/wav_phrase");
+        for name in [
+            "g711-rate-4294967291.wav",
+            "g711-rate-1230118720-timeout.wav",
+            "pcm-rate-1.wav",
+        ] {
+            let bytes = std::fs::read(dir.join(name)).unwrap();
+            let e = decode_wav(Path::new(name), &bytes).unwrap_err().to_string();
+            assert!(e.contains("sample rate") && e.contains(name), "{e}");
+        }
     }
 
     #[test]
