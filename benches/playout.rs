@@ -27,20 +27,17 @@
 //! would not change the figures). Not a `cargo test`: timing targets are checked here
 //! only, never by timed unit tests.
 
-use std::collections::HashMap;
-use std::io::IoSliceMut;
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
-use nix::sys::time::TimeSpec;
 use otpdial::media::{
     CallScript, Pacer, PacerOptions, Phrase, PlayoutEvent, PlayoutSpec, PromptLibrary, ScriptItem,
     G711,
 };
+
+mod common;
+use common::{children_cpu_ns, free_port, pct, start_receiver};
 
 struct Args {
     ns: Vec<usize>,
@@ -103,75 +100,6 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// What the receiver measured.
-struct Received {
-    packets: u64,
-    lost: u64,
-    /// |spacing - 20 ms| of consecutive packets of one stream, ns.
-    deviations: Vec<u32>,
-}
-
-/// Receives until `stop` is set and the socket has been quiet for 300 ms.
-fn receive(sock: UdpSocket, expected: usize, stop: Arc<AtomicBool>) -> Received {
-    // One entry per packet, touched now so that its growth does not count as the
-    // pacer's memory.
-    let mut deviations: Vec<u32> = vec![1; expected];
-    deviations.clear();
-    let mut last: HashMap<u32, (i64, u16)> = HashMap::with_capacity(8192);
-    let (mut packets, mut lost) = (0u64, 0u64);
-    let mut buf = [0u8; 512];
-    let mut cmsg = nix::cmsg_space!(TimeSpec);
-    let fd = sock.as_raw_fd();
-    let mut quiet_since: Option<Instant> = None;
-    loop {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let r = recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty());
-        let msg = match r {
-            Ok(m) => m,
-            Err(_) => {
-                // Read timeout (EAGAIN): finished once the pacer is done and all is in.
-                if stop.load(Ordering::Relaxed) {
-                    let q = *quiet_since.get_or_insert_with(Instant::now);
-                    if q.elapsed() > Duration::from_millis(300) {
-                        break;
-                    }
-                }
-                continue;
-            }
-        };
-        quiet_since = None;
-        let mut at = None;
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                if let ControlMessageOwned::ScmTimestampns(ts) = c {
-                    at = Some(ts.tv_sec() * 1_000_000_000 + ts.tv_nsec());
-                }
-            }
-        }
-        let n = msg.bytes;
-        let (Some(at), true) = (at, n >= 12) else {
-            continue;
-        };
-        packets += 1;
-        let seq = u16::from_be_bytes([buf[2], buf[3]]);
-        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
-        if let Some((t0, s0)) = last.insert(ssrc, (at, seq)) {
-            let gap = seq.wrapping_sub(s0);
-            if gap == 1 {
-                let dev = (at - t0 - 20_000_000).unsigned_abs();
-                deviations.push(u32::try_from(dev).unwrap_or(u32::MAX));
-            } else if gap > 1 && gap < 1000 {
-                lost += u64::from(gap - 1);
-            }
-        }
-    }
-    Received {
-        packets,
-        lost,
-        deviations,
-    }
-}
-
 /// A script of about `secs` seconds: intro and digits between short silences.
 fn script(pack: &otpdial::media::PromptPack, secs: u64) -> CallScript {
     let frames = secs * 50;
@@ -194,48 +122,13 @@ fn script(pack: &otpdial::media::PromptPack, secs: u64) -> CallScript {
     CallScript { items }
 }
 
-fn pct(sorted: &[u32], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    f64::from(sorted[i]) / 1e6
-}
-
-/// Binds the kernel-timestamping receiver and starts its thread.
-fn start_receiver(
-    expected: usize,
-) -> (
-    std::net::SocketAddr,
-    Arc<AtomicBool>,
-    std::thread::JoinHandle<Received>,
-) {
-    let rx = UdpSocket::bind("127.0.0.1:0").expect("bind receiver");
-    // 4000 calls are 200k packets/s: a deep buffer so the receiver never drops.
-    if setsockopt(&rx, sockopt::RcvBufForce, &(64 << 20)).is_err() {
-        let _ = setsockopt(&rx, sockopt::RcvBuf, &(64 << 20));
-    }
-    setsockopt(&rx, sockopt::ReceiveTimestampns, &true).expect("SO_TIMESTAMPNS");
-    rx.set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
-    let to = rx.local_addr().expect("addr");
-    let stop = Arc::new(AtomicBool::new(false));
-    let receiver = {
-        let stop = Arc::clone(&stop);
-        std::thread::Builder::new()
-            .name("bench-rx".into())
-            .spawn(move || receive(rx, expected, stop))
-            .expect("receiver thread")
-    };
-    (to, stop, receiver)
-}
-
 fn run_one(n: usize, secs: u64, fifo: u8) {
     let lib = PromptLibrary::builtin();
     let pack = lib.get("en").expect("built-in en pack");
     let script = script(&pack, secs);
     let frames = script.frame_count(&pack);
-    let (to, stop, receiver) = start_receiver(n * frames as usize);
+    let rx = start_receiver(n * frames as usize);
+    let to = rx.addr;
 
     let sockets: Vec<UdpSocket> = (0..n)
         .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind sender"))
@@ -277,8 +170,7 @@ fn run_one(n: usize, secs: u64, fifo: u8) {
     let cpu1 = thread_cpu_ns("rtp-pacer").unwrap_or(0);
     drop(playouts);
     drop(pacer);
-    stop.store(true, Ordering::Relaxed);
-    let mut got = receiver.join().expect("receiver");
+    let mut got = rx.finish();
     if got.lost > 0 {
         eprintln!("{n} calls: {} sequence gaps seen by the receiver", got.lost);
     }
@@ -304,60 +196,18 @@ fn run_one(n: usize, secs: u64, fifo: u8) {
     );
 }
 
-/// Child processes' CPU time (user + system) so far, ns.
-fn children_cpu_ns() -> u64 {
-    use nix::sys::resource::{getrusage, UsageWho};
-    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0, |u| {
-        let t = |tv: nix::sys::time::TimeVal| {
-            tv.tv_sec() as u64 * 1_000_000_000 + tv.tv_usec() as u64 * 1000
-        };
-        t(u.user_time()) + t(u.system_time())
-    })
-}
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// The same measurement of SIPp's RTP sender: N calls of `secs` each.
 fn run_sipp(n: usize, secs: u64) {
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().expect("tempdir");
     let scenarios = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/sipp");
-    // 2 s of the intro in A-law, as a WAV whose header SIPp skips; looped per call.
-    let pack = PromptLibrary::builtin().get("en").expect("en pack");
-    let mut data: Vec<u8> = Vec::new();
-    while data.len() < 16_000 {
-        for f in pack.frames(Phrase::Intro, G711::Alaw) {
-            data.extend_from_slice(f);
-        }
-    }
-    let mut wav = Vec::new();
-    wav.extend_from_slice(b"RIFF");
-    wav.extend_from_slice(&(4 + 26 + 8 + data.len() as u32).to_le_bytes());
-    wav.extend_from_slice(b"WAVEfmt ");
-    for (v, len) in [
-        (18u32, 4),
-        (6, 2),
-        (1, 2),
-        (8000, 4),
-        (8000, 4),
-        (1, 2),
-        (8, 2),
-        (0, 2),
-    ] {
-        wav.extend_from_slice(&v.to_le_bytes()[..len]);
-    }
-    wav.extend_from_slice(b"data");
-    wav.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    wav.extend_from_slice(&data);
-    let file = dir.path().join("alaw.wav");
-    std::fs::write(&file, wav).expect("write wav");
+    common::write_alaw_wav(
+        dir.path(),
+        &PromptLibrary::builtin().get("en").expect("en pack"),
+    );
 
-    let (to, stop, receiver) = start_receiver(n * secs as usize * 50);
+    let rx = start_receiver(n * secs as usize * 50);
+    let to = rx.addr;
     let uas_port = free_port();
     let quiet = |c: &mut Command| {
         c.current_dir(dir.path())
@@ -404,8 +254,7 @@ fn run_sipp(n: usize, secs: u64) {
     let cpu1 = children_cpu_ns();
     let _ = uas.kill();
     let _ = uas.wait();
-    stop.store(true, Ordering::Relaxed);
-    let mut got = receiver.join().expect("receiver");
+    let mut got = rx.finish();
     got.deviations.sort_unstable();
     let cpu_per_packet_us = cpu1.saturating_sub(cpu0) as f64 / got.packets.max(1) as f64 / 1000.0;
     println!(
