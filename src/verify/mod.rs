@@ -525,13 +525,18 @@ impl Verifier {
     }
 
     pub async fn view(&self, id: &str) -> Result<VerificationView, VerifyError> {
+        // The call first: a call's end and its verification's end are written
+        // in one transaction, so reading the call before the verification
+        // never shows an ended call beside a verification that looks pending
+        // (two statements are two snapshots under READ COMMITTED).
+        let c = self.store.get_call_of(id).await?;
         let v = self
             .store
             .get_verification(id)
             .await?
             .ok_or(VerifyError::NotFound)?;
         let status = self.current_status(&v, domain::now_ms()).await?;
-        let c = self.store.get_call_of(id).await?.ok_or_else(|| {
+        let c = c.ok_or_else(|| {
             VerifyError::Store(StoreError::Corrupt(format!(
                 "verification {id} has no call"
             )))
