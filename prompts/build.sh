@@ -1,55 +1,108 @@
 #!/usr/bin/env bash
-# Rebuilds the shipped prompt packs (prompts/en, prompts/nl) from espeak-ng.
+# Rebuilds the shipped prompt packs (prompts/en, prompts/nl) from text-to-speech engines
+# in Debian, so that anyone can rebuild them (SPEC §5, issue 12, docs/prompts.md).
 #
-# Needs: espeak-ng, sox. Output: mono 16-bit PCM WAV at 8000 Hz, leading and trailing
-# silence trimmed (the gateway inserts its own pauses, see pack.toml), so that
-# studio recordings can replace any file one by one.
+# Needs: flite (en), espeak-ng (nl), sox, python3 (standard library only, for cut.py).
+#   apt-get install flite espeak-ng sox python3
+#
+# en: Flite's "rms" voice (CMU ARCTIC speaker rms; Flite and its voices are under CMU's
+#     BSD-style licence: free to use, modify and redistribute; Debian main). Chosen with
+#     the intelligibility benchmark (BENCHMARKS.md) over Flite's kal16, slt and awb,
+#     espeak-ng, and Piper's en_US-joe-medium (CC0, on PyPI): through G.711 it is the one
+#     both recognisers understand.
+# nl: espeak-ng's Dutch voice (GPL-3 engine; its output is ours to ship). No other free
+#     Dutch voice is in Debian, nor on PyPI with weights that may be redistributed.
+#
+# Method, the same for both languages:
+# - each digit is synthesised three times in one list ("five, five, five."), so it has
+#   the prosody of a digit read from a list, and cut out of it with cut.py: the second
+#   one (continuing, said inside a group) becomes 5.wav, the last one (falling, said at
+#   the end of a group or of the code) 5-final.wav. cut.py cuts in the middle of the
+#   pauses and trims with a low threshold, so no onset is clipped (the "f" of five, the
+#   "s" of six and seven, the "z" of zero);
+# - the phrases are synthesised alone, at a rate a listener can follow;
+# - everything is shaped for the 300-3,400 Hz telephone band: a high-pass at 300 Hz
+#   (energy the line drops would only take G.711 steps), a +4 dB presence lift around
+#   3 kHz (the fricatives that tell five/nine, six, three and seven apart), 8 kHz
+#   resampling with sox's steep anti-alias filter, peaks at -3 dBFS;
+# - output: mono 16-bit PCM WAV at 8000 Hz, no dither (deterministic rebuilds).
 #
 # Usage: prompts/build.sh [OUTDIR]   (default: the directory of this script)
+# Then: otpdial prompts check prompts/en; scripts/intelligibility.sh --locale en
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="${1:-$here}"
-for tool in espeak-ng sox; do
-    command -v "$tool" >/dev/null || { echo "build.sh: $tool is not installed" >&2; exit 1; }
+for tool in flite espeak-ng sox python3; do
+    command -v "$tool" >/dev/null || { echo "build.sh: $tool is not installed (apt-get install flite espeak-ng sox python3)" >&2; exit 1; }
 done
+
+EN_VOICE="${EN_VOICE:-rms}"       # Flite voice (kal16, slt, awb, rms are in Debian's flite)
+EN_STRETCH="${EN_STRETCH:-1.0}"   # Flite duration_stretch (1.1 = 10 % slower; 1.0 keeps a code under 6 s)
+NL_VOICE="${NL_VOICE:-nl}"
+NL_RATE="${NL_RATE:-130}"         # espeak-ng words per minute (default 175)
+PHRASE_TRIM_DB="${PHRASE_TRIM_DB:-40}"   # cut.py threshold for phrases (digits: 55)
+# sox effects for the telephone band (before the 8 kHz resampling and peak -3 dBFS)
+BAND_FX="${BAND_FX:-highpass 300 equalizer 3000 1.2q +4}"
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-# say VOICE TEXT FILE
-say() {
-    local voice="$1" text="$2" file="$3"
-    # -s 150: a little slower than the default 175 wpm, easier to write down a code.
-    espeak-ng -v "$voice" -s 150 -w "$tmp/raw.wav" -- "$text"
-    # silence 1 0.02 1%: drop leading silence; reverse+again: drop trailing silence.
-    # gain -n -3: normalise to -3 dBFS so that packs have similar loudness.
-    # dither off keeps the output deterministic across rebuilds.
-    sox -D "$tmp/raw.wav" -r 8000 -c 1 -b 16 -e signed-integer "$file" \
-        silence 1 0.02 1% reverse silence 1 0.02 1% reverse gain -n -3
+# synth LOCALE TEXT FILE: the raw utterance, at the engine's own rate.
+synth() {
+    local locale="$1" text="$2" file="$3"
+    case "$locale" in
+        en) flite -voice "$EN_VOICE" --setf duration_stretch="$EN_STRETCH" -t "$text" -o "$file" ;;
+        nl) espeak-ng -v "$NL_VOICE" -s "$NL_RATE" -w "$file" -- "$text" ;;
+    esac
 }
 
-# pack LOCALE VOICE LANGUAGE INTRO REPEAT OUTRO PRESSKEY DIGIT0..DIGIT9
+# band IN OUT: telephone-band shaping, 8 kHz, peak -3 dBFS, 50 ms of silence either
+# side (the loader trims it to 20 ms; the silence shows that nothing was cut).
+band() {
+    sox -D -G "$1" -r 8000 -c 1 -b 16 -e signed-integer "$2" \
+        $BAND_FX rate -v 8000 gain -n -3 pad 0.05 0.05
+}
+
+# phrase LOCALE TEXT FILE
+phrase() {
+    synth "$1" "$2" "$tmp/raw.wav"
+    python3 "$here/cut.py" --trim-db "$PHRASE_TRIM_DB" --fade-in-ms 10 --fade-out-ms 30 "$tmp/raw.wav" 1 "$tmp/cut.wav=1"
+    band "$tmp/cut.wav" "$3"
+}
+
+# digit LOCALE WORD DIR D: D.wav (inside a group) and D-final.wav (end of a group).
+digit() {
+    local locale="$1" word="$2" dir="$3" d="$4"
+    synth "$locale" "$word, $word, $word." "$tmp/raw.wav"
+    python3 "$here/cut.py" "$tmp/raw.wav" 3 "$tmp/mid.wav=2" "$tmp/fin.wav=3"
+    band "$tmp/mid.wav" "$dir/$d.wav"
+    band "$tmp/fin.wav" "$dir/$d-final.wav"
+}
+
+# pack LOCALE LANGUAGE ENGINE INTRO REPEAT OUTRO PRESSKEY DIGIT0..DIGIT9
 pack() {
-    local locale="$1" voice="$2" language="$3" intro="$4" repeat="$5" outro="$6" press="$7"
+    local locale="$1" language="$2" engine="$3" intro="$4" repeat="$5" outro="$6" press="$7"
     shift 7
     local dir="$out/$locale"
     mkdir -p "$dir"
-    say "$voice" "$intro" "$dir/intro.wav"
-    say "$voice" "$repeat" "$dir/repeat.wav"
-    say "$voice" "$outro" "$dir/outro.wav"
-    say "$voice" "$press" "$dir/press-key.wav"
+    phrase "$locale" "$intro" "$dir/intro.wav"
+    phrase "$locale" "$repeat" "$dir/repeat.wav"
+    phrase "$locale" "$outro" "$dir/outro.wav"
+    phrase "$locale" "$press" "$dir/press-key.wav"
     local d=0
     for word in "$@"; do
-        say "$voice" "$word" "$dir/$d.wav"
+        digit "$locale" "$word" "$dir" "$d"
         d=$((d + 1))
     done
     cat > "$dir/pack.toml" <<TOML
-# Prompt pack "$locale", generated by prompts/build.sh from espeak-ng voice "$voice".
-# Replace any WAV with a recording (mono PCM 16-bit at any rate, or G.711 WAV).
+# Prompt pack "$locale", generated by prompts/build.sh from $engine.
+# Replace any WAV with a recording (mono PCM 16-bit at any rate, or G.711 WAV); see
+# docs/prompts.md. N-final.wav is digit N said at the end of a group (falling); a pack
+# without it plays N.wav there.
 language = "$language"
 digit_pause = "400ms"   # silence between two digits
-group_pause = "800ms"   # silence between digit groups (3+3, 4+4, 3+4, ...)
+group_pause = "800ms"   # silence between digit groups (3+3, 4+4, 3+4, ...) and before the code
 
 [files]
 intro = "intro.wav"
@@ -57,13 +110,15 @@ repeat = "repeat.wav"
 outro = "outro.wav"
 press_key = "press-key.wav"
 digits = ["0.wav", "1.wav", "2.wav", "3.wav", "4.wav", "5.wav", "6.wav", "7.wav", "8.wav", "9.wav"]
+digits_final = ["0-final.wav", "1-final.wav", "2-final.wav", "3-final.wav", "4-final.wav",
+                "5-final.wav", "6-final.wav", "7-final.wav", "8-final.wav", "9-final.wav"]
 TOML
     echo "built $dir"
 }
 
-pack en en English \
+pack en English "Flite voice $EN_VOICE (duration_stretch $EN_STRETCH)" \
     "Your verification code is" "I repeat" "Goodbye" "Press any key to hear your code" \
     zero one two three four five six seven eight nine
-pack nl nl Nederlands \
+pack nl Nederlands "espeak-ng voice $NL_VOICE at $NL_RATE words per minute" \
     "Uw verificatiecode is" "Ik herhaal" "Tot ziens" "Druk op een toets om uw code te horen" \
     nul een twee drie vier vijf zes zeven acht negen

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the real peers the
-# tests talk to (SIPp, Kamailio, PostgreSQL), then builds and runs every test.
+# tests talk to (SIPp, Kamailio, PostgreSQL, baresip, SIPVicious) and headless
+# Chromium (the dashboard test), then builds and runs every test.
 # The tests start Kamailio themselves (own config, free loopback ports, foreground);
 # the Debian package's system service is not used.
 #
@@ -39,11 +40,21 @@ answers 5432 && shared_pg=true
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need+=(kamailio)
+command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
+ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || need+=(kamailio-tls-modules)
+command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 [ -n "$(pg_bin)" ] || need+=(postgresql)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# SIPVicious (svmap, svwar, svcrack) attacks the SIP listener in tests/it/sip_policy.rs.
+if ! command -v sipvicious_svmap >/dev/null 2>&1; then
+  python3 -m pip install --quiet sipvicious 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages sipvicious
 fi
 
 if [ "$shared_pg" = true ]; then
@@ -75,6 +86,21 @@ else
   echo "test.sh: started a throwaway PostgreSQL at $OTPDIAL_TEST_PG (data in $pgdir)"
 fi
 
+# Fuzzing, 1 of 2 (fuzz/README.md): cargo-fuzz and the fuzz targets are built in the
+# background at the lowest priority, on CPU the main build and the tests leave idle;
+# part 2 below waits for it. FUZZ_SMOKE=0 skips fuzzing.
+fuzz_build_log="$(mktemp "${TMPDIR:-/tmp}/otpdial-fuzz-build.XXXXXX")"
+nice -n 19 scripts/fuzz-smoke.sh build >"$fuzz_build_log" 2>&1 &
+fuzz_build_pid=$!
+
 # Benchmarks are built (so they cannot rot) but run by hand: see BENCHMARKS.md.
 cargo build --locked --benches
 cargo test --locked --lib --bins --tests -- --test-threads=4
+
+# Fuzzing, 2 of 2: every cargo-fuzz target for a short bounded time on its committed
+# corpus (FUZZ_SECONDS each, default 20); fails on a crash. Skips, saying why, where
+# cargo-fuzz cannot be installed. A failed background build is redone here, visibly.
+# The corpus replay above (tests/it/fuzz_corpus.rs) runs every committed input anyway.
+wait "$fuzz_build_pid" || true
+cat "$fuzz_build_log" && rm -f "$fuzz_build_log"
+scripts/fuzz-smoke.sh run

@@ -91,19 +91,23 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         );
     }
 
+    let metrics = Metrics::new();
     let (sip, external_ip) = sip_endpoint(&settings, settings.trunks.first()).await?;
     let sip_addr = sip.local_addr();
     let pacer = Pacer::start_with(PacerOptions {
         realtime_priority: settings.media.realtime_priority,
     })
     .context("cannot start the RTP pacer thread")?;
-    let engine = Arc::new(CallEngine::new(
-        sip,
-        pacer,
-        Arc::new(prompts),
-        settings.sip.rtp_ports,
-        external_ip,
-    ));
+    let engine = Arc::new(
+        CallEngine::new(
+            sip,
+            pacer,
+            Arc::new(prompts),
+            settings.sip.rtp_ports,
+            external_ip,
+        )
+        .with_metrics(metrics.clone()),
+    );
     engine
         .start_trunks(&settings.trunks)
         .await
@@ -116,7 +120,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
 
     let wake = Arc::new(Notify::new());
     let cancel_wake = Arc::new(Notify::new());
-    let metrics = Metrics::new();
+    metrics.watch(board.clone(), engine.pacer_stats(), engine.sip_stats());
     let verifier = Verifier::new(
         store.clone(),
         settings.clone(),
@@ -183,6 +187,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         settings: settings.clone(),
         trunks: board.clone(),
         metrics,
+        qa: engine.qa_bindings(),
     };
     let listener = tokio::net::TcpListener::bind(settings.http.listen)
         .await
@@ -306,13 +311,14 @@ pub(crate) async fn sip_endpoint(
     } else {
         None
     };
-    let sip = SipEndpoint::bind(
-        settings.sip.listen,
-        advertised,
-        settings.sip.user_agent.clone(),
-    )
-    .await
-    .with_context(|| format!("cannot bind SIP on {}", settings.sip.listen))?;
+    let options = crate::sip_io::SipOptions {
+        server_header: settings.sip.server_header_value(),
+        policy: settings.sip.policy(),
+        registrar: settings.qa.registrar(),
+    };
+    let sip = SipEndpoint::bind(settings.sip.listen, advertised, options)
+        .await
+        .with_context(|| format!("cannot bind SIP on {}", settings.sip.listen))?;
     Ok((sip, external_ip))
 }
 

@@ -15,7 +15,9 @@ use crate::domain::CallStatus;
 use crate::media::{
     rtcp_socket_beside, CallScript, Pacer, PlayoutEvent, PlayoutSpec, PromptLibrary, G711,
 };
+use crate::metrics::Metrics;
 use crate::sip::sdp::{AudioCodec, MediaOffer};
+use crate::sip::QaBinding;
 use crate::sip::{EndReason, OutgoingCall, TrunkConfig};
 use crate::sip_io::{CallEvent, SipEndpoint};
 use crate::trunks::TrunkSlot;
@@ -120,6 +122,8 @@ pub struct CallEngine {
     prompts: Arc<PromptLibrary>,
     rtp: RtpPorts,
     external_ip: Option<IpAddr>,
+    /// Setup-time and post-dial-delay histograms, when the gateway exports metrics.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Hands out RTP ports from the configured range, round robin, binding
@@ -167,11 +171,28 @@ impl CallEngine {
                 next: AtomicU32::new(rand::random::<u32>() % 1000 * 2),
             },
             external_ip,
+            metrics: None,
         }
+    }
+
+    /// Records each attempt's setup time and post-dial delay in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The RTP pacer's packet counters.
+    pub fn pacer_stats(&self) -> Arc<crate::media::PacerStats> {
+        self.pacer.stats()
     }
 
     pub fn sip_addr(&self) -> SocketAddr {
         self.sip.local_addr()
+    }
+
+    /// The SIP listener policy's counters (for metrics).
+    pub fn sip_stats(&self) -> Arc<crate::sip_io::SipStats> {
+        self.sip.stats()
     }
 
     pub fn prompts(&self) -> &PromptLibrary {
@@ -216,25 +237,13 @@ impl CallEngine {
         progress: mpsc::UnboundedSender<Progress>,
     ) -> AttemptOutcome {
         let trunk = slot.trunk().clone();
-        let Some(pack) = self.prompts.get(call.locale) else {
+        if self.prompts.get(call.locale).is_none() {
             return AttemptOutcome::failed(format!("no prompt pack for {}", call.locale), false);
-        };
+        }
         let proxy = &trunk.proxy;
         let destination = match resolve(proxy).await {
             Ok(a) => a,
             Err(e) => return AttemptOutcome::failed(e, true),
-        };
-        let local_ip = match self.local_ip_towards(destination) {
-            Ok(ip) => ip,
-            Err(e) => return AttemptOutcome::failed(format!("no route to trunk: {e}"), true),
-        };
-        let rtp_socket = match self.rtp.bind(local_ip) {
-            Ok(s) => s,
-            Err(e) => return AttemptOutcome::failed(format!("no free RTP port: {e}"), false),
-        };
-        let rtp_port = match rtp_socket.local_addr() {
-            Ok(a) => a.port(),
-            Err(e) => return AttemptOutcome::failed(format!("RTP socket: {e}"), false),
         };
         let codecs = trunk
             .codecs
@@ -249,22 +258,95 @@ impl CallEngine {
         } else {
             format!("sip:{}@{}", call.to, proxy.host_port())
         };
-        let outgoing = OutgoingCall {
-            request_uri,
+        let target = Target {
             destination,
+            request_uri,
             from_uri: trunk.from.clone(),
             from_display: trunk.from_display.clone(),
+            credentials: trunk.credentials(),
+            extra_headers: caller_id_headers(&trunk),
+            transport: sip_transport(proxy.transport),
+            codecs,
+            ring_timeout: trunk.ring_timeout.0,
+            name: trunk.name.clone(),
+        };
+        self.place_to(call, target, Some(&slot), progress).await
+    }
+
+    /// Places one attempt to a registered QA phone instead of a trunk: the INVITE goes
+    /// to the address and transport its REGISTER came from, with its Contact as the
+    /// Request-URI. Same outcomes as [`Self::place`]; nothing to fail over to. `route`
+    /// names it in metrics (`qa:<username>`).
+    pub async fn place_qa(
+        &self,
+        call: PlaceCall<'_>,
+        route: &str,
+        phone: &QaBinding,
+        ring_timeout: std::time::Duration,
+        progress: mpsc::UnboundedSender<Progress>,
+    ) -> AttemptOutcome {
+        let target = Target {
+            destination: phone.source,
+            request_uri: phone.contact.clone(),
+            from_uri: format!("sip:otpdial@{}", self.sip.local_addr()),
+            from_display: Some("otpdial".into()),
+            credentials: None,
+            extra_headers: Vec::new(),
+            transport: phone.transport,
+            codecs: vec![AudioCodec::Pcmu, AudioCodec::Pcma],
+            ring_timeout,
+            name: route.to_string(),
+        };
+        self.place_to(call, target, None, progress).await
+    }
+
+    /// The registered QA phones by username (see [`crate::sip_io::QaBindingMap`]).
+    pub fn qa_bindings(&self) -> crate::sip_io::QaBindingMap {
+        self.sip.qa_bindings()
+    }
+
+    /// One attempt to `target`; `slot` (a trunk's) hears about the answer.
+    async fn place_to(
+        &self,
+        call: PlaceCall<'_>,
+        target: Target,
+        slot: Option<&TrunkSlot>,
+        progress: mpsc::UnboundedSender<Progress>,
+    ) -> AttemptOutcome {
+        let Some(pack) = self.prompts.get(call.locale) else {
+            return AttemptOutcome::failed(format!("no prompt pack for {}", call.locale), false);
+        };
+        let destination = target.destination;
+        let local_ip = match self.local_ip_towards(destination) {
+            Ok(ip) => ip,
+            Err(e) => return AttemptOutcome::failed(format!("no route to trunk: {e}"), true),
+        };
+        let rtp_socket = match self.rtp.bind(local_ip) {
+            Ok(s) => s,
+            Err(e) => return AttemptOutcome::failed(format!("no free RTP port: {e}"), false),
+        };
+        let rtp_port = match rtp_socket.local_addr() {
+            Ok(a) => a.port(),
+            Err(e) => return AttemptOutcome::failed(format!("RTP socket: {e}"), false),
+        };
+        let outgoing = OutgoingCall {
+            request_uri: target.request_uri,
+            destination,
+            from_uri: target.from_uri,
+            from_display: target.from_display,
             media: MediaOffer {
                 address: self.external_ip.unwrap_or(local_ip),
                 port: rtp_port,
-                codecs,
+                codecs: target.codecs,
                 telephone_event_pt: 101,
                 ptime_ms: 20,
             },
-            credentials: trunk.credentials(),
-            extra_headers: caller_id_headers(&trunk),
-            tcp: proxy.transport == crate::config::Transport::Tcp,
+            credentials: target.credentials,
+            extra_headers: target.extra_headers,
+            transport: target.transport,
         };
+        let invite_sent = std::time::Instant::now();
+        let mut alerted = false;
         let mut session = match self.sip.invite(outgoing).await {
             Ok(s) => s,
             Err(e) => return AttemptOutcome::failed(format!("SIP: {e}"), true),
@@ -275,7 +357,7 @@ impl CallEngine {
         // The ring timer starts with the first provisional response: until
         // then the INVITE transaction's Timer B decides (no response at all
         // is a trunk failure worth failing over, not a user not answering).
-        let ring_timeout = tokio::time::sleep(trunk.ring_timeout.0);
+        let ring_timeout = tokio::time::sleep(target.ring_timeout);
         tokio::pin!(ring_timeout);
         let mut ringing = false;
         let mut hung_up = false;
@@ -298,9 +380,15 @@ impl CallEngine {
                                 ringing = true;
                                 ring_timeout
                                     .as_mut()
-                                    .reset(tokio::time::Instant::now() + trunk.ring_timeout.0);
+                                    .reset(tokio::time::Instant::now() + target.ring_timeout);
                             }
                             if (180..200).contains(&status) {
+                                if !alerted {
+                                    alerted = true;
+                                    if let Some(m) = &self.metrics {
+                                        m.call_alerting(&target.name, invite_sent.elapsed());
+                                    }
+                                }
                                 let _ = progress.send(Progress::Ringing);
                             }
                         }
@@ -309,7 +397,12 @@ impl CallEngine {
                                 continue; // a 200 that crossed our CANCEL; the UA BYEs it
                             }
                             answered = true;
-                            slot.answered();
+                            if let Some(slot) = slot {
+                                slot.answered();
+                            }
+                            if let Some(m) = &self.metrics {
+                                m.call_answered(&target.name, invite_sent.elapsed());
+                            }
                             let _ = progress.send(Progress::Answered);
                             let Some(socket) = rtp_socket.take() else { continue };
                             let codec = match media.codec {
@@ -403,6 +496,21 @@ impl CallEngine {
     }
 }
 
+/// Where and how one attempt is sent: a trunk's proxy, or a registered QA phone.
+struct Target {
+    destination: SocketAddr,
+    request_uri: String,
+    from_uri: String,
+    from_display: Option<String>,
+    credentials: Option<crate::sip::digest::Credentials>,
+    extra_headers: Vec<(String, String)>,
+    transport: crate::sip::Transport,
+    codecs: Vec<AudioCodec>,
+    ring_timeout: std::time::Duration,
+    /// The trunk's name, or `qa:<user>` (metrics labels).
+    name: String,
+}
+
 /// The first address of a trunk proxy.
 pub(crate) async fn resolve(target: &SipTarget) -> Result<SocketAddr, String> {
     tokio::net::lookup_host(target.host_port())
@@ -446,8 +554,20 @@ pub async fn trunk_config(t: &TrunkSettings, one_shot: bool) -> Result<TrunkConf
         register_expires: t.register_expires,
         options_interval: (!every.is_zero()).then_some(every),
         one_shot,
-        tcp: proxy.transport == crate::config::Transport::Tcp,
+        transport: sip_transport(proxy.transport),
+        tls: (proxy.transport == crate::config::Transport::Tls).then(|| crate::sip::TlsTarget {
+            server_name: proxy.host.clone(),
+            ca_file: (!t.tls_ca.is_empty()).then(|| std::path::PathBuf::from(&t.tls_ca)),
+        }),
     })
+}
+
+fn sip_transport(t: crate::config::Transport) -> crate::sip::Transport {
+    match t {
+        crate::config::Transport::Udp => crate::sip::Transport::Udp,
+        crate::config::Transport::Tcp => crate::sip::Transport::Tcp,
+        crate::config::Transport::Tls => crate::sip::Transport::Tls,
+    }
 }
 
 /// P-Asserted-Identity and Privacy as configured for the trunk.

@@ -24,6 +24,9 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway: HTTP API, SIP user agent, dialer.
+    #[command(
+        after_help = "Example:\n  otpdial serve --config /etc/otpdial/otpdial.toml --log-format json\n\nStops on SIGTERM/Ctrl-C: no new calls; calls in progress get [dialer] shutdown_grace."
+    )]
     Serve {
         /// TOML config file (or OTPDIAL_CONFIG).
         #[arg(long, env = "OTPDIAL_CONFIG")]
@@ -35,8 +38,14 @@ pub enum Command {
     },
     /// Zero-setup run: a built-in test phone answers one verification call
     /// on loopback; prints what it heard and checks it through the API.
+    #[command(
+        after_help = "Example:\n  otpdial demo        # exits 0 when the code the phone heard is approved"
+    )]
     Demo,
     /// One call right now, without the API (ops/QA smoke test); prints the SIP outcome.
+    #[command(
+        after_help = "Example:\n  otpdial call --to +31612345678 --code 4815 --locale nl --config otpdial.toml"
+    )]
     Call {
         /// E.164 number (or national, read in verification.default_region) or a sip: URI.
         #[arg(long)]
@@ -59,6 +68,9 @@ pub enum Command {
         command: TrunkCommand,
     },
     /// Apply database migrations (serve also does this on start).
+    #[command(
+        after_help = "Example:\n  OTPDIAL_DATABASE__URL=postgres://otpdial@db/otpdial otpdial migrate"
+    )]
     Migrate {
         #[arg(long, env = "OTPDIAL_CONFIG")]
         config: Option<PathBuf>,
@@ -85,6 +97,9 @@ pub enum PromptsCommand {
     /// Load and validate prompt packs as the gateway would (`DIR/<locale>/pack.toml`,
     /// or the built-in packs without DIR); print each phrase and its duration. Exits
     /// non-zero with a message naming the file on any error.
+    #[command(
+        after_help = "Examples:\n  otpdial prompts check                     # the built-in packs\n  otpdial prompts check /etc/otpdial/prompts"
+    )]
     Check { dir: Option<PathBuf> },
 }
 
@@ -92,6 +107,9 @@ pub enum PromptsCommand {
 pub enum TrunkCommand {
     /// REGISTER (register = true) or OPTIONS to each trunk; prints reachability, round
     /// trip time and the auth result. Exits non-zero if any trunk failed.
+    #[command(
+        after_help = "Examples:\n  otpdial trunk check --config otpdial.toml\n  otpdial trunk check primary --config otpdial.toml"
+    )]
     Check {
         /// Only this trunk.
         name: Option<String>,
@@ -103,6 +121,7 @@ pub enum TrunkCommand {
 #[derive(Debug, Subcommand)]
 pub enum ApikeyCommand {
     /// Print a new token once, and the config lines that accept it.
+    #[command(after_help = "Example:\n  otpdial apikey new --name auth-service --scope verify")]
     New {
         #[arg(long)]
         name: String,
@@ -120,5 +139,6 @@ pub enum ScopeArg {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate a config and print the effective settings, secrets masked.
+    #[command(after_help = "Example:\n  otpdial config check /etc/otpdial/otpdial.toml")]
     Check { file: PathBuf },
 }

@@ -49,6 +49,7 @@ pub struct Settings {
     pub dialer: DialerSettings,
     pub risk: RiskSettings,
     pub trunks: Vec<TrunkSettings>,
+    pub qa: QaSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -93,7 +94,156 @@ pub struct SipSettings {
     /// address of the interface that routes to the trunk.
     pub external_address: String,
     pub rtp_ports: PortRange,
-    pub user_agent: String,
+    /// User-Agent (requests) and Server (responses) value; empty = header omitted.
+    pub server_header: Option<String>,
+    /// Deprecated alias of `server_header`, used when that is not set.
+    pub user_agent: Option<String>,
+    /// Requests from neither a trunk nor a registered QA phone: `drop` (nothing back)
+    /// or `403` (a uniform 403 Forbidden).
+    pub unknown_sources: UnknownSourcesSetting,
+    /// Failed authentications (and requests over `request_limit`) from one source
+    /// within `ban_time` that ban it for `ban_time`; 0 = never ban.
+    pub ban_after_failures: u32,
+    pub ban_time: HumanDuration,
+    /// Requests per source (trunks excepted) and window, e.g. `50/1s`.
+    pub request_limit: RateLimit,
+}
+
+impl SipSettings {
+    /// The User-Agent/Server value in effect (`server_header`, else the deprecated
+    /// `user_agent`, else none).
+    pub fn server_header_value(&self) -> String {
+        self.server_header
+            .clone()
+            .or_else(|| self.user_agent.clone())
+            .unwrap_or_default()
+    }
+
+    /// The listener policy these settings describe.
+    pub fn policy(&self) -> crate::sip::policy::PolicyConfig {
+        crate::sip::policy::PolicyConfig {
+            unknown_sources: match self.unknown_sources {
+                UnknownSourcesSetting::Drop => crate::sip::policy::UnknownSources::Drop,
+                UnknownSourcesSetting::Forbid => crate::sip::policy::UnknownSources::Forbid,
+            },
+            ban_after_failures: self.ban_after_failures,
+            ban_time: self.ban_time.0,
+            request_limit: self.request_limit.count,
+            request_window: self.request_limit.per,
+        }
+    }
+}
+
+/// `[qa]`: the registrar softphones register to, so that QA can make the gateway ring
+/// them (SPEC §6).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QaSettings {
+    /// Digest realm of the registrar's challenges.
+    pub realm: String,
+    /// Shorter registrations are refused with 423 (Min-Expires).
+    pub min_expires: u32,
+    /// Longer registrations are shortened to this.
+    pub max_expires: u32,
+    /// How long a QA phone may ring before the call is given up (no_answer).
+    pub ring_timeout: HumanDuration,
+    pub phones: Vec<QaPhoneSettings>,
+}
+
+impl Default for QaSettings {
+    fn default() -> Self {
+        Self {
+            realm: "otpdial-qa".into(),
+            min_expires: 60,
+            max_expires: 3600,
+            ring_timeout: HumanDuration(Duration::from_secs(30)),
+            phones: Vec::new(),
+        }
+    }
+}
+
+impl QaSettings {
+    /// The registrar the SIP user agent runs; None without phones.
+    pub fn registrar(&self) -> Option<crate::sip::RegistrarConfig> {
+        if self.phones.is_empty() {
+            return None;
+        }
+        Some(crate::sip::RegistrarConfig {
+            realm: self.realm.clone(),
+            accounts: self
+                .phones
+                .iter()
+                .map(|p| crate::sip::QaAccount {
+                    username: p.username.clone(),
+                    password: p
+                        .password
+                        .as_ref()
+                        .map(|s| s.expose().to_string())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            min_expires: self.min_expires,
+            max_expires: self.max_expires,
+        })
+    }
+
+    /// The QA phone that answers for `number` (E.164), if any.
+    pub fn phone_for(&self, number: &str) -> Option<&QaPhoneSettings> {
+        self.phones.iter().find(|p| p.number == number)
+    }
+}
+
+/// One `[[qa.phones]]` entry: a softphone account and the number it answers for.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QaPhoneSettings {
+    pub username: String,
+    /// Read from `password_env` at start-up; never written in the file.
+    #[serde(default, skip_deserializing)]
+    pub password: Option<SecretString>,
+    pub password_env: String,
+    /// Verifications to this number (E.164) ring the phone instead of a trunk.
+    pub number: String,
+}
+
+/// `sip.unknown_sources`: `"drop"` or `"403"` (also as the number 403, as an
+/// environment override gives it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownSourcesSetting {
+    #[default]
+    Drop,
+    Forbid,
+}
+
+impl<'de> Deserialize<'de> for UnknownSourcesSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Number(i64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(t) if t.eq_ignore_ascii_case("drop") => Ok(Self::Drop),
+            Raw::Text(t) if t.trim() == "403" => Ok(Self::Forbid),
+            Raw::Number(403) => Ok(Self::Forbid),
+            Raw::Text(t) => Err(serde::de::Error::custom(format!(
+                "must be \"drop\" or \"403\", got {t:?}"
+            ))),
+            Raw::Number(n) => Err(serde::de::Error::custom(format!(
+                "must be \"drop\" or \"403\", got {n}"
+            ))),
+        }
+    }
+}
+
+impl Serialize for UnknownSourcesSetting {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            Self::Drop => "drop",
+            Self::Forbid => "403",
+        })
+    }
 }
 
 impl Default for SipSettings {
@@ -105,7 +255,15 @@ impl Default for SipSettings {
                 first: 20000,
                 last: 29999,
             },
-            user_agent: format!("otpdial/{}", env!("CARGO_PKG_VERSION")),
+            server_header: None,
+            user_agent: None,
+            unknown_sources: UnknownSourcesSetting::Drop,
+            ban_after_failures: 10,
+            ban_time: HumanDuration(Duration::from_secs(600)),
+            request_limit: RateLimit {
+                count: 50,
+                per: Duration::from_secs(1),
+            },
         }
     }
 }
@@ -223,6 +381,9 @@ pub struct LimitSettings {
     /// doubling back-off (1 s … 5 min), at the limit checks are refused
     /// (429) until the window moves.
     pub wrong_checks_per_user: RateLimit,
+    /// The first back-off after five wrong checks, doubling per further
+    /// one (at most 5 min); `0s` = no back-off, only the limit.
+    pub wrong_check_backoff: HumanDuration,
     /// Calls placed per second across all instances (the dialer paces
     /// itself; requests are not refused for it).
     pub global_calls_per_second: u32,
@@ -247,6 +408,7 @@ impl Default for LimitSettings {
                 count: 10,
                 per: Duration::from_secs(3600),
             },
+            wrong_check_backoff: HumanDuration(Duration::from_secs(1)),
             global_calls_per_second: 20,
         }
     }
@@ -468,6 +630,10 @@ pub struct TrunkSettings {
     /// keepalive it gets one trial call after this long.
     #[serde(default = "default_breaker_cooldown")]
     pub breaker_cooldown: HumanDuration,
+    /// With `transport=tls`: PEM file of the CA(s) the trunk's certificate must chain
+    /// to; empty = the public web PKI roots (Mozilla's, built in).
+    #[serde(default)]
+    pub tls_ca: String,
 }
 
 fn default_breaker_failures() -> u32 {
@@ -659,9 +825,12 @@ impl Serialize for PortRange {
 pub enum Transport {
     Udp,
     Tcp,
+    /// TCP with TLS (RFC 3261 §26.2); the certificate is verified against the trunk's
+    /// host name and `tls_ca` (or the public roots).
+    Tls,
 }
 
-/// A trunk proxy: `sip:host[:port][;transport=udp|tcp]`.
+/// A trunk proxy: `sip:host[:port][;transport=udp|tcp|tls]` (port 5060, or 5061 with TLS).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SipTarget {
     pub host: String,
@@ -684,6 +853,7 @@ impl fmt::Display for SipTarget {
         let t = match self.transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         };
         write!(f, "sip:{};transport={t}", self.host_port())
     }
@@ -703,8 +873,11 @@ impl FromStr for SipTarget {
             match p.split_once('=') {
                 Some(("transport", "udp" | "UDP")) => transport = Transport::Udp,
                 Some(("transport", "tcp" | "TCP")) => transport = Transport::Tcp,
+                Some(("transport", "tls" | "TLS")) => transport = Transport::Tls,
                 Some(("transport", t)) => {
-                    return Err(format!("{s:?}: unsupported transport {t:?} (udp or tcp)"))
+                    return Err(format!(
+                        "{s:?}: unsupported transport {t:?} (udp, tcp or tls)"
+                    ))
                 }
                 _ => {}
             }
@@ -739,6 +912,7 @@ impl FromStr for SipTarget {
                 .ok()
                 .filter(|p| *p != 0)
                 .ok_or_else(|| format!("{s:?}: bad port {p:?}"))?,
+            None if transport == Transport::Tls => 5061,
             None => 5060,
         };
         Ok(SipTarget {
@@ -816,6 +990,18 @@ impl Settings {
                 .filter(|s| !s.is_empty())
                 .map(SecretString);
         }
+        for (i, p) in self.qa.phones.iter_mut().enumerate() {
+            let var = &p.password_env;
+            let value = std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| ConfigError::Invalid {
+                    origin: origin.to_string(),
+                    key: format!("qa.phones[{i}].password_env"),
+                    message: format!("environment variable {var} is not set"),
+                })?;
+            p.password = Some(SecretString(value));
+        }
         for (i, t) in self.trunks.iter_mut().enumerate() {
             if let Some(var) = &t.password_env {
                 let value = std::env::var(var).map_err(|_| ConfigError::Invalid {
@@ -829,12 +1015,97 @@ impl Settings {
         Ok(())
     }
 
+    fn validate_tls(&self, origin: &str) -> Result<(), ConfigError> {
+        for (i, t) in self.trunks.iter().enumerate() {
+            if t.tls_ca.is_empty() {
+                continue;
+            }
+            let key = format!("trunks[{i}].tls_ca");
+            let invalid = |message: String| ConfigError::Invalid {
+                origin: origin.to_string(),
+                key: key.clone(),
+                message,
+            };
+            if t.proxy.transport != Transport::Tls {
+                return Err(invalid(
+                    "only used with transport=tls in the proxy URI".into(),
+                ));
+            }
+            let pem = std::fs::read(&t.tls_ca)
+                .map_err(|e| invalid(format!("cannot read {:?}: {e}", t.tls_ca)))?;
+            if crate::sip_io::parse_ca_pem(&pem).map_or(true, |roots| roots.is_empty()) {
+                return Err(invalid(format!("{:?} holds no PEM certificate", t.tls_ca)));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_qa(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |key: String, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            message,
+        };
+        let qa = &self.qa;
+        if qa.realm.trim().is_empty() {
+            return Err(err("qa.realm".into(), "must not be empty".into()));
+        }
+        if qa.min_expires == 0 || qa.min_expires > qa.max_expires {
+            return Err(err(
+                "qa.min_expires".into(),
+                format!(
+                    "must be at least 1 and at most qa.max_expires ({})",
+                    qa.max_expires
+                ),
+            ));
+        }
+        for (i, p) in qa.phones.iter().enumerate() {
+            let valid_user = !p.username.is_empty()
+                && p.username
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
+            if !valid_user {
+                return Err(err(
+                    format!("qa.phones[{i}].username"),
+                    format!("{:?}: letters, digits and - _ . + only", p.username),
+                ));
+            }
+            match crate::domain::PhoneNumber::parse(&p.number, None) {
+                Ok(n) if n.as_str() == p.number => {}
+                _ => {
+                    return Err(err(
+                        format!("qa.phones[{i}].number"),
+                        format!(
+                            "{:?} is not a valid E.164 number such as +31612000001",
+                            p.number
+                        ),
+                    ))
+                }
+            }
+            if qa.phones[..i].iter().any(|q| q.username == p.username) {
+                return Err(err(
+                    format!("qa.phones[{i}].username"),
+                    format!("{:?} is used twice", p.username),
+                ));
+            }
+            if qa.phones[..i].iter().any(|q| q.number == p.number) {
+                return Err(err(
+                    format!("qa.phones[{i}].number"),
+                    format!("{} is used twice", p.number),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let err = |key: String, message: String| ConfigError::Invalid {
             origin: origin.to_string(),
             key,
             message,
         };
+        self.validate_qa(origin)?;
+        self.validate_tls(origin)?;
         if self.media.realtime_priority > 99 {
             return Err(err(
                 "media.realtime_priority".into(),
@@ -1134,6 +1405,60 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("trunks[0].register"), "{e}");
+    }
+
+    #[test]
+    fn tls_trunks_default_to_5061_and_check_their_ca_file() {
+        let t: SipTarget = "sip:sip.example.com;transport=tls".parse().unwrap();
+        assert_eq!((t.port, t.transport), (5061, Transport::Tls));
+        assert_eq!(t.to_string(), "sip:sip.example.com:5061;transport=tls");
+        let base = "[[trunks]]\nname = \"t\"\nfrom = \"sip:+31508200000@x\"\n";
+        let err = Settings::from_toml(&format!(
+            "{base}proxy = \"sip:x.example;transport=tls\"\ntls_ca = \"/nonexistent.pem\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("trunks[0].tls_ca") && err.contains("cannot read"),
+            "{err}"
+        );
+        let err = Settings::from_toml(&format!(
+            "{base}proxy = \"sip:x.example\"\ntls_ca = \"/etc/hostname\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("only used with transport=tls"), "{err}");
+    }
+
+    #[test]
+    fn sip_listener_policy_keys() {
+        let s = Settings::from_toml("").unwrap();
+        assert_eq!(s.sip.unknown_sources, UnknownSourcesSetting::Drop);
+        assert_eq!(
+            s.sip.server_header_value(),
+            "",
+            "no product name by default"
+        );
+        let p = s.sip.policy();
+        assert_eq!(
+            (p.ban_after_failures, p.ban_time, p.request_limit),
+            (10, Duration::from_secs(600), 50)
+        );
+        let s = Settings::from_toml(
+            "[sip]\nunknown_sources = \"403\"\nban_time = \"1h\"\nuser_agent = \"pbx\"",
+        )
+        .unwrap();
+        assert_eq!(s.sip.unknown_sources, UnknownSourcesSetting::Forbid);
+        assert_eq!(s.sip.policy().ban_time, Duration::from_secs(3600));
+        assert_eq!(s.sip.server_header_value(), "pbx", "deprecated alias");
+        let s = Settings::from_toml(
+            "[sip]\nunknown_sources = 403\nserver_header = \"\"\nuser_agent = \"pbx\"",
+        )
+        .unwrap();
+        assert_eq!(s.sip.unknown_sources, UnknownSourcesSetting::Forbid);
+        assert_eq!(s.sip.server_header_value(), "", "server_header wins");
+        let err = Settings::from_toml("[sip]\nunknown_sources = \"reject\"").unwrap_err();
+        assert!(err.to_string().contains("unknown_sources"), "{err}");
     }
 
     #[test]

@@ -159,7 +159,7 @@ fn describe(phrases: &[crate::media::Phrase]) -> String {
     phrases
         .iter()
         .map(|p| match p {
-            Phrase::Digit(d) => d.to_string(),
+            Phrase::Digit(d) | Phrase::FinalDigit(d) => d.to_string(),
             Phrase::Intro => "[intro]".into(),
             Phrase::Repeat => "[repeat]".into(),
             Phrase::Outro => "[outro]".into(),

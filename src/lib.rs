@@ -18,6 +18,7 @@ pub mod media;
 pub mod metrics;
 pub mod ops;
 pub mod risk;
+pub mod signing;
 pub mod sip;
 pub mod sip_io;
 pub mod store;

@@ -137,7 +137,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {
-            let settings = Settings::load(Some(&file))?;
+            let mut settings = Settings::load(Some(&file))?;
+            // A password in the database URL is a secret too.
+            settings.database.url = otpdial::app::redact_url(&settings.database.url);
             println!(
                 "# {} is valid; effective settings (secrets masked):",
                 file.display()

@@ -8,13 +8,16 @@
 //! from the peer) and forgotten when it closes; the next message to that peer opens a new
 //! one (reconnect). Messages are framed by Content-Length (`sip::frame_stream`).
 
+use crate::sip::policy::{DropReason, PolicyConfig, PolicyCounters};
 use crate::sip::{
     sdp, CallHandle, EndReason, Event, OutgoingCall, ProbeResult, Transport, TrunkConfig, TrunkId,
     TrunkStatus, UaConfig, UserAgent,
 };
+use crate::sip::{QaBinding, RegistrarConfig, TlsTarget};
 use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -80,6 +83,80 @@ struct Inner {
     local_addr: SocketAddr,
     task: Mutex<Option<JoinHandle<()>>>,
     trunks: StatusMap,
+    stats: Arc<SipStats>,
+    qa: QaBindingMap,
+}
+
+/// QA phones' registrations by username, written by the driver task, read by anyone.
+pub type QaBindingMap = Arc<Mutex<HashMap<String, QaBinding>>>;
+
+/// How the endpoint presents itself and whom it answers.
+#[derive(Debug, Clone, Default)]
+pub struct SipOptions {
+    /// User-Agent/Server value; empty = omitted.
+    pub server_header: String,
+    pub policy: PolicyConfig,
+    /// The QA registrar; None = REGISTER is not served.
+    pub registrar: Option<RegistrarConfig>,
+}
+
+/// Counters of the listener policy, copied from the user agent by the driver after
+/// each step; read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct SipStats {
+    /// Indexed like [`DropReason::ALL`].
+    dropped: [AtomicU64; 5],
+    bans: AtomicU64,
+    banned_now: AtomicU64,
+    /// QA registrar: REGISTERs that bound or refreshed a phone, bindings removed
+    /// (unregistered or expired), refused authentications.
+    qa_registered: AtomicU64,
+    qa_removed: AtomicU64,
+    qa_auth_failed: AtomicU64,
+    qa_bound: AtomicU64,
+}
+
+impl SipStats {
+    fn store(&self, c: &PolicyCounters) {
+        for (slot, v) in self.dropped.iter().zip(c.dropped) {
+            slot.store(v, Ordering::Relaxed);
+        }
+        self.bans.store(c.bans, Ordering::Relaxed);
+        self.banned_now.store(c.banned_now, Ordering::Relaxed);
+    }
+
+    /// Dropped (or 403-refused) messages so far, by reason label.
+    pub fn dropped(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL
+            .iter()
+            .zip(&self.dropped)
+            .map(|(r, v)| (r.as_str(), v.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Sources banned so far.
+    pub fn bans(&self) -> u64 {
+        self.bans.load(Ordering::Relaxed)
+    }
+
+    /// Sources under a ban now.
+    pub fn banned_now(&self) -> u64 {
+        self.banned_now.load(Ordering::Relaxed)
+    }
+
+    /// QA phones registered now.
+    pub fn qa_registered_now(&self) -> u64 {
+        self.qa_bound.load(Ordering::Relaxed)
+    }
+
+    /// QA registrar outcomes so far: (registered, removed, auth_failed).
+    pub fn registrations(&self) -> [(&'static str, u64); 3] {
+        [
+            ("registered", self.qa_registered.load(Ordering::Relaxed)),
+            ("removed", self.qa_removed.load(Ordering::Relaxed)),
+            ("auth_failed", self.qa_auth_failed.load(Ordering::Relaxed)),
+        ]
+    }
 }
 
 impl std::fmt::Debug for SipEndpoint {
@@ -164,7 +241,7 @@ impl SipEndpoint {
     pub async fn bind(
         listen: SocketAddr,
         advertised_host: Option<String>,
-        user_agent: String,
+        options: SipOptions,
     ) -> std::io::Result<SipEndpoint> {
         let socket = UdpSocket::bind(listen).await?;
         let local_addr = socket.local_addr()?;
@@ -174,7 +251,9 @@ impl SipEndpoint {
         let ua = UserAgent::new(UaConfig {
             local_addr,
             advertised_host,
-            user_agent,
+            server_header: options.server_header,
+            policy: options.policy,
+            registrar: options.registrar,
         });
         // TCP on the same address and port; without it outbound TCP still works, only
         // peers that open connections to us cannot.
@@ -187,19 +266,38 @@ impl SipEndpoint {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let trunks: StatusMap = Arc::default();
-        let task = tokio::spawn(drive(socket, tcp, ua, rx, trunks.clone()));
+        let stats = Arc::new(SipStats::default());
+        let qa: QaBindingMap = Arc::default();
+        let shared = Shared {
+            statuses: trunks.clone(),
+            stats: stats.clone(),
+            qa: qa.clone(),
+        };
+        let task = tokio::spawn(drive(socket, tcp, ua, rx, shared));
         Ok(SipEndpoint {
             inner: Arc::new(Inner {
                 commands: tx,
                 local_addr,
                 task: Mutex::new(Some(task)),
                 trunks,
+                stats,
+                qa,
             }),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+
+    /// The registered QA phones by username (the binding each REGISTER left).
+    pub fn qa_bindings(&self) -> QaBindingMap {
+        self.inner.qa.clone()
+    }
+
+    /// The listener policy's counters, for metrics.
+    pub fn stats(&self) -> Arc<SipStats> {
+        self.inner.stats.clone()
     }
 
     /// Places a call; its progress arrives on [`CallSession::events`].
@@ -270,26 +368,93 @@ struct TrunkRoutes {
     by_id: HashMap<TrunkId, (String, mpsc::UnboundedSender<ProbeResult>)>,
 }
 
+/// What the driver writes and others read.
+struct Shared {
+    statuses: StatusMap,
+    stats: Arc<SipStats>,
+    qa: QaBindingMap,
+}
+
 /// What connection tasks tell the driver.
 enum StreamEvent {
     Message(SocketAddr, Vec<u8>),
     Closed(SocketAddr),
 }
 
-/// One TCP connection: writes what arrives on `outgoing`, frames what it reads.
+/// How a connection comes about.
+enum Connect {
+    /// The peer connected to our listener.
+    Accepted(TcpStream),
+    /// We connect, plain TCP.
+    Tcp,
+    /// We connect and then do a TLS handshake, verifying the peer's certificate.
+    Tls(TlsPeer),
+}
+
+/// What a TLS connection to one peer checks: the name its certificate must carry and
+/// the roots it must chain to.
+#[derive(Clone)]
+struct TlsPeer {
+    server_name: rustls::pki_types::ServerName<'static>,
+    config: Arc<rustls::ClientConfig>,
+}
+
+/// The certificates in a PEM file (for a trunk's `tls_ca`).
+pub fn parse_ca_pem(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad PEM: {e}"))
+}
+
+/// A TLS client for `target`: its CA file's roots, else the public web PKI roots.
+fn tls_peer(target: &TlsTarget) -> Result<TlsPeer, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &target.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            for cert in parse_ca_pem(&pem)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server_name = rustls::pki_types::ServerName::try_from(target.server_name.clone())
+        .map_err(|e| format!("{:?}: {e}", target.server_name))?;
+    Ok(TlsPeer {
+        server_name,
+        config: Arc::new(config),
+    })
+}
+
+/// One TCP (or TLS) connection: writes what arrives on `outgoing`, frames what it reads.
 async fn run_connection(
-    stream: Option<TcpStream>,
+    connect: Connect,
     peer: SocketAddr,
-    mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>,
+    outgoing: mpsc::UnboundedReceiver<Vec<u8>>,
     events: mpsc::UnboundedSender<StreamEvent>,
 ) {
-    let stream = match stream {
-        Some(s) => s,
-        None => {
-            match tokio::time::timeout(std::time::Duration::from_secs(10), TcpStream::connect(peer))
-                .await
-            {
-                Ok(Ok(s)) => s,
+    const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+    let (stream, tls) = match connect {
+        Connect::Accepted(s) => (s, None),
+        Connect::Tcp | Connect::Tls(_) => {
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await {
+                Ok(Ok(s)) => (
+                    s,
+                    if let Connect::Tls(t) = connect {
+                        Some(t)
+                    } else {
+                        None
+                    },
+                ),
                 Ok(Err(e)) => {
                     debug!(%peer, error = %e, "SIP TCP connect failed");
                     let _ = events.send(StreamEvent::Closed(peer));
@@ -304,7 +469,38 @@ async fn run_connection(
         }
     };
     let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+    match tls {
+        None => pump(stream, peer, outgoing, events).await,
+        Some(t) => {
+            let connector = tokio_rustls::TlsConnector::from(t.config);
+            match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(t.server_name, stream))
+                .await
+            {
+                Ok(Ok(tls)) => pump(tls, peer, outgoing, events).await,
+                Ok(Err(e)) => {
+                    // E.g. a certificate that does not verify: nothing is sent.
+                    warn!(%peer, error = %e, "SIP TLS handshake failed");
+                    let _ = events.send(StreamEvent::Closed(peer));
+                }
+                Err(_) => {
+                    warn!(%peer, "SIP TLS handshake timed out");
+                    let _ = events.send(StreamEvent::Closed(peer));
+                }
+            }
+        }
+    }
+}
+
+/// Moves SIP messages over one established stream until either side closes.
+async fn pump<S>(
+    stream: S,
+    peer: SocketAddr,
+    mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>,
+    events: mpsc::UnboundedSender<StreamEvent>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 16384];
     loop {
@@ -350,10 +546,16 @@ async fn drive(
     tcp: Option<TcpListener>,
     mut ua: UserAgent,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    statuses: StatusMap,
+    shared: Shared,
 ) {
+    let Shared {
+        statuses,
+        stats,
+        qa,
+    } = shared;
     let (stream_tx, mut stream_rx) = mpsc::unbounded_channel::<StreamEvent>();
     let mut connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
+    let mut tls_peers: HashMap<SocketAddr, TlsPeer> = HashMap::new();
     let mut conn_tasks = tokio::task::JoinSet::new();
     let mut routes: HashMap<CallHandle, mpsc::UnboundedSender<CallEvent>> = HashMap::new();
     let mut trunks = TrunkRoutes {
@@ -379,7 +581,7 @@ async fn drive(
                 if let Ok((stream, peer)) = accepted {
                     let (tx, rx) = mpsc::unbounded_channel();
                     connections.insert(peer, tx);
-                    conn_tasks.spawn(run_connection(Some(stream), peer, rx, stream_tx.clone()));
+                    conn_tasks.spawn(run_connection(Connect::Accepted(stream), peer, rx, stream_tx.clone()));
                 }
             }
             event = stream_rx.recv() => match event {
@@ -410,6 +612,14 @@ async fn drive(
                 Some(Command::Hangup(handle)) => ua.hangup(Instant::now(), handle),
                 Some(Command::AddTrunk { config, probes }) => {
                     let name = config.name.clone();
+                    if let Some(target) = &config.tls {
+                        match tls_peer(target) {
+                            Ok(p) => {
+                                tls_peers.insert(config.destination, p);
+                            }
+                            Err(e) => warn!(trunk = %name, error = %e, "trunk TLS settings unusable"),
+                        }
+                    }
                     let id = ua.add_trunk(Instant::now(), config);
                     if let Some(st) = ua.trunk_status(id) {
                         lock(&trunks.statuses).insert(name.clone(), st);
@@ -421,7 +631,7 @@ async fn drive(
         }
 
         while let Some(t) = ua.poll_transmit() {
-            if t.transport == Transport::Tcp {
+            if t.transport.is_reliable() {
                 // A failed send hands the payload back, so nothing is copied per message.
                 let unsent = match connections.get(&t.destination) {
                     Some(c) => c.send(t.payload).err().map(|e| e.0),
@@ -429,10 +639,25 @@ async fn drive(
                 };
                 if let Some(payload) = unsent {
                     // No (live) connection: open one; it sends once connected.
+                    let connect = match t.transport {
+                        Transport::Tls => match tls_peers.get(&t.destination) {
+                            Some(p) => Connect::Tls(p.clone()),
+                            None => {
+                                warn!(destination = %t.destination, "no TLS settings for this peer; message dropped");
+                                continue;
+                            }
+                        },
+                        _ => Connect::Tcp,
+                    };
                     let (tx, rx) = mpsc::unbounded_channel();
                     let _ = tx.send(payload);
                     connections.insert(t.destination, tx);
-                    conn_tasks.spawn(run_connection(None, t.destination, rx, stream_tx.clone()));
+                    conn_tasks.spawn(run_connection(
+                        connect,
+                        t.destination,
+                        rx,
+                        stream_tx.clone(),
+                    ));
                 }
                 continue;
             }
@@ -443,6 +668,28 @@ async fn drive(
             }
         }
         while let Some(event) = ua.poll_event() {
+            match &event {
+                Event::QaRegistration { username, binding } => {
+                    let mut map = lock(&qa);
+                    match binding {
+                        Some(b) => {
+                            stats.qa_registered.fetch_add(1, Ordering::Relaxed);
+                            map.insert(username.clone(), b.clone());
+                        }
+                        None => {
+                            stats.qa_removed.fetch_add(1, Ordering::Relaxed);
+                            map.remove(username);
+                        }
+                    }
+                    stats.qa_bound.store(map.len() as u64, Ordering::Relaxed);
+                    continue;
+                }
+                Event::QaAuthFailed { .. } => {
+                    stats.qa_auth_failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                _ => {}
+            }
             if let Event::TrunkProbe {
                 trunk,
                 result,
@@ -457,6 +704,7 @@ async fn drive(
             }
             route_event(&mut routes, event);
         }
+        stats.store(&ua.policy_counters());
     }
     conn_tasks.abort_all();
     debug!("SIP driver stopped");
@@ -483,7 +731,9 @@ fn route_event(routes: &mut HashMap<CallHandle, mpsc::UnboundedSender<CallEvent>
             }
             return;
         }
-        Event::TrunkProbe { .. } => return,
+        Event::TrunkProbe { .. } | Event::QaRegistration { .. } | Event::QaAuthFailed { .. } => {
+            return
+        }
     };
     if let Some(tx) = routes.get(&call) {
         // A dropped receiver just means nobody listens any more.
@@ -533,7 +783,11 @@ mod tests {
 
     #[tokio::test]
     async fn loopback_call_answer_and_hangup() {
-        let ep = SipEndpoint::bind("127.0.0.1:0".parse().unwrap(), None, "otpdial-test".into())
+        let options = SipOptions {
+            server_header: "otpdial-test".into(),
+            ..SipOptions::default()
+        };
+        let ep = SipEndpoint::bind("127.0.0.1:0".parse().unwrap(), None, options)
             .await
             .unwrap();
         let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -553,7 +807,7 @@ mod tests {
                 },
                 credentials: None,
                 extra_headers: Vec::new(),
-                tcp: false,
+                transport: Transport::Udp,
             })
             .await
             .unwrap();
@@ -624,7 +878,7 @@ mod tests {
                 },
                 credentials: None,
                 extra_headers: Vec::new(),
-                tcp: false,
+                transport: Transport::Udp,
             })
             .await,
             Err(SipIoError::Closed)

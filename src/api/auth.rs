@@ -71,10 +71,21 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(ApiError::unauthorized)?;
         let (scheme, token) = value.split_once(' ').ok_or_else(ApiError::unauthorized)?;
-        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(ApiError::unauthorized());
         }
-        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        Caller::for_token(state, token).ok_or_else(ApiError::unauthorized)
+    }
+}
+
+impl Caller {
+    /// The key a token belongs to, if any (an empty token matches none).
+    pub(super) fn for_token(state: &AppState, token: &str) -> Option<Caller> {
+        let token = token.trim();
+        if token.is_empty() {
+            return None;
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Compare against every key so the time taken does not reveal which
         // (if any) matched.
         let mut found = None;
@@ -83,11 +94,14 @@ impl FromRequestParts<AppState> for Caller {
                 found = Some(key);
             }
         }
-        let key = found.ok_or_else(ApiError::unauthorized)?;
-        Ok(Caller {
+        found.map(|key| Caller {
             name: key.name.clone(),
             scopes: key.scopes.clone(),
         })
+    }
+
+    pub(super) fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
     }
 }
 

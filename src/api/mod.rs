@@ -2,13 +2,17 @@
 //! call the verification service and read the store; they know nothing of
 //! SIP or RTP. `/openapi.json` is generated from the same handlers.
 
+mod admin;
 mod auth;
 mod error;
+mod latency;
 mod ops;
 pub use ops::{CallList, CallRecordView, TrunkList, TrunkView};
 mod phones;
+mod qa;
 mod verifications;
 
+pub use admin::{qa_phones, QaPhoneRow};
 pub use auth::{hash_token, new_token, ApiKey};
 pub use error::{ApiError, Problem};
 
@@ -37,6 +41,8 @@ pub struct AppState {
     /// The shared read model of trunk state (no handle on the call engine).
     pub trunks: Arc<TrunkBoard>,
     pub metrics: Arc<Metrics>,
+    /// Registered QA phones (written by the SIP driver).
+    pub qa: crate::sip_io::QaBindingMap,
 }
 
 #[derive(OpenApi)]
@@ -55,6 +61,7 @@ pub struct AppState {
         phones::delete,
         ops::trunks,
         ops::calls,
+        qa::phones,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -78,6 +85,7 @@ impl utoipa::Modify for BearerAuth {
 }
 
 pub fn router(state: AppState) -> Router {
+    let registry = state.metrics.clone();
     Router::new()
         .route("/v1/verifications", post(verifications::start))
         .route("/v1/verifications/{id}", get(verifications::get))
@@ -93,10 +101,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/trunks", get(ops::trunks))
         .route("/v1/calls", get(ops::calls))
+        .route("/v1/qa/phones", get(qa::phones))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .merge(admin::router(state.clone()))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -106,6 +116,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            registry,
+            latency::track,
+        ))
 }
 
 async fn healthz() -> &'static str {

@@ -332,7 +332,12 @@ impl Dialer {
     }
 
     async fn claim(&self) -> Result<Option<ClaimedCall>, StoreError> {
-        let prefixes = self.board.claimable_prefixes();
+        let mut prefixes = self.board.claimable_prefixes();
+        if let Some(p) = prefixes.as_mut() {
+            // A QA phone's number needs no trunk: claimable whenever the instance has a
+            // slot (a full number is its own prefix).
+            p.extend(self.settings.qa.phones.iter().map(|q| q.number.clone()));
+        }
         let now = domain::now_ms();
         self.store
             .claim_next_call(
@@ -477,7 +482,7 @@ impl Dialer {
             }
         };
         let routes = self.board.routes(&claimed.phone);
-        if routes.is_empty() {
+        if routes.is_empty() && self.settings.qa.phone_for(&claimed.phone).is_none() {
             return Err(AttemptOutcome::failed(
                 format!("no trunk routes {}", claimed.phone),
                 false,
@@ -560,6 +565,12 @@ impl Dialer {
             dialer: self,
             verification_id: &claimed.verification_id,
         };
+        if let Some(qa) = self.settings.qa.phone_for(&claimed.phone) {
+            // A QA phone's number rings its registered contact, ahead of any trunk.
+            return self
+                .run_qa_round(claimed, &code, &qa.username, settle, &hangup)
+                .await;
+        }
         let mut last: Option<AttemptOutcome> = None;
         for trunk in &routes {
             if hangup.cause().is_some() {
@@ -584,7 +595,7 @@ impl Dialer {
                 sip_call_id = tracing::field::Empty
             );
             let outcome = self
-                .place_one(claimed, &code, trunk, slot, &hangup)
+                .place_one(claimed, &code, trunk, Route::Trunk(slot), &hangup)
                 .instrument(attempt_span)
                 .await?;
             self.board.record_outcome(trunk, breaker_signal(&outcome));
@@ -637,6 +648,56 @@ impl Dialer {
         }
     }
 
+    /// The one attempt of a round to a QA phone (SPEC §6 `[[qa.phones]]`): its
+    /// registered contact, or a failed attempt saying it is not registered.
+    async fn run_qa_round(
+        &self,
+        claimed: &ClaimedCall,
+        code: &OtpCode,
+        username: &str,
+        settle: &mut Settle,
+        hangup: &Hangup,
+    ) -> Result<Outcome, StoreError> {
+        let call_id = claimed.call_id.as_str();
+        let route = format!("qa:{username}");
+        let seq = self
+            .persist(|| {
+                self.store
+                    .start_attempt(call_id, &claimed.phone, &route, domain::now_ms())
+            })
+            .await?;
+        settle.attempt = Some(seq);
+        let binding = lock(&self.engine.qa_bindings())
+            .get(username)
+            .filter(|b| b.expires_at > std::time::Instant::now())
+            .cloned();
+        let outcome = match binding {
+            Some(b) => {
+                tracing::info!(route = %route, attempt = seq, contact = %b.contact, "dialing a QA phone");
+                let span = tracing::info_span!(
+                    "attempt",
+                    trunk = %route,
+                    sip_call_id = tracing::field::Empty
+                );
+                self.place_one(claimed, code, &route, Route::Qa(b), hangup)
+                    .instrument(span)
+                    .await?
+            }
+            None => AttemptOutcome::failed(format!("QA phone {username} is not registered"), false),
+        };
+        self.metrics.call_attempt(&route, outcome.status.as_str());
+        tracing::info!(
+            route = %route,
+            status = outcome.status.as_str(),
+            sip_code = outcome.sip_code,
+            reason = outcome.reason.as_deref().unwrap_or(""),
+            "attempt ended"
+        );
+        let result = self.end_round(claimed, Some(seq), &outcome).await;
+        settle.attempt = None;
+        result
+    }
+
     /// Asks the pre-dial risk hook, if there is one; the outcome to record
     /// when the call must not be placed. Every decision is audited.
     async fn risk_check(&self, claimed: &ClaimedCall) -> Option<AttemptOutcome> {
@@ -673,22 +734,27 @@ impl Dialer {
         claimed: &ClaimedCall,
         code: &OtpCode,
         trunk: &str,
-        slot: crate::trunks::TrunkSlot,
+        route: Route,
         hangup: &Hangup,
     ) -> Result<AttemptOutcome, StoreError> {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let place = self.engine.place(
-            PlaceCall {
-                to: &claimed.phone,
-                digits: code.digit_values(),
-                locale: &claimed.locale,
-                repeat: self.settings.verification.repeat,
-                require_keypress: self.settings.verification.require_keypress,
-                hangup: hangup.clone(),
-            },
-            slot,
-            tx,
-        );
+        let call = PlaceCall {
+            to: &claimed.phone,
+            digits: code.digit_values(),
+            locale: &claimed.locale,
+            repeat: self.settings.verification.repeat,
+            require_keypress: self.settings.verification.require_keypress,
+            hangup: hangup.clone(),
+        };
+        let place = async {
+            match route {
+                Route::Trunk(slot) => self.engine.place(call, slot, tx).await,
+                Route::Qa(binding) => {
+                    let ring = self.settings.qa.ring_timeout.0;
+                    self.engine.place_qa(call, trunk, &binding, ring, tx).await
+                }
+            }
+        };
         tokio::pin!(place);
         let outcome = loop {
             tokio::select! {
@@ -887,6 +953,13 @@ impl Dialer {
 /// What an attempt's outcome says about the trunk, for its breaker:
 /// `Some(true)` the trunk failed (5xx, 408, no response, transport error),
 /// `Some(false)` it answered for itself, `None` nothing either way.
+/// Where one attempt goes.
+enum Route {
+    Trunk(crate::trunks::TrunkSlot),
+    /// A registered QA phone (no trunk, no slot).
+    Qa(crate::sip::QaBinding),
+}
+
 fn breaker_signal(outcome: &AttemptOutcome) -> Option<bool> {
     if outcome.failover {
         Some(true)

@@ -70,6 +70,69 @@ impl TelephoneEventReceiver {
     }
 }
 
+/// What one datagram that arrived on a call's RTP port turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RtpInput {
+    /// Not media of this call: not RTP (STUN, garbage), RTCP sent to the RTP port (its
+    /// packet types read as payload types 72-76), comfort noise, strays. Never latch
+    /// onto its source.
+    Ignored,
+    /// A G.711 or telephone-event packet of this call, with the key it completed, if any.
+    Media {
+        /// A key press heard in this packet.
+        key: Option<char>,
+    },
+}
+
+/// Key presses from the datagrams a call receives on its RTP port: RFC 4733 events at
+/// the negotiated payload type, otherwise in-band tones in the G.711 audio. Pure code:
+/// the pacer feeds it every datagram it reads, whoever sent it.
+#[derive(Clone, Copy, Debug)]
+pub struct RtpKeyInput {
+    telephone_event_pt: Option<u8>,
+    telephone_events: TelephoneEventReceiver,
+    /// In-band detection, only while no telephone-event has arrived.
+    inband: Option<InbandDetector>,
+}
+
+impl RtpKeyInput {
+    /// For a call that negotiated telephone-events at `telephone_event_pt` (in-band
+    /// detection only when it did not).
+    pub fn new(telephone_event_pt: Option<u8>) -> RtpKeyInput {
+        RtpKeyInput {
+            telephone_event_pt,
+            telephone_events: TelephoneEventReceiver::default(),
+            inband: telephone_event_pt.is_none().then(InbandDetector::default),
+        }
+    }
+
+    /// Reads one received datagram.
+    pub fn on_datagram(&mut self, data: &[u8]) -> RtpInput {
+        let Ok(p) = rtp_rs::RtpReader::new(data) else {
+            return RtpInput::Ignored;
+        };
+        let pt = p.payload_type();
+        let law = super::G711::from_payload_type(pt);
+        if Some(pt) == self.telephone_event_pt {
+            // The far end sends RFC 4733: in-band tones (if any) would double the keys.
+            self.inband = None;
+            let key = self.telephone_events.on_packet(p.timestamp(), p.payload());
+            return RtpInput::Media { key };
+        }
+        let Some(law) = law else {
+            return RtpInput::Ignored;
+        };
+        let key = self.inband.as_mut().and_then(|det| {
+            let payload = p.payload();
+            let mut pcm = [0i16; 3 * super::FRAME_SAMPLES];
+            let n = payload.len().min(pcm.len());
+            super::g711::decode_into(law, &payload[..n], &mut pcm[..n]);
+            det.on_frame(&pcm[..n])
+        });
+        RtpInput::Media { key }
+    }
+}
+
 /// Goertzel-based DTMF detector over 8 kHz audio in 20 ms frames.
 ///
 /// A key is reported when two consecutive frames show the same row and column tones,
@@ -250,6 +313,60 @@ mod tests {
         // Non-DTMF events and garbage are ignored.
         assert_eq!(rx.on_packet(9000, &ev(16, false, 10, 160)), None);
         assert_eq!(rx.on_packet(9160, &[]), None);
+    }
+
+    /// An RTP packet (no CSRC, no extension) around `payload`.
+    fn rtp(pt: u8, ts: u32, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, pt, 0, 1];
+        p.extend(ts.to_be_bytes());
+        p.extend(0x1234_abcdu32.to_be_bytes());
+        p.extend(payload);
+        p
+    }
+
+    #[test]
+    fn rtp_input_reads_events_at_the_negotiated_type_and_ignores_strays() {
+        let mut rx = RtpKeyInput::new(Some(96));
+        let media = |key| RtpInput::Media { key };
+        assert_eq!(
+            rx.on_datagram(&rtp(96, 800, &ev(3, false, 10, 160))),
+            media(Some('3'))
+        );
+        assert_eq!(
+            rx.on_datagram(&rtp(96, 800, &ev(3, true, 10, 320))),
+            media(None)
+        );
+        assert_eq!(rx.on_datagram(&rtp(0, 960, &[0xff; 160])), media(None));
+        // Not media of this call: comfort noise, RTCP read as RTP, an unnegotiated
+        // telephone-event type, STUN, truncated headers.
+        assert_eq!(rx.on_datagram(&rtp(13, 1, &[0x40])), RtpInput::Ignored);
+        assert_eq!(rx.on_datagram(&rtp(72, 1, &[0; 20])), RtpInput::Ignored);
+        assert_eq!(
+            rx.on_datagram(&rtp(101, 2, &ev(4, false, 10, 160))),
+            RtpInput::Ignored
+        );
+        let stun = [0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(rx.on_datagram(&stun), RtpInput::Ignored);
+        assert_eq!(rx.on_datagram(&[0x80, 0]), RtpInput::Ignored);
+    }
+
+    #[test]
+    fn rtp_input_detects_inband_keys_only_without_telephone_events() {
+        let frames: Vec<Vec<u8>> = tone(ROWS[1], COLS[1], 5000.0, 100.0, 3, 2)
+            .chunks(160)
+            .map(|f| crate::media::g711::encode(crate::media::G711::Ulaw, f))
+            .collect();
+        let keys = |rx: &mut RtpKeyInput| -> Vec<char> {
+            frames
+                .iter()
+                .filter_map(|f| match rx.on_datagram(&rtp(0, 0, f)) {
+                    RtpInput::Media { key } => key,
+                    RtpInput::Ignored => None,
+                })
+                .collect()
+        };
+        assert_eq!(keys(&mut RtpKeyInput::new(None)), vec!['5']);
+        assert!(keys(&mut RtpKeyInput::new(Some(101))).is_empty());
     }
 
     /// Deterministic noise (xorshift) so a failure reproduces.

@@ -19,8 +19,10 @@ pub mod rtcp;
 pub mod rtp;
 pub mod script;
 
-pub use pacer::{rtcp_socket_beside, Pacer, PacerOptions, Playout, PlayoutEvent, PlayoutSpec};
-pub use pack::{PromptError, PromptLibrary, PromptPack};
+pub use pacer::{
+    rtcp_socket_beside, Pacer, PacerOptions, PacerStats, Playout, PlayoutEvent, PlayoutSpec,
+};
+pub use pack::{check_phrase, PhraseCheck, PromptError, PromptLibrary, PromptPack};
 pub use script::{CallScript, ScriptItem};
 
 /// Samples per RTP packet: 20 ms at 8 kHz, which is also the RTP timestamp step.
@@ -77,8 +79,12 @@ impl G711 {
 /// One prerecorded phrase of a prompt pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Phrase {
-    /// A spoken digit, 0..=9. Other values have no audio (empty frames/PCM).
+    /// A spoken digit, 0..=9, as said inside a group (non-final intonation). Other
+    /// values have no audio (empty frames/PCM).
     Digit(u8),
+    /// The same digit as said at the end of a group or of the code (final, falling
+    /// intonation): `5-final.wav`. A pack without that file plays [`Phrase::Digit`].
+    FinalDigit(u8),
     /// "Your verification code is".
     Intro,
     /// "I repeat".
@@ -108,11 +114,47 @@ impl Phrase {
         Phrase::PressKey,
     ];
 
-    /// Index into [`Phrase::ALL`]; `None` for a digit above 9.
+    /// The final forms of the ten digits. Optional in a pack: each falls back to the
+    /// plain [`Phrase::Digit`] when its file is missing.
+    pub const FINAL_DIGITS: [Phrase; 10] = [
+        Phrase::FinalDigit(0),
+        Phrase::FinalDigit(1),
+        Phrase::FinalDigit(2),
+        Phrase::FinalDigit(3),
+        Phrase::FinalDigit(4),
+        Phrase::FinalDigit(5),
+        Phrase::FinalDigit(6),
+        Phrase::FinalDigit(7),
+        Phrase::FinalDigit(8),
+        Phrase::FinalDigit(9),
+    ];
+
+    /// The digit a phrase says, in either form; `None` for other phrases.
+    pub fn digit(self) -> Option<u8> {
+        match self {
+            Phrase::Digit(d) | Phrase::FinalDigit(d) if d <= 9 => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Short name used in reports: `digit 5`, `digit 5 final`, `intro`, ...
+    pub fn name(self) -> String {
+        match self {
+            Phrase::Digit(d) => format!("digit {d}"),
+            Phrase::FinalDigit(d) => format!("digit {d} final"),
+            Phrase::Intro => "intro".to_owned(),
+            Phrase::Repeat => "repeat".to_owned(),
+            Phrase::Outro => "outro".to_owned(),
+            Phrase::PressKey => "press-key".to_owned(),
+        }
+    }
+
+    /// Index into [`Phrase::ALL`]; `None` for a digit above 9 and for the final forms
+    /// (which the pack keeps apart, as they are optional).
     pub(crate) fn index(self) -> Option<usize> {
         match self {
             Phrase::Digit(d) if d <= 9 => Some(usize::from(d)),
-            Phrase::Digit(_) => None,
+            Phrase::Digit(_) | Phrase::FinalDigit(_) => None,
             Phrase::Intro => Some(10),
             Phrase::Repeat => Some(11),
             Phrase::Outro => Some(12),
@@ -132,6 +174,10 @@ mod tests {
             assert_eq!(p.index(), Some(i));
         }
         assert_eq!(Phrase::Digit(10).index(), None);
+        assert_eq!(Phrase::FinalDigit(3).index(), None);
+        assert_eq!(Phrase::FinalDigit(3).digit(), Some(3));
+        assert_eq!(Phrase::FinalDigit(12).digit(), None);
+        assert_eq!(Phrase::Intro.digit(), None);
     }
 
     #[test]

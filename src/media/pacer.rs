@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::mpsc as tokio_mpsc;
 
-use super::dtmf::{InbandDetector, TelephoneEventReceiver};
+use super::dtmf::{RtpInput, RtpKeyInput};
 use super::rtcp::{self, SenderInfo};
 use super::rtp::{RtpStreamHeader, PACKET_LEN};
 use super::script::{CallScript, ScriptItem};
@@ -162,11 +162,37 @@ pub struct PacerOptions {
     pub realtime_priority: u8,
 }
 
+/// Packet counters over every stream since the pacer started, for `/metrics`. The
+/// thread adds to them once per wake-up, not per packet.
+#[derive(Debug, Default)]
+pub struct PacerStats {
+    sent: AtomicU64,
+    late: AtomicU64,
+}
+
+/// A packet that leaves more than this after its due time counts as late: half a
+/// packet time, well past timer noise and the [`SEND_AHEAD`] batching, and the point
+/// where a jitter buffer starts to need its slack.
+pub const LATE_AFTER: Duration = Duration::from_millis(10);
+
+impl PacerStats {
+    /// RTP packets the kernel accepted.
+    pub fn packets_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Of those, packets sent more than [`LATE_AFTER`] after they were due.
+    pub fn packets_late(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
+    }
+}
+
 /// The shared RTP sending thread. Dropping it stops all streams and joins the thread.
 #[derive(Debug)]
 pub struct Pacer {
     inbox: Inbox,
     active: Arc<AtomicUsize>,
+    stats: Arc<PacerStats>,
     next_id: AtomicU64,
     thread: Option<JoinHandle<()>>,
 }
@@ -187,11 +213,13 @@ impl Pacer {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let active = Arc::new(AtomicUsize::new(0));
         let thread_active = Arc::clone(&active);
+        let stats = Arc::new(PacerStats::default());
+        let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("rtp-pacer".to_owned())
             .spawn(move || {
                 apply_priority(options.realtime_priority);
-                run(poll, rx, &thread_active)
+                run(poll, rx, &thread_active, &thread_stats)
             })?;
         Ok(Pacer {
             inbox: Inbox {
@@ -199,6 +227,7 @@ impl Pacer {
                 waker,
             },
             active,
+            stats,
             next_id: AtomicU64::new(1),
             thread: Some(thread),
         })
@@ -240,6 +269,11 @@ impl Pacer {
     /// Streams currently playing.
     pub fn active_streams(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Packet counters of all streams so far.
+    pub fn stats(&self) -> Arc<PacerStats> {
+        Arc::clone(&self.stats)
     }
 }
 
@@ -324,10 +358,8 @@ struct Stream {
     resyncs: u32,
     /// Packet index after which the next RTCP sender report goes out.
     next_report: u64,
-    telephone_event_pt: Option<u8>,
-    telephone_events: TelephoneEventReceiver,
-    /// In-band detection, only when no telephone-event was negotiated.
-    inband: Option<InbandDetector>,
+    /// Key presses in what arrives on the RTP socket.
+    keys: RtpKeyInput,
     events: tokio_mpsc::UnboundedSender<PlayoutEvent>,
 }
 
@@ -405,12 +437,7 @@ impl Stream {
             resyncs: 0,
             // The first report after half an interval (RFC 3550 §6.2 "initial").
             next_report: report_interval_packets() / 2,
-            telephone_event_pt: spec.telephone_event_pt,
-            telephone_events: TelephoneEventReceiver::default(),
-            inband: spec
-                .telephone_event_pt
-                .is_none()
-                .then(InbandDetector::default),
+            keys: RtpKeyInput::new(spec.telephone_event_pt),
             events,
         }
     }
@@ -571,15 +598,9 @@ impl Stream {
     }
 
     fn on_rtp(&mut self, data: &[u8], from: SocketAddr) {
-        let Ok(p) = rtp_rs::RtpReader::new(data) else {
-            return; // not RTP (STUN, garbage): never latch onto it
+        let RtpInput::Media { key } = self.keys.on_datagram(data) else {
+            return; // not media of this call: never latch onto it
         };
-        let pt = p.payload_type();
-        if Some(pt) != self.telephone_event_pt && G711::from_payload_type(pt).is_none() {
-            // Not media of this call: RTCP sent to the RTP port (its packet types read
-            // as payload types 72-76), comfort noise, strays. Never latch onto those.
-            return;
-        }
         if !self.latched {
             // Symmetric RTP: the far end's packets come from where ours reach it (a
             // NAT's public mapping rather than the private address in its SDP).
@@ -592,19 +613,6 @@ impl Stream {
                 }
             }
         }
-        let key = if Some(pt) == self.telephone_event_pt {
-            // The far end sends RFC 4733: in-band tones (if any) would double the keys.
-            self.inband = None;
-            self.telephone_events.on_packet(p.timestamp(), p.payload())
-        } else if let (Some(det), Some(law)) = (&mut self.inband, G711::from_payload_type(pt)) {
-            let payload = p.payload();
-            let mut pcm = [0i16; 3 * FRAME_SAMPLES];
-            let n = payload.len().min(pcm.len());
-            g711::decode_into(law, &payload[..n], &mut pcm[..n]);
-            det.on_frame(&pcm[..n])
-        } else {
-            None
-        };
         if let Some(key) = key {
             let _ = self.events.send(PlayoutEvent::KeyPressed { key });
             self.on_key();
@@ -620,8 +628,7 @@ impl Stream {
         for _ in 0..READ_BUDGET {
             match socket.recv_from(buf) {
                 Ok((n, from)) => {
-                    // Version 2 and an RTCP packet type (RFC 5761 §4: 192..=223).
-                    let rtcp_like = n >= 8 && buf[0] >> 6 == 2 && (192..=223).contains(&buf[1]);
+                    let rtcp_like = rtcp::is_rtcp(&buf[..n]);
                     if rtcp_like && !self.rtcp_latched {
                         self.rtcp_latched = true;
                         self.rtcp_remote = from;
@@ -680,7 +687,12 @@ fn wait(poll: &mut Poll, events: &mut Events, deadline: Option<Instant>) {
 }
 
 /// The thread body.
-fn run(mut poll: Poll, commands: mpsc::Receiver<Command>, active: &AtomicUsize) {
+fn run(
+    mut poll: Poll,
+    commands: mpsc::Receiver<Command>,
+    active: &AtomicUsize,
+    stats: &PacerStats,
+) {
     let mut streams: HashMap<u64, Box<Stream>> = HashMap::new();
     // (deadline, stream id); entries of stopped streams are skipped when popped.
     let mut due: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
@@ -766,6 +778,7 @@ fn run(mut poll: Poll, commands: mpsc::Receiver<Command>, active: &AtomicUsize) 
         // than it would absorb gaps.
         let now = Instant::now();
         let send_until = now + SEND_AHEAD;
+        let (mut sent, mut late) = (0u64, 0u64);
         while let Some(&Reverse((deadline, id))) = due.peek() {
             if deadline > send_until {
                 break;
@@ -775,11 +788,21 @@ fn run(mut poll: Poll, commands: mpsc::Receiver<Command>, active: &AtomicUsize) 
                 continue; // stopped earlier
             };
             stream.limit_lag(now);
-            if stream.send_one(&mut buf) {
+            let before = stream.packets_sent;
+            let more = stream.send_one(&mut buf);
+            if stream.packets_sent > before {
+                sent += 1;
+                late += u64::from(now.saturating_duration_since(deadline) > LATE_AFTER);
+            }
+            if more {
                 due.push(Reverse((stream.deadline(), id)));
             } else if let Some(s) = streams.remove(&id) {
                 finish(s);
             }
+        }
+        if sent > 0 {
+            stats.sent.fetch_add(sent, Ordering::Relaxed);
+            stats.late.fetch_add(late, Ordering::Relaxed);
         }
     }
 

@@ -1,10 +1,12 @@
 //! Prompt packs: one locale's phrases, decoded and G.711-encoded once at load.
 //!
 //! A pack is a directory `prompts/<locale>/` with `pack.toml` and one WAV per phrase
-//! (SPEC §5). Everything a call needs later is precomputed here, so the pacer only
+//! (SPEC §5), plus optional final forms of the digits (`5-final.wav`: the digit as said
+//! at the end of a group, with falling intonation; `5.wav` is the form said inside a
+//! group). A missing final form falls back to the plain digit. See docs/prompts.md. Everything a call needs later is precomputed here, so the pacer only
 //! copies 160-byte frames that already exist (DESIGN principle 7). Each phrase is
-//! resampled to 8 kHz, trimmed of leading and trailing silence and brought to a -3 dBFS
-//! peak at load, so an operator can drop in studio recordings as they come.
+//! resampled to 8 kHz, trimmed of leading and trailing silence (keeping weak consonants
+//! and 20 ms either side) and brought to a -3 dBFS peak at load, so an operator can drop in studio recordings as they come.
 //!
 //! Depends on hound (PCM WAV; G.711 WAV is read here), rubato (resampling to 8 kHz),
 //! toml/serde (pack.toml), humantime (durations).
@@ -20,6 +22,10 @@ use super::{g711, Phrase, FRAME_SAMPLES, G711, SAMPLE_RATE};
 
 /// Longest phrase accepted; keeps a wrong file (a whole song) from eating memory.
 const MAX_PHRASE_SECONDS: u32 = 60;
+/// Sample rates accepted, telephone band to studio. Outside it a header is broken, and
+/// the resampler's buffers grow with the rate: 4 GHz asked for 17 GB (fuzzer), 1 Hz
+/// took seconds.
+const WAV_RATES: std::ops::RangeInclusive<u32> = 4_000..=384_000;
 /// Longest pause accepted in pack.toml.
 const MAX_PAUSE: Duration = Duration::from_secs(10);
 /// Peak level every phrase is brought to: -3 dBFS, as `prompts/build.sh` makes them,
@@ -30,10 +36,20 @@ const TARGET_PEAK: f32 = 23_197.0;
 const PEAK_TOLERANCE_DB: f32 = 1.0;
 /// A phrase whose peak is below this (-60 dBFS) is silence: a broken recording.
 const MIN_PEAK: i32 = 33;
-/// For trimming, samples below the peak by more than 40 dB count as silence.
-const SILENCE_BELOW_PEAK: i32 = 100;
-/// Kept before the first and after the last sound: 10 ms, so soft onsets survive.
-const TRIM_MARGIN: usize = 80;
+/// Trimming looks at 10 ms windows.
+const TRIM_WINDOW: usize = 80;
+/// A window counts as sound when it is within 50 dB of the loudest window (power
+/// ratio 10^5), so the weak first consonant of "five", "six", "seven" or "zero" is kept...
+const TRIM_BELOW_PEAK: f64 = 1e5;
+/// ...and more than 10 dB above the noise at the file's edges (its first or last 10 ms,
+/// whichever is quieter), so room noise in a recording is trimmed all the same...
+const TRIM_ABOVE_NOISE: f64 = 10.0;
+/// ...but the noise never raises the threshold above 30 dB below the loudest window
+/// (a file that starts mid-word must not lose the word).
+const TRIM_NOISE_CAP: f64 = 1e3;
+/// Kept before the first and after the last sound window: 20 ms, so onsets and
+/// releases are not cut.
+const TRIM_MARGIN: usize = 160;
 
 /// Why a prompt pack could not be loaded. Every message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +117,9 @@ struct FilesToml {
     outro: String,
     press_key: String,
     digits: Vec<String>,
+    /// Final forms of the digits. When absent, `<d>-final.wav` is used where that file
+    /// exists and the plain digit where it does not.
+    digits_final: Option<Vec<String>>,
 }
 
 impl Default for FilesToml {
@@ -111,6 +130,7 @@ impl Default for FilesToml {
             outro: "outro.wav".to_owned(),
             press_key: "press-key.wav".to_owned(),
             digits: (0..10).map(|d| format!("{d}.wav")).collect(),
+            digits_final: None,
         }
     }
 }
@@ -162,6 +182,8 @@ pub struct PromptPack {
     group_pause: Duration,
     /// Indexed by [`Phrase::index`]; always [`Phrase::ALL`]`.len()` entries.
     phrases: Vec<PhraseAudio>,
+    /// Final forms of digits 0..=9; `None` where the pack has none (plain digit plays).
+    finals: Vec<Option<PhraseAudio>>,
 }
 
 impl PromptPack {
@@ -188,6 +210,11 @@ impl PromptPack {
         })
     }
 
+    /// Whether the pack has its own final form of digit `d` (else the plain one plays).
+    pub fn has_final(&self, d: u8) -> bool {
+        self.finals.get(usize::from(d)).is_some_and(|f| f.is_some())
+    }
+
     /// Playing time of a phrase (for `otpdial prompts check`).
     pub fn duration(&self, p: Phrase) -> Duration {
         let samples = self.pcm(p).len() as u64;
@@ -205,7 +232,14 @@ impl PromptPack {
     }
 
     fn audio(&self, p: Phrase) -> Option<&PhraseAudio> {
-        p.index().and_then(|i| self.phrases.get(i))
+        match p {
+            Phrase::FinalDigit(d) => match self.finals.get(usize::from(d)) {
+                Some(Some(f)) => Some(f),
+                Some(None) => self.audio(Phrase::Digit(d)),
+                None => None,
+            },
+            _ => p.index().and_then(|i| self.phrases.get(i)),
+        }
     }
 
     /// Loads a pack from `pack.toml` text, fetching each named file through `read`.
@@ -243,6 +277,7 @@ impl PromptPack {
                 Phrase::Repeat => Some(&cfg.files.repeat),
                 Phrase::Outro => Some(&cfg.files.outro),
                 Phrase::PressKey => Some(&cfg.files.press_key),
+                Phrase::FinalDigit(_) => None, // not in ALL
             };
             let Some(name) = name else {
                 return Err(config_err(format!("no file named for {p:?}")));
@@ -254,12 +289,41 @@ impl PromptPack {
             phrases.push(PhraseAudio::new(pcm));
         }
 
+        // Final forms: named in pack.toml (then required), or by convention (optional).
+        let (final_names, required): (Vec<String>, bool) = match &cfg.files.digits_final {
+            Some(names) if names.len() == 10 => (names.clone(), true),
+            Some(names) => {
+                return Err(config_err(format!(
+                    "`files.digits_final` must name 10 files (0 to 9), found {}",
+                    names.len()
+                )))
+            }
+            None => ((0..10).map(|d| format!("{d}-final.wav")).collect(), false),
+        };
+        let mut finals = Vec::with_capacity(10);
+        for name in &final_names {
+            check_file_name(name).map_err(config_err)?;
+            let bytes = match read(name) {
+                Ok(bytes) => bytes,
+                Err(PromptError::Io { source, .. })
+                    if !required && source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    finals.push(None);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let pcm = decode_wav(&origin.join(name), &bytes)?;
+            finals.push(Some(PhraseAudio::new(pcm)));
+        }
+
         Ok(PromptPack {
             locale: locale.to_owned(),
             language: cfg.language,
             digit_pause,
             group_pause,
             phrases,
+            finals,
         })
     }
 }
@@ -288,11 +352,13 @@ fn check_file_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Decodes a WAV file to 8 kHz mono i16.
+/// Decodes one phrase's WAV file, given as bytes, to 8 kHz mono i16, trimmed and
+/// level-normalised: what a pack load does with each file it reads. `path` only names
+/// the file in errors.
 ///
 /// Accepts mono 16-bit integer PCM at any rate (resampled here, once, at load) and
 /// mono G.711 µ-law/A-law WAV (format tags 7/6, which hound does not read).
-fn decode_wav(path: &Path, bytes: &[u8]) -> Result<Vec<i16>, PromptError> {
+pub fn decode_wav(path: &Path, bytes: &[u8]) -> Result<Vec<i16>, PromptError> {
     let wav_err = |message: String| PromptError::Wav {
         path: path.to_path_buf(),
         message,
@@ -304,6 +370,11 @@ fn decode_wav(path: &Path, bytes: &[u8]) -> Result<Vec<i16>, PromptError> {
         }
         None => decode_pcm_wav(bytes).map_err(wav_err)?,
     };
+    if !WAV_RATES.contains(&rate) {
+        return Err(wav_err(format!(
+            "declares a sample rate of {rate} Hz; prompts must be 4 kHz to 384 kHz"
+        )));
+    }
     if pcm.is_empty() {
         return Err(wav_err("has no samples".to_owned()));
     }
@@ -327,11 +398,8 @@ fn condition(pcm: &[i16]) -> Result<Vec<i16>, String> {
     if peak < MIN_PEAK {
         return Err("is silent (peak below -60 dBFS)".to_owned());
     }
-    let threshold = (peak / SILENCE_BELOW_PEAK).max(1);
-    let loud = |s: &i16| i32::from(*s).abs() > threshold;
-    let first = pcm.iter().position(loud).unwrap_or(0);
-    let last = pcm.iter().rposition(loud).unwrap_or(pcm.len() - 1);
-    let kept = &pcm[first.saturating_sub(TRIM_MARGIN)..(last + 1 + TRIM_MARGIN).min(pcm.len())];
+    let (first, end) = sound_span(pcm);
+    let kept = &pcm[first.saturating_sub(TRIM_MARGIN)..(end + TRIM_MARGIN).min(pcm.len())];
 
     let peak_db = 20.0 * (peak as f32 / TARGET_PEAK).log10();
     if peak_db.abs() <= PEAK_TOLERANCE_DB {
@@ -343,6 +411,28 @@ fn condition(pcm: &[i16]) -> Result<Vec<i16>, String> {
         // The cast saturates; the clamp only states the intent.
         .map(|&s| (f32::from(s) * gain).round().clamp(-32768.0, 32767.0) as i16)
         .collect())
+}
+
+/// The span `first..end` of samples from the first to the last 10 ms window that is
+/// sound ([`TRIM_BELOW_PEAK`], [`TRIM_ABOVE_NOISE`], [`TRIM_NOISE_CAP`]); the whole
+/// file when none is.
+fn sound_span(pcm: &[i16]) -> (usize, usize) {
+    let power: Vec<f64> = pcm
+        .chunks(TRIM_WINDOW)
+        .map(|w| w.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / w.len() as f64)
+        .collect();
+    let loudest = power.iter().copied().fold(0.0f64, f64::max);
+    let edge_noise = match (power.first(), power.last()) {
+        (Some(a), Some(b)) => a.min(*b),
+        _ => 0.0,
+    };
+    let threshold = (loudest / TRIM_BELOW_PEAK)
+        .max((edge_noise * TRIM_ABOVE_NOISE).min(loudest / TRIM_NOISE_CAP));
+    let sound = |p: &f64| *p > threshold;
+    match (power.iter().position(sound), power.iter().rposition(sound)) {
+        (Some(a), Some(b)) => (a * TRIM_WINDOW, ((b + 1) * TRIM_WINDOW).min(pcm.len())),
+        _ => (0, pcm.len()),
+    }
 }
 
 /// Mono 16-bit integer PCM through hound: the samples and their rate.
@@ -470,6 +560,186 @@ fn resample(pcm: &[i16], rate: u32) -> Result<Vec<i16>, String> {
         .collect())
 }
 
+/// A 6-digit code must be read within this (issue 12), pauses included.
+const MAX_READING: Duration = Duration::from_secs(6);
+/// Analysis window of [`check_phrase`]: 10 ms.
+const CHECK_WINDOW: usize = 80;
+/// A window more than this below the peak counts as silence (dB).
+const CHECK_SILENCE_DB: f32 = 40.0;
+/// A phrase whose first or last 10 ms are louder than the speech level minus this
+/// starts or ends mid-sound (dB).
+const CHECK_EDGE_DB: f32 = 15.0;
+
+/// What [`check_phrase`] found in one phrase.
+#[derive(Debug, Clone)]
+pub struct PhraseCheck {
+    /// Playing time.
+    pub duration: Duration,
+    /// Active speech level: mean power of the windows that are not silence, in dBFS.
+    pub active_dbfs: f32,
+    /// Longest silence inside the phrase (between its first and last sound).
+    pub longest_gap: Duration,
+    /// Share of the energy below 300 Hz, which a telephone line does not carry.
+    pub below_300hz: f32,
+    /// What a listener would suffer from, in words; empty when nothing.
+    pub problems: Vec<String>,
+}
+
+/// Checks one phrase (8 kHz PCM as loaded) for what makes it hard to understand on a
+/// phone: a clipped onset or tail (the file starts or ends mid-sound, e.g. the "f" of
+/// "five" cut off), level (too quiet or too hot for G.711, flat-topped peaks), silence
+/// inside (a digit that sounds like two words), a duration outside a sane range for its
+/// kind (a digit under 200 ms is hard to catch, over 900 ms drags), and a spectrum whose
+/// energy lies mostly below the 300 Hz the line cuts.
+pub fn check_phrase(p: Phrase, pcm: &[i16]) -> PhraseCheck {
+    let duration = Duration::from_micros(pcm.len() as u64 * 1_000_000 / u64::from(SAMPLE_RATE));
+    let mut problems = Vec::new();
+    let db = |power: f64| (10.0 * (power.max(1e-3) / (32768.0f64 * 32768.0)).log10()) as f32;
+    let windows: Vec<f32> = pcm
+        .chunks(CHECK_WINDOW)
+        .map(|w| {
+            let power =
+                w.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / w.len() as f64;
+            db(power)
+        })
+        .collect();
+    let peak = pcm.iter().map(|&s| i32::from(s).abs()).max().unwrap_or(0);
+    let peak_db = db(f64::from(peak) * f64::from(peak));
+    let silent = |w: f32| w < peak_db - CHECK_SILENCE_DB;
+    let speech: Vec<f64> = pcm
+        .chunks(CHECK_WINDOW)
+        .zip(&windows)
+        .filter(|(_, &w)| !silent(w))
+        .map(|(c, _)| c.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / c.len() as f64)
+        .collect();
+    let active_dbfs = if speech.is_empty() {
+        -120.0
+    } else {
+        db(speech.iter().sum::<f64>() / speech.len() as f64)
+    };
+
+    // Onset and tail: the first / last 10 ms should be (near) silence.
+    if let (Some(&first), Some(&last)) = (windows.first(), windows.last()) {
+        if windows.len() > 2 && first > active_dbfs - CHECK_EDGE_DB {
+            problems.push(format!(
+                "clipped onset: starts mid-sound ({:.0} dB below the speech level in its first 10 ms; a cut consonant or a click)",
+                active_dbfs - first
+            ));
+        }
+        if windows.len() > 2 && last > active_dbfs - CHECK_EDGE_DB {
+            problems.push(format!(
+                "clipped tail: ends mid-sound ({:.0} dB below the speech level in its last 10 ms)",
+                active_dbfs - last
+            ));
+        }
+    }
+
+    // Level. The loader brings every peak to -3 dBFS, so this is the crest factor: a
+    // phrase with one loud click and quiet speech ends up quiet.
+    if active_dbfs < -30.0 {
+        problems.push(format!(
+            "quiet: speech at {active_dbfs:.1} dBFS (aim for -22 to -14; a click or breath may set the peak)"
+        ));
+    } else if active_dbfs > -10.0 {
+        problems.push(format!(
+            "too hot: speech at {active_dbfs:.1} dBFS (aim for -22 to -14; compressed or clipped?)"
+        ));
+    }
+    let flat_tops = pcm
+        .windows(4)
+        .filter(|w| w.iter().all(|&s| i32::from(s).abs() == peak) && peak > 0)
+        .count();
+    if flat_tops >= 2 {
+        problems.push(
+            "clipping: flat-topped peaks (record or synthesise with more headroom)".to_owned(),
+        );
+    }
+
+    // Silence inside: the longest run of silent windows between the first and last sound.
+    let first_sound = windows.iter().position(|&w| !silent(w));
+    let last_sound = windows.iter().rposition(|&w| !silent(w));
+    let mut longest = 0usize;
+    if let (Some(a), Some(b)) = (first_sound, last_sound) {
+        let mut run = 0usize;
+        for &w in &windows[a..=b] {
+            run = if silent(w) { run + 1 } else { 0 };
+            longest = longest.max(run);
+        }
+    }
+    let longest_gap =
+        Duration::from_millis((longest * CHECK_WINDOW) as u64 * 1000 / u64::from(SAMPLE_RATE));
+    let max_gap = if p.digit().is_some() {
+        Duration::from_millis(150)
+    } else {
+        Duration::from_millis(400)
+    };
+    if longest_gap > max_gap {
+        problems.push(format!(
+            "silence inside: {} ms (more than {} ms; a listener hears two words, or the end)",
+            longest_gap.as_millis(),
+            max_gap.as_millis()
+        ));
+    }
+
+    // Duration for the kind of phrase.
+    let (lo, hi) = match p {
+        Phrase::Digit(_) | Phrase::FinalDigit(_) => (200, 900),
+        Phrase::Intro => (800, 3500),
+        Phrase::Repeat | Phrase::Outro => (300, 2000),
+        Phrase::PressKey => (1000, 5000),
+    };
+    let d = duration.as_millis();
+    if d < lo {
+        problems.push(format!("short: {d} ms (under {lo} ms is hard to catch)"));
+    } else if d > hi {
+        problems.push(format!("long: {d} ms (over {hi} ms for this phrase)"));
+    }
+
+    // Energy below 300 Hz: second-order high-pass (RBJ biquad, Q 0.707) at 300 Hz.
+    let below_300hz = low_share(pcm);
+    if below_300hz > 0.6 {
+        problems.push(format!(
+            "muffled: {:.0} % of the energy is below 300 Hz, which the phone line drops",
+            below_300hz * 100.0
+        ));
+    }
+
+    PhraseCheck {
+        duration,
+        active_dbfs,
+        longest_gap,
+        below_300hz,
+        problems,
+    }
+}
+
+/// Share of a phrase's energy below 300 Hz (0..=1).
+fn low_share(pcm: &[i16]) -> f32 {
+    let w0 = 2.0 * std::f64::consts::PI * 300.0 / f64::from(SAMPLE_RATE);
+    let alpha = w0.sin() / (2.0 * std::f64::consts::FRAC_1_SQRT_2);
+    let cos = w0.cos();
+    let a0 = 1.0 + alpha;
+    let (b0, b1, b2) = (
+        (1.0 + cos) / 2.0 / a0,
+        -(1.0 + cos) / a0,
+        (1.0 + cos) / 2.0 / a0,
+    );
+    let (a1, a2) = (-2.0 * cos / a0, (1.0 - alpha) / a0);
+    let (mut x1, mut x2, mut y1, mut y2) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let (mut all, mut high) = (0.0f64, 0.0f64);
+    for &s in pcm {
+        let x = f64::from(s);
+        let y = b0 * x + b1 * x1 + b2 * x2 - a1 * y1 - a2 * y2;
+        (x2, x1, y2, y1) = (x1, x, y1, y);
+        all += x * x;
+        high += y * y;
+    }
+    if all <= 0.0 {
+        return 0.0;
+    }
+    (1.0 - high / all).clamp(0.0, 1.0) as f32
+}
+
 /// All loaded packs, by locale.
 #[derive(Debug, Clone, Default)]
 pub struct PromptLibrary {
@@ -484,7 +754,9 @@ macro_rules! embedded_pack {
             include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts/", $locale, "/pack.toml")),
             embedded_pack!(@files $locale, "0.wav", "1.wav", "2.wav", "3.wav", "4.wav", "5.wav",
                 "6.wav", "7.wav", "8.wav", "9.wav", "intro.wav", "repeat.wav", "outro.wav",
-                "press-key.wav"),
+                "press-key.wav", "0-final.wav", "1-final.wav", "2-final.wav", "3-final.wav",
+                "4-final.wav", "5-final.wav", "6-final.wav", "7-final.wav", "8-final.wav",
+                "9-final.wav"),
         )
     };
     (@files $locale:literal, $($file:literal),*) => {
@@ -503,20 +775,17 @@ const EMBEDDED: [EmbeddedPack; 2] = [embedded_pack!("en"), embedded_pack!("nl")]
 impl PromptLibrary {
     /// Loads every subdirectory of `dir` that has a `pack.toml`; the subdirectory's
     /// name is the locale. Any broken pack fails the whole load (start-up error).
+    ///
+    /// `dir` may also be one pack's own directory (it has a `pack.toml`, e.g.
+    /// `prompts/nl`): then that pack alone is loaded, its directory name the locale.
     pub fn load_dir(dir: &Path) -> Result<PromptLibrary, PromptError> {
         let io_err = |path: &Path, source| PromptError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let mut packs = BTreeMap::new();
-        for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
-            let entry = entry.map_err(|e| io_err(dir, e))?;
-            let sub = entry.path();
+        let load_one = |sub: &Path, name: &std::ffi::OsStr| {
             let toml_path = sub.join("pack.toml");
-            if !sub.is_dir() || !toml_path.is_file() {
-                continue;
-            }
-            let Some(locale) = entry.file_name().to_str().map(str::to_owned) else {
+            let Some(locale) = name.to_str().map(str::to_owned) else {
                 return Err(PromptError::Config {
                     path: toml_path,
                     message: "the pack directory name (the locale) is not UTF-8".to_owned(),
@@ -527,8 +796,26 @@ impl PromptLibrary {
                 let path = sub.join(name);
                 std::fs::read(&path).map_err(|e| io_err(&path, e))
             };
-            let pack = PromptPack::parse(&locale, &sub, &text, &read)?;
-            packs.insert(locale, Arc::new(pack));
+            let pack = PromptPack::parse(&locale, sub, &text, &read)?;
+            Ok((locale, Arc::new(pack)))
+        };
+        let mut packs = BTreeMap::new();
+        if dir.join("pack.toml").is_file() {
+            // One pack's folder. Its name: the last component, also for `prompts/nl/.`.
+            let canonical = dir.canonicalize().map_err(|e| io_err(dir, e))?;
+            let name = canonical.file_name().unwrap_or(canonical.as_os_str());
+            let (locale, pack) = load_one(dir, name)?;
+            packs.insert(locale, pack);
+            return Ok(PromptLibrary { packs });
+        }
+        for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+            let entry = entry.map_err(|e| io_err(dir, e))?;
+            let sub = entry.path();
+            if !sub.is_dir() || !sub.join("pack.toml").is_file() {
+                continue;
+            }
+            let (locale, pack) = load_one(&sub, &entry.file_name())?;
+            packs.insert(locale, pack);
         }
         if packs.is_empty() {
             return Err(PromptError::NoPacks {
@@ -585,8 +872,10 @@ impl PromptLibrary {
         out
     }
 
-    /// What `otpdial prompts check` prints: per pack its pauses, each phrase with its
-    /// duration after loading (resampled, trimmed), and the length of a typical call.
+    /// What `otpdial prompts check` prints: per pack its pauses, then each phrase with
+    /// its duration and speech level after loading (resampled, trimmed, normalised) and
+    /// what a listener would suffer from ([`check_phrase`]), the length of a reading of
+    /// a 6-digit code and of a whole call, and the number of problems found.
     pub fn report(&self) -> String {
         use std::fmt::Write as _;
         let ms = |d: Duration| d.as_millis();
@@ -601,22 +890,90 @@ impl PromptLibrary {
                 ms(pack.digit_pause()),
                 ms(pack.group_pause()),
             );
-            for p in Phrase::ALL {
-                let name = match p {
-                    Phrase::Digit(d) => format!("digit {d}"),
-                    Phrase::Intro => "intro".to_owned(),
-                    Phrase::Repeat => "repeat".to_owned(),
-                    Phrase::Outro => "outro".to_owned(),
-                    Phrase::PressKey => "press-key".to_owned(),
-                };
-                let _ = writeln!(out, "  {name:<10} {:>5} ms", ms(pack.duration(p)));
-            }
-            let call = super::CallScript::build(pack, &[1, 2, 3, 4, 5, 6], 2);
+            let finals = (0..10).filter(|&d| pack.has_final(d)).count();
             let _ = writeln!(
                 out,
-                "  a 6-digit code read twice: {:.1} s of audio",
+                "  final forms of the digits: {finals} of 10{}",
+                if finals < 10 {
+                    " (the plain digit plays where one is missing)"
+                } else {
+                    ""
+                }
+            );
+            let mut problems = 0;
+            let phrases = Phrase::ALL.into_iter().chain(
+                Phrase::FINAL_DIGITS
+                    .into_iter()
+                    .filter(|p| p.digit().is_some_and(|d| pack.has_final(d))),
+            );
+            for p in phrases {
+                let c = check_phrase(p, pack.pcm(p));
+                problems += c.problems.len();
+                let _ = writeln!(
+                    out,
+                    "  {} {:<15} {:>5} ms  speech {:>6.1} dBFS  {}",
+                    if c.problems.is_empty() { ' ' } else { '!' },
+                    p.name(),
+                    ms(c.duration),
+                    c.active_dbfs,
+                    if c.problems.is_empty() {
+                        "ok".to_owned()
+                    } else {
+                        c.problems.join("; ")
+                    }
+                );
+            }
+            let code = [1, 2, 3, 4, 5, 6];
+            let call = super::CallScript::build(pack, &code, 2);
+            let reading = super::CallScript::build(pack, &code, 1)
+                .items
+                .into_iter()
+                .skip_while(|i| *i != super::ScriptItem::CodeStart)
+                .take_while(|i| *i != super::ScriptItem::CodeEnd)
+                .collect();
+            let reading = super::CallScript { items: reading }.duration(pack);
+            let slow = reading > MAX_READING;
+            problems += usize::from(slow);
+            let _ = writeln!(
+                out,
+                "  {} a 6-digit code takes {:.1} s to read{}; read twice, the call has {:.1} s of audio",
+                if slow { '!' } else { ' ' },
+                reading.as_secs_f32(),
+                if slow {
+                    format!(" (more than {} s: slow down the digits less, or shorten the pauses)", MAX_READING.as_secs())
+                } else {
+                    String::new()
+                },
                 call.duration(pack).as_secs_f32()
             );
+            let _ = writeln!(
+                out,
+                "  {problems} problem{} found{}",
+                if problems == 1 { "" } else { "s" },
+                if problems == 0 {
+                    ""
+                } else {
+                    " (lines marked !; see docs/prompts.md)"
+                }
+            );
+        }
+        out
+    }
+
+    /// Every problem [`PromptLibrary::report`] marks, as `(locale, phrase, problem)`.
+    pub fn problems(&self) -> Vec<(String, Phrase, String)> {
+        let mut out = Vec::new();
+        for pack in self.packs() {
+            let phrases = Phrase::ALL.into_iter().chain(
+                Phrase::FINAL_DIGITS
+                    .into_iter()
+                    .filter(|p| p.digit().is_some_and(|d| pack.has_final(d))),
+            );
+            for p in phrases {
+                for problem in check_phrase(p, pack.pcm(p)).problems {
+                    out.push((pack.locale().to_owned(), p, problem));
+                }
+            }
         }
         out
     }
@@ -908,8 +1265,12 @@ mod tests {
         write_pcm(&dir.join("5.wav"), &pcm);
         let lib = PromptLibrary::load_dir(tmp.path()).unwrap();
         let got = lib.get("xx").unwrap().pcm(Phrase::Digit(5)).to_vec();
-        // The tone and 10 ms either side.
-        assert!((1600..=1600 + 2 * 80).contains(&got.len()), "{}", got.len());
+        // The tone and 20 ms either side (plus up to a 10 ms window of rounding).
+        assert!(
+            (1600 + 2 * 160..=1600 + 2 * 160 + 2 * 80).contains(&got.len()),
+            "{}",
+            got.len()
+        );
         let peak = got.iter().map(|s| i32::from(*s).abs()).max().unwrap();
         assert!((23_000..=23_400).contains(&peak), "peak {peak}");
     }
@@ -931,8 +1292,149 @@ mod tests {
         let report = lib.report();
         assert!(report.contains("en (English)"), "{report}");
         assert!(report.contains("nl (Nederlands)"), "{report}");
-        assert_eq!(report.matches("press-key").count(), 2, "{report}");
-        assert_eq!(report.matches("digit 9").count(), 2, "{report}");
+        assert_eq!(report.matches(" press-key ").count(), 2, "{report}");
+        // "digit 9" and "digit 9 final", in both packs.
+        assert_eq!(report.matches(" digit 9 ").count(), 4, "{report}");
+        assert_eq!(report.matches(" digit 9 final ").count(), 2, "{report}");
+        assert_eq!(
+            report
+                .matches("final forms of the digits: 10 of 10")
+                .count(),
+            2
+        );
+        // The shipped packs are what `prompts check` asks of a pack.
+        assert_eq!(lib.problems(), Vec::new(), "{report}");
+        assert_eq!(report.matches("0 problems found").count(), 2, "{report}");
+    }
+
+    #[test]
+    fn a_single_pack_folder_loads_alone() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts/nl");
+        let lib = PromptLibrary::load_dir(&dir).unwrap();
+        assert_eq!(lib.locales(), vec!["nl".to_owned()]);
+        // `prompts/nl/.` names the same folder.
+        let lib = PromptLibrary::load_dir(&dir.join(".")).unwrap();
+        assert_eq!(lib.locales(), vec!["nl".to_owned()]);
+    }
+
+    #[test]
+    fn final_forms_are_optional_and_fall_back_to_the_plain_digit() {
+        let (tmp, dir) = make_pack();
+        // 4-final.wav by convention; no other final form.
+        write_wav(&dir.join("4-final.wav"), 1, 16, 8000, 1200);
+        let lib = PromptLibrary::load_dir(tmp.path()).unwrap();
+        let pack = lib.get("xx").unwrap();
+        assert!(pack.has_final(4) && !pack.has_final(5));
+        assert_eq!(pack.pcm(Phrase::FinalDigit(4)).len(), 1200);
+        assert_eq!(
+            pack.pcm(Phrase::FinalDigit(5)),
+            pack.pcm(Phrase::Digit(5)),
+            "missing final form plays the plain digit"
+        );
+        assert!(pack.pcm(Phrase::FinalDigit(10)).is_empty());
+        assert!(lib.report().contains("final forms of the digits: 1 of 10"));
+
+        // Named in pack.toml: then all ten must be there.
+        let names: Vec<String> = (0..10).map(|d| format!("\"{d}-final.wav\"")).collect();
+        std::fs::write(
+            dir.join("pack.toml"),
+            format!(
+                "language = \"Test\"\n[files]\ndigits_final = [{}]\n",
+                names.join(", ")
+            ),
+        )
+        .unwrap();
+        let msg = load_err(&tmp);
+        assert!(
+            msg.contains("xx/0-final.wav") && msg.contains("cannot read"),
+            "{msg}"
+        );
+        std::fs::write(
+            dir.join("pack.toml"),
+            "language = \"Test\"\n[files]\ndigits_final = [\"4-final.wav\"]\n",
+        )
+        .unwrap();
+        assert!(load_err(&tmp).contains("files.digits_final"));
+    }
+
+    #[test]
+    fn the_check_finds_what_a_listener_would_suffer_from() {
+        let tone = |n: usize, amp: f32| -> Vec<i16> {
+            (0..n)
+                // 1.27 kHz: mid-band.
+                .map(|i| ((i as f32).sin() * amp) as i16)
+                .collect()
+        };
+        let quiet = vec![0i16; 160];
+        // A clean digit: 20 ms silence, 400 ms of sound, 20 ms silence.
+        let mut clean = quiet.clone();
+        clean.extend(tone(3200, 4_000.0));
+        clean.extend(&quiet);
+        let c = check_phrase(Phrase::Digit(5), &clean);
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        // Starts and ends mid-sound.
+        let cut = tone(3200, 4_000.0);
+        let p = check_phrase(Phrase::Digit(5), &cut).problems.join("; ");
+        assert!(
+            p.contains("clipped onset") && p.contains("clipped tail"),
+            "{p}"
+        );
+        // Half a second of silence inside a digit, and too long.
+        let mut gap = clean.clone();
+        gap.extend(vec![0i16; 4000]);
+        gap.extend(&clean);
+        let p = check_phrase(Phrase::FinalDigit(5), &gap)
+            .problems
+            .join("; ");
+        assert!(p.contains("silence inside") && p.contains("long"), "{p}");
+        // Too short.
+        let mut short = quiet.clone();
+        short.extend(tone(800, 4_000.0));
+        short.extend(&quiet);
+        assert!(check_phrase(Phrase::Digit(1), &short).problems[0].contains("short"));
+        // A click sets the peak, the speech is far below it.
+        let mut clicky = clean.clone();
+        for s in &mut clicky {
+            *s /= 10;
+        }
+        clicky[1000] = 23_000;
+        let p = check_phrase(Phrase::Digit(5), &clicky).problems.join("; ");
+        assert!(p.contains("quiet"), "{p}");
+        // Flat tops.
+        let mut clipped = quiet.clone();
+        clipped.extend(
+            tone(3200, 60_000.0)
+                .iter()
+                .map(|&s| s.clamp(-20_000, 20_000)),
+        );
+        clipped.extend(&quiet);
+        let p = check_phrase(Phrase::Digit(5), &clipped).problems.join("; ");
+        assert!(p.contains("clipping"), "{p}");
+        // A hum: nearly all energy at 100 Hz.
+        let mut hum = quiet.clone();
+        hum.extend((0..3200).map(|i| {
+            ((i as f32 * 2.0 * std::f32::consts::PI * 100.0 / 8000.0).sin() * 20_000.0) as i16
+        }));
+        hum.extend(&quiet);
+        let p = check_phrase(Phrase::Digit(5), &hum).problems.join("; ");
+        assert!(p.contains("muffled"), "{p}");
+    }
+
+    /// The fuzzer's inputs (`fuzz/regressions/wav_phrase/`): G.711 WAVs declaring
+    /// 4,294,967,291 Hz (the resampler asked for 17 GB and aborted) and 1,230,118,720 Hz
+    /// (it ran past the fuzzer's timeout); 1 Hz took seconds.
+    #[test]
+    fn absurd_sample_rates_are_refused_not_resampled() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/wav_phrase");
+        for name in [
+            "g711-rate-4294967291.wav",
+            "g711-rate-1230118720-timeout.wav",
+            "pcm-rate-1.wav",
+        ] {
+            let bytes = std::fs::read(dir.join(name)).unwrap();
+            let e = decode_wav(Path::new(name), &bytes).unwrap_err().to_string();
+            assert!(e.contains("sample rate") && e.contains(name), "{e}");
+        }
     }
 
     #[test]

@@ -84,6 +84,13 @@ pub fn write_compound(info: &SenderInfo, bye: bool, buf: &mut [u8; MAX_COMPOUND_
     n
 }
 
+/// Whether a datagram received on our RTCP port looks like RTCP: version 2, at least
+/// the 8-byte common header, and an RTCP packet type (RFC 5761 §4: 192..=223). The
+/// far end's reports only tell us where to send ours, so nothing more is read.
+pub fn is_rtcp(datagram: &[u8]) -> bool {
+    matches!(datagram, [first, pt, _, _, _, _, _, _, ..] if first >> 6 == 2 && (192..=223).contains(pt))
+}
+
 /// `otpdial-xxxxxxxx`: 16 bytes.
 fn cname(ssrc: u32) -> [u8; 16] {
     let mut out = *b"otpdial-00000000";
@@ -121,6 +128,28 @@ mod tests {
         }
         assert_eq!(at, p.len(), "lengths add up to the datagram");
         out
+    }
+
+    #[test]
+    fn rtcp_is_recognised_by_version_and_packet_type() {
+        let mut buf = [0u8; MAX_COMPOUND_LEN];
+        let info = SenderInfo {
+            ssrc: 1,
+            ntp: 2,
+            rtp_timestamp: 3,
+            packets: 4,
+            octets: 5,
+        };
+        let n = write_compound(&info, true, &mut buf);
+        assert!(is_rtcp(&buf[..n]));
+        assert!(is_rtcp(&[0x81, 201, 0, 1, 0, 0, 0, 1]), "receiver report");
+        assert!(!is_rtcp(&buf[..7]), "shorter than a header");
+        assert!(
+            !is_rtcp(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+            "RTP, PCMU"
+        );
+        assert!(!is_rtcp(&[0x41, 200, 0, 1, 0, 0, 0, 1]), "version 1");
+        assert!(!is_rtcp(&[]));
     }
 
     #[test]

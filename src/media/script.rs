@@ -66,7 +66,10 @@ pub fn group_sizes(n: usize) -> Vec<usize> {
 
 impl CallScript {
     /// The standard script: lead-in, intro, then `repeat` readings of the code (the
-    /// second and later ones introduced by "I repeat"), then outro.
+    /// second and later ones introduced by "I repeat"), then outro. Each reading is the
+    /// digits in groups ([`group_sizes`]), the pack's digit pause between two digits and
+    /// its group pause between groups and before the reading; the last digit of each
+    /// group is said in its final form ([`Phrase::FinalDigit`]).
     ///
     /// `repeat` below 1 is taken as 1: the call exists to read the code. Digits above 9
     /// are skipped (callers pass a validated code; this function must not panic).
@@ -88,8 +91,11 @@ impl CallScript {
                 });
                 items.push(ScriptItem::Say(Phrase::Repeat));
             }
+            // A longer pause before the code than between its digits: the listener
+            // hears where the code starts, and a recogniser does not join the first
+            // digit to the phrase before it ("is four" heard as "is for").
             items.push(ScriptItem::Silence {
-                frames: digit_pause,
+                frames: group_pause,
             });
             items.push(ScriptItem::CodeStart);
             let mut rest = digits.as_slice();
@@ -107,7 +113,15 @@ impl CallScript {
                             frames: digit_pause,
                         });
                     }
-                    items.push(ScriptItem::Say(Phrase::Digit(d)));
+                    // The last digit of a group in its final (falling) form, the
+                    // others in the form said inside a list (the pack falls back to
+                    // the plain digit when it has no final form).
+                    let phrase = if i + 1 == group.len() {
+                        Phrase::FinalDigit(d)
+                    } else {
+                        Phrase::Digit(d)
+                    };
+                    items.push(ScriptItem::Say(phrase));
                 }
             }
             items.push(ScriptItem::CodeEnd);
@@ -232,20 +246,21 @@ mod tests {
         let dp = Silence { frames: 20 }; // 400 ms
         let gp = Silence { frames: 40 }; // 800 ms
         let d = |x| Say(Phrase::Digit(x));
+        let f = |x| Say(Phrase::FinalDigit(x));
         let code = [
-            dp,
+            gp,
             CodeStart,
             d(4),
             dp,
             d(8),
             dp,
-            d(1),
+            f(1),
             gp,
             d(5),
             dp,
             d(2),
             dp,
-            d(6),
+            f(6),
             CodeEnd,
         ];
         let mut want = vec![Silence { frames: 10 }, Say(Phrase::Intro)];
@@ -267,7 +282,12 @@ mod tests {
             .iter()
             .skip_while(|i| **i != CodeStart)
             .take_while(|i| **i != CodeEnd)
-            .filter(|i| matches!(i, Say(Phrase::Digit(_)) | Silence { frames: 40 }))
+            .filter(|i| {
+                matches!(
+                    i,
+                    Say(Phrase::Digit(_) | Phrase::FinalDigit(_)) | Silence { frames: 40 }
+                )
+            })
             .enumerate()
             .filter(|(_, i)| matches!(i, Silence { frames: 40 }))
             .map(|(n, _)| n)
@@ -355,6 +375,7 @@ mod tests {
         let pack = PromptLibrary::builtin().get("en").unwrap();
         let s = CallScript::build(&pack, &[1, 42], 1);
         assert!(!s.items.contains(&Say(Phrase::Digit(42))));
-        assert!(s.items.contains(&Say(Phrase::Digit(1))));
+        assert!(!s.items.contains(&Say(Phrase::FinalDigit(42))));
+        assert!(s.items.contains(&Say(Phrase::FinalDigit(1))));
     }
 }

@@ -313,6 +313,118 @@ pub fn answer(
     out
 }
 
+/// A client's `Authorization` value, parsed: what a server (the QA registrar) checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authorization {
+    pub username: String,
+    pub realm: String,
+    pub nonce: String,
+    pub uri: String,
+    pub response: String,
+    pub algorithm: Algorithm,
+    pub session: bool,
+    /// None: RFC 2069 style, without qop, nc and cnonce.
+    pub qop: Option<Qop>,
+    pub nc: u32,
+    pub cnonce: String,
+    pub opaque: Option<String>,
+}
+
+impl Authorization {
+    /// Parses `Digest username="...", realm="...", ...`. Never panics.
+    pub fn parse(value: &str) -> Result<Authorization, DigestError> {
+        let v = value.trim();
+        let (scheme, rest) = v.split_once(char::is_whitespace).unwrap_or((v, ""));
+        if !scheme.eq_ignore_ascii_case("digest") {
+            return Err(DigestError::NotDigest);
+        }
+        let mut fields: std::collections::HashMap<String, String> =
+            auth_params(rest).into_iter().collect();
+        let mut take = |name: &'static str| fields.remove(name).ok_or(DigestError::Missing(name));
+        let username = take("username")?;
+        let realm = take("realm")?;
+        let nonce = take("nonce")?;
+        let uri = take("uri")?;
+        let response = take("response")?.to_ascii_lowercase();
+        let (algorithm, session) = match take("algorithm") {
+            Ok(a) => Algorithm::parse(&a).ok_or(DigestError::UnsupportedAlgorithm(a))?,
+            Err(_) => (Algorithm::Md5, false),
+        };
+        let qop = match take("qop") {
+            Ok(q) => Some(match q.trim().to_ascii_lowercase().as_str() {
+                "auth" => Qop::Auth,
+                "auth-int" => Qop::AuthInt,
+                _ => return Err(DigestError::UnsupportedQop(q)),
+            }),
+            Err(_) => None,
+        };
+        let (nc, cnonce) = match qop {
+            Some(_) => {
+                let nc_text = take("nc")?;
+                let nc = u32::from_str_radix(nc_text.trim(), 16)
+                    .map_err(|_| DigestError::Missing("nc"))?;
+                (nc, take("cnonce")?)
+            }
+            None => (0, String::new()),
+        };
+        let opaque = take("opaque").ok();
+        Ok(Authorization {
+            username,
+            realm,
+            nonce,
+            uri,
+            response,
+            algorithm,
+            session,
+            qop,
+            nc,
+            cnonce,
+            opaque,
+        })
+    }
+
+    /// Whether the `response` is the right one for `password` and this request
+    /// (method and body; the URI is the one the client signed). Constant time in the
+    /// comparison of the digests.
+    pub fn verify(&self, password: &str, method: &str, body: &[u8]) -> bool {
+        let challenge = Challenge {
+            realm: self.realm.clone(),
+            nonce: self.nonce.clone(),
+            opaque: self.opaque.clone(),
+            algorithm: self.algorithm,
+            session: self.session,
+            qop: self.qop.into_iter().collect(),
+            stale: false,
+        };
+        let creds = Credentials {
+            username: self.username.clone(),
+            password: password.to_string(),
+        };
+        let req = RequestParts {
+            method,
+            uri: &self.uri,
+            body,
+        };
+        let expected = answer(&challenge, &creds, req, self.nc, &self.cnonce);
+        let Some(want) = response_of(&expected) else {
+            return false;
+        };
+        let (a, b) = (want.as_bytes(), self.response.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// A `WWW-Authenticate` value for a server to send: MD5 with `qop="auth"`, which every
+/// softphone answers.
+pub fn server_challenge(realm: &str, nonce: &str, stale: bool) -> String {
+    format!(
+        "Digest realm={}, nonce={}, algorithm=MD5, qop=\"auth\"{}",
+        quote(realm),
+        quote(nonce),
+        if stale { ", stale=true" } else { "" }
+    )
+}
+
 /// A fresh client nonce.
 pub fn new_cnonce() -> String {
     format!(
@@ -504,5 +616,52 @@ mod tests {
     #[test]
     fn password_not_in_debug() {
         assert!(!format!("{:?}", mufasa()).contains("Circle"));
+    }
+
+    #[test]
+    fn server_side_verifies_what_the_client_side_answers() {
+        let creds = Credentials {
+            username: "qa-alice".into(),
+            password: "s3cret".into(),
+        };
+        let ch = Challenge::parse(&server_challenge("otpdial-qa", "n0nce", false)).unwrap();
+        let req = RequestParts {
+            method: "REGISTER",
+            uri: "sip:127.0.0.1:5060",
+            body: b"",
+        };
+        let value = answer(&ch, &creds, req, 1, "c1");
+        let auth = Authorization::parse(&value).unwrap();
+        assert_eq!(auth.username, "qa-alice");
+        assert_eq!(auth.nc, 1);
+        assert_eq!(auth.qop, Some(Qop::Auth));
+        assert!(auth.verify("s3cret", "REGISTER", b""));
+        assert!(!auth.verify("s3cret!", "REGISTER", b""));
+        assert!(!auth.verify("s3cret", "INVITE", b""));
+        // RFC 2069 style (no qop) and SHA-256 verify too.
+        for header in [
+            "Digest realm=\"r\", nonce=\"n\"",
+            "Digest realm=\"r\", nonce=\"n\", qop=\"auth\", algorithm=SHA-256",
+        ] {
+            let ch = Challenge::parse(header).unwrap();
+            let value = answer(&ch, &creds, req, 7, "c2");
+            assert!(Authorization::parse(&value)
+                .unwrap()
+                .verify("s3cret", "REGISTER", b""));
+        }
+    }
+
+    #[test]
+    fn broken_authorization_values_are_errors() {
+        for bad in [
+            "",
+            "Basic abc",
+            "Digest username=\"a\"",
+            "Digest username=\"a\", realm=\"r\", nonce=\"n\", uri=\"u\", response=\"x\", qop=auth",
+            "Digest username=\"a\", realm=\"r\", nonce=\"n\", uri=\"u\", response=\"x\", qop=auth, nc=zz, cnonce=\"c\"",
+            "Digest username=\"a\", realm=\"r\", nonce=\"n\", uri=\"u\", response=\"x\", algorithm=SHA-1",
+        ] {
+            assert!(Authorization::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -478,6 +478,8 @@ pub(crate) struct Message {
     pub(crate) contacts: Vec<String>,
     pub(crate) expires: Option<u32>,
     pub(crate) min_expires: Option<u32>,
+    /// The first `Authorization` value (a request to our registrar), as text.
+    pub(crate) authorization: Option<String>,
     /// An extension method (RFC 3261 §25.1): `start` then holds a stand-in method.
     pub(crate) extension_method: Option<String>,
     /// The Request-URI's scheme is not sip/sips/tel (answer 416).
@@ -662,6 +664,7 @@ struct Fields {
     contacts: Vec<String>,
     expires: Option<u32>,
     min_expires: Option<u32>,
+    authorization: Option<String>,
 }
 
 impl Fields {
@@ -681,6 +684,7 @@ impl Fields {
             contacts: self.contacts,
             expires: self.expires,
             min_expires: self.min_expires,
+            authorization: self.authorization,
             extension_method: None,
             unsupported_uri_scheme: false,
             body,
@@ -701,6 +705,7 @@ fn extract(headers: &rsip::Headers) -> Result<Fields, &'static str> {
     let mut contacts = Vec::new();
     let mut expires = None;
     let mut min_expires = None;
+    let mut authorization = None;
     for h in headers.iter() {
         match h {
             Header::Via(v) => vias.extend(split_list(v.value())),
@@ -720,6 +725,9 @@ fn extract(headers: &rsip::Headers) -> Result<Fields, &'static str> {
             Header::ProxyAuthenticate(v) => challenges.push((true, v.value().to_string())),
             Header::Expires(v) => expires = v.value().trim().parse().ok(),
             Header::MinExpires(v) => min_expires = v.value().trim().parse().ok(),
+            Header::Authorization(v) if authorization.is_none() => {
+                authorization = Some(v.value().to_string())
+            }
             Header::RecordRoute(v) => record_route.extend(split_list(v.value())),
             Header::ContentType(v) => content_type = Some(v.value().trim().to_ascii_lowercase()),
             _ => {}
@@ -743,6 +751,7 @@ fn extract(headers: &rsip::Headers) -> Result<Fields, &'static str> {
         contacts,
         expires,
         min_expires,
+        authorization,
     })
 }
 

@@ -13,6 +13,7 @@
 
 pub mod digest;
 mod message;
+pub mod policy;
 pub mod sdp;
 mod ua;
 
@@ -38,8 +39,52 @@ pub struct UaConfig {
     /// Host (or IP) to put in Via/Contact instead of `local_addr`'s IP, e.g. a NAT's
     /// public address. The port is always `local_addr`'s.
     pub advertised_host: Option<String>,
-    /// Value of the User-Agent header.
-    pub user_agent: String,
+    /// Value of our User-Agent (requests) and Server (responses) headers; empty = no
+    /// such header (a scanner learns nothing from them).
+    pub server_header: String,
+    /// Who may talk to us (`[sip]` unknown_sources, bans, limits).
+    pub policy: policy::PolicyConfig,
+    /// The QA registrar (`[[qa.phones]]`); None = REGISTER is not served.
+    pub registrar: Option<RegistrarConfig>,
+}
+
+/// A softphone account of the QA registrar. The password never appears in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct QaAccount {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for QaAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QaAccount")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The QA registrar: digest realm, accounts, and the registration lifetimes it grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrarConfig {
+    pub realm: String,
+    pub accounts: Vec<QaAccount>,
+    /// Shorter asked lifetimes get 423 Interval Too Brief (RFC 3261 §10.3 step 7).
+    pub min_expires: u32,
+    /// Longer asked lifetimes are shortened to this.
+    pub max_expires: u32,
+}
+
+/// Where a registered QA phone is reached: its Contact URI (the Request-URI of calls to
+/// it), and the address and transport its REGISTER came from, where calls are sent
+/// (so a phone behind NAT is reached through the binding its REGISTER opened).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QaBinding {
+    pub contact: String,
+    pub source: SocketAddr,
+    pub transport: Transport,
+    /// Lifetime granted, in seconds, and when it runs out.
+    pub expires: u32,
+    pub expires_at: std::time::Instant,
 }
 
 /// How a message travels.
@@ -48,6 +93,32 @@ pub enum Transport {
     Udp,
     /// One TCP connection per peer address, opened (or re-opened) by the driver.
     Tcp,
+    /// Like TCP, with TLS on the connection (the driver verifies the certificate).
+    Tls,
+}
+
+impl Transport {
+    /// Reliable transports have no retransmission timers (RFC 3261 §17.1.1.2).
+    pub fn is_reliable(self) -> bool {
+        self != Transport::Udp
+    }
+
+    /// As written in Via (`SIP/2.0/UDP`).
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+}
+
+/// What a TLS connection to a trunk checks: the host name its certificate must carry and
+/// an optional CA file (PEM) instead of the public roots. Data only: the driver connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsTarget {
+    pub server_name: String,
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A message the driver must send.
@@ -91,8 +162,8 @@ pub struct OutgoingCall {
     pub credentials: Option<digest::Credentials>,
     /// Extra headers for the INVITE, e.g. `P-Asserted-Identity` and `Privacy`.
     pub extra_headers: Vec<(String, String)>,
-    /// Reach `destination` over TCP instead of UDP.
-    pub tcp: bool,
+    /// How to reach `destination`.
+    pub transport: Transport,
 }
 
 /// Index of a trunk added with [`UserAgent::add_trunk`].
@@ -118,8 +189,10 @@ pub struct TrunkConfig {
     pub options_interval: Option<std::time::Duration>,
     /// Do each probe once and schedule nothing more (`otpdial trunk check`).
     pub one_shot: bool,
-    /// Reach the trunk over TCP instead of UDP.
-    pub tcp: bool,
+    /// How to reach the trunk.
+    pub transport: Transport,
+    /// With `Transport::Tls`: what its certificate must be.
+    pub tls: Option<TlsTarget>,
 }
 
 /// Which request a probe used.
@@ -178,6 +251,13 @@ pub enum Event {
     Dtmf { call: CallHandle, digit: char },
     /// Exactly once per call; the last event for that call.
     Ended { call: CallHandle, reason: EndReason },
+    /// A QA phone registered, refreshed, unregistered (`None`) or expired (`None`).
+    QaRegistration {
+        username: String,
+        binding: Option<QaBinding>,
+    },
+    /// A REGISTER to the QA registrar was refused (bad credentials).
+    QaAuthFailed { username: String },
     /// A REGISTER or OPTIONS to a trunk finished; the trunk's status may have changed.
     TrunkProbe {
         trunk: TrunkId,

@@ -81,14 +81,19 @@ fn offer() -> MediaOffer {
 }
 
 impl Harness {
+    /// A user agent whose far end (`PEER`) is trusted like a trunk.
     fn new() -> Self {
         let start = Instant::now();
+        let mut ua = UserAgent::new(UaConfig {
+            local_addr: LOCAL.parse().unwrap(),
+            advertised_host: None,
+            server_header: "otpdial-test".into(),
+            policy: Default::default(),
+            registrar: None,
+        });
+        ua.trust_source(PEER.parse::<SocketAddr>().unwrap().ip());
         Harness {
-            ua: UserAgent::new(UaConfig {
-                local_addr: LOCAL.parse().unwrap(),
-                advertised_host: None,
-                user_agent: "otpdial-test".into(),
-            }),
+            ua,
             start,
             now: start,
             peer: PEER.parse().unwrap(),
@@ -113,7 +118,11 @@ impl Harness {
                     "P-Asserted-Identity".into(),
                     "<sip:+31508200000@sip.provider.example>".into(),
                 )],
-                tcp: self.tcp,
+                transport: if self.tcp {
+                    Transport::Tcp
+                } else {
+                    Transport::Udp
+                },
             },
         );
         self.drain();
@@ -929,7 +938,7 @@ fn unparseable_request_uri_ends_the_call_without_sending() {
             media: offer(),
             credentials: None,
             extra_headers: Vec::new(),
-            tcp: false,
+            transport: Transport::Udp,
         },
     );
     h.drain();
@@ -1245,7 +1254,8 @@ fn trunk_cfg(register: bool, options: Option<Duration>) -> TrunkConfig {
         register_expires: 3600,
         options_interval: options,
         one_shot: false,
-        tcp: false,
+        transport: Transport::Udp,
+        tls: None,
     }
 }
 
@@ -1594,8 +1604,11 @@ fn external_address_goes_into_via_and_contact_of_calls_and_registrations() {
     h.ua = UserAgent::new(UaConfig {
         local_addr: LOCAL.parse().unwrap(),
         advertised_host: Some("203.0.113.7".into()),
-        user_agent: "otpdial-test".into(),
+        server_header: "otpdial-test".into(),
+        policy: Default::default(),
+        registrar: None,
     });
+    h.ua.trust_source(h.peer.ip());
     h.call();
     let invite = h.only_sent();
     assert!(invite.msg().vias[0].starts_with("SIP/2.0/UDP 203.0.113.7:5060;"));
@@ -1650,4 +1663,291 @@ fn strict_router_in_record_route_gets_the_request_uri() {
     let bye = h.only_sent();
     assert_eq!(bye.request_uri(), "sip:10.9.9.2:5070");
     assert_eq!(bye.to, "10.9.9.2:5070".parse().unwrap());
+}
+
+#[test]
+fn register_and_options_over_tcp_advertise_a_tcp_contact() {
+    // The Contact of a REGISTER is where the trunk sends our calls' requests: over TCP it
+    // must say so, like the Contact of an INVITE (one builder for both).
+    let mut h = Harness::new();
+    let mut cfg = trunk_cfg(true, Some(Duration::from_secs(30)));
+    cfg.transport = Transport::Tcp;
+    h.ua.add_trunk(h.now, cfg);
+    h.drain();
+    let sent = h.take_sent();
+    assert_eq!(sent.len(), 2, "REGISTER and OPTIONS");
+    for s in &sent {
+        assert!(s.msg().vias[0].starts_with("SIP/2.0/TCP "), "{}", s.text);
+        assert_eq!(
+            s.headers("Contact"),
+            vec![format!("<sip:31508200000@{LOCAL};transport=tcp>")],
+            "{}",
+            s.text
+        );
+    }
+    h.tcp = true;
+    h.call();
+    let invite = h.only_sent();
+    assert_eq!(
+        invite.headers("Contact"),
+        vec![format!("<sip:otpdial@{LOCAL};transport=tcp>")]
+    );
+}
+
+fn qa_ua() -> UserAgent {
+    UserAgent::new(UaConfig {
+        local_addr: LOCAL.parse().unwrap(),
+        advertised_host: None,
+        server_header: String::new(),
+        policy: Default::default(),
+        registrar: Some(RegistrarConfig {
+            realm: "otpdial-qa".into(),
+            accounts: vec![QaAccount {
+                username: "qa-alice".into(),
+                password: "pw-alice".into(),
+            }],
+            min_expires: 60,
+            max_expires: 3600,
+        }),
+    })
+}
+
+fn qa_register(branch: &str, cseq: u32, auth: Option<&str>, expires: u32) -> String {
+    format!(
+        "REGISTER sip:{LOCAL} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 10.1.1.5:5062;branch={branch};rport\r\n\
+         From: <sip:qa-alice@{LOCAL}>;tag=ph\r\nTo: <sip:qa-alice@{LOCAL}>\r\n\
+         Call-ID: qa-reg@10.1.1.5\r\nCSeq: {cseq} REGISTER\r\nMax-Forwards: 70\r\n\
+         Contact: <sip:qa-alice@10.1.1.5:5062>\r\nExpires: {expires}\r\n{}\
+         Content-Length: 0\r\n\r\n",
+        auth.map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default()
+    )
+}
+
+/// Sends `text` from `from` and returns the one answer (status, raw text).
+fn exchange(
+    ua: &mut UserAgent,
+    now: Instant,
+    from: SocketAddr,
+    text: &str,
+) -> Option<(u16, String)> {
+    ua.handle_datagram(now, from, text.as_bytes());
+    let t = ua.poll_transmit()?;
+    assert!(ua.poll_transmit().is_none());
+    assert_eq!(t.destination, from, "answered where it came from (rport)");
+    let msg = message::parse(&t.payload).unwrap();
+    let StartLine::Response { status, .. } = msg.start else {
+        panic!("not a response")
+    };
+    Some((status, String::from_utf8(t.payload).unwrap()))
+}
+
+fn answer_challenge(resp: &str, password: &str) -> String {
+    let value = resp
+        .lines()
+        .find_map(|l| l.strip_prefix("WWW-Authenticate: "))
+        .unwrap();
+    let ch = digest::Challenge::parse(value).unwrap();
+    digest::answer(
+        &ch,
+        &digest::Credentials {
+            username: "qa-alice".into(),
+            password: password.into(),
+        },
+        digest::RequestParts {
+            method: "REGISTER",
+            uri: &format!("sip:{LOCAL}"),
+            body: b"",
+        },
+        1,
+        "cn1",
+    )
+}
+
+#[test]
+fn qa_phone_registers_through_nat_is_reachable_then_unregisters() {
+    let mut ua = qa_ua();
+    let now = Instant::now();
+    // The phone sits behind a NAT: its packets come from 198.51.100.7:40001.
+    let nat: SocketAddr = "198.51.100.7:40001".parse().unwrap();
+    let (status, resp) =
+        exchange(&mut ua, now, nat, &qa_register("z9hG4bK1", 1, None, 600)).unwrap();
+    assert_eq!(status, 401, "REGISTER from anywhere is challenged");
+    assert!(resp.contains("realm=\"otpdial-qa\""), "{resp}");
+    assert!(
+        resp.contains("received=198.51.100.7") && resp.contains("rport=40001"),
+        "{resp}"
+    );
+    let auth = answer_challenge(&resp, "pw-alice");
+    let (status, resp) = exchange(
+        &mut ua,
+        now,
+        nat,
+        &qa_register("z9hG4bK2", 2, Some(&auth), 600),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{resp}");
+    assert!(
+        resp.contains("Contact: <sip:qa-alice@10.1.1.5:5062>;expires=600"),
+        "{resp}"
+    );
+    let binding = match ua.poll_event() {
+        Some(Event::QaRegistration {
+            username,
+            binding: Some(b),
+        }) if username == "qa-alice" => b,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(binding.source, nat, "calls go through the NAT binding");
+    assert_eq!(binding.contact, "sip:qa-alice@10.1.1.5:5062");
+    // Now the phone's address is known: its OPTIONS is answered.
+    let options = format!(
+        "OPTIONS sip:{LOCAL} SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.1.5:5062;branch=z9hG4bKo;rport\r\n\
+         From: <sip:qa-alice@{LOCAL}>;tag=o\r\nTo: <sip:{LOCAL}>\r\nCall-ID: o1\r\n\
+         CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(
+        exchange(&mut ua, now, nat, &options).map(|r| r.0),
+        Some(200)
+    );
+    // Unregister (Expires: 0) with a fresh challenge.
+    let (_, resp) = exchange(&mut ua, now, nat, &qa_register("z9hG4bK3", 3, None, 0)).unwrap();
+    let auth = answer_challenge(&resp, "pw-alice");
+    let (status, _) = exchange(
+        &mut ua,
+        now,
+        nat,
+        &qa_register("z9hG4bK4", 4, Some(&auth), 0),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(matches!(
+        ua.poll_event(),
+        Some(Event::QaRegistration { binding: None, .. })
+    ));
+    // Gone: its OPTIONS is an unknown source's again.
+    let options2 = options.replace("z9hG4bKo", "z9hG4bKo2");
+    assert_eq!(exchange(&mut ua, now, nat, &options2), None);
+}
+
+#[test]
+fn qa_binding_expires_on_the_clock() {
+    let mut ua = qa_ua();
+    let now = Instant::now();
+    let nat: SocketAddr = "198.51.100.7:40001".parse().unwrap();
+    let (_, resp) = exchange(&mut ua, now, nat, &qa_register("z9hG4bK1", 1, None, 120)).unwrap();
+    let auth = answer_challenge(&resp, "pw-alice");
+    exchange(
+        &mut ua,
+        now,
+        nat,
+        &qa_register("z9hG4bK2", 2, Some(&auth), 120),
+    )
+    .unwrap();
+    assert!(ua.poll_event().is_some());
+    assert_eq!(
+        ua.poll_timeout(),
+        Some(now + Duration::from_secs(32)),
+        "server tx first"
+    );
+    ua.handle_timeout(now + Duration::from_secs(119));
+    assert!(ua.poll_event().is_none());
+    ua.handle_timeout(now + Duration::from_secs(120));
+    assert_eq!(
+        ua.poll_event(),
+        Some(Event::QaRegistration {
+            username: "qa-alice".into(),
+            binding: None
+        })
+    );
+}
+
+#[test]
+fn password_guessing_is_banned_after_ten_failures() {
+    let mut ua = qa_ua();
+    let now = Instant::now();
+    let attacker: SocketAddr = "127.0.0.77:5099".parse().unwrap();
+    let mut challenges = 0;
+    for i in 0..10 {
+        let (status, resp) = exchange(
+            &mut ua,
+            now,
+            attacker,
+            &qa_register(&format!("z9hG4bKa{i}"), 2 * i, None, 600),
+        )
+        .unwrap();
+        assert_eq!(status, 401);
+        challenges += 1;
+        let auth = answer_challenge(&resp, &format!("guess{i}"));
+        let answer = exchange(
+            &mut ua,
+            now,
+            attacker,
+            &qa_register(&format!("z9hG4bKb{i}"), 2 * i + 1, Some(&auth), 600),
+        );
+        if i < 9 {
+            assert_eq!(answer.map(|a| a.0), Some(401), "guess {i} refused");
+        } else {
+            assert_eq!(answer, None, "the 10th failure bans: no answer");
+        }
+    }
+    assert_eq!(challenges, 10);
+    // Banned: even the right password gets nothing now.
+    assert_eq!(
+        exchange(
+            &mut ua,
+            now,
+            attacker,
+            &qa_register("z9hG4bKc", 99, None, 600)
+        ),
+        None
+    );
+    let c = ua.policy_counters();
+    assert_eq!(c.bans, 1);
+    assert!(c.dropped[policy::DropReason::Banned as usize] >= 1);
+    // Another source is not affected; after ban_time the attacker is heard again.
+    let other: SocketAddr = "127.0.0.78:5099".parse().unwrap();
+    assert_eq!(
+        exchange(&mut ua, now, other, &qa_register("z9hG4bKd", 1, None, 600)).map(|a| a.0),
+        Some(401)
+    );
+    let later = now + Duration::from_secs(600);
+    assert_eq!(
+        exchange(
+            &mut ua,
+            later,
+            attacker,
+            &qa_register("z9hG4bKe", 100, None, 600)
+        )
+        .map(|a| a.0),
+        Some(401)
+    );
+}
+
+#[test]
+fn tls_trunk_says_tls_in_via_and_contact_and_does_not_retransmit() {
+    let mut h = Harness::new();
+    let mut cfg = trunk_cfg(true, None);
+    cfg.transport = Transport::Tls;
+    cfg.tls = Some(TlsTarget {
+        server_name: "trunk.example".into(),
+        ca_file: None,
+    });
+    h.ua.add_trunk(h.now, cfg);
+    h.drain();
+    let reg = h.only_sent();
+    assert!(
+        reg.msg().vias[0].starts_with("SIP/2.0/TLS "),
+        "{}",
+        reg.text
+    );
+    assert_eq!(
+        reg.headers("Contact"),
+        vec![format!("<sip:31508200000@{LOCAL};transport=tls>")]
+    );
+    let t = h.ua.poll_transmit();
+    assert!(t.is_none());
+    h.advance(secs(10.0));
+    assert!(h.take_sent().is_empty(), "no Timer E over TLS");
 }

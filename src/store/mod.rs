@@ -52,6 +52,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 mod admin;
 mod calls;
 mod checks;
+mod dashboard;
 mod outbox;
 mod phones;
 
@@ -59,6 +60,7 @@ use admin::audit_in_tx;
 pub use admin::{AuditEntry, CallRecord};
 pub use calls::{AfterAttempt, CallUpdate, ClaimedCall, Recovered};
 pub use checks::WrongChecks;
+pub use dashboard::CallBucket;
 pub use outbox::WebhookJob;
 pub use phones::PhoneRow;
 

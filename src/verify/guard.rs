@@ -12,8 +12,7 @@ use crate::store::{VerificationRow, WrongChecks};
 /// Wrong checks allowed back to back before the back-off starts (one
 /// verification's worth at the default `max_check_attempts`).
 const FREE: i64 = 5;
-/// First back-off, doubling per further wrong check, capped.
-const BACKOFF_MS: i64 = 1_000;
+/// The back-off doubles per further wrong check, up to this.
 const BACKOFF_MAX_MS: i64 = 300_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +28,8 @@ pub(super) enum Gate {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct CheckGuard {
     pub(super) limit: RateLimit,
+    /// The first back-off (`limits.wrong_check_backoff`); 0 = none.
+    pub(super) backoff_ms: i64,
 }
 
 impl CheckGuard {
@@ -47,9 +48,10 @@ impl CheckGuard {
                 locked: true,
             };
         }
-        if w.count >= FREE {
+        if w.count >= FREE && self.backoff_ms > 0 {
             let doublings = u32::try_from(w.count - FREE).unwrap_or(u32::MAX).min(20);
-            let backoff = BACKOFF_MS
+            let backoff = self
+                .backoff_ms
                 .saturating_mul(1i64 << doublings)
                 .min(BACKOFF_MAX_MS);
             let next = w.last_at.unwrap_or(now).saturating_add(backoff);
@@ -84,6 +86,7 @@ mod tests {
                 count,
                 per: Duration::from_secs(3600),
             },
+            backoff_ms: 1_000,
         }
     }
 

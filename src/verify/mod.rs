@@ -593,6 +593,8 @@ impl Verifier {
         };
         let checks = guard::CheckGuard {
             limit: self.settings.limits.wrong_checks_per_user,
+            backoff_ms: i64::try_from(self.settings.limits.wrong_check_backoff.0.as_millis())
+                .unwrap_or(i64::MAX),
         };
         let wrong_so_far = self
             .store

@@ -255,15 +255,7 @@ async fn failover_marks_a_failing_trunk_down_and_up_again() {
         "{a:?}"
     );
     wait_breaker(&gw, "first", "open", Duration::from_secs(2)).await;
-    let metrics = gw
-        .http
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::helpers::metrics_text(&gw.http, &gw.url("/metrics")).await;
     assert!(
         metrics.contains("otpdial_trunk_down{trunk=\"first\"} 1"),
         "{metrics}"

@@ -74,6 +74,12 @@ ring_timeout = "20s"
 "#
     ))
     .expect("test settings");
+    // Many tests check wrong codes in a row; the back-off of the brute-force
+    // guard is tested on its own (api_rules::brute_force_across_verifications).
+    s.limits.wrong_check_backoff = otpdial::config::HumanDuration(Duration::ZERO);
+    // A test machine running the suite in parallel can be slow to hand out a
+    // connection; the 503-within-a-second behaviour has its own test.
+    s.database.acquire_timeout = otpdial::config::HumanDuration(Duration::from_secs(10));
     s.api.keys = vec![
         ApiKeySettings {
             name: "auth-service".into(),
@@ -149,6 +155,11 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.app.base_url())
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        metrics_text(&self.http, &self.url("/metrics")).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
@@ -420,4 +431,15 @@ pub fn test_pg_server() -> String {
         .filter(|v| !v.trim().is_empty())
         .map(|v| v.trim().trim_end_matches('/').to_owned())
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// `GET url` (a `/metrics` endpoint) as text.
+pub async fn metrics_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url)
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text")
 }

@@ -4,19 +4,26 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod admin_dashboard;
 mod api_basics;
 mod api_rules;
 mod callee;
 mod calls_sipp;
+mod cli_config;
 mod demo_path;
 mod dialer_durable;
 mod dialer_faults;
+mod docker_configs;
+mod fuzz_corpus;
 mod helpers;
 mod logs;
 mod media_dtmf;
 mod media_prompts_cli;
+mod metrics;
 mod procs;
+mod qa_registrar;
 mod risk_hook;
 mod sip_kamailio;
+mod sip_policy;
 mod sip_scenarios;
 mod tempgres;

@@ -149,6 +149,8 @@ repeat = 1
 allow_unregistered_numbers = true
 [limits]
 per_api_key = "100000/1m"
+[database]
+acquire_timeout = "10s"
 [[api.keys]]
 name = "auth-service"
 hash = "{verify}"
@@ -583,10 +585,19 @@ impl ServeProc {
         serde_json::from_value(v).expect("verification object")
     }
 
+    /// `GET /v1/verifications/{id}`. A 503 (database unreachable, e.g. just
+    /// after it came back) is retried as `Retry-After` asks, for up to 20 s.
     pub async fn view(&self, id: &str) -> VerificationView {
-        let (status, v) = self.get(&format!("/v1/verifications/{id}")).await;
-        assert_eq!(status, StatusCode::OK, "get {id}: {v}");
-        serde_json::from_value(v).expect("verification object")
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, v) = self.get(&format!("/v1/verifications/{id}")).await;
+            if status == StatusCode::SERVICE_UNAVAILABLE && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            assert_eq!(status, StatusCode::OK, "get {id}: {v}");
+            return serde_json::from_value(v).expect("verification object");
+        }
     }
 
     /// Polls until the call of each verification has a final status; fails the test

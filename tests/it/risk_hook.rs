@@ -188,15 +188,7 @@ async fn risk_hook_answer_with_a_bad_signature_is_ignored() {
     let (t, _) = gateway(Hook::BadSignature, RiskDecision::Deny, free_udp_port()).await;
     let v = t.start_verification(json!({ "to": "+31612000405" })).await;
     denied(&t, &v.id).await;
-    let metrics = t
-        .http
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics_text().await;
     assert!(
         metrics.contains("otpdial_verification_refusals_total{reason=\"risk_denied\"} 1"),
         "{metrics}"

@@ -24,17 +24,120 @@ const AUTH_USER: &str = "otp-auth";
 struct Kamailio {
     child: Child,
     port: u16,
+    /// SIP over TLS, when started with [`Kamailio::start_tls`].
+    tls_port: Option<u16>,
     _dir: tempfile::TempDir,
+}
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it (openssl CLI), and
+/// Kamailio's tls.cfg using them, in `dir`. Returns the CA's PEM path.
+fn make_certificates(dir: &std::path::Path) -> PathBuf {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=otpdial test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    std::fs::write(
+        dir.join("tls.cfg"),
+        format!(
+            "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\n\
+             require_certificate = no\nprivate_key = {d}/server.key\n\
+             certificate = {d}/server.pem\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    dir.join("ca.pem")
 }
 
 impl Kamailio {
     fn start(callee_port: u16, algorithm: &str) -> Kamailio {
+        Self::start_with(callee_port, algorithm, None)
+    }
+
+    /// Also listens for SIP over TLS with the certificate `make_certificates` wrote in
+    /// `certs` (then `tls_port` is set).
+    fn start_tls(callee_port: u16, algorithm: &str, certs: &std::path::Path) -> Kamailio {
+        Self::start_with(callee_port, algorithm, Some(certs))
+    }
+
+    fn start_with(callee_port: u16, algorithm: &str, tls: Option<&std::path::Path>) -> Kamailio {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kamailio/trunk.cfg");
         // UDP and TCP on the same number; a UDP port that was free is almost always
         // free for TCP too, and a clash shows up as a start-up failure below.
         let port = free_udp_port();
         let log = std::fs::File::create(dir.path().join("kamailio.log")).expect("log file");
+        let tls_port = tls.map(|_| crate::procs::free_tcp_port());
+        let tls_args: Vec<String> = match (tls, tls_port) {
+            (Some(certs), Some(p)) => vec![
+                "-l".into(),
+                format!("tls:127.0.0.1:{p}"),
+                "-A".into(),
+                "WITH_TLS".into(),
+                "-A".into(),
+                format!("TLS_CFG=\"{}\"", certs.join("tls.cfg").display()),
+            ],
+            _ => Vec::new(),
+        };
         let child = Command::new("kamailio")
             .arg("-f")
             .arg(&cfg)
@@ -49,6 +152,7 @@ impl Kamailio {
             .args(["-A", &format!("AUTH_USER=\"{AUTH_USER}\"")])
             .args(["-A", &format!("PASSWORD=\"{PASSWORD}\"")])
             .args(["-A", &format!("ALGORITHM=\"{algorithm}\"")])
+            .args(tls_args.iter())
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -58,6 +162,7 @@ impl Kamailio {
         let k = Kamailio {
             child,
             port,
+            tls_port,
             _dir: dir,
         };
         k.wait_ready();
@@ -137,9 +242,21 @@ async fn register_and_call(algorithm: &str, transport: Transport) {
         "uas_answer_via_proxy.xml",
         &[("rtp_port", rtp_port.to_string())],
     );
-    let kamailio = Kamailio::start(sipp.port, algorithm);
+    let certs = tempfile::tempdir().unwrap();
+    let kamailio = match transport {
+        Transport::Tls => {
+            make_certificates(certs.path());
+            Kamailio::start_tls(sipp.port, algorithm, certs.path())
+        }
+        _ => Kamailio::start(sipp.port, algorithm),
+    };
     let mut s = trunk_settings(kamailio.port, PASSWORD);
     s.trunks[0].proxy.transport = transport;
+    if let Some(p) = kamailio.tls_port {
+        // Certificates verified against the test CA: the name is the IP in the URI.
+        s.trunks[0].proxy.port = p;
+        s.trunks[0].tls_ca = certs.path().join("ca.pem").display().to_string();
+    }
 
     let checks = ops::trunk_check(&s, None).await.unwrap();
     let (name, reg) = &checks[0];
@@ -193,6 +310,7 @@ async fn register_and_call(algorithm: &str, transport: Transport) {
     let proto = match transport {
         Transport::Udp => "udp",
         Transport::Tcp => "tcp",
+        Transport::Tls => "tls",
     };
     for method in ["REGISTER", "INVITE", "ACK", "BYE"] {
         assert!(
@@ -234,6 +352,37 @@ async fn sip_kamailio_wrong_password_fails_trunk_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sip_kamailio_over_tcp_register_and_call() {
     register_and_call("SHA-256", Transport::Tcp).await;
+}
+
+/// SIP over TLS (`transport=tls` in the proxy URI, `tls_ca` the test CA): REGISTER,
+/// INVITE, ACK and BYE reach Kamailio on its TLS listener ("from tls:" in its log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_kamailio_over_tls_register_and_call() {
+    register_and_call("SHA-256", Transport::Tls).await;
+}
+
+/// A trunk whose certificate does not chain to `tls_ca` gets nothing sent: the
+/// handshake fails, REGISTER never reaches Kamailio, the check reports no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_kamailio_tls_with_an_unknown_ca_sends_nothing() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = make_certificates(other.path());
+    let kamailio = Kamailio::start_tls(9, "MD5", certs.path());
+    let mut s = trunk_settings(kamailio.port, PASSWORD);
+    s.trunks[0].proxy.transport = Transport::Tls;
+    s.trunks[0].proxy.port = kamailio.tls_port.unwrap();
+    s.trunks[0].tls_ca = other_ca.display().to_string();
+    let checks = ops::trunk_check(&s, Some("trunk-a")).await.unwrap();
+    let (_, reg) = &checks[0];
+    assert!(!reg.ok, "{reg:?}");
+    assert_eq!(reg.status, None, "no answer: {reg:?}");
+    assert!(
+        !kamailio.log().contains("trunk: REGISTER"),
+        "{}",
+        kamailio.log()
+    );
 }
 
 /// The `otpdial trunk check` command itself: output per trunk and the exit status.

@@ -3,6 +3,7 @@
 //! unreachable). Part of the sans-IO user agent: same clock-in/datagrams-out rules, and
 //! it uses the user agent's client non-INVITE transactions (Timers E, F, K).
 
+use super::transaction::ByePurpose;
 use super::*;
 use crate::sip::{ProbeKind, ProbeResult, TrunkConfig, TrunkStatus};
 
@@ -63,8 +64,9 @@ impl UserAgent {
     /// Outcomes arrive as [`Event::TrunkProbe`].
     pub fn add_trunk(&mut self, now: Instant, cfg: TrunkConfig) -> TrunkId {
         let id = TrunkId(self.trunks.len());
-        if cfg.tcp {
-            self.tcp_peers.insert(cfg.destination);
+        self.policy.add_trunk(cfg.destination.ip());
+        if cfg.transport.is_reliable() {
+            self.tcp_peers.insert(cfg.destination, cfg.transport);
         }
         let registrar = parse_sip_uri(&cfg.registrar_uri).ok();
         let wants_options = cfg.options_interval.is_some() || (cfg.one_shot && !cfg.register);
@@ -200,14 +202,10 @@ impl UserAgent {
             call_id,
             cseq,
             method,
-            self.tcp_peers.contains(&t.cfg.destination),
+            transaction::transport_for(&self.tcp_peers, t.cfg.destination),
         );
-        let contact = format!(
-            "<sip:{}@{}>",
-            Self::aor_user(&t.cfg.aor),
-            self.ident.host_port
-        );
-        headers.push(h::Contact::new(contact).into());
+        let transport = transaction::transport_for(&self.tcp_peers, t.cfg.destination);
+        headers.push(self.ident.contact(Self::aor_user(&t.cfg.aor), transport));
         headers.push(extra);
         headers.extend(auth.headers(method, &registrar.to_string(), b""));
         let request = message::render_request(method, &registrar, headers, b"");

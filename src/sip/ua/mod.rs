@@ -1,0 +1,339 @@
+//! The sans-IO user agent, in layers (each file opens with what it holds):
+//! - [`transaction`]: client and server transactions and their RFC 3261 timers;
+//! - [`dialog`]: the call we place and its dialog (INVITE, ACK, CANCEL, BYE, routes);
+//! - [`auth`]: digest answers to 401/407 challenges;
+//! - [`server`]: requests the far end sends us (OPTIONS, BYE, INFO, re-INVITE);
+//! - [`trunk`]: per-trunk REGISTER and OPTIONS keepalive.
+//!
+//! This file holds the [`UserAgent`] itself (its queues, `handle_*` and `poll_*`), what
+//! our messages say about us ([`Ident`]: Via, the one Contact builder, User-Agent/Server)
+//! and small helpers the layers share. Sans-IO: time comes in as `now`, datagrams go out
+//! via a queue.
+
+mod auth;
+mod dialog;
+mod registrar;
+mod server;
+mod transaction;
+mod trunk;
+
+use super::message::{self, Message, ParseError, StartLine};
+use super::policy::{DropReason, PolicyCounters, RequestFacts, SourcePolicy, Verdict};
+use super::{
+    sdp, CallHandle, EndReason, Event, OutgoingCall, Transmit, Transport, TrunkId, UaConfig,
+};
+use auth::AuthSession;
+use dialog::{Call, NO_CALL};
+use rsip::headers::UntypedHeader;
+use rsip::{headers as h, Header, Method};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use tracing::debug;
+use transaction::{ClientTx, ServerTx, TxMethod};
+
+/// The sans-IO SIP user agent. See the module docs of [`crate::sip`].
+#[derive(Debug)]
+pub struct UserAgent {
+    ident: Ident,
+    next_handle: u64,
+    calls: HashMap<CallHandle, Call>,
+    by_call_id: HashMap<String, CallHandle>,
+    client_txs: HashMap<(String, TxMethod), ClientTx>,
+    server_txs: HashMap<(String, String), ServerTx>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    trunks: Vec<trunk::TrunkState>,
+    /// Peers reached over TCP (trunks configured so, and whoever sent us a request over
+    /// TCP); everything else is UDP. Transport follows the address, not the call.
+    tcp_peers: HashMap<SocketAddr, Transport>,
+    /// The listener policy: every request from outside our dialogs passes it first.
+    policy: SourcePolicy,
+    /// The QA registrar, when `[[qa.phones]]` are configured.
+    registrar: Option<registrar::Registrar>,
+}
+
+fn random_token() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn new_branch() -> String {
+    // The magic cookie marks an RFC 3261 branch (§8.1.1.7).
+    format!("z9hG4bK{}", random_token())
+}
+
+/// rsip accepts almost any text as a URI; insist on a SIP scheme and no blanks first.
+fn parse_sip_uri(text: &str) -> Result<rsip::Uri, String> {
+    let looks_sip = (text.starts_with("sip:") || text.starts_with("sips:"))
+        && !text.contains(|c: char| c.is_whitespace() || c == '<' || c == '>');
+    if !looks_sip {
+        return Err("not a sip: URI".to_string());
+    }
+    rsip::Uri::try_from(text).map_err(|e| e.to_string())
+}
+
+/// Via, Route, Max-Forwards, From, To, Call-ID, CSeq, User-Agent of a request we send.
+#[allow(clippy::too_many_arguments)]
+fn common_headers(
+    ident: &Ident,
+    branch: &str,
+    route_set: &[String],
+    from: &str,
+    to: &str,
+    call_id: &str,
+    cseq: u32,
+    method: Method,
+    transport: Transport,
+) -> Vec<Header> {
+    let mut headers: Vec<Header> = vec![h::Via::new(format!(
+        "SIP/2.0/{} {};branch={};rport",
+        transport.via_name(),
+        ident.host_port,
+        branch
+    ))
+    .into()];
+    headers.extend(route_set.iter().map(|r| h::Route::new(r.clone()).into()));
+    headers.push(h::MaxForwards::new("70").into());
+    headers.push(h::From::new(from).into());
+    headers.push(h::To::new(to).into());
+    headers.push(h::CallId::new(call_id).into());
+    headers.push(h::CSeq::new(format!("{cseq} {method}")).into());
+    if !ident.server_header.is_empty() {
+        headers.push(h::UserAgent::new(ident.server_header.clone()).into());
+    }
+    headers
+}
+
+/// What our messages say about us.
+#[derive(Debug)]
+struct Ident {
+    /// host:port for Via, Contact and Call-ID.
+    host_port: String,
+    /// User-Agent / Server value; empty = omitted.
+    server_header: String,
+}
+
+impl Ident {
+    /// Our Contact header: `<sip:user@host:port>`, with `;transport=tcp` when the peer
+    /// reaches us over TCP (RFC 3261 §8.1.1.8: the Contact must be reachable as written,
+    /// and a UDP default would send the far end's requests to a port that may not listen).
+    /// The one place a Contact is built: INVITE, re-INVITE answer, REGISTER and OPTIONS.
+    fn contact(&self, user: &str, transport: Transport) -> Header {
+        let params = match transport {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
+        };
+        h::Contact::new(format!("<sip:{user}@{}{params}>", self.host_port)).into()
+    }
+}
+
+impl UserAgent {
+    pub fn new(config: UaConfig) -> Self {
+        let host_port = match &config.advertised_host {
+            Some(host) => match host.parse::<std::net::Ipv6Addr>() {
+                Ok(v6) => format!("[{}]:{}", v6, config.local_addr.port()),
+                Err(_) => format!("{}:{}", host, config.local_addr.port()),
+            },
+            None => config.local_addr.to_string(),
+        };
+        let mut policy = SourcePolicy::new(config.policy);
+        policy.registrar_on = config.registrar.is_some();
+        UserAgent {
+            ident: Ident {
+                host_port,
+                server_header: config.server_header,
+            },
+            next_handle: 1,
+            calls: HashMap::new(),
+            by_call_id: HashMap::new(),
+            client_txs: HashMap::new(),
+            server_txs: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            trunks: Vec::new(),
+            tcp_peers: HashMap::new(),
+            policy,
+            registrar: config.registrar.map(registrar::Registrar::new),
+        }
+    }
+
+    /// The SIP Call-ID of a call we placed (for logs).
+    pub fn call_id(&self, call: CallHandle) -> Option<&str> {
+        self.calls.get(&call).map(|c| c.call_id.as_str())
+    }
+
+    /// Calls whose state is still kept (ended calls linger briefly to absorb stragglers).
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// True when no call, transaction or cached response is held: nothing leaks.
+    pub fn is_idle(&self) -> bool {
+        self.calls.is_empty()
+            && self.by_call_id.is_empty()
+            && self.client_txs.is_empty()
+            && self.server_txs.is_empty()
+    }
+
+    /// What the listener policy dropped (or refused) so far, by reason, and its bans.
+    pub fn policy_counters(&self) -> PolicyCounters {
+        *self.policy.counters()
+    }
+
+    /// Accepts requests from `ip` as from a trunk (never limited or banned), e.g. the
+    /// peer of `otpdial call --to sip:...`. Trunks added with `add_trunk` are trusted
+    /// already.
+    pub fn trust_source(&mut self, ip: IpAddr) {
+        self.policy.add_trunk(ip);
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The earliest instant at which [`Self::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        let mut busy: HashSet<CallHandle> = HashSet::new();
+        for tx in self.client_txs.values() {
+            busy.insert(tx.call);
+            consider(tx.retransmit_at);
+            consider(tx.timeout_at);
+            consider(tx.remove_at);
+        }
+        for stx in self.server_txs.values() {
+            consider(Some(stx.remove_at));
+            if let Some(w) = &stx.awaiting_ack {
+                consider(Some(w.retransmit_at));
+                consider(Some(w.give_up_at));
+            }
+        }
+        for t in &self.trunks {
+            consider(t.next_deadline());
+        }
+        if let Some(r) = &self.registrar {
+            consider(r.next_deadline());
+        }
+        for (handle, call) in &self.calls {
+            // A call still referenced by a transaction is reconsidered when that one goes;
+            // offering its past deadline here would make the driver spin.
+            if call.ended && !busy.contains(handle) {
+                consider(call.remove_at);
+            }
+        }
+        next
+    }
+
+    /// [`crate::sip::frame_stream`]). Answers and later requests to `from` use TCP too.
+    pub fn handle_stream_message(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        // A connection we opened keeps its transport (TLS); one a peer opened is TCP.
+        self.tcp_peers.entry(from).or_insert(Transport::Tcp);
+        self.handle_datagram(now, from, data);
+    }
+
+    /// Feeds one received UDP datagram. Anything malformed is logged and dropped.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if self.policy.is_banned(now, from.ip()) {
+            // Not even parsed: a banned flood costs a hash lookup.
+            self.policy.count(DropReason::Banned);
+            return;
+        }
+        match message::parse(data) {
+            Ok(msg) => match msg.start {
+                StartLine::Request { .. } => self.on_request(now, from, msg),
+                StartLine::Response { .. } => self.on_response(now, msg),
+            },
+            Err(ParseError::KeepAlive) => {}
+            Err(ParseError::MissingHeader(name, req)) => {
+                debug!(%from, header = name, "request lacks a mandatory header");
+                let facts = RequestFacts {
+                    in_dialog: false,
+                    is_register: req.method == Method::Register,
+                    registered_phone: self.is_registered_phone(now, from),
+                };
+                match self.policy.check_request(now, from.ip(), facts) {
+                    Verdict::Accept => self.reply_bad_request(from, &req, name),
+                    // Without Call-ID/CSeq not even a uniform 403 can be built: drop.
+                    Verdict::Drop(_) | Verdict::Forbid(_) => {}
+                }
+            }
+            Err(e) => {
+                debug!(%from, error = %e, "dropping unparseable datagram");
+                self.policy.count(DropReason::Malformed);
+            }
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.trunk_timers(now);
+        self.registrar_timers(now);
+        self.client_tx_timers(now);
+        self.server_tx_timers(now);
+        self.forget_ended_calls(now);
+    }
+
+    // ---- building blocks -------------------------------------------------------------
+
+    fn transmit(&mut self, destination: SocketAddr, payload: Vec<u8>) {
+        self.transmits.push_back(Transmit {
+            destination,
+            transport: self.transport_to(destination),
+            payload,
+        });
+    }
+
+    /// Whether `from` is the address of a registered QA phone.
+    fn is_registered_phone(&self, now: Instant, from: SocketAddr) -> bool {
+        self.registrar
+            .as_ref()
+            .is_some_and(|r| r.is_registered_source(now, from))
+    }
+
+    /// How we reach `peer`: TCP when it is a TCP trunk or talked TCP to us, else UDP.
+    fn transport_to(&self, peer: SocketAddr) -> Transport {
+        transaction::transport_for(&self.tcp_peers, peer)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ident(host_port: &str) -> Ident {
+        Ident {
+            host_port: host_port.into(),
+            server_header: String::new(),
+        }
+    }
+
+    #[test]
+    fn contact_names_the_transport_when_not_udp() {
+        let id = ident("192.0.2.1:5060");
+        assert_eq!(
+            id.contact("otpdial", Transport::Udp).to_string(),
+            "Contact: <sip:otpdial@192.0.2.1:5060>"
+        );
+        assert_eq!(
+            id.contact("3150", Transport::Tcp).to_string(),
+            "Contact: <sip:3150@192.0.2.1:5060;transport=tcp>"
+        );
+        assert_eq!(
+            ident("[2001:db8::1]:5080")
+                .contact("otpdial", Transport::Tcp)
+                .to_string(),
+            "Contact: <sip:otpdial@[2001:db8::1]:5080;transport=tcp>"
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! `otpdial config check` prints the effective settings with every secret
+//! masked: trunk passwords, the database password, webhook and risk keys.
+
+use std::process::Command;
+
+#[test]
+fn config_check_masks_every_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("otpdial.toml");
+    std::fs::write(
+        &file,
+        r#"
+[database]
+url = "postgres://otpdial:Db-Pass-7a1c@db.example:5432/otpdial"
+[risk]
+hook_url = "https://risk.example/hook"
+[[trunks]]
+name = "primary"
+proxy = "sip:sip.example:5060"
+register = true
+username = "31508200000"
+password_env = "TEST_TRUNK_PW"
+from = "sip:+31508200000@sip.example"
+[[trunks]]
+name = "inline"
+proxy = "sip:sip2.example:5060"
+password = "Inline-Pass-93d2"
+username = "u2"
+from = "sip:+31508200001@sip2.example"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_otpdial"))
+        .args(["config", "check"])
+        .arg(&file)
+        .env("TEST_TRUNK_PW", "Trunk-Pass-55e0")
+        .env("OTPDIAL_WEBHOOK_SECRET", "Webhook-Key-0b9f")
+        .env("OTPDIAL_RISK_SECRET", "Risk-Key-4c2e")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("is valid"), "{stdout}");
+    for secret in [
+        "Db-Pass-7a1c",
+        "Trunk-Pass-55e0",
+        "Inline-Pass-93d2",
+        "Webhook-Key-0b9f",
+        "Risk-Key-4c2e",
+    ] {
+        assert!(!stdout.contains(secret), "{secret} printed:\n{stdout}");
+        assert!(!stderr.contains(secret), "{secret} printed:\n{stderr}");
+    }
+    assert!(stdout.contains("otpdial:***@db.example"), "{stdout}");
+    assert!(
+        stdout.contains("\"***\""),
+        "masked passwords shown as ***: {stdout}"
+    );
+}
+
+/// Every subcommand's `--help` says what it does and shows an example.
+#[test]
+fn every_subcommand_help_has_an_example() {
+    for cmd in [
+        &["serve"][..],
+        &["demo"],
+        &["call"],
+        &["migrate"],
+        &["prompts", "check"],
+        &["trunk", "check"],
+        &["apikey", "new"],
+        &["config", "check"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_otpdial"))
+            .args(cmd)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{cmd:?}");
+        assert!(
+            text.contains("Example"),
+            "{cmd:?} --help has no example:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("otpdial {}", cmd.join(" "))),
+            "{cmd:?} example shows the command:\n{text}"
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! The QA registrar end to end (SPEC §6 `[[qa.phones]]`, issue 9): baresip (Debian
+//! `baresip-core`) registers to the gateway with digest auth, auto-answers the
+//! verification call to its number, records what it hears to a WAV (its `sndfile`
+//! module); the project's recogniser reads the digits from that WAV and the API approves
+//! them. And SIPVicious `svcrack` guessing the phone's password is banned before it gets
+//! to the right one. Loopback only: the phone is on 127.0.0.44/45, not the trunk's
+//! 127.0.0.1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use otpdial::app::DialerMode;
+use otpdial::config::{HumanDuration, QaPhoneSettings, SecretString, Settings};
+use otpdial::domain::{CallStatus, VerificationStatus};
+use otpdial::media::PromptLibrary;
+use otpdial::testphone::recognize::{readings, Recognizer};
+use serde_json::{json, Value};
+
+use crate::helpers::{base_settings, free_udp_port, spawn_app, Db, TestApp, ADMIN_TOKEN};
+
+const NUMBER: &str = "+31612000001";
+const PASSWORD: &str = "alice-Secret-42";
+
+fn qa_settings() -> Settings {
+    // The trunk of base_settings listens nowhere: a call that went to it would fail.
+    let mut s = base_settings(free_udp_port());
+    s.qa.phones = vec![QaPhoneSettings {
+        username: "qa-alice".into(),
+        password: Some(SecretString::new(PASSWORD.into())),
+        password_env: "QA_ALICE_PASSWORD".into(),
+        number: NUMBER.into(),
+    }];
+    s.database.acquire_timeout = HumanDuration(Duration::from_secs(10));
+    s
+}
+
+/// baresip as a QA softphone on `ip`, registered to `registrar`, answering every call
+/// at once and recording the audio it receives into `dir/rec`. Killed on drop.
+struct Baresip {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Baresip {
+    fn start(ip: &str, registrar: std::net::SocketAddr, password: &str) -> Baresip {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = dir.path().join("rec");
+        std::fs::create_dir(&rec).expect("rec dir");
+        let port = free_udp_port();
+        // The audio bridge gives the call a player and a source without a sound card;
+        // sndfile writes the decoded audio (what the caller said) to *-dec.wav.
+        let config = format!(
+            "poll_method epoll\n\
+             sip_listen {ip}:{port}\n\
+             audio_player aubridge,qa\n\
+             audio_source aubridge,qa\n\
+             audio_alert aubridge,qa\n\
+             module_path /usr/lib/baresip/modules\n\
+             module g711.so\n\
+             module aubridge.so\n\
+             module sndfile.so\n\
+             module_tmp account.so\n\
+             module_app menu.so\n\
+             snd_path {}\n",
+            rec.display()
+        );
+        std::fs::write(dir.path().join("config"), config).expect("config");
+        std::fs::write(
+            dir.path().join("accounts"),
+            format!(
+                "<sip:qa-alice@{registrar};transport=udp>;auth_pass={password};answermode=auto;regint=600\n"
+            ),
+        )
+        .expect("accounts");
+        let child = Command::new("baresip")
+            .arg("-f")
+            .arg(dir.path())
+            .args(["-t", "120"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("baresip.log")).expect("log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("baresip runs (Debian package baresip-core: scripts/test.sh installs it)");
+        Baresip { child, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
+    }
+
+    /// The WAV of what the phone heard, once the call is over.
+    fn heard(&self) -> Option<PathBuf> {
+        std::fs::read_dir(self.dir.path().join("rec"))
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn admin_get(t: &TestApp, path: &str) -> Value {
+    let (status, v) = t.get_as(ADMIN_TOKEN, path).await;
+    assert_eq!(status, 200, "{path}: {v}");
+    v
+}
+
+async fn phone_view(t: &TestApp) -> Value {
+    admin_get(t, "/v1/qa/phones").await["phones"][0].clone()
+}
+
+/// The digits read in a recording (8 kHz mono PCM16 WAV), one string per reading.
+fn readings_in(wav: &Path) -> Vec<String> {
+    let mut reader = hound::WavReader::open(wav).expect("WAV from baresip");
+    let spec = reader.spec();
+    assert_eq!(
+        (spec.channels, spec.sample_rate, spec.bits_per_sample),
+        (1, 8000, 16),
+        "{spec:?}"
+    );
+    let pcm: Vec<i16> = reader.samples::<i16>().map_while(Result::ok).collect();
+    let recognizer = Recognizer::new(&PromptLibrary::builtin());
+    let phrases: Vec<_> = recognizer
+        .recognize(&pcm)
+        .into_iter()
+        .map(|m| m.phrase)
+        .collect();
+    readings(&phrases)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_registers_answers_and_the_code_it_heard_is_approved() {
+    let t = spawn_app(qa_settings(), Db::Sqlite, DialerMode::Background).await;
+    let (status, v) = t.get("/v1/qa/phones").await;
+    assert_eq!(status, 403, "admin scope only: {v}");
+    let before = phone_view(&t).await;
+    assert_eq!(before["registered"], false, "{before}");
+
+    let phone = Baresip::start("127.0.0.44", t.app.sip_addr, PASSWORD);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let view = loop {
+        let v = phone_view(&t).await;
+        if v["registered"] == true {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "baresip did not register: {v}\n{}",
+            phone.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("GET /v1/qa/phones: {view}");
+    assert_eq!(view["username"], "qa-alice");
+    assert_eq!(view["number"], NUMBER);
+    assert!(
+        view["contact"].as_str().unwrap().contains("@127.0.0.44:"),
+        "{view}"
+    );
+    assert!(view["source"]
+        .as_str()
+        .unwrap()
+        .starts_with("udp:127.0.0.44:"));
+    let left = view["expires_in"].as_u64().unwrap();
+    assert!((500..=600).contains(&left), "{view}");
+    assert!(view["expires"].as_str().unwrap().ends_with('Z'));
+
+    // A verification to the phone's number rings baresip, not the trunk.
+    let (status, _) = t
+        .http
+        .put(t.url("/v1/users/qa-alice/phones"))
+        .bearer_auth(&t.token)
+        .json(&json!({ "phones": [{ "number": NUMBER, "primary": true }] }))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .unwrap();
+    assert_eq!(status, 200);
+    let v = t
+        .start_verification(json!({ "user_id": "qa-alice", "locale": "en" }))
+        .await;
+    let done = t.wait_call_final(&v.id, Duration::from_secs(60)).await;
+    assert_eq!(
+        done.call.status,
+        CallStatus::Completed,
+        "{done:?}\n{}",
+        phone.log()
+    );
+    assert_eq!(done.call.trunk.as_deref(), Some("qa:qa-alice"));
+    assert_eq!(done.call.times_played, 2);
+
+    // baresip closes its recording when the call ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wav = loop {
+        if let Some(w) = phone.heard() {
+            if std::fs::metadata(&w).map(|m| m.len()).unwrap_or(0) > 8000 {
+                break w;
+            }
+        }
+        assert!(Instant::now() < deadline, "no recording\n{}", phone.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let heard = readings_in(&wav);
+    println!(
+        "baresip heard the code read {} times: {heard:?}",
+        heard.len()
+    );
+    assert_eq!(heard.len(), 2, "two readings: {heard:?}");
+    assert_eq!(heard[0], heard[1]);
+    assert_eq!(heard[0].len(), 6);
+    let (status, body) = t.check(&v.id, &heard[0]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["valid"], true, "{body}");
+    assert_eq!(t.view(&v.id).await.status, VerificationStatus::Approved);
+
+    let metrics = t
+        .http
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("otpdial_qa_registrations_total{result=\"registered\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("otpdial_qa_phones_registered 1"));
+    t.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qa_phone_that_is_not_registered_fails_the_call_with_a_reason() {
+    let mut s = qa_settings();
+    s.verification.allow_unregistered_numbers = true;
+    let t = spawn_app(s, Db::Sqlite, DialerMode::Background).await;
+    let v = t
+        .start_verification(json!({ "to": NUMBER, "locale": "en" }))
+        .await;
+    let done = t.wait_call_final(&v.id, Duration::from_secs(30)).await;
+    assert_eq!(done.call.status, CallStatus::Failed, "{done:?}");
+    assert_eq!(done.call.attempts.len(), 1);
+    let attempt = &done.call.attempts[0];
+    assert_eq!(attempt.trunk, "qa:qa-alice", "no trunk was tried");
+    assert_eq!(
+        attempt.reason.as_deref(),
+        Some("QA phone qa-alice is not registered"),
+        "{done:?}"
+    );
+    t.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn svcrack_is_banned_before_it_finds_the_password() {
+    // svcrack 0.3.8 ignores its -b option and always sends from 127.0.0.1 (its
+    // bindingip never reaches the socket), so here no trunk sits on 127.0.0.1: the
+    // attacker's address must not be a trusted one.
+    let mut s = qa_settings();
+    s.trunks.clear();
+    let t = spawn_app(s, Db::Sqlite, DialerMode::Manual).await;
+    let port = t.app.sip_addr.port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    // The right password is the 21st guess: a ban after 10 failures stops it before.
+    let mut words: Vec<String> = (1..=20).map(|i| format!("guess{i}")).collect();
+    words.push(PASSWORD.into());
+    words.extend((21..=30).map(|i| format!("guess{i}")));
+    let dict = dir.path().join("dict.txt");
+    std::fs::write(&dict, words.join("\n") + "\n").unwrap();
+    let out = Command::new("timeout")
+        .args([
+            "120",
+            "sipvicious_svcrack",
+            "-b",
+            "127.0.0.66",
+            "-u",
+            "qa-alice",
+        ])
+        .arg("-d")
+        .arg(&dict)
+        .args(["-p", &port, "127.0.0.1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("sipvicious_svcrack runs (pip install sipvicious)");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("svcrack:\n{printed}");
+    let metrics = t
+        .http
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !printed.contains(PASSWORD),
+        "password found:\n{printed}\n{metrics}"
+    );
+    for line in [
+        "otpdial_qa_registrations_total{result=\"auth_failed\"} 10",
+        "otpdial_sip_bans_total 1",
+        "otpdial_sip_banned_sources 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    // The phone itself can still register from its own address.
+    let phone = Baresip::start("127.0.0.45", t.app.sip_addr, PASSWORD);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while phone_view(&t).await["registered"] != true {
+        assert!(Instant::now() < deadline, "{}", phone.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    t.app.stop().await;
+}

@@ -1,0 +1,262 @@
+//! The SIP listener policy against real attack tools, on loopback only: SIPVicious
+//! (`svmap`, `svwar` from PyPI `sipvicious`) scanning from a non-trunk address finds
+//! nothing, and SIPp OPTIONS and INVITE floods from non-trunk addresses do not disturb
+//! real verifications, keep memory flat and show up in the metrics. Another loopback
+//! address (127.0.0.x) stands for "another host": the trunk is 127.0.0.1.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use otpdial::app::DialerMode;
+use otpdial::config::{HumanDuration, Settings};
+use otpdial::domain::CallStatus;
+use serde_json::json;
+
+use crate::callee::SippUas;
+use crate::helpers::{base_settings, free_udp_port, sipp_scenario, spawn_app, Db, TestApp};
+use crate::procs::{nl_mobile, ServeConfig, ServeProc};
+
+/// Test settings that wait longer for the database: these tests run beside others on
+/// a loaded machine, where opening SQLite can take more than the default 800 ms.
+fn patient(mut s: Settings) -> Settings {
+    s.database.acquire_timeout = HumanDuration(Duration::from_secs(10));
+    s
+}
+
+/// Runs a SIPVicious tool (installed by scripts/test.sh with pip) with a time bound;
+/// returns what it printed.
+fn sipvicious(tool: &str, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(format!("sipvicious_{tool}"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("sipvicious_{tool} runs (pip install sipvicious): {e}"));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `otpdial_sip_dropped_total{reason="..."}` from `/metrics`.
+async fn dropped(t: &TestApp, reason: &str) -> u64 {
+    metric(
+        t,
+        &format!("otpdial_sip_dropped_total{{reason=\"{reason}\"}}"),
+    )
+    .await
+}
+
+/// The value of one sample line of `/metrics` (0 when absent).
+async fn metric(t: &TestApp, sample: &str) -> u64 {
+    let text = t
+        .http
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn svmap_and_svwar_from_a_non_trunk_address_find_nothing() {
+    let trunk = SippUas::answer_many(Duration::from_millis(100)).await;
+    let t = spawn_app(
+        patient(base_settings(trunk.port())),
+        Db::Sqlite,
+        DialerMode::Manual,
+    )
+    .await;
+    let port = t.app.sip_addr.port().to_string();
+
+    // Control: from the trunk's address the same scan finds the gateway (and learns no
+    // product name: the Server header is empty by default).
+    let seen = sipvicious("svmap", &["-b", "127.0.0.1", "-p", &port, "127.0.0.1"]);
+    let found = format!("127.0.0.1:{port}");
+    assert!(seen.contains(&found), "control scan found nothing:\n{seen}");
+    assert!(!seen.contains("otpdial"), "product name leaked:\n{seen}");
+
+    for method in ["OPTIONS", "INVITE", "REGISTER"] {
+        let out = sipvicious(
+            "svmap",
+            &["-b", "127.0.0.23", "-p", &port, "-m", method, "127.0.0.1"],
+        );
+        assert!(!out.contains(&found), "svmap -m {method} found us:\n{out}");
+    }
+    assert!(dropped(&t, "unknown_source").await > 0);
+    t.app.stop().await;
+
+    // svwar (0.3.8) ignores its -b option and always sends from 127.0.0.1, so it runs
+    // against a gateway whose trunk is not on 127.0.0.1 (here: no trunk at all).
+    let mut s = patient(base_settings(trunk.port()));
+    s.trunks.clear();
+    let t = spawn_app(s, Db::Sqlite, DialerMode::Manual).await;
+    let port = t.app.sip_addr.port().to_string();
+    let target = format!("udp://127.0.0.1:{port}");
+    for method in ["REGISTER", "INVITE", "OPTIONS"] {
+        let out = sipvicious("svwar", &["-e", "100-140", "-m", method, &target]);
+        assert!(
+            out.contains("found nothing")
+                && !out.contains("| reqauth")
+                && !out.contains("| noauth"),
+            "svwar -m {method} found extensions:\n{out}"
+        );
+    }
+    assert!(dropped(&t, "unknown_source").await > 0);
+    t.app.stop().await;
+}
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One sample of the gateway's `/metrics` (0 when absent).
+async fn gw_metric(gw: &ServeProc, sample: &str) -> u64 {
+    let text = gw
+        .http
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// SIPp as a flooding UAC from `ip`: `count` messages of `scenario` at `rate` per second
+/// towards 127.0.0.1:`port`; it stops by itself after `count` (or 60 s).
+fn flood(scenario: &str, ip: &str, port: u16, rate: u32, count: u32) -> std::process::Child {
+    Command::new("sipp")
+        .arg("-sf")
+        .arg(sipp_scenario(scenario))
+        .args(["-i", ip, "-mi", ip, "-p", &free_udp_port().to_string()])
+        .args(["-r", &rate.to_string(), "-rp", "1000"])
+        .args(["-m", &count.to_string(), "-l", "100000"])
+        .args(["-timeout", "60s", "-nostdin"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp runs (Debian package sip-tester)")
+}
+
+/// Kills a flood still running when the test ends early.
+struct Flood(std::process::Child);
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_and_invite_floods_do_not_disturb_real_calls() {
+    const RATE: u32 = 500;
+    const SECONDS: u32 = 10;
+    const CALLS: u32 = 8;
+    let trunk = SippUas::answer_many(Duration::from_millis(300)).await;
+    let cfg = ServeConfig::new()
+        .trunk("t", trunk.port(), "")
+        .set("database.acquire_timeout", "10s");
+    let gw = ServeProc::start(cfg).await;
+    let pid = gw.pid().expect("gateway pid");
+    let port = gw.sip_port();
+    // Warm up: one call before measuring, so the baseline has every lazy allocation.
+    let v = gw
+        .start_verification(json!({ "to": nl_mobile(7000) }))
+        .await;
+    gw.wait_calls_final(&[v.id], Duration::from_secs(30)).await;
+    let rss_before = rss_kib(pid);
+
+    let started = Instant::now();
+    let mut floods = [
+        Flood(flood(
+            "uac_options_flood.xml",
+            "127.0.0.31",
+            port,
+            RATE,
+            RATE * SECONDS,
+        )),
+        Flood(flood(
+            "uac_invite_flood.xml",
+            "127.0.0.32",
+            port,
+            RATE,
+            RATE * SECONDS,
+        )),
+    ];
+    // Real verifications while the floods run, one a second.
+    let mut ids = Vec::new();
+    let mut peak_rss = rss_before;
+    for i in 0..CALLS {
+        let v = gw
+            .start_verification(json!({ "to": nl_mobile(7001 + i) }))
+            .await;
+        ids.push(v.id);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        peak_rss = peak_rss.max(rss_kib(pid));
+    }
+    let views = gw.wait_calls_final(&ids, Duration::from_secs(60)).await;
+    for v in &views {
+        assert_eq!(v.call.status, CallStatus::Completed, "{v:?}");
+    }
+    for f in &mut floods {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while f.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            peak_rss = peak_rss.max(rss_kib(pid));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let flood_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    peak_rss = peak_rss.max(rss_kib(pid));
+
+    let d = |r: &'static str| format!("otpdial_sip_dropped_total{{reason=\"{r}\"}}");
+    let unknown = gw_metric(&gw, &d("unknown_source")).await;
+    let limited = gw_metric(&gw, &d("rate_limited")).await;
+    let banned = gw_metric(&gw, &d("banned")).await;
+    let bans = gw_metric(&gw, "otpdial_sip_bans_total").await;
+    let sent = u64::from(2 * RATE * SECONDS);
+    let total = unknown + limited + banned;
+    eprintln!(
+        "flood: {sent} messages in {flood_secs:.1} s from 2 sources; dropped \
+         unknown_source={unknown} rate_limited={limited} banned={banned}; bans={bans}; \
+         {CALLS} real calls completed; gateway RSS {rss_before} KiB -> peak {peak_rss} KiB"
+    );
+    // A datagram or two may be lost on a loaded loopback; the flood is counted.
+    assert!(total >= sent * 95 / 100, "flood counted: {total} of {sent}");
+    assert_eq!(bans, 2, "each flooding source banned once");
+    assert!(
+        peak_rss < rss_before + 20 * 1024,
+        "memory grew under the flood: {rss_before} -> {peak_rss} KiB"
+    );
+    // The trunk saw only our real calls.
+    let log = trunk.calls();
+    assert_eq!(
+        log.answered(),
+        CALLS as usize + 1,
+        "callee answered only real calls"
+    );
+}
