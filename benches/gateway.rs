@@ -729,6 +729,7 @@ fn run_gateway(bin: &Path, n: usize, plan: &Plan, args: &Args, seq0: usize) -> F
         stop_child(callee);
         let _ = rx.finish();
         f.timed_out = true;
+        f.failed = n as f64;
         return f;
     }
     std::thread::sleep(Duration::from_millis(500));
