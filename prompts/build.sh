@@ -101,7 +101,7 @@ pack() {
 # docs/prompts.md. N-final.wav is digit N said at the end of a group (falling); a pack
 # without it plays N.wav there.
 language = "$language"
-digit_pause = "400ms"   # silence between two digits
+digit_pause = "350ms"   # silence between two digits
 group_pause = "800ms"   # silence between digit groups (3+3, 4+4, 3+4, ...) and before the code
 
 [files]

@@ -1007,7 +1007,7 @@ mod tests {
         assert_eq!(en.locale(), "en");
         assert_eq!(en.language(), "English");
         assert_eq!(lib.get("nl").unwrap().language(), "Nederlands");
-        assert_eq!(en.digit_pause(), Duration::from_millis(400));
+        assert_eq!(en.digit_pause(), Duration::from_millis(350));
         assert_eq!(en.group_pause(), Duration::from_millis(800));
         for p in Phrase::ALL {
             assert!(en.pcm(p).len() > 800, "{p:?} too short");

@@ -243,7 +243,7 @@ mod tests {
     fn six_digits_read_twice() {
         let pack = PromptLibrary::builtin().get("en").unwrap();
         let s = CallScript::build(&pack, &[4, 8, 1, 5, 2, 6], 2);
-        let dp = Silence { frames: 20 }; // 400 ms
+        let dp = Silence { frames: 18 }; // 350 ms, rounded to whole 20 ms frames
         let gp = Silence { frames: 40 }; // 800 ms
         let d = |x| Say(Phrase::Digit(x));
         let f = |x| Say(Phrase::FinalDigit(x));
