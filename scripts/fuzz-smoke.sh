@@ -65,7 +65,9 @@ run=(cargo "${toolchain[@]}" fuzz run "${flags[@]}")
 
 start=$(date +%s)
 echo "fuzz-smoke: building the fuzz targets (${toolchain[*]:-stable with RUSTC_BOOTSTRAP=1}, $profile profile, sanitizer $sanitizer)"
-"${build[@]}"
+# A target build that fails here (e.g. a toolchain that refuses the nightly flags)
+# skips fuzzing loudly instead of failing CI; a crash found while fuzzing fails it.
+"${build[@]}" || skip "the fuzz targets did not build (log above)"
 echo "fuzz-smoke: built in $(($(date +%s) - start)) s"
 [ "$mode" != build ] || exit 0
 start=$(date +%s)
