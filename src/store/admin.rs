@@ -81,35 +81,14 @@ impl Store {
 
     /// Calls created at or after `since`, oldest first, at most `limit`.
     pub async fn calls_since(&self, since: i64, limit: i64) -> Result<Vec<CallRecord>> {
-        let rows = sqlx::query(
-            "SELECT c.id, c.verification_id, v.phone, c.status, c.sip_code, c.trunk, c.created_at, \
-                    c.answered_at, c.ended_at, c.times_played \
-             FROM calls c JOIN verifications v ON v.id = c.verification_id \
-             WHERE c.created_at >= $1 ORDER BY c.created_at, c.id LIMIT $2",
-        )
+        let rows = sqlx::query(&format!(
+            "{CALL_RECORD_SELECT} WHERE c.created_at >= $1 ORDER BY c.created_at, c.id LIMIT $2"
+        ))
         .bind(since)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let status: String = r.try_get(3)?;
-                Ok(CallRecord {
-                    call_id: r.try_get(0)?,
-                    verification_id: r.try_get(1)?,
-                    phone: r.try_get(2)?,
-                    status: CallStatus::parse(&status).ok_or_else(|| {
-                        super::StoreError::Corrupt(format!("call status {status:?}"))
-                    })?,
-                    sip_code: r.try_get(4)?,
-                    trunk: r.try_get(5)?,
-                    created_at: r.try_get(6)?,
-                    answered_at: r.try_get(7)?,
-                    ended_at: r.try_get(8)?,
-                    times_played: r.try_get(9)?,
-                })
-            })
-            .collect()
+        rows.iter().map(call_record_from_row).collect()
     }
 
     /// The verifications whose call `instance` still holds in progress
@@ -137,4 +116,28 @@ impl Store {
             .await?;
         Ok(row.try_get(0)?)
     }
+}
+
+/// The columns of a [`CallRecord`], for [`call_record_from_row`]. The number
+/// is the one the call dials now (a retry may have moved to the user's next).
+pub(super) const CALL_RECORD_SELECT: &str =
+    "SELECT c.id, c.verification_id, COALESCE(c.phone, v.phone), c.status, c.sip_code, \
+            c.trunk, c.created_at, c.answered_at, c.ended_at, c.times_played \
+     FROM calls c JOIN verifications v ON v.id = c.verification_id";
+
+pub(super) fn call_record_from_row(r: &sqlx::any::AnyRow) -> Result<CallRecord> {
+    let status: String = r.try_get(3)?;
+    Ok(CallRecord {
+        call_id: r.try_get(0)?,
+        verification_id: r.try_get(1)?,
+        phone: r.try_get(2)?,
+        status: CallStatus::parse(&status)
+            .ok_or_else(|| super::StoreError::Corrupt(format!("call status {status:?}")))?,
+        sip_code: r.try_get(4)?,
+        trunk: r.try_get(5)?,
+        created_at: r.try_get(6)?,
+        answered_at: r.try_get(7)?,
+        ended_at: r.try_get(8)?,
+        times_played: r.try_get(9)?,
+    })
 }

@@ -4,8 +4,7 @@
 
 use sqlx::Row;
 
-use super::{CallRecord, Result, Store, StoreError};
-use crate::domain::CallStatus;
+use super::{CallRecord, Result, Store};
 
 /// Calls created in one time bucket `[start_ms, start_ms + bucket)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,32 +76,15 @@ impl Store {
 
     /// The `limit` most recently created calls, newest first.
     pub async fn latest_calls(&self, limit: i64) -> Result<Vec<CallRecord>> {
-        let rows = sqlx::query(
-            "SELECT c.id, c.verification_id, COALESCE(c.phone, v.phone), c.status, c.sip_code, \
-                    c.trunk, c.created_at, c.answered_at, c.ended_at, c.times_played \
-             FROM calls c JOIN verifications v ON v.id = c.verification_id \
-             ORDER BY c.created_at DESC, c.id DESC LIMIT $1",
-        )
+        let rows = sqlx::query(&format!(
+            "{} ORDER BY c.created_at DESC, c.id DESC LIMIT $1",
+            super::admin::CALL_RECORD_SELECT
+        ))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                let status: String = r.try_get(3)?;
-                Ok(CallRecord {
-                    call_id: r.try_get(0)?,
-                    verification_id: r.try_get(1)?,
-                    phone: r.try_get(2)?,
-                    status: CallStatus::parse(&status)
-                        .ok_or_else(|| StoreError::Corrupt(format!("call status {status:?}")))?,
-                    sip_code: r.try_get(4)?,
-                    trunk: r.try_get(5)?,
-                    created_at: r.try_get(6)?,
-                    answered_at: r.try_get(7)?,
-                    ended_at: r.try_get(8)?,
-                    times_played: r.try_get(9)?,
-                })
-            })
+            .map(super::admin::call_record_from_row)
             .collect()
     }
 }
