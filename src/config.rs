@@ -634,6 +634,21 @@ pub struct TrunkSettings {
     /// to; empty = the public web PKI roots (Mozilla's, built in).
     #[serde(default)]
     pub tls_ca: String,
+    /// Media encryption on this trunk (RFC 3711 SRTP keyed by SDES, RFC 4568): `off`
+    /// sends plain RTP; `optional` offers SRTP and falls back to RTP when the answer
+    /// has no usable key; `required` fails the attempt without a usable key.
+    #[serde(default)]
+    pub srtp: SrtpMode,
+}
+
+/// `[[trunks]] srtp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SrtpMode {
+    #[default]
+    Off,
+    Optional,
+    Required,
 }
 
 fn default_breaker_failures() -> u32 {
