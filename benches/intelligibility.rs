@@ -118,21 +118,7 @@ fn parse_args() -> Args {
 
 /// The bytes the pacer sends for a script, in order (RTP payloads back to back).
 fn play(pack: &PromptPack, script: &CallScript, law: G711) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for item in &script.items {
-        match *item {
-            ScriptItem::Say(p) => {
-                for f in pack.frames(p, law) {
-                    bytes.extend_from_slice(f);
-                }
-            }
-            ScriptItem::Silence { frames } | ScriptItem::AwaitKey { frames } => {
-                bytes.extend(std::iter::repeat_n(law.silence(), frames as usize * 160));
-            }
-            ScriptItem::CodeStart | ScriptItem::CodeEnd => {}
-        }
-    }
-    bytes
+    script.payload(pack, law)
 }
 
 /// Seconds from the start of the first reading to its end (the code, with its pauses).

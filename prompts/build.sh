@@ -80,16 +80,17 @@ digit() {
     band "$tmp/fin.wav" "$dir/$d-final.wav"
 }
 
-# pack LOCALE LANGUAGE ENGINE INTRO REPEAT OUTRO PRESSKEY DIGIT0..DIGIT9
+# pack LOCALE LANGUAGE ENGINE INTRO REPEAT OUTRO PRESSKEY BIND DIGIT0..DIGIT9
 pack() {
-    local locale="$1" language="$2" engine="$3" intro="$4" repeat="$5" outro="$6" press="$7"
-    shift 7
+    local locale="$1" language="$2" engine="$3" intro="$4" repeat="$5" outro="$6" press="$7" bind="$8"
+    shift 8
     local dir="$out/$locale"
     mkdir -p "$dir"
     phrase "$locale" "$intro" "$dir/intro.wav"
     phrase "$locale" "$repeat" "$dir/repeat.wav"
     phrase "$locale" "$outro" "$dir/outro.wav"
     phrase "$locale" "$press" "$dir/press-key.wav"
+    phrase "$locale" "$bind" "$dir/bind.wav"
     local d=0
     for word in "$@"; do
         digit "$locale" "$word" "$dir" "$d"
@@ -108,7 +109,8 @@ group_pause = "800ms"   # silence between digit groups (3+3, 4+4, 3+4, ...) and 
 intro = "intro.wav"
 repeat = "repeat.wav"
 outro = "outro.wav"
-press_key = "press-key.wav"
+press_key = "press-key.wav"   # followed by the digit to press (require_keypress)
+bind = "bind.wav"             # bind_digits: asks for the two digits on the login screen
 digits = ["0.wav", "1.wav", "2.wav", "3.wav", "4.wav", "5.wav", "6.wav", "7.wav", "8.wav", "9.wav"]
 digits_final = ["0-final.wav", "1-final.wav", "2-final.wav", "3-final.wav", "4-final.wav",
                 "5-final.wav", "6-final.wav", "7-final.wav", "8-final.wav", "9-final.wav"]
@@ -117,8 +119,10 @@ TOML
 }
 
 pack en English "Flite voice $EN_VOICE (duration_stretch $EN_STRETCH)" \
-    "Your verification code is" "I repeat" "Goodbye" "Press any key to hear your code" \
+    "Your verification code is" "I repeat" "Goodbye" "To hear your code, press" \
+    "To hear your code, enter the two digits shown on your screen" \
     zero one two three four five six seven eight nine
 pack nl Nederlands "espeak-ng voice $NL_VOICE at $NL_RATE words per minute" \
-    "Uw verificatiecode is" "Ik herhaal" "Tot ziens" "Druk op een toets om uw code te horen" \
+    "Uw verificatiecode is" "Ik herhaal" "Tot ziens" "Om uw code te horen, druk op" \
+    "Om uw code te horen, toets de twee cijfers in die op uw scherm staan" \
     nul een twee drie vier vijf zes zeven acht negen

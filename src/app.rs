@@ -83,6 +83,11 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         None => PromptLibrary::builtin(),
     };
     let locales = prompts.locales();
+    let bind_locales: Vec<String> = prompts
+        .packs()
+        .filter(|p| p.has_bind())
+        .map(|p| p.locale().to_owned())
+        .collect();
     if !locales.contains(&settings.verification.default_locale) {
         anyhow::bail!(
             "config key `verification.default_locale`: no prompt pack {:?} (installed: {})",
@@ -129,7 +134,8 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         wake.clone(),
         cancel_wake.clone(),
         metrics.clone(),
-    );
+    )
+    .with_bind_locales(bind_locales);
     let dialer = Arc::new(Dialer::new(
         store.clone(),
         keys,

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{CodecName, PortRange, SipTarget, TrunkSettings};
 use crate::domain::CallStatus;
 use crate::media::{
-    rtcp_socket_beside, CallScript, Pacer, PlayoutEvent, PlayoutSpec, PromptLibrary, G711,
+    rtcp_socket_beside, CallScript, Keys, Pacer, PlayoutEvent, PlayoutSpec, PromptLibrary,
+    PromptPack, G711,
 };
 use crate::metrics::Metrics;
 use crate::sip::sdp::{AudioCodec, MediaOffer};
@@ -62,8 +63,11 @@ pub enum HangupCause {
     Canceled,
     /// Nobody answered within the trunk's `ring_timeout`.
     RingTimeout,
-    /// `require_keypress`: no key within the time allowed.
+    /// A key gate (`require_keypress`, `bind_digits`): no key within the time allowed,
+    /// or (`require_keypress`) not the digit asked for.
     NoKeypress,
+    /// `bind_digits`: the digits keyed are not the two on the login screen.
+    BindMismatch,
     /// The gateway is stopping and the call outlived `shutdown_grace`.
     Shutdown,
 }
@@ -75,6 +79,7 @@ impl HangupCause {
             Self::Canceled => "canceled",
             Self::RingTimeout => "no answer within ring_timeout",
             Self::NoKeypress => "no_keypress",
+            Self::BindMismatch => "bind_mismatch",
             Self::Shutdown => "shutdown",
         }
     }
@@ -102,6 +107,41 @@ impl Hangup {
     }
 }
 
+/// What a call asks the person to key before it reads the code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KeyGate {
+    /// Nothing: the code is read at once.
+    #[default]
+    Open,
+    /// `require_keypress` (the voicemail guard): a random digit, said and asked for.
+    Keypress,
+    /// `bind_digits`: the two digits the login screen shows (never said).
+    Bind(Keys),
+}
+
+impl KeyGate {
+    /// The script of a call behind this gate.
+    fn script(self, pack: &PromptPack, digits: &[u8], repeat: u32) -> CallScript {
+        match self {
+            KeyGate::Open => CallScript::build(pack, digits, repeat),
+            KeyGate::Keypress => {
+                // A fresh digit per call, so that a recorded answer does not pass the
+                // next call.
+                CallScript::with_keypress(pack, digits, repeat, Keys::random(1))
+            }
+            KeyGate::Bind(keys) => CallScript::with_bind(pack, digits, repeat, keys),
+        }
+    }
+
+    /// Why the call ended when the pacer saw a wrong key at the gate.
+    fn wrong_key(self) -> HangupCause {
+        match self {
+            KeyGate::Bind(_) => HangupCause::BindMismatch,
+            KeyGate::Open | KeyGate::Keypress => HangupCause::NoKeypress,
+        }
+    }
+}
+
 /// What to say to whom.
 pub struct PlaceCall<'a> {
     /// E.164 number (`+31612345678`) or a full `sip:` URI.
@@ -109,8 +149,8 @@ pub struct PlaceCall<'a> {
     pub digits: Vec<u8>,
     pub locale: &'a str,
     pub repeat: u32,
-    /// Ask for a key first and read the code only after one (SPEC §4).
-    pub require_keypress: bool,
+    /// Keys to ask for before the code is read (SPEC §4, §6).
+    pub gate: KeyGate,
     /// Hang up (or cancel) when this is requested, e.g. when the
     /// verification is canceled.
     pub hangup: Hangup,
@@ -409,11 +449,7 @@ impl CallEngine {
                                 AudioCodec::Pcmu => G711::Ulaw,
                                 AudioCodec::Pcma => G711::Alaw,
                             };
-                            let script = if call.require_keypress {
-                                CallScript::with_keypress(&pack, &call.digits, call.repeat)
-                            } else {
-                                CallScript::build(&pack, &call.digits, call.repeat)
-                            };
+                            let script = call.gate.script(&pack, &call.digits, call.repeat);
                             playout = Some(self.pacer.play(PlayoutSpec {
                                 rtcp_socket: rtcp_socket_beside(&socket),
                                 socket,
@@ -455,6 +491,9 @@ impl CallEngine {
                         Some(PlayoutEvent::NoKeypress) => {
                             // Finished follows and hangs up; the call fails unread.
                             ours = Some(HangupCause::NoKeypress);
+                        }
+                        Some(PlayoutEvent::WrongKey) => {
+                            ours = Some(call.gate.wrong_key());
                         }
                         Some(PlayoutEvent::Finished { times_played: t, .. }) => {
                             times_played = times_played.max(t);
@@ -594,7 +633,8 @@ fn end_outcome(
     let unanswered_status = match ours {
         Some(HangupCause::Canceled) => CallStatus::Canceled,
         Some(HangupCause::RingTimeout) => CallStatus::NoAnswer,
-        Some(HangupCause::NoKeypress | HangupCause::Shutdown) | None => CallStatus::Failed,
+        Some(HangupCause::NoKeypress | HangupCause::BindMismatch | HangupCause::Shutdown)
+        | None => CallStatus::Failed,
     };
     let ours_reason = ours.map(|c| c.reason().to_string());
     match reason {

@@ -164,6 +164,7 @@ fn describe(phrases: &[crate::media::Phrase]) -> String {
             Phrase::Repeat => "[repeat]".into(),
             Phrase::Outro => "[outro]".into(),
             Phrase::PressKey => "[press-key]".into(),
+            Phrase::Bind => "[bind]".into(),
         })
         .collect::<Vec<_>>()
         .join(" ")

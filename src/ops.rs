@@ -185,7 +185,11 @@ pub async fn call(settings: &Settings, req: CallRequest) -> anyhow::Result<CallR
                 digits: code.digit_values(),
                 locale: &locale,
                 repeat: settings.verification.repeat,
-                require_keypress: settings.verification.require_keypress,
+                gate: if settings.verification.require_keypress {
+                    crate::call::KeyGate::Keypress
+                } else {
+                    crate::call::KeyGate::Open
+                },
                 hangup: Hangup::default(),
             },
             slot,

@@ -20,9 +20,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::call::{AttemptOutcome, CallEngine, Hangup, HangupCause, PlaceCall, Progress};
+use crate::call::{AttemptOutcome, CallEngine, Hangup, HangupCause, KeyGate, PlaceCall, Progress};
 use crate::config::{RetryOn, Settings};
 use crate::domain::{self, CallStatus, OtpCode, VerificationStatus};
+use crate::media::Keys;
 use crate::metrics::Metrics;
 use crate::risk::{RiskHook, RiskQuery};
 use crate::store::{
@@ -156,6 +157,13 @@ impl Drop for Settle {
             }
         });
     }
+}
+
+/// What a claimed call will say and ask for, opened from its sealed code.
+struct CallSecrets {
+    code: OtpCode,
+    /// `bind_digits`: the two digits the person must key first.
+    bind: Option<Keys>,
 }
 
 impl Dialer {
@@ -449,7 +457,7 @@ impl Dialer {
     fn ready_to_place(
         &self,
         claimed: &ClaimedCall,
-    ) -> Result<(OtpCode, Vec<String>), AttemptOutcome> {
+    ) -> Result<(CallSecrets, Vec<String>), AttemptOutcome> {
         let expired = || AttemptOutcome::failed("expired", false);
         match claimed.verification_status {
             VerificationStatus::Pending => {}
@@ -473,6 +481,7 @@ impl Dialer {
             Some(sealed) => self
                 .keys
                 .open(&claimed.verification_id, sealed)
+                .map(|(code, bind)| CallSecrets { code, bind })
                 .map_err(|e| AttemptOutcome::failed(format!("cannot open the code: {e}"), false))?,
             None => {
                 return Err(AttemptOutcome::failed(
@@ -653,7 +662,7 @@ impl Dialer {
     async fn run_qa_round(
         &self,
         claimed: &ClaimedCall,
-        code: &OtpCode,
+        code: &CallSecrets,
         username: &str,
         settle: &mut Settle,
         hangup: &Hangup,
@@ -732,7 +741,7 @@ impl Dialer {
     async fn place_one(
         &self,
         claimed: &ClaimedCall,
-        code: &OtpCode,
+        code: &CallSecrets,
         trunk: &str,
         route: Route,
         hangup: &Hangup,
@@ -740,10 +749,14 @@ impl Dialer {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let call = PlaceCall {
             to: &claimed.phone,
-            digits: code.digit_values(),
+            digits: code.code.digit_values(),
             locale: &claimed.locale,
             repeat: self.settings.verification.repeat,
-            require_keypress: self.settings.verification.require_keypress,
+            gate: match code.bind {
+                Some(keys) => KeyGate::Bind(keys),
+                None if self.settings.verification.require_keypress => KeyGate::Keypress,
+                None => KeyGate::Open,
+            },
             hangup: hangup.clone(),
         };
         let place = async {

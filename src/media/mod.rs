@@ -23,7 +23,7 @@ pub use pacer::{
     rtcp_socket_beside, Pacer, PacerOptions, PacerStats, Playout, PlayoutEvent, PlayoutSpec,
 };
 pub use pack::{check_phrase, PhraseCheck, PromptError, PromptLibrary, PromptPack};
-pub use script::{CallScript, ScriptItem};
+pub use script::{CallScript, Keys, ScriptItem};
 
 /// Samples per RTP packet: 20 ms at 8 kHz, which is also the RTP timestamp step.
 pub const FRAME_SAMPLES: usize = 160;
@@ -91,8 +91,11 @@ pub enum Phrase {
     Repeat,
     /// "Goodbye".
     Outro,
-    /// "Press any key to hear your code".
+    /// "To hear your code, press" (followed by the digit to press: `require_keypress`).
     PressKey,
+    /// "To hear your code, enter the two digits shown on your screen" (`bind_digits`).
+    /// Optional in a pack (`bind.wav`): without it the pack cannot serve `bind_digits`.
+    Bind,
 }
 
 impl Phrase {
@@ -146,15 +149,16 @@ impl Phrase {
             Phrase::Repeat => "repeat".to_owned(),
             Phrase::Outro => "outro".to_owned(),
             Phrase::PressKey => "press-key".to_owned(),
+            Phrase::Bind => "bind".to_owned(),
         }
     }
 
-    /// Index into [`Phrase::ALL`]; `None` for a digit above 9 and for the final forms
-    /// (which the pack keeps apart, as they are optional).
+    /// Index into [`Phrase::ALL`]; `None` for a digit above 9 and for the optional
+    /// phrases (final forms, bind), which the pack keeps apart.
     pub(crate) fn index(self) -> Option<usize> {
         match self {
             Phrase::Digit(d) if d <= 9 => Some(usize::from(d)),
-            Phrase::Digit(_) | Phrase::FinalDigit(_) => None,
+            Phrase::Digit(_) | Phrase::FinalDigit(_) | Phrase::Bind => None,
             Phrase::Intro => Some(10),
             Phrase::Repeat => Some(11),
             Phrase::Outro => Some(12),

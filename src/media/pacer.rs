@@ -86,9 +86,12 @@ pub enum PlayoutEvent {
         /// 0-9, *, #, A-D.
         key: char,
     },
-    /// The script waited for a key ([`ScriptItem::AwaitKey`]) and none came; the stream
-    /// ends without reading the code. `Finished` follows.
+    /// The script waited for keys ([`ScriptItem::AwaitKey`]) and they did not all come
+    /// in time; the stream ends without reading the code. `Finished` follows.
     NoKeypress,
+    /// A key other than the one expected came at a key gate; the stream ends without
+    /// reading the code. `Finished` follows.
+    WrongKey,
     /// The stream ended (script done, stopped, or pacer shut down). Always the last event.
     Finished {
         /// Complete readings sent.
@@ -352,6 +355,8 @@ struct Stream {
     /// Key presses that restarted the reading; capped so a stuck key cannot hold the
     /// line open forever.
     restarts: u8,
+    /// Digits keyed correctly so far at the current key gate.
+    keyed: u8,
     packets_sent: u64,
     send_errors: u64,
     /// Times the timeline was re-anchored after a stall (see `limit_lag`).
@@ -432,6 +437,7 @@ impl Stream {
             after_silence: true,
             times_played: 0,
             restarts: 0,
+            keyed: 0,
             packets_sent: 0,
             send_errors: 0,
             resyncs: 0,
@@ -483,7 +489,7 @@ impl Stream {
                         return Next::Silence;
                     }
                 }
-                ScriptItem::AwaitKey { frames } => {
+                ScriptItem::AwaitKey { frames, .. } => {
                     if self.frame < frames {
                         self.frame += 1;
                         return Next::Silence;
@@ -506,21 +512,66 @@ impl Stream {
         }
     }
 
-    /// A key press from any source: past the key wait, or the reading starts over.
-    fn on_key(&mut self) {
-        let waiting = self.script.items[self.item.min(self.script.items.len())..]
-            .iter()
-            .any(|i| matches!(i, ScriptItem::AwaitKey { .. }));
-        if !waiting && self.restarts >= MAX_RESTARTS {
-            return;
-        }
-        if let Some(next) = self.script.after_key(self.item) {
-            if !waiting {
-                self.restarts += 1;
+    /// A key press from any source. At a key gate it must be the next expected digit
+    /// (all of them: on past the gate; a wrong one: the stream ends unread); before a
+    /// gate (its request still playing) it counts for nothing; past every gate it
+    /// restarts the reading of the code.
+    fn on_key(&mut self, key: char) {
+        let at = self.item.min(self.script.items.len());
+        match self.script.gate_from(at) {
+            Some(gate) if self.nothing_left_before(gate) => {
+                let Some(ScriptItem::AwaitKey { expect, .. }) = self.script.items.get(gate) else {
+                    return;
+                };
+                if !expect.matches(usize::from(self.keyed), key) {
+                    // The code must not be spoken (SPEC §6): a forwarded line or a
+                    // greeting with tones does not get to try every digit.
+                    let _ = self.events.send(PlayoutEvent::WrongKey);
+                    self.item = self.script.items.len();
+                    self.frame = 0;
+                    return;
+                }
+                self.keyed += 1;
+                if usize::from(self.keyed) == expect.digits().len() {
+                    self.keyed = 0;
+                    self.item = gate + 1;
+                    self.frame = 0;
+                }
             }
-            self.item = next;
-            self.frame = 0;
+            Some(_) => {} // the request is still being said
+            None => {
+                if self.restarts >= MAX_RESTARTS {
+                    return;
+                }
+                if let Some(next) = self.script.after_key(self.item) {
+                    self.restarts += 1;
+                    self.item = next;
+                    self.frame = 0;
+                }
+            }
         }
+    }
+
+    /// Whether every frame before item `gate` has been sent: the cursor is at the gate,
+    /// or only finished items and markers (no frames) lie between. Keys count at a gate
+    /// only then: the request has been said in full.
+    fn nothing_left_before(&self, gate: usize) -> bool {
+        let items = &self.script.items;
+        (self.item..gate.min(items.len())).all(|i| {
+            let len = match items[i] {
+                ScriptItem::Say(p) => self.pack.frames(p, self.codec).len(),
+                ScriptItem::Silence { frames } | ScriptItem::AwaitKey { frames, .. } => {
+                    frames as usize
+                }
+                ScriptItem::CodeStart | ScriptItem::CodeEnd => 0,
+            };
+            let played = if i == self.item {
+                self.frame as usize
+            } else {
+                0
+            };
+            played >= len
+        })
     }
 
     /// Sends the packet that is due. Returns false when the script is over.
@@ -615,7 +666,7 @@ impl Stream {
         }
         if let Some(key) = key {
             let _ = self.events.send(PlayoutEvent::KeyPressed { key });
-            self.on_key();
+            self.on_key(key);
         }
     }
 
@@ -745,9 +796,9 @@ fn run(
                         finish(s);
                     }
                 }
-                Ok(Command::Key(id, _key)) => {
+                Ok(Command::Key(id, key)) => {
                     if let Some(s) = streams.get_mut(&id) {
-                        s.on_key();
+                        s.on_key(key);
                     }
                 }
                 Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => break 'outer,
@@ -815,6 +866,7 @@ fn run(
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
+    use crate::media::Keys;
     use crate::media::{Phrase, PromptLibrary};
     use rtp_rs::RtpReader;
 
@@ -1125,13 +1177,17 @@ mod tests {
     }
 
     #[test]
-    fn keypress_gate_times_out_or_opens_with_a_sip_info_key() {
+    fn key_gate_times_out_opens_with_the_right_keys_and_ends_on_a_wrong_one() {
         let pack = PromptLibrary::builtin().get("en").unwrap();
-        let gated = || CallScript {
-            items: [ScriptItem::AwaitKey { frames: 25 }]
-                .into_iter()
-                .chain(one_reading(1).items)
-                .collect(),
+        let expect = Keys::two(4, 7).unwrap();
+        let gated = |lead: u32| CallScript {
+            items: [
+                ScriptItem::Silence { frames: lead },
+                ScriptItem::AwaitKey { frames: 25, expect },
+            ]
+            .into_iter()
+            .chain(one_reading(1).items)
+            .collect(),
         };
         let rx = loopback();
         let pacer = Pacer::start().unwrap();
@@ -1146,7 +1202,7 @@ mod tests {
             script,
         };
         // No key: 25 frames of waiting, then the end, the code never sent.
-        let mut silent = pacer.play(spec(gated()));
+        let mut silent = pacer.play(spec(gated(0)));
         assert_eq!(next_event(&mut silent), PlayoutEvent::NoKeypress);
         assert_eq!(
             next_event(&mut silent),
@@ -1155,9 +1211,10 @@ mod tests {
                 packets_sent: 25
             }
         );
-        // A key (as from SIP INFO) opens the gate at once.
-        let mut pressed = pacer.play(spec(gated()));
-        pressed.key('1');
+        // The right keys (as from SIP INFO) open the gate at once.
+        let mut pressed = pacer.play(spec(gated(0)));
+        pressed.key('4');
+        pressed.key('7');
         assert_eq!(
             next_event(&mut pressed),
             PlayoutEvent::CodePlayed { times: 1 }
@@ -1168,6 +1225,31 @@ mod tests {
         assert!(
             packets_sent < 25 + 3 + 40,
             "did not wait out the gate: {packets_sent}"
+        );
+        // A wrong key ends the stream unread, even after a right first one.
+        let mut wrong = pacer.play(spec(gated(0)));
+        wrong.key('4');
+        wrong.key('1');
+        assert_eq!(next_event(&mut wrong), PlayoutEvent::WrongKey);
+        assert!(matches!(
+            next_event(&mut wrong),
+            PlayoutEvent::Finished {
+                times_played: 0,
+                ..
+            }
+        ));
+        // Keys while the request still plays (1 s of lead here) count for nothing:
+        // the gate then waits its 25 frames and gives up.
+        let mut early = pacer.play(spec(gated(50)));
+        early.key('4');
+        early.key('7');
+        assert_eq!(next_event(&mut early), PlayoutEvent::NoKeypress);
+        assert_eq!(
+            next_event(&mut early),
+            PlayoutEvent::Finished {
+                times_played: 0,
+                packets_sent: 75
+            }
         );
     }
 

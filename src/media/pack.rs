@@ -116,6 +116,9 @@ struct FilesToml {
     repeat: String,
     outro: String,
     press_key: String,
+    /// The `bind_digits` request. When absent, `bind.wav` is used where it exists;
+    /// without one the pack cannot serve `bind_digits`.
+    bind: Option<String>,
     digits: Vec<String>,
     /// Final forms of the digits. When absent, `<d>-final.wav` is used where that file
     /// exists and the plain digit where it does not.
@@ -129,6 +132,7 @@ impl Default for FilesToml {
             repeat: "repeat.wav".to_owned(),
             outro: "outro.wav".to_owned(),
             press_key: "press-key.wav".to_owned(),
+            bind: None,
             digits: (0..10).map(|d| format!("{d}.wav")).collect(),
             digits_final: None,
         }
@@ -184,6 +188,8 @@ pub struct PromptPack {
     phrases: Vec<PhraseAudio>,
     /// Final forms of digits 0..=9; `None` where the pack has none (plain digit plays).
     finals: Vec<Option<PhraseAudio>>,
+    /// [`Phrase::Bind`], when the pack has it.
+    bind: Option<PhraseAudio>,
 }
 
 impl PromptPack {
@@ -215,6 +221,24 @@ impl PromptPack {
         self.finals.get(usize::from(d)).is_some_and(|f| f.is_some())
     }
 
+    /// Whether the pack has the optional [`Phrase::Bind`] (needed for `bind_digits`).
+    pub fn has_bind(&self) -> bool {
+        self.bind.is_some()
+    }
+
+    /// Every phrase the pack holds audio of: [`Phrase::ALL`], then the final forms it
+    /// has, then [`Phrase::Bind`] if it has it.
+    pub fn phrases(&self) -> impl Iterator<Item = Phrase> + '_ {
+        Phrase::ALL
+            .into_iter()
+            .chain(
+                Phrase::FINAL_DIGITS
+                    .into_iter()
+                    .filter(|p| p.digit().is_some_and(|d| self.has_final(d))),
+            )
+            .chain(self.bind.as_ref().map(|_| Phrase::Bind))
+    }
+
     /// Playing time of a phrase (for `otpdial prompts check`).
     pub fn duration(&self, p: Phrase) -> Duration {
         let samples = self.pcm(p).len() as u64;
@@ -238,6 +262,7 @@ impl PromptPack {
                 Some(None) => self.audio(Phrase::Digit(d)),
                 None => None,
             },
+            Phrase::Bind => self.bind.as_ref(),
             _ => p.index().and_then(|i| self.phrases.get(i)),
         }
     }
@@ -277,7 +302,7 @@ impl PromptPack {
                 Phrase::Repeat => Some(&cfg.files.repeat),
                 Phrase::Outro => Some(&cfg.files.outro),
                 Phrase::PressKey => Some(&cfg.files.press_key),
-                Phrase::FinalDigit(_) => None, // not in ALL
+                Phrase::FinalDigit(_) | Phrase::Bind => None, // not in ALL
             };
             let Some(name) = name else {
                 return Err(config_err(format!("no file named for {p:?}")));
@@ -300,22 +325,29 @@ impl PromptPack {
             }
             None => ((0..10).map(|d| format!("{d}-final.wav")).collect(), false),
         };
-        let mut finals = Vec::with_capacity(10);
-        for name in &final_names {
+        // An optional phrase: a missing file is fine unless pack.toml named it.
+        let optional = |name: &str, required: bool| -> Result<Option<PhraseAudio>, PromptError> {
             check_file_name(name).map_err(config_err)?;
             let bytes = match read(name) {
                 Ok(bytes) => bytes,
                 Err(PromptError::Io { source, .. })
                     if !required && source.kind() == std::io::ErrorKind::NotFound =>
                 {
-                    finals.push(None);
-                    continue;
+                    return Ok(None);
                 }
                 Err(e) => return Err(e),
             };
             let pcm = decode_wav(&origin.join(name), &bytes)?;
-            finals.push(Some(PhraseAudio::new(pcm)));
-        }
+            Ok(Some(PhraseAudio::new(pcm)))
+        };
+        let finals = final_names
+            .iter()
+            .map(|name| optional(name, required))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bind = match &cfg.files.bind {
+            Some(name) => optional(name, true)?,
+            None => optional("bind.wav", false)?,
+        };
 
         Ok(PromptPack {
             locale: locale.to_owned(),
@@ -324,6 +356,7 @@ impl PromptPack {
             group_pause,
             phrases,
             finals,
+            bind,
         })
     }
 }
@@ -687,6 +720,7 @@ pub fn check_phrase(p: Phrase, pcm: &[i16]) -> PhraseCheck {
         Phrase::Intro => (800, 3500),
         Phrase::Repeat | Phrase::Outro => (300, 2000),
         Phrase::PressKey => (1000, 5000),
+        Phrase::Bind => (1500, 6000),
     };
     let d = duration.as_millis();
     if d < lo {
@@ -754,7 +788,7 @@ macro_rules! embedded_pack {
             include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts/", $locale, "/pack.toml")),
             embedded_pack!(@files $locale, "0.wav", "1.wav", "2.wav", "3.wav", "4.wav", "5.wav",
                 "6.wav", "7.wav", "8.wav", "9.wav", "intro.wav", "repeat.wav", "outro.wav",
-                "press-key.wav", "0-final.wav", "1-final.wav", "2-final.wav", "3-final.wav",
+                "press-key.wav", "bind.wav", "0-final.wav", "1-final.wav", "2-final.wav", "3-final.wav",
                 "4-final.wav", "5-final.wav", "6-final.wav", "7-final.wav", "8-final.wav",
                 "9-final.wav"),
         )
@@ -901,12 +935,7 @@ impl PromptLibrary {
                 }
             );
             let mut problems = 0;
-            let phrases = Phrase::ALL.into_iter().chain(
-                Phrase::FINAL_DIGITS
-                    .into_iter()
-                    .filter(|p| p.digit().is_some_and(|d| pack.has_final(d))),
-            );
-            for p in phrases {
+            for p in pack.phrases() {
                 let c = check_phrase(p, pack.pcm(p));
                 problems += c.problems.len();
                 let _ = writeln!(
@@ -964,12 +993,7 @@ impl PromptLibrary {
     pub fn problems(&self) -> Vec<(String, Phrase, String)> {
         let mut out = Vec::new();
         for pack in self.packs() {
-            let phrases = Phrase::ALL.into_iter().chain(
-                Phrase::FINAL_DIGITS
-                    .into_iter()
-                    .filter(|p| p.digit().is_some_and(|d| pack.has_final(d))),
-            );
-            for p in phrases {
+            for p in pack.phrases() {
                 for problem in check_phrase(p, pack.pcm(p)).problems {
                     out.push((pack.locale().to_owned(), p, problem));
                 }

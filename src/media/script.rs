@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Phrase, PromptPack, FRAME_DURATION};
+use super::{Phrase, PromptPack, FRAME_DURATION, G711};
 
 /// Silence before the first word: the far end often unmutes its audio path a moment
 /// after the 200 OK, and the first syllable would be lost.
@@ -30,12 +30,80 @@ pub enum ScriptItem {
     CodeStart,
     /// A reading of the code is complete (no audio; reported as `CodePlayed`).
     CodeEnd,
-    /// Silence while waiting for a key: a key moves on past this item; if the frames
-    /// run out first, the playout ends without reading the code.
+    /// Silence while waiting for the keys `expect`: once they are keyed, in order,
+    /// playing moves on past this item. A wrong key, or the frames running out first,
+    /// ends the playout without reading the code. Keys that arrive before this item
+    /// starts (while the request is still being said) count for nothing.
     AwaitKey {
         /// Number of 20 ms frames to wait.
         frames: u32,
+        /// The digits to key.
+        expect: Keys,
     },
+}
+
+/// The one or two digits a call waits for (a copyable value, so scripts stay `Copy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keys {
+    digits: [u8; 2],
+    len: u8,
+}
+
+impl Keys {
+    /// One digit (`require_keypress`). `None` above 9.
+    pub fn one(d: u8) -> Option<Keys> {
+        (d <= 9).then_some(Keys {
+            digits: [d, 0],
+            len: 1,
+        })
+    }
+
+    /// Two digits in order (`bind_digits`). `None` when either is above 9.
+    pub fn two(a: u8, b: u8) -> Option<Keys> {
+        (a <= 9 && b <= 9).then_some(Keys {
+            digits: [a, b],
+            len: 2,
+        })
+    }
+
+    /// `n` (1 or 2; other values are clamped) random digits from the thread's CSPRNG
+    /// (`rand::rng`, ChaCha seeded from the OS).
+    pub fn random(n: u8) -> Keys {
+        Keys {
+            digits: [rand::random_range(0..=9), rand::random_range(0..=9)],
+            len: n.clamp(1, 2),
+        }
+    }
+
+    /// The digits as text (`"47"`), for the login screen.
+    pub fn to_text(&self) -> String {
+        self.digits().iter().map(|d| char::from(b'0' + d)).collect()
+    }
+
+    /// Parses the text of [`Keys::to_text`]: one or two ASCII digits.
+    pub fn parse(text: &str) -> Option<Keys> {
+        let d: Vec<u8> = text
+            .bytes()
+            .map(|b| b.is_ascii_digit().then(|| b - b'0'))
+            .collect::<Option<_>>()?;
+        match d.as_slice() {
+            [a] => Keys::one(*a),
+            [a, b] => Keys::two(*a, *b),
+            _ => None,
+        }
+    }
+
+    /// The digits, in keying order.
+    pub fn digits(&self) -> &[u8] {
+        &self.digits[..usize::from(self.len)]
+    }
+
+    /// Whether `key` (a DTMF character) is the `n`th digit to key.
+    pub fn matches(&self, n: usize, key: char) -> bool {
+        self.digits()
+            .get(n)
+            .is_some_and(|&d| key.to_digit(10) == Some(u32::from(d)))
+    }
 }
 
 /// The ordered items of one call.
@@ -136,41 +204,81 @@ impl CallScript {
         CallScript { items }
     }
 
-    /// The `require_keypress` script (SPEC §4): lead-in, "press any key", then up to
-    /// [`KEYPRESS_TIMEOUT_FRAMES`] of silence waiting for a key, then the standard
-    /// script (intro, readings, outro) once a key came.
-    pub fn with_keypress(pack: &PromptPack, digits: &[u8], repeat: u32) -> CallScript {
+    /// The `require_keypress` script (SPEC §4, §6; the voicemail guard): lead-in,
+    /// "To hear your code, press" and the digit `challenge` (random per call), then up
+    /// to [`KEYPRESS_TIMEOUT_FRAMES`] of silence waiting for that digit, then the
+    /// standard script (intro, readings, outro).
+    ///
+    /// A greeting with tones, or a line that forwards any key, cannot pass: keys during
+    /// the request are ignored, and the wrong digit ends the call.
+    pub fn with_keypress(
+        pack: &PromptPack,
+        digits: &[u8],
+        repeat: u32,
+        challenge: Keys,
+    ) -> CallScript {
         let mut items = vec![
             ScriptItem::Silence {
                 frames: LEAD_IN_FRAMES,
             },
             ScriptItem::Say(Phrase::PressKey),
-            ScriptItem::AwaitKey {
-                frames: KEYPRESS_TIMEOUT_FRAMES,
-            },
         ];
+        items.extend(
+            challenge
+                .digits()
+                .iter()
+                .map(|&d| ScriptItem::Say(Phrase::FinalDigit(d))),
+        );
+        items.push(ScriptItem::AwaitKey {
+            frames: KEYPRESS_TIMEOUT_FRAMES,
+            expect: challenge,
+        });
         // The standard script's lead-in becomes the gap after the key, so the key's
         // tone has ended before "Your verification code is" starts.
         items.extend(CallScript::build(pack, digits, repeat).items);
         CallScript { items }
     }
 
-    /// Where playing continues when a key is pressed while item `at` plays.
+    /// The `bind_digits` script (SPEC §6): lead-in, "To hear your code, enter the two
+    /// digits shown on your screen", then up to [`KEYPRESS_TIMEOUT_FRAMES`] waiting
+    /// for `bind` keyed in order, then the standard script. The digits are not said:
+    /// only someone who sees the login screen knows them.
+    pub fn with_bind(pack: &PromptPack, digits: &[u8], repeat: u32, bind: Keys) -> CallScript {
+        let mut items = vec![
+            ScriptItem::Silence {
+                frames: LEAD_IN_FRAMES,
+            },
+            ScriptItem::Say(Phrase::Bind),
+            ScriptItem::AwaitKey {
+                frames: KEYPRESS_TIMEOUT_FRAMES,
+                expect: bind,
+            },
+        ];
+        items.extend(CallScript::build(pack, digits, repeat).items);
+        CallScript { items }
+    }
+
+    /// Index of the first [`ScriptItem::AwaitKey`] at or after item `at`.
+    pub fn gate_from(&self, at: usize) -> Option<usize> {
+        let at = at.min(self.items.len());
+        self.items[at..]
+            .iter()
+            .position(|i| matches!(i, ScriptItem::AwaitKey { .. }))
+            .map(|p| at + p)
+    }
+
+    /// Where playing continues when a key is pressed while item `at` plays, past the
+    /// last key gate: the reading of the code starts over, back to the first reading
+    /// after the gate (and the pause before it), so the remaining readings follow again
+    /// (SPEC §4). Keys at a gate, or before one, are the pacer's to judge
+    /// ([`ScriptItem::AwaitKey`]).
     ///
-    /// - Before or during an [`ScriptItem::AwaitKey`]: just past it (a key pressed while
-    ///   "press any key" still plays counts too).
-    /// - Otherwise the reading of the code starts over: back to the first reading (and
-    ///   the pause before it), so the remaining readings follow again (SPEC §4).
-    ///
-    /// `None` when the script holds no code to restart.
+    /// `None` when the script holds no code to restart, or a gate is still ahead.
     pub fn after_key(&self, at: usize) -> Option<usize> {
         let items = &self.items;
         let at = at.min(items.len());
-        if let Some(w) = items[at..]
-            .iter()
-            .position(|i| matches!(i, ScriptItem::AwaitKey { .. }))
-        {
-            return Some(at + w + 1);
+        if self.gate_from(at).is_some() {
+            return None;
         }
         let gate = items[..at]
             .iter()
@@ -195,12 +303,36 @@ impl CallScript {
             .iter()
             .map(|item| match *item {
                 ScriptItem::Say(p) => pack.pcm(p).len().div_ceil(super::FRAME_SAMPLES) as u64,
-                ScriptItem::Silence { frames } | ScriptItem::AwaitKey { frames } => {
+                ScriptItem::Silence { frames } | ScriptItem::AwaitKey { frames, .. } => {
                     u64::from(frames)
                 }
                 ScriptItem::CodeStart | ScriptItem::CodeEnd => 0,
             })
             .sum()
+    }
+
+    /// The payload bytes the pacer sends for this script with `pack` in `codec`, back
+    /// to back (160 bytes a packet), as if no key came: an [`ScriptItem::AwaitKey`]
+    /// plays its silence to the end. For tests, benchmarks and the test phone.
+    pub fn payload(&self, pack: &PromptPack, codec: G711) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for item in &self.items {
+            match *item {
+                ScriptItem::Say(p) => {
+                    for f in pack.frames(p, codec) {
+                        bytes.extend_from_slice(f);
+                    }
+                }
+                ScriptItem::Silence { frames } | ScriptItem::AwaitKey { frames, .. } => {
+                    bytes.extend(std::iter::repeat_n(
+                        codec.silence(),
+                        frames as usize * super::FRAME_SAMPLES,
+                    ));
+                }
+                ScriptItem::CodeStart | ScriptItem::CodeEnd => {}
+            }
+        }
+        bytes
     }
 
     /// Playing time of the script with `pack`.
@@ -309,29 +441,78 @@ mod tests {
     }
 
     #[test]
-    fn keypress_script_asks_first_then_waits_fifteen_seconds() {
+    fn keypress_script_asks_for_the_digit_then_waits_fifteen_seconds() {
         let pack = PromptLibrary::builtin().get("en").unwrap();
-        let s = CallScript::with_keypress(&pack, &[1, 2, 3, 4], 1);
+        let seven = Keys::one(7).unwrap();
+        let s = CallScript::with_keypress(&pack, &[1, 2, 3, 4], 1, seven);
         assert_eq!(
-            s.items[..4],
+            s.items[..5],
             [
                 Silence { frames: 10 },
                 Say(Phrase::PressKey),
-                AwaitKey { frames: 750 },
+                Say(Phrase::FinalDigit(7)),
+                AwaitKey {
+                    frames: 750,
+                    expect: seven
+                },
                 Silence { frames: 10 },
             ]
         );
         assert_eq!(
-            s.items[4..],
+            s.items[5..],
             CallScript::build(&pack, &[1, 2, 3, 4], 1).items[1..]
         );
         assert_eq!(s.readings(), 1);
     }
 
     #[test]
-    fn a_key_passes_the_gate_or_restarts_the_first_reading() {
+    fn bind_script_asks_without_saying_the_digits() {
         let pack = PromptLibrary::builtin().get("en").unwrap();
-        let s = CallScript::with_keypress(&pack, &[1, 2, 3], 2);
+        let keys = Keys::two(4, 7).unwrap();
+        let s = CallScript::with_bind(&pack, &[1, 2, 3, 4], 2, keys);
+        assert_eq!(
+            s.items[..4],
+            [
+                Silence { frames: 10 },
+                Say(Phrase::Bind),
+                AwaitKey {
+                    frames: 750,
+                    expect: keys
+                },
+                Silence { frames: 10 },
+            ]
+        );
+        // Neither 4 nor 7 is said before the gate.
+        assert_eq!(s.gate_from(0), Some(2));
+        assert_eq!(s.readings(), 2);
+    }
+
+    #[test]
+    fn keys_match_in_order() {
+        let k = Keys::two(4, 7).unwrap();
+        assert_eq!(k.digits(), &[4, 7]);
+        assert!(k.matches(0, '4') && k.matches(1, '7'));
+        assert!(!k.matches(0, '7') && !k.matches(1, '4') && !k.matches(2, '7'));
+        assert!(!k.matches(0, '*') && !k.matches(0, 'A'));
+        assert_eq!(Keys::one(10), None);
+        assert_eq!(Keys::two(1, 10), None);
+        assert_eq!(Keys::one(0).unwrap().digits(), &[0]);
+        assert_eq!(Keys::parse("47"), Keys::two(4, 7));
+        assert_eq!(Keys::parse("0"), Keys::one(0));
+        assert_eq!(Keys::two(0, 9).unwrap().to_text(), "09");
+        for bad in ["", "123", "4a", "+4", " 4"] {
+            assert_eq!(Keys::parse(bad), None, "{bad:?}");
+        }
+        let r = Keys::random(2);
+        assert_eq!(r.digits().len(), 2);
+        assert!(r.digits().iter().all(|&d| d <= 9));
+        assert_eq!(Keys::parse(&r.to_text()), Some(r));
+    }
+
+    #[test]
+    fn a_key_after_the_gate_restarts_the_first_reading() {
+        let pack = PromptLibrary::builtin().get("en").unwrap();
+        let s = CallScript::with_keypress(&pack, &[1, 2, 3], 2, Keys::one(5).unwrap());
         let pos = |item: ScriptItem, nth: usize| {
             s.items
                 .iter()
@@ -341,11 +522,11 @@ mod tests {
                 .map(|(n, _)| n)
                 .unwrap()
         };
-        let gate = pos(AwaitKey { frames: 750 }, 0);
+        let gate = s.gate_from(0).unwrap();
         let first_reading = pos(CodeStart, 0);
-        // During "press any key" and during the wait: straight past the wait.
-        assert_eq!(s.after_key(1), Some(gate + 1));
-        assert_eq!(s.after_key(gate), Some(gate + 1));
+        // During the request and at the gate: not a restart (the pacer judges keys).
+        assert_eq!(s.after_key(1), None);
+        assert_eq!(s.after_key(gate), None);
         // During the intro, inside a reading, during "I repeat", the second reading
         // and the outro: back to the pause before the first reading.
         assert!(matches!(s.items[first_reading - 1], Silence { .. }));

@@ -478,6 +478,19 @@ impl Store {
         row.map(|r| call_from_row(&r)).transpose()
     }
 
+    /// The sealed code of a verification's call, while the call still holds it (it
+    /// is cleared when the call ends).
+    pub async fn sealed_code_of(&self, verification_id: &str) -> Result<Option<String>> {
+        let sealed: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT code_sealed FROM calls WHERE verification_id = $1 \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(verification_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(sealed.flatten())
+    }
+
     pub async fn attempts(&self, call_id: &str) -> Result<Vec<AttemptRow>> {
         let rows = sqlx::query(
             "SELECT seq, number, trunk, status, sip_code, reason, started_at, ended_at \

@@ -65,12 +65,9 @@ impl Recognizer {
     pub fn new(library: &PromptLibrary) -> Recognizer {
         let mut templates = Vec::new();
         for pack in library.packs() {
-            // Every phrase, and the final forms of the digits the pack has (those it
-            // lacks play the plain digit, which is already a template).
-            let finals = Phrase::FINAL_DIGITS
-                .into_iter()
-                .filter(|p| p.digit().is_some_and(|d| pack.has_final(d)));
-            for phrase in Phrase::ALL.into_iter().chain(finals) {
+            // Every phrase the pack has (a final form it lacks plays the plain digit,
+            // which is already a template).
+            for phrase in pack.phrases() {
                 let samples: Vec<f32> = pack.pcm(phrase).iter().map(|&s| f32::from(s)).collect();
                 let mut padded = vec![0.0f32; ONSET_WINDOW];
                 padded.extend_from_slice(&samples);
@@ -246,27 +243,13 @@ pub fn readings(phrases: &[Phrase]) -> Vec<String> {
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
-    use crate::media::{g711, CallScript, PromptLibrary, PromptPack, ScriptItem, G711};
+    use crate::media::{g711, CallScript, PromptLibrary, PromptPack, G711};
     use rand::{Rng, SeedableRng};
 
     /// The audio a phone hears: the script's frames exactly as the pacer sends them,
     /// decoded, with a little noise (seeded, so failures reproduce).
     fn heard(pack: &PromptPack, code: &[u8], repeat: u32, codec: G711, seed: u64) -> Vec<i16> {
-        let script = CallScript::build(pack, code, repeat);
-        let mut bytes = Vec::new();
-        for item in &script.items {
-            match *item {
-                ScriptItem::Say(p) => {
-                    for f in pack.frames(p, codec) {
-                        bytes.extend_from_slice(f);
-                    }
-                }
-                ScriptItem::Silence { frames } | ScriptItem::AwaitKey { frames } => {
-                    bytes.extend(std::iter::repeat_n(codec.silence(), frames as usize * 160));
-                }
-                ScriptItem::CodeStart | ScriptItem::CodeEnd => {}
-            }
-        }
+        let bytes = CallScript::build(pack, code, repeat).payload(pack, codec);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         g711::decode(codec, &bytes)
             .into_iter()

@@ -10,6 +10,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::domain::OtpCode;
+use crate::media::Keys;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -72,18 +73,29 @@ impl CodeKeys {
         computed.as_bytes().ct_eq(stored_hash.as_bytes()).into()
     }
 
-    /// Encrypts the code for the dialer: hex(nonce || ciphertext), with the
-    /// verification id as associated data so a sealed code cannot be moved to
-    /// another row.
-    pub fn seal(&self, verification_id: &str, code: &OtpCode) -> Result<String, SealError> {
+    /// Encrypts the code (and the `bind_digits` keys, if any) for the dialer:
+    /// hex(nonce || ciphertext), with the verification id as associated data so a
+    /// sealed code cannot be moved to another row. The plaintext is the code's
+    /// digits, then `/` and the bind digits when there are some.
+    pub fn seal(
+        &self,
+        verification_id: &str,
+        code: &OtpCode,
+        bind: Option<Keys>,
+    ) -> Result<String, SealError> {
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.seal_key));
         let mut nonce = [0u8; 12];
         getrandom::fill(&mut nonce).map_err(|_| SealError::Rng)?;
+        let mut msg = code.expose().to_vec();
+        if let Some(keys) = bind {
+            msg.push(b'/');
+            msg.extend_from_slice(keys.to_text().as_bytes());
+        }
         let ct = cipher
             .encrypt(
                 Nonce::from_slice(&nonce),
                 Payload {
-                    msg: code.expose(),
+                    msg: &msg,
                     aad: verification_id.as_bytes(),
                 },
             )
@@ -93,7 +105,12 @@ impl CodeKeys {
         Ok(hex::encode(out))
     }
 
-    pub fn open(&self, verification_id: &str, sealed: &str) -> Result<OtpCode, SealError> {
+    /// The code and the bind digits sealed by [`CodeKeys::seal`].
+    pub fn open(
+        &self,
+        verification_id: &str,
+        sealed: &str,
+    ) -> Result<(OtpCode, Option<Keys>), SealError> {
         let bytes = hex::decode(sealed).map_err(|_| SealError::Malformed)?;
         if bytes.len() < 12 + 16 {
             return Err(SealError::Malformed);
@@ -110,7 +127,14 @@ impl CodeKeys {
             )
             .map_err(|_| SealError::Key)?;
         let text = String::from_utf8(plain).map_err(|_| SealError::Malformed)?;
-        OtpCode::parse(&text).map_err(|_| SealError::Malformed)
+        let (code, bind) = match text.split_once('/') {
+            Some((code, bind)) => (code, Some(Keys::parse(bind).ok_or(SealError::Malformed)?)),
+            None => (text.as_str(), None),
+        };
+        Ok((
+            OtpCode::parse(code).map_err(|_| SealError::Malformed)?,
+            bind,
+        ))
     }
 }
 
@@ -134,9 +158,14 @@ mod tests {
     fn seal_round_trips_and_is_bound_to_the_id() {
         let k = CodeKeys::from_master(b"master");
         let code = OtpCode::parse("0042").unwrap();
-        let sealed = k.seal("vf_1", &code).unwrap();
-        assert!(!sealed.contains("0042"));
-        assert_eq!(k.open("vf_1", &sealed).unwrap(), code);
+        let sealed = k.seal("vf_1", &code, None).unwrap();
+        assert_eq!(k.open("vf_1", &sealed).unwrap(), (code.clone(), None));
+        // A fresh nonce each time: the same code never seals to the same text.
+        assert_ne!(k.seal("vf_1", &code, None).unwrap(), sealed);
+        let keys = Keys::two(4, 7);
+        let both = k.seal("vf_1", &code, keys).unwrap();
+        assert_eq!(k.open("vf_1", &both).unwrap(), (code, keys));
+        assert!(k.open("vf_2", &both).is_err());
         assert!(k.open("vf_2", &sealed).is_err());
         assert!(CodeKeys::from_master(b"x").open("vf_1", &sealed).is_err());
         assert!(k.open("vf_1", "zz").is_err());

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use crate::config::Settings;
 use crate::domain::{self, CallStatus, OtpCode, PhoneNumber, VerificationStatus};
+use crate::media::Keys;
 use crate::metrics::Metrics;
 use crate::store::{
     AuditEntry, BudgetCheck, CheckSlot, LimitCheck, LimitColumn, NewVerification, PhoneRow,
@@ -76,6 +77,11 @@ pub struct StartRequest {
     /// Receives signed webhooks on every status change.
     #[schema(max_length = 2048, pattern = "^https?://")]
     pub callback_url: Option<String>,
+    /// Session-bound call: the 201 answer carries two random digits
+    /// (`bind_digits`) for the login screen, and the call reads the code only
+    /// after the person keys them (SPEC §6).
+    #[serde(default)]
+    pub bind_digits: bool,
 }
 
 /// The verification object of SPEC §3.
@@ -88,6 +94,11 @@ pub struct VerificationView {
     pub expires_at: String,
     pub attempts_left: i64,
     pub call: CallView,
+    /// Only in the answer to the start (and its idempotent replay) of a
+    /// verification asked with `"bind_digits": true`: the two digits to show on
+    /// the login screen. Never in later reads.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bind_digits: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
@@ -160,6 +171,8 @@ pub struct Verifier {
     settings: Arc<Settings>,
     keys: CodeKeys,
     locales: Arc<Vec<String>>,
+    /// Locales whose prompt pack can ask for `bind_digits` (has `bind.wav`).
+    bind_locales: Arc<Vec<String>>,
     dialer_wake: Arc<Notify>,
     cancel_wake: Arc<Notify>,
     metrics: Arc<Metrics>,
@@ -180,10 +193,17 @@ impl Verifier {
             settings,
             keys,
             locales: Arc::new(locales),
+            bind_locales: Arc::new(Vec::new()),
             dialer_wake,
             cancel_wake,
             metrics,
         }
+    }
+
+    /// The locales whose packs can serve `bind_digits`.
+    pub fn with_bind_locales(mut self, locales: Vec<String>) -> Self {
+        self.bind_locales = Arc::new(locales);
+        self
     }
 
     fn parse_number(&self, input: &str) -> Result<PhoneNumber, VerifyError> {
@@ -356,6 +376,19 @@ impl Verifier {
                 ),
             ));
         }
+        if req.bind_digits && !self.bind_locales.contains(&locale) {
+            return Err(invalid(
+                "bind_digits",
+                format!(
+                    "the prompt pack for {locale:?} cannot ask for the digits (it has no bind.wav); packs that can: {}",
+                    if self.bind_locales.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        self.bind_locales.join(", ")
+                    }
+                ),
+            ));
+        }
         let code = match req.code.as_deref() {
             Some(c) => OtpCode::parse(c).map_err(|e| invalid("code", e.to_string()))?,
             None => {
@@ -386,7 +419,8 @@ impl Verifier {
         let now = domain::now_ms();
         let ttl_ms = i64::try_from(vs.ttl.0.as_millis()).unwrap_or(i64::MAX);
         let code_hash = self.keys.hash(&id, code.expose());
-        let sealed = self.keys.seal(&id, &code)?;
+        let bind = req.bind_digits.then(|| Keys::random(2));
+        let sealed = self.keys.seal(&id, &code, bind)?;
         drop(code);
 
         let limits = &self.settings.limits;
@@ -474,11 +508,28 @@ impl Verifier {
                         reason: None,
                         attempts: Vec::new(),
                     },
+                    bind_digits: bind.map(|k| k.to_text()),
                 };
                 self.dialer_wake.notify_one();
                 Ok(view)
             }
-            StartOutcome::Existing(first) => self.view(&first).await,
+            StartOutcome::Existing(first) => {
+                let mut view = self.view(&first).await?;
+                if req.bind_digits {
+                    // The replay of a start answers as the start did: with the same
+                    // digits, while the call still holds them.
+                    view.bind_digits = match self.store.sealed_code_of(&first).await? {
+                        Some(sealed) => self
+                            .keys
+                            .open(&first, &sealed)
+                            .ok()
+                            .and_then(|(_, bind)| bind)
+                            .map(|k| k.to_text()),
+                        None => None,
+                    };
+                }
+                Ok(view)
+            }
             StartOutcome::Limited {
                 limit,
                 retry_after_ms,
@@ -573,6 +624,7 @@ impl Verifier {
                 reason: c.reason,
                 attempts,
             },
+            bind_digits: None,
         })
     }
 

@@ -18,6 +18,7 @@ mod fuzz_corpus;
 mod helpers;
 mod logs;
 mod media_dtmf;
+mod media_key_gates;
 mod media_prompts_cli;
 mod metrics;
 mod procs;

@@ -1,8 +1,8 @@
 //! DTMF end to end: SIPp as the callee presses a key with RFC 4733 telephone-events
 //! (its `play_dtmf`, sent over RTP from its media port) while the gateway reads the
-//! code, and the gateway reads the code again; `require_keypress` reads the code only
-//! after a key, and hangs up unread when none comes. A key sent as SIP INFO
-//! (application/dtmf-relay) restarts the reading the same way.
+//! code, and the gateway reads the code again. A key sent as SIP INFO
+//! (application/dtmf-relay) restarts the reading the same way. The key gates
+//! (`require_keypress`, `bind_digits`) are in `media_key_gates.rs`.
 //!
 //! A real peer rather than hand-built packets: SIPp builds its own event packets
 //! (timestamps, repeats, End packets, after a few warm-up packets of another payload
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use otpdial::app::DialerMode;
 use otpdial::domain::CallStatus;
-use otpdial::media::{CallScript, PromptLibrary, ScriptItem};
+use otpdial::media::{CallScript, PromptLibrary};
 use otpdial::verify::VerificationView;
 use serde_json::json;
 
@@ -67,67 +67,6 @@ async fn rfc4733_key_during_playback_reads_the_code_again() {
         i64::from(repeat) + 1,
         "the key restarted the reading: {done:?}"
     );
-    t.app.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn require_keypress_reads_the_code_only_after_a_key() {
-    let sipp = sipp_with_media("uas_dtmf_rfc4733.xml");
-    let mut settings = base_settings(sipp.port);
-    settings.verification.require_keypress = true;
-    let t = spawn_app(settings, Db::Sqlite, DialerMode::Background).await;
-
-    // "Press any key" takes about 2 s; the key comes 6 s after the answer, while the
-    // gateway waits for it, and opens the way to the normal script.
-    let done = call_1234_with(&t, sipp).await;
-    assert_eq!(done.call.status, CallStatus::Completed, "{done:?}");
-    assert_eq!(
-        done.call.times_played, 2,
-        "read `repeat` times after the key"
-    );
-    t.app.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn require_keypress_without_a_key_hangs_up_unread_after_15_s() {
-    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let rtp_port = rtp.local_addr().unwrap().port();
-    let sipp = Sipp::uas("uas_answer.xml", &[("rtp_port", rtp_port.to_string())]);
-    let mut settings = base_settings(sipp.port);
-    settings.verification.require_keypress = true;
-    let t = spawn_app(settings, Db::Sqlite, DialerMode::Background).await;
-
-    let v = t
-        .start_verification(json!({ "to": "+31612345678", "code": "1234", "locale": "en" }))
-        .await;
-    let packets = tokio::task::spawn_blocking(move || {
-        receive_rtp(&rtp, Duration::from_secs(40), Duration::from_millis(1500))
-    })
-    .await
-    .unwrap();
-    let done = t.wait_call_final(&v.id, Duration::from_secs(30)).await;
-    sipp.finish(Duration::from_secs(10))
-        .await
-        .expect("SIPp got its BYE");
-
-    assert_eq!(done.call.status, CallStatus::Failed, "{done:?}");
-    assert_eq!(done.call.times_played, 0);
-    let reason = done.call.attempts[0].reason.clone().unwrap_or_default();
-    assert_eq!(reason, "no_keypress");
-    // Exactly the lead-in, "press any key" and 15 s of waiting: not one frame of the
-    // code (nor of the intro) was sent.
-    let lib = PromptLibrary::builtin();
-    let pack = lib.get("en").unwrap();
-    let script = CallScript::with_keypress(&pack, &[1, 2, 3, 4], 2);
-    let gate = script
-        .items
-        .iter()
-        .position(|i| matches!(i, ScriptItem::AwaitKey { .. }))
-        .unwrap();
-    let until_gate = CallScript {
-        items: script.items[..=gate].to_vec(),
-    };
-    assert_eq!(packets.len() as u64, until_gate.frame_count(&pack));
     t.app.stop().await;
 }
 
