@@ -11,7 +11,7 @@ impl Settings {
         if !self.risk.hook_url.trim().is_empty() {
             let var = &self.risk.secret_env;
             let value = std::env::var(var).ok().filter(|v| !v.is_empty());
-            self.risk.secret = Some(SecretString::new(value.ok_or_else(|| ConfigError::Invalid {
+            self.risk.secret = Some(SecretString::from(value.ok_or_else(|| ConfigError::Invalid {
                 origin: origin.to_string(),
                 key: "risk.secret_env".into(),
                 message: format!(
@@ -23,7 +23,7 @@ impl Settings {
             self.webhooks.secret = std::env::var(&self.webhooks.secret_env)
                 .ok()
                 .filter(|s| !s.is_empty())
-                .map(SecretString::new);
+                .map(SecretString::from);
         }
         for (i, p) in self.qa.phones.iter_mut().enumerate() {
             let var = &p.password_env;
@@ -35,7 +35,7 @@ impl Settings {
                     key: format!("qa.phones[{i}].password_env"),
                     message: format!("environment variable {var} is not set"),
                 })?;
-            p.password = Some(SecretString::new(value));
+            p.password = Some(SecretString::from(value));
         }
         for (i, t) in self.trunks.iter_mut().enumerate() {
             if let Some(var) = &t.password_env {
@@ -44,7 +44,7 @@ impl Settings {
                     key: format!("trunks[{i}].password_env"),
                     message: format!("environment variable {var} is not set"),
                 })?;
-                t.password = Some(SecretString::new(value));
+                t.password = Some(SecretString::from(value));
             }
         }
         Ok(())

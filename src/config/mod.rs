@@ -85,7 +85,7 @@ mod tests {
         .unwrap();
         let shown = toml::to_string(&s).unwrap();
         assert!(!shown.contains("hunter2"));
-        assert!(format!("{s:?}").contains("***"));
+        assert!(format!("{s:?}").contains("[REDACTED]"));
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 }

@@ -46,6 +46,8 @@ impl Default for HttpSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
+    /// Printed with its password masked.
+    #[serde(serialize_with = "mask_url_secrets")]
     pub url: String,
     pub max_connections: u32,
     /// How long a request waits for a database connection before it is
@@ -155,7 +157,7 @@ impl QaSettings {
                     password: p
                         .password
                         .as_ref()
-                        .map(|s| s.expose().to_string())
+                        .map(|s| s.expose_secret().to_string())
                         .unwrap_or_default(),
                 })
                 .collect(),
@@ -176,7 +178,7 @@ impl QaSettings {
 pub struct QaPhoneSettings {
     pub username: String,
     /// Read from `password_env` at start-up; never written in the file.
-    #[serde(default, skip_deserializing)]
+    #[serde(default, skip_deserializing, serialize_with = "mask_secret")]
     pub password: Option<SecretString>,
     pub password_env: String,
     /// Verifications to this number (E.164) ring the phone instead of a trunk.
@@ -429,6 +431,7 @@ pub struct MediaSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct RiskSettings {
     /// Empty: no hook, every call is placed.
+    #[serde(serialize_with = "mask_url_secrets")]
     pub hook_url: String,
     /// How long to wait for the answer.
     pub timeout: HumanDuration,
@@ -504,7 +507,7 @@ pub struct TrunkSettings {
     /// Digest user name when it differs from `username`.
     #[serde(default)]
     pub auth_username: Option<String>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "mask_secret")]
     pub password: Option<SecretString>,
     #[serde(default)]
     pub password_env: Option<String>,
@@ -588,7 +591,7 @@ impl TrunkSettings {
         let password = self.password.as_ref()?;
         Some(crate::sip::digest::Credentials {
             username: user.clone(),
-            password: password.expose().to_string(),
+            password: password.expose_secret().to_string(),
         })
     }
 

@@ -90,30 +90,73 @@ pub enum CodecName {
     Pcmu,
 }
 
-/// A password: readable by the code that needs it, printed as `***`.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct SecretString(String);
+/// Secrets (trunk and QA phone passwords, webhook and risk keys) are `secrecy`'s
+/// `SecretString`: zeroed on drop, `[REDACTED]` in `Debug`, read only through an
+/// explicit `expose_secret()`, and not `Serialize` by themselves, so each secret
+/// field says how it is printed ([`mask_secret`]).
+pub use secrecy::{ExposeSecret, SecretString};
 
-impl SecretString {
-    pub fn new(s: String) -> Self {
-        Self(s)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
+/// Prints a set secret as `***` (what `otpdial config check` shows), an unset one
+/// as absent.
+pub(super) fn mask_secret<S: Serializer>(
+    secret: &Option<SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => s.serialize_some("***"),
+        None => s.serialize_none(),
     }
 }
 
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"***\"")
-    }
+/// Prints a URL with the secrets it may hold masked (for `database.url` and
+/// `risk.hook_url`).
+pub(super) fn mask_url_secrets<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&masked_url(url))
 }
 
-impl Serialize for SecretString {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("***")
+/// `url` with the password of its user info (`postgres://user:***@host/db`) and the
+/// values of query parameters that name a password, secret, token or key
+/// (`?password=***`, as PostgreSQL URLs may carry one) replaced by `***`.
+pub fn masked_url(url: &str) -> String {
+    let (before_query, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    // The last `@` ends the user info, so a password holding `@` or `/` is masked
+    // whole.
+    let mut out = match (before_query.find("://"), before_query.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &before_query[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!(
+                    "{}{user}:***{}",
+                    &before_query[..scheme_end + 3],
+                    &before_query[at..]
+                ),
+                None => before_query.to_owned(),
+            }
+        }
+        _ => before_query.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if is_secret_parameter(name) => format!("{name}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
     }
+    out
+}
+
+fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "secret", "token", "key", "sig", "auth"]
+        .iter()
+        .any(|word| name.contains(word))
 }
 
 /// A duration written as `30s`, `10m`, `1h 30m`.
@@ -341,6 +384,41 @@ impl Serialize for SipTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_printed_without_their_secrets() {
+        for (url, shown) in [
+            (
+                "postgres://otpdial:Db-Pass@db.example:5432/otpdial",
+                "postgres://otpdial:***@db.example:5432/otpdial",
+            ),
+            (
+                "postgres://otpdial:p@ss:w@rd@db/otpdial?sslmode=require",
+                "postgres://otpdial:***@db/otpdial?sslmode=require",
+            ),
+            (
+                "postgres://db/otpdial?user=otpdial&password=Q-Pass&sslpassword=K-Pass",
+                "postgres://db/otpdial?user=otpdial&password=***&sslpassword=***",
+            ),
+            (
+                "https://hook:H-Pass@risk.example/check?token=T-1&region=nl",
+                "https://hook:***@risk.example/check?token=***&region=nl",
+            ),
+            (
+                "postgres://otpdial:pa/ss@db/otpdial",
+                "postgres://otpdial:***@db/otpdial",
+            ),
+            (
+                "postgres://otpdial@db/otpdial",
+                "postgres://otpdial@db/otpdial",
+            ),
+            ("sqlite://otpdial.db", "sqlite://otpdial.db"),
+            ("sqlite::memory:", "sqlite::memory:"),
+            ("", ""),
+        ] {
+            assert_eq!(masked_url(url), shown, "{url}");
+        }
+    }
 
     #[test]
     fn sip_target_parses() {
