@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::config::{RiskDecision, RiskSettings, SecretString};
+use crate::config::{ExposeSecret, RiskDecision, RiskSettings, SecretString};
 use crate::domain::{self, PhoneNumber};
 
 /// How old a signed answer may be (clock skew and transit).
@@ -111,7 +111,7 @@ impl RiskHook {
             .header("content-type", "application/json")
             .header(
                 "Otpdial-Signature",
-                crate::signing::sign(self.secret.expose().as_bytes(), unix, &body),
+                crate::signing::sign(self.secret.expose_secret().as_bytes(), unix, &body),
             )
             .body(body)
             .send();
@@ -137,7 +137,7 @@ impl RiskHook {
         }
         let signed = sig.is_some_and(|s| {
             signature_valid(
-                self.secret.expose().as_bytes(),
+                self.secret.expose_secret().as_bytes(),
                 &s,
                 &bytes,
                 domain::now_ms() / 1000,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::SecretString;
+use crate::config::{ExposeSecret, SecretString};
 use crate::domain;
 use crate::egress::{check_url, resolver_for, TargetPolicy};
 use crate::metrics::Metrics;
@@ -114,7 +114,11 @@ impl WebhookWorker {
             }
         };
         let unix = domain::now_ms() / 1000;
-        let sig = signature(self.secret.expose().as_bytes(), unix, payload.as_bytes());
+        let sig = signature(
+            self.secret.expose_secret().as_bytes(),
+            unix,
+            payload.as_bytes(),
+        );
         let tries = job.attempts + 1;
         // Checked again at delivery: the rules may have tightened since the
         // start, and a name may now resolve elsewhere.

@@ -401,7 +401,7 @@ impl Receiver {
 
 fn webhook_settings() -> Settings {
     let mut s = base_settings(free_udp_port());
-    s.webhooks.secret = Some(SecretString::new("whsec-test".into()));
+    s.webhooks.secret = Some(SecretString::from("whsec-test"));
     s.webhooks.backoff = otpdial::config::HumanDuration(Duration::from_millis(100));
     // The test receiver listens on plain http on loopback.
     s.webhooks.allow_private_targets = true;
@@ -415,7 +415,7 @@ fn webhook_settings() -> Settings {
 /// verification is created; a public https URL is accepted.
 async fn callback_url_to_internal_targets_is_refused(db: Db) {
     let mut s = base_settings(free_udp_port());
-    s.webhooks.secret = Some(SecretString::new("whsec-test".into()));
+    s.webhooks.secret = Some(SecretString::from("whsec-test"));
     let t = spawn_app(s, db, DialerMode::Manual).await;
     for (i, url) in [
         "http://93.184.216.34/hook",

@@ -1,5 +1,6 @@
 //! `otpdial config check` prints the effective settings with every secret
-//! masked: trunk passwords, the database password, webhook and risk keys.
+//! masked: trunk and QA phone passwords, the database password (in the user
+//! info or the query), the risk hook URL's credentials, webhook and risk keys.
 
 use std::process::Command;
 
@@ -11,9 +12,17 @@ fn config_check_masks_every_secret() {
         &file,
         r#"
 [database]
-url = "postgres://otpdial:Db-Pass-7a1c@db.example:5432/otpdial"
+url = "postgres://otpdial:Db-Pass-7a1c@db.example:5432/otpdial?sslmode=require&sslpassword=Ssl-Pass-2f11"
 [risk]
-hook_url = "https://risk.example/hook"
+hook_url = "https://hook:Hook-Pass-81aa@risk.example/hook?token=Hook-Token-6d3e"
+[[api.keys]]
+name = "ops"
+hash = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+scopes = ["admin"]
+[[qa.phones]]
+username = "qa1"
+password_env = "TEST_QA_PW"
+number = "+31612000001"
 [[trunks]]
 name = "primary"
 proxy = "sip:sip.example:5060"
@@ -34,6 +43,7 @@ from = "sip:+31508200001@sip2.example"
         .args(["config", "check"])
         .arg(&file)
         .env("TEST_TRUNK_PW", "Trunk-Pass-55e0")
+        .env("TEST_QA_PW", "Qa-Pass-1e7b")
         .env("OTPDIAL_WEBHOOK_SECRET", "Webhook-Key-0b9f")
         .env("OTPDIAL_RISK_SECRET", "Risk-Key-4c2e")
         .output()
@@ -44,7 +54,11 @@ from = "sip:+31508200001@sip2.example"
     assert!(stdout.contains("is valid"), "{stdout}");
     for secret in [
         "Db-Pass-7a1c",
+        "Ssl-Pass-2f11",
+        "Hook-Pass-81aa",
+        "Hook-Token-6d3e",
         "Trunk-Pass-55e0",
+        "Qa-Pass-1e7b",
         "Inline-Pass-93d2",
         "Webhook-Key-0b9f",
         "Risk-Key-4c2e",
@@ -52,7 +66,25 @@ from = "sip:+31508200001@sip2.example"
         assert!(!stdout.contains(secret), "{secret} printed:\n{stdout}");
         assert!(!stderr.contains(secret), "{secret} printed:\n{stderr}");
     }
-    assert!(stdout.contains("otpdial:***@db.example"), "{stdout}");
+    assert!(
+        stdout.contains("otpdial:***@db.example:5432/otpdial?sslmode=require&sslpassword=***"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("https://hook:***@risk.example/hook?token=***"),
+        "{stdout}"
+    );
+    // Each set password shows as "***": two trunks and the QA phone.
+    assert_eq!(stdout.matches("password = \"***\"").count(), 3, "{stdout}");
+    // Durations print as people write them.
+    for line in [
+        "acquire_timeout = \"800ms\"",
+        "ttl = \"10m\"",
+        "ring_timeout = \"30s\"",
+        "options_interval = \"0s\"",
+    ] {
+        assert!(stdout.contains(line), "{line} not in:\n{stdout}");
+    }
     assert!(
         stdout.contains("\"***\""),
         "masked passwords shown as ***: {stdout}"

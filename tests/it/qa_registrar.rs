@@ -27,7 +27,7 @@ fn qa_settings() -> Settings {
     let mut s = base_settings(free_udp_port());
     s.qa.phones = vec![QaPhoneSettings {
         username: "qa-alice".into(),
-        password: Some(SecretString::new(PASSWORD.into())),
+        password: Some(SecretString::from(PASSWORD)),
         password_env: "QA_ALICE_PASSWORD".into(),
         number: NUMBER.into(),
     }];

@@ -83,7 +83,7 @@ async fn gateway(
     s.prompts.dir = Some(fast_prompts_dir());
     s.verification.repeat = 1;
     s.risk.hook_url = url;
-    s.risk.secret = Some(SecretString::new(KEY.into()));
+    s.risk.secret = Some(SecretString::from(KEY));
     s.risk.timeout = HumanDuration(Duration::from_millis(500));
     s.risk.on_timeout = on_timeout;
     (spawn_app(s, Db::Sqlite, DialerMode::Manual).await, seen)

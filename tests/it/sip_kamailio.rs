@@ -228,7 +228,7 @@ fn trunk_settings(kamailio_port: u16, password: &str) -> Settings {
     t.register = true;
     t.username = Some("31508200000".into());
     t.auth_username = Some(AUTH_USER.into());
-    t.password = Some(SecretString::new(password.into()));
+    t.password = Some(SecretString::from(password));
     // Below Kamailio's min_expires (120): the first answer is 423 Min-Expires.
     t.register_expires = 60;
     t.ring_timeout = HumanDuration(Duration::from_secs(5));

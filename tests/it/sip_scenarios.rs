@@ -271,7 +271,7 @@ async fn sip_remote_bye_mid_playback_ends_the_call() {
 fn with_credentials(t: &mut TrunkSettings) {
     t.username = Some("31508200000".into());
     t.auth_username = Some("otp-auth".into());
-    t.password = Some(SecretString::new("s3cret-pass".into()));
+    t.password = Some(SecretString::from("s3cret-pass"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,7 +284,7 @@ async fn sip_401_with_wrong_password_is_rejected() {
     let sipp = Sipp::uas("uas_auth_401.xml", &[("rtp_port", "9".into())]);
     let s = settings(sipp.port, |t| {
         with_credentials(t);
-        t.password = Some(SecretString::new("wrong".into()));
+        t.password = Some(SecretString::from("wrong"));
     });
     let r = place(&s).await;
     // SIPp took the 403 branch of its scenario: it still passes.

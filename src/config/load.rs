@@ -1,0 +1,94 @@
+//! Loading: figment layering of the file and `OTPDIAL_*` environment overrides,
+//! secrets read from the variables `*_env` keys name, and error descriptions that
+//! name the key and the file.
+
+use figment::providers::Env;
+
+use super::{ConfigError, SecretString, Settings};
+
+impl Settings {
+    pub(super) fn resolve_secrets(&mut self, origin: &str) -> Result<(), ConfigError> {
+        if !self.risk.hook_url.trim().is_empty() {
+            let var = &self.risk.secret_env;
+            let value = std::env::var(var).ok().filter(|v| !v.is_empty());
+            self.risk.secret = Some(SecretString::from(value.ok_or_else(|| ConfigError::Invalid {
+                origin: origin.to_string(),
+                key: "risk.secret_env".into(),
+                message: format!(
+                    "risk.hook_url is set, so the signing key must be in environment variable {var}, which is not set"
+                ),
+            })?));
+        }
+        if !self.webhooks.secret_env.is_empty() {
+            self.webhooks.secret = std::env::var(&self.webhooks.secret_env)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(SecretString::from);
+        }
+        for (i, p) in self.qa.phones.iter_mut().enumerate() {
+            let var = &p.password_env;
+            let value = std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| ConfigError::Invalid {
+                    origin: origin.to_string(),
+                    key: format!("qa.phones[{i}].password_env"),
+                    message: format!("environment variable {var} is not set"),
+                })?;
+            p.password = Some(SecretString::from(value));
+        }
+        for (i, t) in self.trunks.iter_mut().enumerate() {
+            if let Some(var) = &t.password_env {
+                let value = std::env::var(var).map_err(|_| ConfigError::Invalid {
+                    origin: origin.to_string(),
+                    key: format!("trunks[{i}].password_env"),
+                    message: format!("environment variable {var} is not set"),
+                })?;
+                t.password = Some(SecretString::from(value));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `OTPDIAL_A__B=v` sets `a.b`. Variables without `__` (such as
+/// `OTPDIAL_CONFIG` or `OTPDIAL_CODE_KEY`) are not settings and are skipped.
+pub(super) fn env_overrides() -> Env {
+    Env::prefixed("OTPDIAL_")
+        .filter(|k| k.as_str().contains("__"))
+        .split("__")
+}
+
+pub(super) fn describe_figment_error(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() {
+                String::new()
+            } else {
+                format!(" (key `{}`)", e.path.join("."))
+            };
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(s) => format!(" in {s}"),
+                    None => format!(" from {}", m.name),
+                })
+                .unwrap_or_default();
+            format!("{}{key}{source}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Settings::from_toml("[verification]\ncode_lenght = 6\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("code_lenght"), "{msg}");
+    }
+}
