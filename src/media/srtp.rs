@@ -19,14 +19,14 @@
 use aes::cipher::{
     BlockEncrypt, InnerIvInit, KeyInit, KeyIvInit, StreamCipher, StreamCipherCoreWrapper,
 };
-use aes::Aes128;
+use aes::{Aes128, Aes128Enc};
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use subtle::ConstantTimeEq;
 
 type HmacSha1 = Hmac<Sha1>;
 type Aes128Ctr = ctr::Ctr128BE<Aes128>;
-type Aes128CtrCore = ctr::CtrCore<Aes128, ctr::flavors::Ctr128BE>;
+type Aes128CtrCore = ctr::CtrCore<Aes128Enc, ctr::flavors::Ctr128BE>;
 
 /// Master key length (AES-128).
 pub const MASTER_KEY_LEN: usize = 16;
@@ -164,7 +164,7 @@ fn derive(master: &MasterKey, label: Label, out: &mut [u8]) {
 /// Session keys of one direction of SRTP or SRTCP.
 #[derive(Clone)]
 struct SessionKeys {
-    cipher: Aes128,
+    cipher: Aes128Enc,
     salt: [u8; MASTER_SALT_LEN],
     /// HMAC keyed once; cloned per packet (copies the two hash states, no re-keying).
     auth: HmacSha1,
@@ -179,7 +179,7 @@ impl SessionKeys {
         let mut s = [0u8; MASTER_SALT_LEN];
         derive(master, salt, &mut s);
         let keys = SessionKeys {
-            cipher: Aes128::new((&k).into()),
+            cipher: Aes128Enc::new((&k).into()),
             salt: s,
             // HMAC takes keys of any length; this cannot fail.
             auth: <HmacSha1 as Mac>::new_from_slice(&a)
@@ -573,7 +573,7 @@ mod tests {
     fn keystream_matches_rfc3711_b2() {
         let key: [u8; 16] = hex("2B7E151628AED2A6ABF7158809CF4F3C");
         let keys = SessionKeys {
-            cipher: Aes128::new((&key).into()),
+            cipher: Aes128Enc::new((&key).into()),
             salt: hex("F0F1F2F3F4F5F6F7F8F9FAFBFCFD"),
             auth: <HmacSha1 as Mac>::new_from_slice(&[0; 20]).unwrap(),
         };
