@@ -16,9 +16,7 @@
 //! SRTCP index. A packet that fails any check is an error and leaves no trace in the
 //! state.
 
-use aes::cipher::{
-    BlockEncrypt, InnerIvInit, KeyInit, KeyIvInit, StreamCipher, StreamCipherCoreWrapper,
-};
+use aes::cipher::{InnerIvInit, KeyInit, KeyIvInit, StreamCipher, StreamCipherCoreWrapper};
 use aes::{Aes128, Aes128Enc};
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
@@ -532,6 +530,7 @@ impl SrtpSession {
 /// Raw AES-128 block encryption, for the keystream test vectors.
 #[cfg(test)]
 fn encrypt_block(key: &[u8; 16], block: &mut [u8; 16]) {
+    use aes::cipher::BlockEncrypt;
     Aes128::new(key.into()).encrypt_block(block.into());
 }
 

@@ -19,6 +19,7 @@ mod helpers;
 mod logs;
 mod media_dtmf;
 mod media_prompts_cli;
+mod media_srtp;
 mod metrics;
 mod procs;
 mod qa_registrar;
