@@ -199,6 +199,24 @@ pub fn build_offer(offer: &MediaOffer, session_id: u64) -> String {
     s
 }
 
+/// Our SDP `body` with only the `a=crypto` line of `tag` (none when `None`): how we
+/// answer a re-INVITE once the far end has chosen. A body without `a=crypto` comes back
+/// unchanged.
+pub fn keep_crypto(body: &str, tag: Option<u32>) -> String {
+    if !body.contains("a=crypto:") {
+        return body.to_string();
+    }
+    body.split_inclusive('\n')
+        .filter(|line| match line.strip_prefix("a=crypto:") {
+            None => true,
+            Some(rest) => {
+                let line_tag = rest.split_whitespace().next().and_then(|t| t.parse().ok());
+                tag.is_some() && line_tag == tag
+            }
+        })
+        .collect()
+}
+
 /// `body` with the key of every SDES `inline:` replaced by `<redacted>`, for logs.
 pub fn redact_keys(body: &str) -> String {
     let mut out = String::with_capacity(body.len());
@@ -577,6 +595,14 @@ mod tests {
             "a=sendrecv\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{k1}\r\n\
              a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{k2}\r\n"
         )));
+        // After the answer, re-INVITEs get only the chosen line.
+        let kept = keep_crypto(&required, Some(2));
+        assert!(kept.ends_with(&format!(
+            "a=sendrecv\r\na=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{k2}\r\n"
+        )));
+        assert!(!keep_crypto(&required, None).contains("crypto"));
+        let plain = build_offer(&offer(), 42);
+        assert_eq!(keep_crypto(&plain, None), plain);
         let optional = build_offer(&sdes_offer(false), 42);
         assert!(
             optional.contains("m=audio 40000 RTP/AVP 0 8 101\r\n"),
