@@ -3,8 +3,9 @@
 //! - `required`, SIPp answering RTP/SAVP with its own `a=crypto`, the media end played
 //!   by libsrtp (PyPI `pylibsrtp`, `tests/peers/srtp_peer.py`): libsrtp decrypts every
 //!   RTP and RTCP packet with the key from our INVITE, the decrypted audio is the code,
-//!   no payload on the wire is a frame of the prompt in clear, and a key the callee
-//!   presses under SRTP (RFC 4733) restarts the reading.
+//!   no payload on the wire is a frame of the prompt in clear, a key the callee
+//!   presses under SRTP (RFC 4733) restarts the reading and one it presses in plain
+//!   RTP is dropped and counted.
 //! - `required`, baresip (Debian `baresip-core`, its `srtp` module, `srtp-mand`)
 //!   answering: the code it heard and recorded is recognised.
 //! - `required` against a callee that answers plain RTP: not one datagram of media,
@@ -192,9 +193,16 @@ async fn required_srtp_to_libsrtp_nothing_in_clear_and_dtmf_works() {
 
     assert_eq!(done.call.status, CallStatus::Completed, "{done:?}");
     assert_eq!(got["pressed"], true);
+    // Key 9 in plain RTP at 2 s was dropped (it would have cut the first reading and
+    // left 2); key 5 under SRTP at 6 s restarted the reading: 1 + 2.
     assert_eq!(
         done.call.times_played, 3,
-        "the key pressed under SRTP restarted the reading: {done:?}"
+        "only the key pressed under SRTP restarted the reading: {done:?}"
+    );
+    let metrics = t.metrics_text().await;
+    assert!(
+        metrics.contains("otpdial_srtp_packets_rejected_total 5\n"),
+        "the 5 plain key-press packets: {metrics}"
     );
     // Our offer: RTP/SAVP with both suites, keys nowhere else than in SDP.
     let invite = std::fs::read_to_string(&message_log).unwrap();

@@ -7,7 +7,8 @@ Usage: srtp_peer.py RTP_PORT OUR_KEY_B64 MESSAGE_LOG DTMF_AFTER OUT_JSON
 Binds 127.0.0.1:RTP_PORT (RTP) and RTP_PORT+1 (RTCP) and keeps every datagram the
 gateway sends until 2 s pass without one (after the first) or 90 s in all. After
 DTMF_AFTER RTP packets it presses key 5 (RFC 4733 events on payload type 101),
-protected with OUR_KEY_B64, the key of the callee's SDP answer. At the end it reads the
+protected with OUR_KEY_B64, the key of the callee's SDP answer; before that, after 100
+packets, it presses key 9 in plain RTP (which the gateway must ignore). At the end it reads the
 gateway's SDES key (tag 1) from the INVITE in SIPp's MESSAGE_LOG, decrypts every packet
 with libsrtp and writes OUT_JSON: for RTP and RTCP, each datagram as sent (hex) and as
 libsrtp decrypted it (hex, or null when libsrtp refused it).
@@ -55,9 +56,11 @@ def main():
             last = time.monotonic()
             if sock is rtp:
                 got_rtp.append(data)
+                if len(got_rtp) == 100:
+                    press(rtp, source, 9, lambda packet: packet)
                 if len(got_rtp) >= dtmf_after and not pressed:
                     pressed = True
-                    press_5(rtp, source, tx)
+                    press(rtp, source, 5, tx.protect)
             else:
                 got_rtcp.append(data)
 
@@ -86,13 +89,14 @@ def main():
         json.dump(result, f)
 
 
-def press_5(sock, to, tx):
-    """Key 5 for 60 ms: a start, an update and three End packets (RFC 4733 §2.5.1)."""
-    ssrc, ts = 0x5EC0_0001, 8000
+def press(sock, to, key, protect):
+    """`key` for 60 ms: a start, an update and three End packets (RFC 4733 §2.5.1),
+    each through `protect`."""
+    ssrc, ts, seq = 0x5EC0_0000 + key, 8000 * key, 100 * key
     for i, (end, duration) in enumerate([(0, 160), (0, 320), (1, 480), (1, 480), (1, 480)]):
-        header = struct.pack("!BBHII", 0x80, (0x80 if i == 0 else 0) | 101, 100 + i, ts, ssrc)
-        payload = struct.pack("!BBH", 5, (end << 7) | 10, duration)
-        sock.sendto(tx.protect(header + payload), to)
+        header = struct.pack("!BBHII", 0x80, (0x80 if i == 0 else 0) | 101, seq + i, ts, ssrc)
+        payload = struct.pack("!BBH", key, (end << 7) | 10, duration)
+        sock.sendto(protect(header + payload), to)
 
 
 if __name__ == "__main__":
