@@ -4,8 +4,8 @@
 //!   by libsrtp (PyPI `pylibsrtp`, `tests/peers/srtp_peer.py`): libsrtp decrypts every
 //!   RTP and RTCP packet with the key from our INVITE, the decrypted audio is the code,
 //!   no payload on the wire is a frame of the prompt in clear, a key the callee
-//!   presses under SRTP (RFC 4733) restarts the reading and one it presses in plain
-//!   RTP is dropped and counted.
+//!   presses under SRTP (RFC 4733) restarts the reading, and one pressed in plain RTP
+//!   is dropped and counted.
 //! - `required`, baresip (Debian `baresip-core`, its `srtp` module, `srtp-mand`)
 //!   answering: the code it heard and recorded is recognised.
 //! - `required` against a callee that answers plain RTP: not one datagram of media,
@@ -101,6 +101,7 @@ impl LibsrtpPeer {
         key_b64: &str,
         message_log: &Path,
         dtmf_after: u32,
+        key_in_srtp: bool,
         dir: &Path,
     ) -> Self {
         let out = dir.join("srtp_peer.json");
@@ -111,6 +112,7 @@ impl LibsrtpPeer {
             .arg(key_b64)
             .arg(message_log)
             .arg(dtmf_after.to_string())
+            .arg(if key_in_srtp { "srtp" } else { "plain" })
             .arg(&out)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -159,8 +161,20 @@ fn unhex(v: &Value) -> Vec<u8> {
     hex::decode(v.as_str().unwrap()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn required_srtp_to_libsrtp_nothing_in_clear_and_dtmf_works() {
+/// What a `required` call to SIPp + libsrtp showed.
+struct LibsrtpCall {
+    done: VerificationView,
+    /// What srtp_peer.py wrote.
+    got: Value,
+    metrics: String,
+    /// SIPp's message log (our INVITE).
+    invite: String,
+}
+
+/// A `required` call reading [`CODE`] to SIPp answering SDES-SRTP, its media at
+/// libsrtp, which presses key 5 after 6 s of media (during the second reading: the
+/// first ends about 5 s in), under SRTP or in plain RTP.
+async fn call_libsrtp(key_in_srtp: bool) -> LibsrtpCall {
     let dir = tempfile::tempdir().unwrap();
     let rtp_port = free_port_pair();
     // The callee's own key, as its answer declares it.
@@ -168,8 +182,14 @@ async fn required_srtp_to_libsrtp_nothing_in_clear_and_dtmf_works() {
     getrandom::fill(&mut their_key).unwrap();
     let their_key = base64::engine::general_purpose::STANDARD.encode(their_key);
     let message_log = dir.path().join("sipp_messages.log");
-    // Key 5 after 6 s of media: during the second reading (the first ends ~5 s in).
-    let peer = LibsrtpPeer::start(rtp_port, &their_key, &message_log, 300, dir.path());
+    let peer = LibsrtpPeer::start(
+        rtp_port,
+        &their_key,
+        &message_log,
+        300,
+        key_in_srtp,
+        dir.path(),
+    );
     let log_arg = message_log.to_str().unwrap().to_string();
     let sipp = Sipp::uas_with_args(
         "uas_answer_srtp.xml",
@@ -190,26 +210,19 @@ async fn required_srtp_to_libsrtp_nothing_in_clear_and_dtmf_works() {
         .await
         .expect("SIPp scenario passed");
     let got = peer.result(Duration::from_secs(30)).await;
-
-    assert_eq!(done.call.status, CallStatus::Completed, "{done:?}");
-    assert_eq!(got["pressed"], true);
-    // Key 9 in plain RTP at 2 s was dropped (it would have cut the first reading and
-    // left 2); key 5 under SRTP at 6 s restarted the reading: 1 + 2.
-    assert_eq!(
-        done.call.times_played, 3,
-        "only the key pressed under SRTP restarted the reading: {done:?}"
-    );
     let metrics = t.metrics_text().await;
-    assert!(
-        metrics.contains("otpdial_srtp_packets_rejected_total 5\n"),
-        "the 5 plain key-press packets: {metrics}"
-    );
-    // Our offer: RTP/SAVP with both suites, keys nowhere else than in SDP.
-    let invite = std::fs::read_to_string(&message_log).unwrap();
-    assert!(invite.contains("RTP/SAVP 8 0 101"), "{invite}");
-    assert!(invite.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"));
-    assert!(invite.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:"));
+    t.app.stop().await;
+    LibsrtpCall {
+        done,
+        got,
+        metrics,
+        invite: std::fs::read_to_string(&message_log).unwrap(),
+    }
+}
 
+/// libsrtp decrypted every RTP and RTCP packet, none was a frame of the prompt in
+/// clear; returns the readings heard in the decrypted audio.
+fn check_all_srtp(got: &Value) -> Vec<String> {
     let plain = plain_frames();
     let rtp = got["rtp"].as_array().unwrap();
     assert!(rtp.len() > 500, "{} RTP packets", rtp.len());
@@ -228,16 +241,6 @@ async fn required_srtp_to_libsrtp_nothing_in_clear_and_dtmf_works() {
         assert_eq!(clear[1] & 0x7f, 8, "PCMA");
         audio.extend_from_slice(&clear[12..]);
     }
-    let heard = readings_in_alaw(&audio);
-    println!("libsrtp decrypted {} packets; heard {heard:?}", rtp.len());
-    // Read, then read again from the start of a reading after the key: the recogniser
-    // may join readings that follow each other without the "I repeat" pause.
-    let all = heard.concat();
-    assert!(
-        all.matches(CODE).count() >= 3 && all.replace(CODE, "").is_empty(),
-        "{heard:?}"
-    );
-
     let rtcp = got["rtcp"].as_array().unwrap();
     assert!(!rtcp.is_empty(), "at least the closing report and BYE");
     for (i, p) in rtcp.iter().enumerate() {
@@ -245,7 +248,60 @@ async fn required_srtp_to_libsrtp_nothing_in_clear_and_dtmf_works() {
         let clear = unhex(&p[1]);
         assert_eq!(clear[1], 200, "a sender report first");
     }
-    t.app.stop().await;
+    let heard = readings_in_alaw(&audio);
+    println!(
+        "libsrtp decrypted {} RTP and {} RTCP packets; heard {heard:?}",
+        rtp.len(),
+        rtcp.len()
+    );
+    heard
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_srtp_to_libsrtp_nothing_in_clear_and_dtmf_works() {
+    let LibsrtpCall {
+        done,
+        got,
+        metrics,
+        invite,
+    } = call_libsrtp(true).await;
+    assert_eq!(done.call.status, CallStatus::Completed, "{done:?}");
+    assert_eq!(got["pressed"], true);
+    assert_eq!(
+        done.call.times_played, 3,
+        "the key pressed under SRTP restarted the reading: {done:?}"
+    );
+    assert!(metrics.contains("otpdial_srtp_packets_rejected_total 0\n"));
+    // Our offer: RTP/SAVP with both suites.
+    assert!(invite.contains("RTP/SAVP 8 0 101"), "{invite}");
+    assert!(invite.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"));
+    assert!(invite.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:"));
+    // Read, then read again from the start of a reading after the key: the recogniser
+    // may join readings that follow each other without the "I repeat" pause.
+    let heard = check_all_srtp(&got);
+    let all = heard.concat();
+    assert!(
+        all.matches(CODE).count() >= 3 && all.replace(CODE, "").is_empty(),
+        "{heard:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_pressed_in_plain_rtp_during_an_srtp_call_is_dropped() {
+    let LibsrtpCall {
+        done, got, metrics, ..
+    } = call_libsrtp(false).await;
+    assert_eq!(done.call.status, CallStatus::Completed, "{done:?}");
+    assert_eq!(got["pressed"], true);
+    assert_eq!(
+        done.call.times_played, 2,
+        "the plain key did not restart the reading: {done:?}"
+    );
+    assert!(
+        metrics.contains("otpdial_srtp_packets_rejected_total 5\n"),
+        "the 5 plain key-press packets: {metrics}"
+    );
+    assert_eq!(check_all_srtp(&got), vec![CODE; 2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,13 +2,13 @@
 """The media side of an SDES-SRTP callee for tests/it/media_srtp.rs, on libsrtp
 (PyPI pylibsrtp): an implementation independent of otpdial's.
 
-Usage: srtp_peer.py RTP_PORT OUR_KEY_B64 MESSAGE_LOG DTMF_AFTER OUT_JSON
+Usage: srtp_peer.py RTP_PORT OUR_KEY_B64 MESSAGE_LOG DTMF_AFTER srtp|plain OUT_JSON
 
 Binds 127.0.0.1:RTP_PORT (RTP) and RTP_PORT+1 (RTCP) and keeps every datagram the
 gateway sends until 2 s pass without one (after the first) or 90 s in all. After
 DTMF_AFTER RTP packets it presses key 5 (RFC 4733 events on payload type 101),
-protected with OUR_KEY_B64, the key of the callee's SDP answer; before that, after 100
-packets, it presses key 9 in plain RTP (which the gateway must ignore). At the end it reads the
+protected with OUR_KEY_B64, the key of the callee's SDP answer (`srtp`), or in plain
+RTP (`plain`, which the gateway must drop). At the end it reads the
 gateway's SDES key (tag 1) from the INVITE in SIPp's MESSAGE_LOG, decrypts every packet
 with libsrtp and writes OUT_JSON: for RTP and RTCP, each datagram as sent (hex) and as
 libsrtp decrypted it (hex, or null when libsrtp refused it).
@@ -28,7 +28,7 @@ PROFILE = Policy.SRTP_PROFILE_AES128_CM_SHA1_80
 
 
 def main():
-    port, our_key, message_log, dtmf_after, out = sys.argv[1:6]
+    port, our_key, message_log, dtmf_after, mode, out = sys.argv[1:7]
     port, dtmf_after = int(port), int(dtmf_after)
     rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rtp.bind(("127.0.0.1", port))
@@ -56,11 +56,9 @@ def main():
             last = time.monotonic()
             if sock is rtp:
                 got_rtp.append(data)
-                if len(got_rtp) == 100:
-                    press(rtp, source, 9, lambda packet: packet)
                 if len(got_rtp) >= dtmf_after and not pressed:
                     pressed = True
-                    press(rtp, source, 5, tx.protect)
+                    press(rtp, source, 5, tx.protect if mode == "srtp" else bytes)
             else:
                 got_rtcp.append(data)
 
