@@ -11,6 +11,8 @@
 //! - `required` against a callee that answers plain RTP: not one datagram of media,
 //!   the attempt fails with `srtp_unavailable`.
 //! - `optional` against the same plain callee: the call completes in plain RTP.
+//! - SIP over TLS through Kamailio (`tests/it/sip_kamailio.rs`) and SRTP together: the
+//!   keys travel only inside TLS, the media only as SRTP that libsrtp decrypts.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -222,10 +224,10 @@ async fn call_libsrtp(key_in_srtp: bool) -> LibsrtpCall {
 
 /// libsrtp decrypted every RTP and RTCP packet, none was a frame of the prompt in
 /// clear; returns the readings heard in the decrypted audio.
-fn check_all_srtp(got: &Value) -> Vec<String> {
+fn check_all_srtp(got: &Value, min_packets: usize) -> Vec<String> {
     let plain = plain_frames();
     let rtp = got["rtp"].as_array().unwrap();
-    assert!(rtp.len() > 500, "{} RTP packets", rtp.len());
+    assert!(rtp.len() >= min_packets, "{} RTP packets", rtp.len());
     let mut audio = Vec::new();
     for (i, p) in rtp.iter().enumerate() {
         let wire = unhex(&p[0]);
@@ -278,7 +280,7 @@ async fn required_srtp_to_libsrtp_nothing_in_clear_and_dtmf_works() {
     assert!(invite.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:"));
     // Read, then read again from the start of a reading after the key: the recogniser
     // may join readings that follow each other without the "I repeat" pause.
-    let heard = check_all_srtp(&got);
+    let heard = check_all_srtp(&got, 500);
     let all = heard.concat();
     assert!(
         all.matches(CODE).count() >= 3 && all.replace(CODE, "").is_empty(),
@@ -301,7 +303,7 @@ async fn a_key_pressed_in_plain_rtp_during_an_srtp_call_is_dropped() {
         metrics.contains("otpdial_srtp_packets_rejected_total 5\n"),
         "the 5 plain key-press packets: {metrics}"
     );
-    assert_eq!(check_all_srtp(&got), vec![CODE; 2]);
+    assert_eq!(check_all_srtp(&got, 500), vec![CODE; 2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,4 +500,74 @@ async fn required_srtp_to_baresip_it_hears_the_code() {
     println!("baresip (SRTP) heard {heard:?}");
     assert_eq!(heard, vec![CODE; 2], "{}", phone.log());
     t.app.stop().await;
+}
+
+// ---- TLS signalling and SRTP together ------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_through_kamailio_and_srtp_to_libsrtp() {
+    use crate::sip_kamailio::{make_certificates, trunk_settings, Kamailio, PASSWORD};
+    let dir = tempfile::tempdir().unwrap();
+    let rtp_port = free_port_pair();
+    let mut their_key = [0u8; 30];
+    getrandom::fill(&mut their_key).unwrap();
+    let their_key = base64::engine::general_purpose::STANDARD.encode(their_key);
+    let message_log = dir.path().join("sipp_messages.log");
+    // No key press (the threshold is never reached).
+    let peer = LibsrtpPeer::start(
+        rtp_port,
+        &their_key,
+        &message_log,
+        u32::MAX,
+        true,
+        dir.path(),
+    );
+    let log_arg = message_log.to_str().unwrap().to_string();
+    let sipp = Sipp::uas_with_args(
+        "uas_answer_srtp_via_proxy.xml",
+        &[
+            ("rtp_port", rtp_port.to_string()),
+            ("srtp_key", their_key.clone()),
+        ],
+        &["-trace_msg", "-message_file", &log_arg],
+    );
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let kamailio = Kamailio::start_tls(sipp.port, "SHA-256", certs.path());
+    let mut s = trunk_settings(kamailio.port, PASSWORD);
+    s.trunks[0].proxy.transport = otpdial::config::Transport::Tls;
+    s.trunks[0].proxy.port = kamailio.tls_port.unwrap();
+    s.trunks[0].tls_ca = certs.path().join("ca.pem").display().to_string();
+    s.trunks[0].srtp = SrtpMode::Required;
+    let report = otpdial::ops::call(
+        &s,
+        otpdial::ops::CallRequest {
+            to: "+31612345678".into(),
+            code: Some(CODE.into()),
+            locale: Some("en".into()),
+            trunk: Some("trunk-a".into()),
+        },
+    )
+    .await
+    .unwrap();
+    sipp.finish(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", report.render(), kamailio.log()));
+    assert_eq!(
+        report.outcome.status,
+        CallStatus::Completed,
+        "{}\n{}",
+        report.render(),
+        kamailio.log()
+    );
+    let log = kamailio.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("trunk: INVITE ") && l.contains(" from tls:")),
+        "the INVITE (and its keys) went over TLS: {log}"
+    );
+    let invite = std::fs::read_to_string(&message_log).unwrap();
+    assert!(invite.contains("RTP/SAVP 8 0 101"), "{invite}");
+    let got = peer.result(Duration::from_secs(30)).await;
+    assert_eq!(check_all_srtp(&got, 300), vec![CODE; 1], "repeat = 1 here");
 }
