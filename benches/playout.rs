@@ -151,6 +151,7 @@ fn run_one(n: usize, secs: u64, fifo: u8) {
             telephone_event_pt: Some(101),
             pack: Arc::clone(&pack),
             script: script.clone(),
+            srtp: None,
         }));
         // Calls arrive at random times, not all on one 20 ms tick.
         std::thread::sleep(Duration::from_micros(20));

@@ -43,18 +43,43 @@ pub(crate) fn sdp_answer(data: &[u8]) {
         codecs: vec![AudioCodec::Pcmu, AudioCodec::Pcma],
         telephone_event_pt: 101,
         ptime_ms: 20,
+        srtp: None,
     };
     let pcma_only = MediaOffer {
         codecs: vec![AudioCodec::Pcma],
         ..both.clone()
     };
-    for offer in [&both, &pcma_only] {
+    // SDES with fixed keys (the fuzzer needs determinism, not secrecy).
+    let key = otpdial::media::srtp::MasterKey::from_concatenated(&[7; 30]);
+    let sdes = |required| sdp::SdesOffer {
+        required,
+        keys: [key.clone(), key.clone()],
+    };
+    let srtp_required = MediaOffer {
+        srtp: Some(sdes(true)),
+        ..both.clone()
+    };
+    let srtp_optional = MediaOffer {
+        srtp: Some(sdes(false)),
+        ..both.clone()
+    };
+    for offer in [&both, &pcma_only, &srtp_required, &srtp_optional] {
         if let Ok(answer) = sdp::parse_answer(&body, offer) {
             assert_ne!(answer.port, 0, "a rejected stream was accepted");
             assert!(
                 offer.codecs.contains(&answer.codec),
                 "a codec we never offered"
             );
+            match &offer.srtp {
+                None => assert!(answer.srtp.is_none(), "SRTP we never offered"),
+                Some(o) if o.required => {
+                    assert!(
+                        answer.srtp.is_some(),
+                        "required SRTP accepted without a key"
+                    )
+                }
+                Some(_) => {}
+            }
         }
     }
 }

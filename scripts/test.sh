@@ -51,10 +51,11 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
-# SIPVicious (svmap, svwar, svcrack) attacks the SIP listener in tests/it/sip_policy.rs.
-if ! command -v sipvicious_svmap >/dev/null 2>&1; then
-  python3 -m pip install --quiet sipvicious 2>/dev/null ||
-    python3 -m pip install --quiet --break-system-packages sipvicious
+# SIPVicious (svmap, svwar, svcrack) attacks the SIP listener in tests/it/sip_policy.rs;
+# libsrtp (pylibsrtp) is the SRTP peer of tests/it/media_srtp.rs.
+if ! command -v sipvicious_svmap >/dev/null 2>&1 || ! python3 -c 'import pylibsrtp' 2>/dev/null; then
+  python3 -m pip install --quiet sipvicious pylibsrtp 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages sipvicious pylibsrtp
 fi
 
 if [ "$shared_pg" = true ]; then

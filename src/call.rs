@@ -10,14 +10,15 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CodecName, PortRange, SipTarget, TrunkSettings};
+use crate::config::{CodecName, PortRange, SipTarget, SrtpMode, TrunkSettings};
 use crate::domain::CallStatus;
+use crate::media::srtp::SrtpSession;
 use crate::media::{
     rtcp_socket_beside, CallScript, Keys, Pacer, PlayoutEvent, PlayoutSpec, PromptLibrary,
     PromptPack, G711,
 };
 use crate::metrics::Metrics;
-use crate::sip::sdp::{AudioCodec, MediaOffer};
+use crate::sip::sdp::{AudioCodec, MediaOffer, SdesOffer};
 use crate::sip::QaBinding;
 use crate::sip::{EndReason, OutgoingCall, TrunkConfig};
 use crate::sip_io::{CallEvent, SipEndpoint};
@@ -70,6 +71,9 @@ pub enum HangupCause {
     BindMismatch,
     /// The gateway is stopping and the call outlived `shutdown_grace`.
     Shutdown,
+    /// `srtp = "required"` and the answer gave no key we can use: not one packet of
+    /// plain RTP goes out.
+    SrtpUnavailable,
 }
 
 impl HangupCause {
@@ -81,6 +85,7 @@ impl HangupCause {
             Self::NoKeypress => "no_keypress",
             Self::BindMismatch => "bind_mismatch",
             Self::Shutdown => "shutdown",
+            Self::SrtpUnavailable => "srtp_unavailable",
         }
     }
 }
@@ -309,6 +314,7 @@ impl CallEngine {
             codecs,
             ring_timeout: trunk.ring_timeout.0,
             name: trunk.name.clone(),
+            srtp: trunk.srtp,
         };
         self.place_to(call, target, Some(&slot), progress).await
     }
@@ -336,6 +342,8 @@ impl CallEngine {
             codecs: vec![AudioCodec::Pcmu, AudioCodec::Pcma],
             ring_timeout,
             name: route.to_string(),
+            // QA phones are on the operator's own network; plain RTP as before.
+            srtp: SrtpMode::Off,
         };
         self.place_to(call, target, None, progress).await
     }
@@ -369,6 +377,20 @@ impl CallEngine {
             Ok(a) => a.port(),
             Err(e) => return AttemptOutcome::failed(format!("RTP socket: {e}"), false),
         };
+        // Fresh SDES keys for every attempt (never logged: their Debug is redacted).
+        let srtp = match target.srtp {
+            SrtpMode::Off => None,
+            mode => match SdesOffer::random(mode == SrtpMode::Required) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    return AttemptOutcome::failed(
+                        format!("no randomness for SRTP keys: {e}"),
+                        false,
+                    )
+                }
+            },
+        };
+        let our_keys = srtp.clone();
         let outgoing = OutgoingCall {
             request_uri: target.request_uri,
             destination,
@@ -380,6 +402,7 @@ impl CallEngine {
                 codecs: target.codecs,
                 telephone_event_pt: 101,
                 ptime_ms: 20,
+                srtp,
             },
             credentials: target.credentials,
             extra_headers: target.extra_headers,
@@ -444,6 +467,26 @@ impl CallEngine {
                                 m.call_answered(&target.name, invite_sent.elapsed());
                             }
                             let _ = progress.send(Progress::Answered);
+                            // SRTP with the far end's key and ours for the tag it chose;
+                            // `required` without one: hang up before any RTP.
+                            let srtp = match (&our_keys, &media.srtp) {
+                                (Some(mine), Some(theirs)) => mine
+                                    .key(theirs.tag)
+                                    .map(|k| SrtpSession::new(theirs.suite, k, &theirs.key)),
+                                _ => None,
+                            };
+                            if srtp.is_none() && our_keys.as_ref().is_some_and(|o| o.required) {
+                                // parse_answer already refuses such answers; kept as
+                                // the last guard before the pacer.
+                                hung_up = true;
+                                ours = Some(HangupCause::SrtpUnavailable);
+                                session.hangup();
+                                continue;
+                            }
+                            tracing::debug!(
+                                srtp = srtp.as_ref().map(|s| s.suite().name()),
+                                "media negotiated"
+                            );
                             let Some(socket) = rtp_socket.take() else { continue };
                             let codec = match media.codec {
                                 AudioCodec::Pcmu => G711::Ulaw,
@@ -459,6 +502,7 @@ impl CallEngine {
                                 telephone_event_pt: media.telephone_event_pt,
                                 pack: pack.clone(),
                                 script,
+                                srtp,
                             }));
                         }
                         CallEvent::Dtmf { digit } => {
@@ -548,6 +592,8 @@ struct Target {
     ring_timeout: std::time::Duration,
     /// The trunk's name, or `qa:<user>` (metrics labels).
     name: String,
+    /// The trunk's `srtp` setting.
+    srtp: SrtpMode,
 }
 
 /// The first address of a trunk proxy.
@@ -633,7 +679,12 @@ fn end_outcome(
     let unanswered_status = match ours {
         Some(HangupCause::Canceled) => CallStatus::Canceled,
         Some(HangupCause::RingTimeout) => CallStatus::NoAnswer,
-        Some(HangupCause::NoKeypress | HangupCause::BindMismatch | HangupCause::Shutdown)
+        Some(
+            HangupCause::NoKeypress
+            | HangupCause::BindMismatch
+            | HangupCause::Shutdown
+            | HangupCause::SrtpUnavailable,
+        )
         | None => CallStatus::Failed,
     };
     let ours_reason = ours.map(|c| c.reason().to_string());

@@ -397,6 +397,13 @@ impl Collector for Live {
                 None,
                 late.metric_type(),
             )?)?;
+            let rejected = ConstCounter::new(pacer.srtp_rejected());
+            rejected.encode(encoder.encode_descriptor(
+                "srtp_packets_rejected",
+                "SRTP/SRTCP packets received that failed authentication or the replay check (dropped).",
+                None,
+                rejected.metric_type(),
+            )?)?;
         }
         if let Some(sip) = self.sip.get() {
             encode_sip(sip, &mut encoder)?;

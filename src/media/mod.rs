@@ -5,6 +5,7 @@
 //! - [`script`]: what to say when in a call; pure code, no I/O, no clock.
 //! - [`rtp`]: RTP packetisation of one stream (rtp-rs).
 //! - [`rtcp`]: RTCP sender reports and BYE (RFC 3550).
+//! - [`srtp`]: SRTP and SRTCP (RFC 3711), AES-CM with HMAC-SHA1; pure code.
 //! - [`dtmf`]: key presses from RFC 4733 telephone-events and in-band tones (Goertzel).
 //! - [`pacer`]: the one thread that sends every call's packets on absolute deadlines.
 //!
@@ -18,6 +19,7 @@ pub mod pack;
 pub mod rtcp;
 pub mod rtp;
 pub mod script;
+pub mod srtp;
 
 pub use pacer::{
     rtcp_socket_beside, Pacer, PacerOptions, PacerStats, Playout, PlayoutEvent, PlayoutSpec,

@@ -35,6 +35,7 @@ use super::dtmf::{RtpInput, RtpKeyInput};
 use super::rtcp::{self, SenderInfo};
 use super::rtp::{RtpStreamHeader, PACKET_LEN};
 use super::script::{CallScript, ScriptItem};
+use super::srtp::{self, SrtpSession};
 use super::{g711, PromptPack, FRAME_DURATION, FRAME_SAMPLES, G711, SAMPLE_RATE};
 
 /// What to play, to whom.
@@ -59,6 +60,9 @@ pub struct PlayoutSpec {
     pub pack: Arc<PromptPack>,
     /// What to say.
     pub script: CallScript,
+    /// SRTP for this call (keys from SDES): every packet we send is protected and every
+    /// packet we read must authenticate. `None`: plain RTP and RTCP.
+    pub srtp: Option<SrtpSession>,
 }
 
 /// Binds the RTCP socket for an RTP socket: same address, port + 1 (RFC 3550 §11).
@@ -171,6 +175,7 @@ pub struct PacerOptions {
 pub struct PacerStats {
     sent: AtomicU64,
     late: AtomicU64,
+    srtp_rejected: AtomicU64,
 }
 
 /// A packet that leaves more than this after its due time counts as late: half a
@@ -187,6 +192,12 @@ impl PacerStats {
     /// Of those, packets sent more than [`LATE_AFTER`] after they were due.
     pub fn packets_late(&self) -> u64 {
         self.late.load(Ordering::Relaxed)
+    }
+
+    /// Packets received on SRTP calls that failed authentication or the replay check
+    /// (dropped unread).
+    pub fn srtp_rejected(&self) -> u64 {
+        self.srtp_rejected.load(Ordering::Relaxed)
     }
 }
 
@@ -366,7 +377,19 @@ struct Stream {
     /// Key presses in what arrives on the RTP socket.
     keys: RtpKeyInput,
     events: tokio_mpsc::UnboundedSender<PlayoutEvent>,
+    /// SRTP keys and state, and the received packets dropped for failing its
+    /// authentication or replay checks (boxed: about 2 KB, and plain calls have none).
+    srtp: Option<Box<StreamSrtp>>,
 }
+
+#[derive(Debug)]
+struct StreamSrtp {
+    session: SrtpSession,
+    rejected: u64,
+}
+
+/// Send buffer: an RTP packet and room for its SRTP tag.
+const SEND_BUF_LEN: usize = PACKET_LEN + srtp::MAX_RTP_OVERHEAD;
 
 /// Bytes of pacer state per stream, without its script (for the benchmark's memory
 /// figures); the Box adds the allocator's few bytes.
@@ -445,6 +468,12 @@ impl Stream {
             next_report: report_interval_packets() / 2,
             keys: RtpKeyInput::new(spec.telephone_event_pt),
             events,
+            srtp: spec.srtp.map(|session| {
+                Box::new(StreamSrtp {
+                    session,
+                    rejected: 0,
+                })
+            }),
         }
     }
 
@@ -575,11 +604,15 @@ impl Stream {
     }
 
     /// Sends the packet that is due. Returns false when the script is over.
-    fn send_one(&mut self, buf: &mut [u8; PACKET_LEN]) -> bool {
+    fn send_one(&mut self, send_buf: &mut [u8; SEND_BUF_LEN]) -> bool {
         // Copied out (a few bytes) so the frame can be written straight from the pack
         // while `next_frame` still borrows the stream: no 160-byte copy per packet.
         let (index, after_silence, header, codec) =
             (self.index, self.after_silence, self.header, self.codec);
+        // SEND_BUF_LEN >= PACKET_LEN, so this is always Some.
+        let Some(buf) = send_buf.first_chunk_mut::<PACKET_LEN>() else {
+            return false;
+        };
         // The first packet of the stream also carries the marker so that the
         // far end's jitter buffer starts cleanly (as Asterisk and FreeSWITCH do).
         let (len, speech) = match self.next_frame() {
@@ -595,7 +628,19 @@ impl Stream {
         };
         self.after_silence = !speech;
         self.index += 1;
-        match self.socket.send_to(&buf[..len], self.remote) {
+        let len = match &mut self.srtp {
+            None => len,
+            // Encrypted in place with its tag appended; a packet that cannot be
+            // protected is not sent at all (never in clear).
+            Some(s) => match s.session.protect_rtp(send_buf, len) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.send_errors += 1;
+                    return true;
+                }
+            },
+        };
+        match self.socket.send_to(&send_buf[..len], self.remote) {
             Ok(_) => self.packets_sent += 1,
             // WouldBlock (socket buffer full) and ECONNREFUSED (ICMP port unreachable
             // from an earlier packet) are normal under load or before the far end
@@ -609,8 +654,9 @@ impl Stream {
         true
     }
 
-    /// Sends a sender report (and BYE when `bye`) if the stream has an RTCP socket.
-    fn send_rtcp(&self, bye: bool) {
+    /// Sends a sender report (and BYE when `bye`) if the stream has an RTCP socket; as
+    /// SRTCP when the call has SRTP.
+    fn send_rtcp(&mut self, bye: bool) {
         let Some(socket) = &self.rtcp_socket else {
             return;
         };
@@ -626,8 +672,17 @@ impl Stream {
             packets: self.packets_sent as u32,
             octets: (self.packets_sent as u32).wrapping_mul(FRAME_SAMPLES as u32),
         };
-        let mut buf = [0u8; rtcp::MAX_COMPOUND_LEN];
-        let len = rtcp::write_compound(&info, bye, &mut buf);
+        let mut buf = [0u8; rtcp::MAX_COMPOUND_LEN + srtp::SRTCP_TRAILER_LEN];
+        let Some(compound) = buf.first_chunk_mut::<{ rtcp::MAX_COMPOUND_LEN }>() else {
+            return;
+        };
+        let mut len = rtcp::write_compound(&info, bye, compound);
+        if let Some(s) = &mut self.srtp {
+            match s.session.protect_rtcp(&mut buf, len) {
+                Ok(n) => len = n,
+                Err(_) => return, // never in clear
+            }
+        }
         // Lost like any UDP packet if the far end does not listen; nothing to do.
         let _ = socket.send_to(&buf[..len], self.rtcp_remote);
     }
@@ -642,6 +697,18 @@ impl Stream {
                 // say nothing about incoming media.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 Err(_) => continue,
+            };
+            let n = match &mut self.srtp {
+                None => n,
+                // Only what authenticates is read (keys, latching); the rest is
+                // dropped and counted.
+                Some(s) => match s.session.unprotect_rtp(&mut buf[..n]) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        s.rejected += 1;
+                        continue;
+                    }
+                },
             };
             self.on_rtp(&buf[..n], from);
         }
@@ -679,6 +746,16 @@ impl Stream {
         for _ in 0..READ_BUDGET {
             match socket.recv_from(buf) {
                 Ok((n, from)) => {
+                    let n = match &mut self.srtp {
+                        None => n,
+                        Some(s) => match s.session.unprotect_rtcp(&mut buf[..n]) {
+                            Ok(n) => n,
+                            Err(_) => {
+                                s.rejected += 1;
+                                continue;
+                            }
+                        },
+                    };
                     let rtcp_like = rtcp::is_rtcp(&buf[..n]);
                     if rtcp_like && !self.rtcp_latched {
                         self.rtcp_latched = true;
@@ -692,9 +769,22 @@ impl Stream {
         true
     }
 
-    fn finish(self) {
+    /// Received packets dropped by SRTP checks so far.
+    fn srtp_rejected(&self) -> u64 {
+        self.srtp.as_ref().map_or(0, |s| s.rejected)
+    }
+
+    fn finish(mut self) {
         if self.packets_sent > 0 {
             self.send_rtcp(true);
+        }
+        let rejected = self.srtp_rejected();
+        if rejected > 0 {
+            tracing::debug!(
+                remote = %self.remote,
+                rejected,
+                "SRTP/SRTCP packets failed authentication or replay checks and were dropped"
+            );
         }
         if self.send_errors > 0 || self.resyncs > 0 {
             tracing::debug!(
@@ -752,7 +842,7 @@ fn run(
     // edge-triggered and will not report them again).
     let mut unread: Vec<Token> = Vec::new();
     let mut ready: Vec<Token> = Vec::new();
-    let mut buf = [0u8; PACKET_LEN];
+    let mut buf = [0u8; SEND_BUF_LEN];
     let mut rx_buf = [0u8; 2048];
     let finish = |s: Box<Stream>| {
         active.fetch_sub(1, Ordering::Relaxed);
@@ -813,11 +903,18 @@ fn run(
             let Some(stream) = streams.get_mut(&((token.0 >> 1) as u64)) else {
                 continue;
             };
+            let rejected = stream.srtp_rejected();
             let more = if token.0 & 1 == 0 {
                 stream.read_rtp(&mut rx_buf)
             } else {
                 stream.read_rtcp(&mut rx_buf)
             };
+            let now_rejected = stream.srtp_rejected();
+            if now_rejected > rejected {
+                stats
+                    .srtp_rejected
+                    .fetch_add(now_rejected - rejected, Ordering::Relaxed);
+            }
             if more {
                 unread.push(token);
             }
@@ -919,6 +1016,7 @@ mod tests {
             telephone_event_pt: None,
             pack: Arc::clone(&pack),
             script,
+            srtp: None,
         });
         assert_eq!(pacer.active_streams(), 1);
         let packets = receive_all(&rx, Duration::from_millis(300));
@@ -986,8 +1084,9 @@ mod tests {
         let script = CallScript::build(&pack, &[1, 2, 3, 4, 5, 6], 3);
         let heap = script.items.capacity() * std::mem::size_of::<ScriptItem>();
         let total = std::mem::size_of::<Stream>() + heap;
+        // 256 before SRTP, + 8 for its optional box.
         assert!(
-            std::mem::size_of::<Stream>() <= 256,
+            std::mem::size_of::<Stream>() <= 264,
             "{}",
             std::mem::size_of::<Stream>()
         );
@@ -1046,6 +1145,7 @@ mod tests {
             telephone_event_pt: Some(96),
             pack,
             script: one_reading(50),
+            srtp: None,
         });
         // Our RTP arrives where the SDP said; its source is our socket.
         let ours = first_packet_source(&sdp_addr);
@@ -1096,6 +1196,160 @@ mod tests {
             .all(|(_, p)| RtpReader::new(p).unwrap().payload_type() == 0));
     }
 
+    /// Our session and the far end's mirror of it (each side's key protects what it
+    /// sends).
+    fn srtp_pair() -> (SrtpSession, SrtpSession) {
+        use crate::media::srtp::{MasterKey, Suite};
+        let ours = MasterKey::random().unwrap();
+        let theirs = MasterKey::random().unwrap();
+        (
+            SrtpSession::new(Suite::AesCm128HmacSha1_80, &ours, &theirs),
+            SrtpSession::new(Suite::AesCm128HmacSha1_80, &theirs, &ours),
+        )
+    }
+
+    #[test]
+    fn srtp_stream_sends_nothing_in_clear_and_reads_only_authentic_keys() {
+        let pack = PromptLibrary::builtin().get("en").unwrap();
+        let (ours, mut far) = srtp_pair();
+        let far_end = loopback();
+        let stranger = loopback();
+        let pacer = Pacer::start().unwrap();
+        let script = one_reading(50);
+        let total = script.frame_count(&pack) as usize;
+        let mut playout = pacer.play(PlayoutSpec {
+            socket: loopback(),
+            rtcp_socket: None,
+            remote: far_end.local_addr().unwrap(),
+            codec: G711::Ulaw,
+            payload_type: 0,
+            telephone_event_pt: Some(101),
+            pack: Arc::clone(&pack),
+            script,
+            srtp: Some(ours),
+        });
+        let ours_addr = first_packet_source(&far_end);
+        assert_eq!(
+            next_event(&mut playout),
+            PlayoutEvent::CodePlayed { times: 1 }
+        );
+        // A key press in plain RTP (from anyone) and one under a key nobody agreed on:
+        // dropped, counted, and not latched onto.
+        let press = |seq: u16| {
+            let payload = [5, 0x80 | 10, 1, 0xe0];
+            rtp_packet(101, seq, 8000, true, &payload)
+        };
+        stranger.send_to(&press(1), ours_addr).unwrap();
+        let (mut forger, _) = srtp_pair();
+        let mut forged = press(2);
+        let len = forged.len();
+        forged.resize(len + srtp::MAX_RTP_OVERHEAD, 0);
+        let n = forger.protect_rtp(&mut forged, len).unwrap();
+        stranger.send_to(&forged[..n], ours_addr).unwrap();
+        let stats = pacer.stats();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while stats.srtp_rejected() < 2 {
+            assert!(Instant::now() < deadline, "{}", stats.srtp_rejected());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The far end's own key press, under its key: read.
+        let mut real = press(3);
+        let len = real.len();
+        real.resize(len + srtp::MAX_RTP_OVERHEAD, 0);
+        let n = far.protect_rtp(&mut real, len).unwrap();
+        far_end.send_to(&real[..n], ours_addr).unwrap();
+        assert_eq!(
+            next_event(&mut playout),
+            PlayoutEvent::KeyPressed { key: '5' }
+        );
+        assert_eq!(
+            next_event(&mut playout),
+            PlayoutEvent::CodePlayed { times: 2 }
+        );
+        let Some(PlayoutEvent::Finished { packets_sent, .. }) = playout.events.blocking_recv()
+        else {
+            panic!("expected Finished");
+        };
+        // Every packet the far end got (the first was read above) authenticates and
+        // decrypts to a G.711 frame; none carries a frame of the pack in clear.
+        let got = receive_all(&far_end, Duration::from_millis(200));
+        assert_eq!(got.len() as u64 + 1, packets_sent);
+        assert!(packets_sent as usize > total, "read twice: {packets_sent}");
+        let digit = &pack.frames(Phrase::Digit(1), G711::Ulaw);
+        for (_, p) in &got {
+            assert_eq!(p.len(), PACKET_LEN + 10);
+            assert!(!digit.iter().any(|f| p[12..PACKET_LEN] == f[..]));
+            assert!(p[12..PACKET_LEN].iter().any(|&b| b != g711::ULAW_SILENCE));
+            let mut p = p.clone();
+            let n = far.unprotect_rtp(&mut p).unwrap();
+            assert_eq!(n, PACKET_LEN);
+            assert_eq!(RtpReader::new(&p[..n]).unwrap().payload_type(), 0);
+        }
+        assert_eq!(stats.srtp_rejected(), 2);
+    }
+
+    #[test]
+    fn srtcp_reports_and_bye_are_protected() {
+        let pack = PromptLibrary::builtin().get("en").unwrap();
+        let (ours, mut far) = srtp_pair();
+        let rtp_rx = loopback();
+        let rtcp_rx = loopback();
+        let (tx, _rx) = tokio_mpsc::unbounded_channel();
+        let mut s = Stream::new(
+            1,
+            PlayoutSpec {
+                socket: loopback(),
+                rtcp_socket: Some(loopback()),
+                remote: rtp_rx.local_addr().unwrap(),
+                codec: G711::Ulaw,
+                payload_type: 0,
+                telephone_event_pt: Some(101),
+                pack: Arc::clone(&pack),
+                script: CallScript {
+                    items: vec![ScriptItem::Say(Phrase::Digit(7))],
+                },
+                srtp: Some(ours),
+            },
+            tx,
+        );
+        s.rtcp_remote = rtcp_rx.local_addr().unwrap();
+        s.next_report = 3;
+        let mut buf = [0u8; SEND_BUF_LEN];
+        for _ in 0..3 {
+            assert!(s.send_one(&mut buf));
+        }
+        let ssrc = s.header.ssrc;
+        s.finish();
+        let frames = pack.frames(Phrase::Digit(7), G711::Ulaw);
+        for (i, (_, mut p)) in receive_all(&rtp_rx, Duration::from_millis(200))
+            .into_iter()
+            .enumerate()
+        {
+            assert_ne!(&p[12..PACKET_LEN], &frames[i][..], "frame {i} in clear");
+            let n = far.unprotect_rtp(&mut p).unwrap();
+            assert_eq!(&p[12..n], &frames[i][..]);
+        }
+        let got = receive_all(&rtcp_rx, Duration::from_millis(200));
+        assert_eq!(got.len(), 2, "one report, then the BYE");
+        for (i, (_, p)) in got.iter().enumerate() {
+            // Header and SSRC clear, E flag and index, the rest encrypted.
+            assert_eq!(&p[4..8], &ssrc.to_be_bytes());
+            let trailer = p.len() - srtp::SRTCP_TRAILER_LEN;
+            assert_eq!(
+                &p[trailer..trailer + 4],
+                &(0x8000_0000u32 | i as u32).to_be_bytes()
+            );
+            let mut p = p.clone();
+            let n = far.unprotect_rtcp(&mut p).unwrap();
+            assert_eq!(&p[20..24], &3u32.to_be_bytes(), "packet count");
+            assert_eq!(p[29], 202, "SDES follows");
+            if i == 1 {
+                assert_eq!(n, 64);
+                assert_eq!(&p[56..58], &[0x81, 203]);
+            }
+        }
+    }
+
     #[test]
     fn only_this_calls_media_latches() {
         let pack = PromptLibrary::builtin().get("en").unwrap();
@@ -1112,6 +1366,7 @@ mod tests {
                 telephone_event_pt: Some(101),
                 pack,
                 script: CallScript::default(),
+                srtp: None,
             },
             tx,
         );
@@ -1146,6 +1401,7 @@ mod tests {
             telephone_event_pt: None,
             pack,
             script: one_reading(50),
+            srtp: None,
         });
         let ours = first_packet_source(&far_end);
         assert_eq!(
@@ -1200,6 +1456,7 @@ mod tests {
             telephone_event_pt: Some(101),
             pack: Arc::clone(&pack),
             script,
+            srtp: None,
         };
         // No key: 25 frames of waiting, then the end, the code never sent.
         let mut silent = pacer.play(spec(gated(0)));
@@ -1271,6 +1528,7 @@ mod tests {
                 script: CallScript {
                     items: vec![ScriptItem::Silence { frames: 10 }],
                 },
+                srtp: None,
             },
             tx,
         );
@@ -1278,7 +1536,7 @@ mod tests {
         assert_eq!(s.rtcp_remote.port(), s.remote.port() + 1);
         s.rtcp_remote = rtcp_rx.local_addr().unwrap();
         s.next_report = 3;
-        let mut buf = [0u8; PACKET_LEN];
+        let mut buf = [0u8; SEND_BUF_LEN];
         for _ in 0..3 {
             assert!(s.send_one(&mut buf));
         }
@@ -1316,6 +1574,7 @@ mod tests {
             telephone_event_pt: None,
             pack,
             script: CallScript::default(),
+            srtp: None,
         };
         let mut s = Stream::new(1, spec, tx);
         let t0 = s.start;
@@ -1352,6 +1611,7 @@ mod tests {
             telephone_event_pt: None,
             pack,
             script,
+            srtp: None,
         });
         std::thread::sleep(Duration::from_millis(200));
         playout.stop();
@@ -1398,6 +1658,7 @@ mod tests {
                     telephone_event_pt: None,
                     pack: Arc::clone(&pack),
                     script: script.clone(),
+                    srtp: None,
                 })
             })
             .collect();
@@ -1433,6 +1694,7 @@ mod tests {
             telephone_event_pt: None,
             pack,
             script,
+            srtp: None,
         });
         drop(pacer);
         assert!(matches!(
@@ -1462,6 +1724,7 @@ mod tests {
             script: CallScript {
                 items: vec![ScriptItem::Silence { frames: 3 }],
             },
+            srtp: None,
         });
         assert_eq!(
             playout.events.blocking_recv(),

@@ -77,6 +77,7 @@ fn offer() -> MediaOffer {
         codecs: vec![AudioCodec::Pcmu, AudioCodec::Pcma],
         telephone_event_pt: 101,
         ptime_ms: 20,
+        srtp: None,
     }
 }
 

@@ -115,6 +115,7 @@ async fn answers_hears_the_code_and_hangs_up_on_bye() {
         telephone_event_pt: None,
         pack,
         script,
+        srtp: None,
     });
     let mut sent = 0;
     while let Some(ev) = playout.events.recv().await {

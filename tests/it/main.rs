@@ -20,6 +20,7 @@ mod logs;
 mod media_dtmf;
 mod media_key_gates;
 mod media_prompts_cli;
+mod media_srtp;
 mod metrics;
 mod procs;
 mod qa_registrar;

@@ -17,21 +17,21 @@ use otpdial::sip::ProbeKind;
 
 use crate::helpers::{base_settings, free_udp_port, receive_rtp, Sipp};
 
-const PASSWORD: &str = "s3cret-pass";
+pub(crate) const PASSWORD: &str = "s3cret-pass";
 const AUTH_USER: &str = "otp-auth";
 
 /// A Kamailio process in its own process group, stopped (SIGTERM to the group) on drop.
-struct Kamailio {
+pub(crate) struct Kamailio {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     /// SIP over TLS, when started with [`Kamailio::start_tls`].
-    tls_port: Option<u16>,
+    pub(crate) tls_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
 /// A test CA and a server certificate for 127.0.0.1 signed by it (openssl CLI), and
 /// Kamailio's tls.cfg using them, in `dir`. Returns the CA's PEM path.
-fn make_certificates(dir: &std::path::Path) -> PathBuf {
+pub(crate) fn make_certificates(dir: &std::path::Path) -> PathBuf {
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)
@@ -115,7 +115,11 @@ impl Kamailio {
 
     /// Also listens for SIP over TLS with the certificate `make_certificates` wrote in
     /// `certs` (then `tls_port` is set).
-    fn start_tls(callee_port: u16, algorithm: &str, certs: &std::path::Path) -> Kamailio {
+    pub(crate) fn start_tls(
+        callee_port: u16,
+        algorithm: &str,
+        certs: &std::path::Path,
+    ) -> Kamailio {
         Self::start_with(callee_port, algorithm, Some(certs))
     }
 
@@ -169,7 +173,7 @@ impl Kamailio {
         k
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("kamailio.log")).unwrap_or_default()
     }
 
@@ -221,7 +225,7 @@ impl Drop for Kamailio {
     }
 }
 
-fn trunk_settings(kamailio_port: u16, password: &str) -> Settings {
+pub(crate) fn trunk_settings(kamailio_port: u16, password: &str) -> Settings {
     let mut s = base_settings(kamailio_port);
     s.verification.repeat = 1;
     let t = &mut s.trunks[0];

@@ -563,10 +563,15 @@ impl UserAgent {
             return;
         }
         match answer {
-            Ok(media) => self.events.push_back(Event::Answered {
-                call: handle,
-                media,
-            }),
+            Ok(media) => {
+                // What we answer to a re-INVITE from now on: our SDP with only the
+                // crypto attribute the far end took up (none if it answered plain RTP).
+                c.offer_sdp = sdp::keep_crypto(&c.offer_sdp, media.srtp.as_ref().map(|s| s.tag));
+                self.events.push_back(Event::Answered {
+                    call: handle,
+                    media,
+                })
+            }
             Err(e) => {
                 c.bye_sent = true;
                 self.send_bye(now, handle, &peer, ByePurpose::Silent);
