@@ -94,13 +94,17 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum PromptsCommand {
-    /// Load and validate prompt packs as the gateway would (`DIR/<locale>/pack.toml`,
-    /// or the built-in packs without DIR); print each phrase and its duration. Exits
-    /// non-zero with a message naming the file on any error.
+    /// Load and check prompt packs as the gateway would; print each phrase with its
+    /// duration, level and problems. Exits non-zero, naming the file, when a pack does
+    /// not load or a problem is found.
     #[command(
-        after_help = "Examples:\n  otpdial prompts check                     # the built-in packs\n  otpdial prompts check /etc/otpdial/prompts"
+        after_help = "Examples:\n  otpdial prompts check                        # the built-in packs\n  otpdial prompts check /etc/otpdial/prompts   # a folder of packs (<locale>/pack.toml)\n  otpdial prompts check /etc/otpdial/prompts/nl  # one pack's folder"
     )]
-    Check { dir: Option<PathBuf> },
+    Check {
+        /// One pack's folder (holding pack.toml) or a folder of packs; the built-in
+        /// packs if omitted.
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
