@@ -54,8 +54,9 @@ const TRIM_MARGIN: usize = 160;
 /// Why a prompt pack could not be loaded. Every message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {
-    /// A file or directory could not be read.
-    #[error("{}: cannot read: {source}", path.display())]
+    /// A file or directory could not be read. The OS error is the source, so it is
+    /// not repeated in the message (`{e:#}` prints both once).
+    #[error("{}: cannot read", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
