@@ -74,7 +74,7 @@ pub enum Command {
         after_help = "Example:\n  OTPDIAL_DATABASE__URL=postgres://otpdial@db/otpdial otpdial migrate"
     )]
     Migrate {
-        /// TOML config file (or OTPDIAL_CONFIG); only [database] is used.
+        /// TOML config file (or OTPDIAL_CONFIG).
         #[arg(long, env = "OTPDIAL_CONFIG")]
         config: Option<PathBuf>,
     },
