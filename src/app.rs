@@ -53,7 +53,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
     let store = Store::connect(
         &settings.database.url,
         settings.database.max_connections,
-        settings.database.acquire_timeout.0,
+        settings.database.acquire_timeout,
     )
     .await
     .with_context(|| {
@@ -164,7 +164,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
                 store.clone(),
                 verifier.clone(),
                 secret,
-                settings.webhooks.backoff.0,
+                settings.webhooks.backoff,
                 metrics.clone(),
                 settings.webhooks.targets(),
             )?;

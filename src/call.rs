@@ -312,7 +312,7 @@ impl CallEngine {
             extra_headers: caller_id_headers(&trunk),
             transport: sip_transport(proxy.transport),
             codecs,
-            ring_timeout: trunk.ring_timeout.0,
+            ring_timeout: trunk.ring_timeout,
             name: trunk.name.clone(),
             srtp: trunk.srtp,
         };
@@ -628,7 +628,7 @@ pub async fn trunk_config(t: &TrunkSettings, one_shot: bool) -> Result<TrunkConf
         Some(user) => format!("sip:{user}@{}", proxy.host),
         None => t.from.clone(),
     };
-    let every = t.options_interval.0;
+    let every = t.options_interval;
     Ok(TrunkConfig {
         name: t.name.clone(),
         destination,

@@ -59,10 +59,12 @@ pub enum Command {
         /// Trunk name; the first matching trunk by priority if omitted.
         #[arg(long)]
         trunk: Option<String>,
+        /// TOML config file (or OTPDIAL_CONFIG).
         #[arg(long, env = "OTPDIAL_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// SIP trunks.
+    /// SIP trunks: check that each one answers and accepts the credentials.
+    #[command(after_help = "Example:\n  otpdial trunk check --config otpdial.toml")]
     Trunk {
         #[command(subcommand)]
         command: TrunkCommand,
@@ -72,20 +74,24 @@ pub enum Command {
         after_help = "Example:\n  OTPDIAL_DATABASE__URL=postgres://otpdial@db/otpdial otpdial migrate"
     )]
     Migrate {
+        /// TOML config file (or OTPDIAL_CONFIG).
         #[arg(long, env = "OTPDIAL_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// API keys.
+    /// API keys: make a bearer token and the config lines that accept it.
+    #[command(after_help = "Example:\n  otpdial apikey new --name auth-service --scope verify")]
     Apikey {
         #[command(subcommand)]
         command: ApikeyCommand,
     },
-    /// Configuration files.
+    /// Configuration files: validate one and print the effective settings.
+    #[command(after_help = "Example:\n  otpdial config check /etc/otpdial/otpdial.toml")]
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Prompt packs.
+    /// Prompt packs: load and check them as the gateway would.
+    #[command(after_help = "Example:\n  otpdial prompts check /etc/otpdial/prompts")]
     Prompts {
         #[command(subcommand)]
         command: PromptsCommand,
@@ -94,13 +100,17 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum PromptsCommand {
-    /// Load and validate prompt packs as the gateway would (`DIR/<locale>/pack.toml`,
-    /// or the built-in packs without DIR); print each phrase and its duration. Exits
-    /// non-zero with a message naming the file on any error.
+    /// Load and check prompt packs as the gateway would; print each phrase with its
+    /// duration, level and problems. Exits non-zero, naming the file, when a pack does
+    /// not load or a problem is found.
     #[command(
-        after_help = "Examples:\n  otpdial prompts check                     # the built-in packs\n  otpdial prompts check /etc/otpdial/prompts"
+        after_help = "Examples:\n  otpdial prompts check                           # the built-in packs\n  otpdial prompts check /etc/otpdial/prompts      # a folder of packs (<locale>/pack.toml)\n  otpdial prompts check /etc/otpdial/prompts/nl   # one pack's folder"
     )]
-    Check { dir: Option<PathBuf> },
+    Check {
+        /// One pack's folder (holding pack.toml) or a folder of packs; the built-in
+        /// packs if omitted.
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +123,7 @@ pub enum TrunkCommand {
     Check {
         /// Only this trunk.
         name: Option<String>,
+        /// TOML config file (or OTPDIAL_CONFIG).
         #[arg(long, env = "OTPDIAL_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -123,8 +134,11 @@ pub enum ApikeyCommand {
     /// Print a new token once, and the config lines that accept it.
     #[command(after_help = "Example:\n  otpdial apikey new --name auth-service --scope verify")]
     New {
+        /// Name of the key in the config and the logs, e.g. the client's name.
         #[arg(long)]
         name: String,
+        /// What the token may do: verify (start and check verifications) or admin
+        /// (dashboard, call records, QA phones); repeat for both.
         #[arg(long, value_enum, required = true)]
         scope: Vec<ScopeArg>,
     },
@@ -138,7 +152,12 @@ pub enum ScopeArg {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Validate a config and print the effective settings, secrets masked.
+    /// Load a config as serve would (the file, OTPDIAL_* overrides, *_env secrets),
+    /// validate it and print the effective settings with every secret masked. Exits
+    /// non-zero with a message naming the key and the file when it is not valid.
     #[command(after_help = "Example:\n  otpdial config check /etc/otpdial/otpdial.toml")]
-    Check { file: PathBuf },
+    Check {
+        /// The TOML config file to check.
+        file: PathBuf,
+    },
 }

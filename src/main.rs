@@ -155,8 +155,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             print!("{}", lib.report());
             let origin = dir.map_or("built-in packs".to_owned(), |d| d.display().to_string());
-            println!("{origin}: {} pack(s) OK", lib.locales().len());
-            Ok(ExitCode::SUCCESS)
+            let problems = lib.problems();
+            if problems.is_empty() {
+                println!("{origin}: {} pack(s) OK", lib.locales().len());
+                return Ok(ExitCode::SUCCESS);
+            }
+            for problem in &problems {
+                eprintln!("otpdial: {problem}");
+            }
+            eprintln!(
+                "otpdial: {origin}: {} problem(s) in {} pack(s); see docs/prompts.md",
+                problems.len(),
+                lib.locales().len()
+            );
+            Ok(ExitCode::FAILURE)
         }
     }
 }

@@ -80,14 +80,14 @@ impl RiskHook {
             .clone()
             .ok_or_else(|| anyhow::anyhow!("risk.hook_url is set but no signing key was loaded"))?;
         let http = reqwest::Client::builder()
-            .timeout(settings.timeout.0)
+            .timeout(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("otpdial/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Some(RiskHook {
             url: url.to_string(),
             secret,
-            timeout: settings.timeout.0,
+            timeout: settings.timeout,
             on_timeout: settings.on_timeout,
             http,
         }))

@@ -229,7 +229,7 @@ impl TrunkBoard {
     fn snapshot_of(&self, t: &TrunkState, now: Instant) -> TrunkSnapshot {
         let status = self.signalling_status(&t.settings.name);
         let mut breaker = lock(&t.breaker);
-        let state = breaker.state(now, t.settings.breaker_cooldown.0, status.probes_ok);
+        let state = breaker.state(now, t.settings.breaker_cooldown, status.probes_ok);
         TrunkSnapshot {
             name: t.settings.name.clone(),
             register: t.settings.register,

@@ -2,9 +2,39 @@
 //! secrets read from the variables `*_env` keys name, and error descriptions that
 //! name the key and the file.
 
-use figment::providers::Env;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
 
 use super::{ConfigError, SecretString, Settings};
+
+/// The defaults, overlaid by the file at `path` (if any), overlaid by the
+/// `OTPDIAL_*` environment overrides; not yet validated, secrets not read.
+pub(super) fn layered(path: Option<&Path>) -> Result<Settings, ConfigError> {
+    let mut figment = Figment::new();
+    if let Some(path) = path {
+        // Figment treats a missing file as empty; an operator who names
+        // a file means it, so a missing or unreadable one is an error.
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment
+        .merge(env_overrides())
+        .extract()
+        .map_err(|e| ConfigError::Parse(describe_figment_error(e)))
+}
+
+/// The defaults overlaid by TOML text, without the environment.
+pub(super) fn parse_str(text: &str) -> Result<Settings, ConfigError> {
+    Figment::new()
+        .merge(Toml::string(text))
+        .extract()
+        .map_err(|e| ConfigError::Parse(describe_figment_error(e)))
+}
 
 impl Settings {
     pub(super) fn resolve_secrets(&mut self, origin: &str) -> Result<(), ConfigError> {
@@ -53,13 +83,13 @@ impl Settings {
 
 /// `OTPDIAL_A__B=v` sets `a.b`. Variables without `__` (such as
 /// `OTPDIAL_CONFIG` or `OTPDIAL_CODE_KEY`) are not settings and are skipped.
-pub(super) fn env_overrides() -> Env {
+fn env_overrides() -> Env {
     Env::prefixed("OTPDIAL_")
         .filter(|k| k.as_str().contains("__"))
         .split("__")
 }
 
-pub(super) fn describe_figment_error(e: figment::Error) -> String {
+fn describe_figment_error(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
             let key = if e.path.is_empty() {
@@ -90,5 +120,22 @@ mod tests {
         let e = Settings::from_toml("[verification]\ncode_lenght = 6\n").unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("code_lenght"), "{msg}");
+    }
+
+    #[test]
+    fn a_named_file_must_exist_and_its_errors_name_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        let e = layered(Some(&missing)).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+        assert!(e.to_string().contains("missing.toml"), "{e}");
+
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[dialer]\nlease = \"soon\"\n").unwrap();
+        let e = layered(Some(&file)).unwrap_err().to_string();
+        assert!(
+            e.contains("dialer.lease") && e.contains("bad.toml"),
+            "key and file named: {e}"
+        );
     }
 }

@@ -1,12 +1,14 @@
 //! Typed settings (SPEC §2): a TOML file layered with `OTPDIAL_*` environment
 //! overrides (`OTPDIAL_DATABASE__URL` sets `database.url`), secrets read from
 //! the variables named by `*_env` keys, and validation whose messages name
-//! the key and the file. Depends only on `domain`.
+//! the key and the file.
+//!
+//! `schema` holds the sections and their defaults, `values` the value types
+//! (secrets, rate limits, SIP targets, ...), `load` the layering and the secrets,
+//! `validate` the checks; this module the entry points, and every public type is
+//! re-exported here (`otpdial::config::TrunkSettings`).
 
 use std::path::{Path, PathBuf};
-
-use figment::providers::{Format, Toml};
-use figment::Figment;
 
 mod load;
 mod schema;
@@ -15,8 +17,6 @@ mod values;
 
 pub use schema::*;
 pub use values::*;
-
-use load::{describe_figment_error, env_overrides};
 
 pub use crate::domain::NumberKind;
 
@@ -41,20 +41,7 @@ impl Settings {
     /// Reads `path` (if any), applies `OTPDIAL_*` overrides, resolves secrets
     /// from the environment and validates everything.
     pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
-        let mut figment = Figment::new();
-        if let Some(path) = path {
-            // Figment treats a missing file as empty; an operator who names
-            // a file means it, so a missing or unreadable one is an error.
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        figment = figment.merge(env_overrides());
-        let mut settings: Settings = figment
-            .extract()
-            .map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
+        let mut settings = load::layered(path)?;
         let origin = path.map_or_else(|| "environment".to_string(), |p| p.display().to_string());
         settings.resolve_secrets(&origin)?;
         settings.validate(&origin)?;
@@ -63,10 +50,7 @@ impl Settings {
 
     /// Parses a TOML string (tests and embedded defaults); no environment.
     pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
-        let mut settings: Settings = Figment::new()
-            .merge(Toml::string(text))
-            .extract()
-            .map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
+        let mut settings = load::parse_str(text)?;
         settings.resolve_secrets("inline config")?;
         settings.validate("inline config")?;
         Ok(settings)

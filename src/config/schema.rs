@@ -52,7 +52,8 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// How long a request waits for a database connection before it is
     /// answered 503 (database down, or every connection busy).
-    pub acquire_timeout: HumanDuration,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
 }
 
 impl Default for DatabaseSettings {
@@ -60,7 +61,7 @@ impl Default for DatabaseSettings {
         Self {
             url: "sqlite://otpdial.db".into(),
             max_connections: 8,
-            acquire_timeout: HumanDuration(Duration::from_millis(800)),
+            acquire_timeout: Duration::from_millis(800),
         }
     }
 }
@@ -83,7 +84,8 @@ pub struct SipSettings {
     /// Failed authentications (and requests over `request_limit`) from one source
     /// within `ban_time` that ban it for `ban_time`; 0 = never ban.
     pub ban_after_failures: u32,
-    pub ban_time: HumanDuration,
+    #[serde(with = "humantime_serde")]
+    pub ban_time: Duration,
     /// Requests per source (trunks excepted) and window, e.g. `50/1s`.
     pub request_limit: RateLimit,
 }
@@ -106,7 +108,7 @@ impl SipSettings {
                 UnknownSourcesSetting::Forbid => crate::sip::policy::UnknownSources::Forbid,
             },
             ban_after_failures: self.ban_after_failures,
-            ban_time: self.ban_time.0,
+            ban_time: self.ban_time,
             request_limit: self.request_limit.count,
             request_window: self.request_limit.per,
         }
@@ -125,7 +127,8 @@ pub struct QaSettings {
     /// Longer registrations are shortened to this.
     pub max_expires: u32,
     /// How long a QA phone may ring before the call is given up (no_answer).
-    pub ring_timeout: HumanDuration,
+    #[serde(with = "humantime_serde")]
+    pub ring_timeout: Duration,
     pub phones: Vec<QaPhoneSettings>,
 }
 
@@ -135,7 +138,7 @@ impl Default for QaSettings {
             realm: "otpdial-qa".into(),
             min_expires: 60,
             max_expires: 3600,
-            ring_timeout: HumanDuration(Duration::from_secs(30)),
+            ring_timeout: Duration::from_secs(30),
             phones: Vec::new(),
         }
     }
@@ -198,7 +201,7 @@ impl Default for SipSettings {
             user_agent: None,
             unknown_sources: UnknownSourcesSetting::Drop,
             ban_after_failures: 10,
-            ban_time: HumanDuration(Duration::from_secs(600)),
+            ban_time: Duration::from_secs(600),
             request_limit: RateLimit {
                 count: 50,
                 per: Duration::from_secs(1),
@@ -226,7 +229,8 @@ pub struct ApiKeySettings {
 #[serde(deny_unknown_fields, default)]
 pub struct VerificationSettings {
     pub code_length: usize,
-    pub ttl: HumanDuration,
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
     pub max_check_attempts: u32,
     pub default_locale: String,
     pub repeat: u32,
@@ -242,7 +246,7 @@ impl Default for VerificationSettings {
     fn default() -> Self {
         Self {
             code_length: 6,
-            ttl: HumanDuration(Duration::from_secs(600)),
+            ttl: Duration::from_secs(600),
             max_check_attempts: 5,
             default_locale: "nl".into(),
             repeat: 3,
@@ -270,7 +274,8 @@ impl VerificationSettings {
 pub struct WebhookSettings {
     pub secret_env: String,
     /// First retry delay; doubles with each try (at most 5 tries).
-    pub backoff: HumanDuration,
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
     /// Resolved from `secret_env` at load; never printed.
     #[serde(skip)]
     pub secret: Option<SecretString>,
@@ -285,7 +290,7 @@ impl Default for WebhookSettings {
     fn default() -> Self {
         Self {
             secret_env: "OTPDIAL_WEBHOOK_SECRET".into(),
-            backoff: HumanDuration(Duration::from_secs(2)),
+            backoff: Duration::from_secs(2),
             secret: None,
             allow_private_targets: false,
             allow_http: false,
@@ -315,7 +320,8 @@ pub struct LimitSettings {
     pub wrong_checks_per_user: RateLimit,
     /// The first back-off after five wrong checks, doubling per further
     /// one (at most 5 min); `0s` = no back-off, only the limit.
-    pub wrong_check_backoff: HumanDuration,
+    #[serde(with = "humantime_serde")]
+    pub wrong_check_backoff: Duration,
     /// Calls placed per second across all instances (the dialer paces
     /// itself; requests are not refused for it).
     pub global_calls_per_second: u32,
@@ -340,7 +346,7 @@ impl Default for LimitSettings {
                 count: 10,
                 per: Duration::from_secs(3600),
             },
-            wrong_check_backoff: HumanDuration(Duration::from_secs(1)),
+            wrong_check_backoff: Duration::from_secs(1),
             global_calls_per_second: 20,
         }
     }
@@ -434,7 +440,8 @@ pub struct RiskSettings {
     #[serde(serialize_with = "mask_url_secrets")]
     pub hook_url: String,
     /// How long to wait for the answer.
-    pub timeout: HumanDuration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
     /// The decision when no usable answer comes in time (timeout, error,
     /// unsigned or badly signed answer).
     pub on_timeout: RiskDecision,
@@ -449,7 +456,7 @@ impl Default for RiskSettings {
     fn default() -> Self {
         Self {
             hook_url: String::new(),
-            timeout: HumanDuration(Duration::from_millis(1500)),
+            timeout: Duration::from_millis(1500),
             on_timeout: RiskDecision::Allow,
             secret_env: "OTPDIAL_RISK_SECRET".into(),
             secret: None,
@@ -467,15 +474,18 @@ pub struct DialerSettings {
     pub max_attempts: u32,
     /// Round outcomes that may be retried when `max_attempts > 1`.
     pub retry_on: Vec<RetryOn>,
-    pub retry_delay: HumanDuration,
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
     /// A retry calls the user's next registered number (primary first).
     pub next_number: bool,
     /// On SIGTERM/SIGINT, calls in progress may finish this long before
     /// they are hung up.
-    pub shutdown_grace: HumanDuration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     /// How long a claimed call stays owned without renewal. A call whose
     /// instance died is taken over once its lease ran out.
-    pub lease: HumanDuration,
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
     /// Calls in progress on this instance over all trunks; 0 = the sum of
     /// the trunks' `max_concurrent_calls`.
     pub max_concurrent_calls: u32,
@@ -486,10 +496,10 @@ impl Default for DialerSettings {
         Self {
             max_attempts: 1,
             retry_on: vec![RetryOn::NoAnswer, RetryOn::Busy],
-            retry_delay: HumanDuration(Duration::from_secs(30)),
+            retry_delay: Duration::from_secs(30),
             next_number: true,
-            shutdown_grace: HumanDuration(Duration::from_secs(30)),
-            lease: HumanDuration(Duration::from_secs(20)),
+            shutdown_grace: Duration::from_secs(30),
+            lease: Duration::from_secs(20),
             max_concurrent_calls: 0,
         }
     }
@@ -522,8 +532,8 @@ pub struct TrunkSettings {
     pub priority: u32,
     #[serde(default = "default_max_calls")]
     pub max_concurrent_calls: u32,
-    #[serde(default = "default_ring_timeout")]
-    pub ring_timeout: HumanDuration,
+    #[serde(default = "default_ring_timeout", with = "humantime_serde")]
+    pub ring_timeout: Duration,
     /// `P-Asserted-Identity` value for INVITEs (RFC 3325), e.g. `<sip:+31508200000@host>`.
     #[serde(default)]
     pub p_asserted_identity: Option<String>,
@@ -535,16 +545,16 @@ pub struct TrunkSettings {
     pub register_expires: u32,
     /// OPTIONS keepalive period; `0s` (the default) turns it off. Off by default because
     /// some carriers rate-limit or blocklist unsolicited OPTIONS.
-    #[serde(default = "default_options_interval")]
-    pub options_interval: HumanDuration,
+    #[serde(default = "default_options_interval", with = "humantime_serde")]
+    pub options_interval: Duration,
     /// Consecutive failures (5xx, 408, no response, transport error) after
     /// which the trunk is marked down and tried only when no other can.
     #[serde(default = "default_breaker_failures")]
     pub breaker_failures: u32,
     /// A down trunk comes back when OPTIONS succeed again; without OPTIONS
     /// keepalive it gets one trial call after this long.
-    #[serde(default = "default_breaker_cooldown")]
-    pub breaker_cooldown: HumanDuration,
+    #[serde(default = "default_breaker_cooldown", with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
     /// With `transport=tls`: PEM file of the CA(s) the trunk's certificate must chain
     /// to; empty = the public web PKI roots (Mozilla's, built in).
     #[serde(default)]
@@ -559,15 +569,15 @@ pub struct TrunkSettings {
 fn default_breaker_failures() -> u32 {
     3
 }
-fn default_breaker_cooldown() -> HumanDuration {
-    HumanDuration(Duration::from_secs(30))
+fn default_breaker_cooldown() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_register_expires() -> u32 {
     3600
 }
-fn default_options_interval() -> HumanDuration {
-    HumanDuration(Duration::ZERO)
+fn default_options_interval() -> Duration {
+    Duration::ZERO
 }
 
 fn default_codecs() -> Vec<CodecName> {
@@ -579,8 +589,8 @@ fn default_priority() -> u32 {
 fn default_max_calls() -> u32 {
     100
 }
-fn default_ring_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(30))
+fn default_ring_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl TrunkSettings {
@@ -604,6 +614,28 @@ impl TrunkSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_and_print_as_people_write_them() {
+        let s = Settings::from_toml(
+            "[dialer]\nlease = \"1m 30s\"\nretry_delay = \"250ms\"\n[verification]\nttl = \"2h\"",
+        )
+        .unwrap();
+        assert_eq!(s.dialer.lease, Duration::from_secs(90));
+        assert_eq!(s.dialer.retry_delay, Duration::from_millis(250));
+        let shown = toml::to_string(&s).unwrap();
+        for line in [
+            "lease = \"1m 30s\"",
+            "retry_delay = \"250ms\"",
+            "ttl = \"2h\"",
+        ] {
+            assert!(shown.contains(line), "{line} not in {shown}");
+        }
+        let e = Settings::from_toml("[dialer]\nlease = \"soon\"").unwrap_err();
+        assert!(e.to_string().contains("dialer.lease"), "{e}");
+        let e = Settings::from_toml("[dialer]\nlease = 20").unwrap_err();
+        assert!(e.to_string().contains("dialer.lease"), "{e}");
+    }
 
     #[test]
     fn sip_listener_policy_keys() {

@@ -126,7 +126,7 @@ impl Settings {
                 format!("must be 1..10, got {}", v.repeat),
             ));
         }
-        if v.ttl.0 < Duration::from_secs(30) || v.ttl.0 > Duration::from_secs(24 * 3600) {
+        if v.ttl < Duration::from_secs(30) || v.ttl > Duration::from_secs(24 * 3600) {
             return Err(err(
                 "verification.ttl".into(),
                 "must be between 30s and 24h".into(),
@@ -189,7 +189,7 @@ impl Settings {
                 format!("must be an http(s) URL, got {hook:?}"),
             ));
         }
-        if self.risk.timeout.0.is_zero() || self.risk.timeout.0 > Duration::from_secs(30) {
+        if self.risk.timeout.is_zero() || self.risk.timeout > Duration::from_secs(30) {
             return Err(err(
                 "risk.timeout".into(),
                 "must be between 1ms and 30s".into(),
@@ -202,13 +202,13 @@ impl Settings {
                 format!("must be 1..10, got {}", d.max_attempts),
             ));
         }
-        if d.lease.0 < Duration::from_secs(3) || d.lease.0 > Duration::from_secs(600) {
+        if d.lease < Duration::from_secs(3) || d.lease > Duration::from_secs(600) {
             return Err(err(
                 "dialer.lease".into(),
                 "must be between 3s and 10m".into(),
             ));
         }
-        if d.shutdown_grace.0 > Duration::from_secs(3600) {
+        if d.shutdown_grace > Duration::from_secs(3600) {
             return Err(err(
                 "dialer.shutdown_grace".into(),
                 "must be at most 1h".into(),
@@ -269,7 +269,7 @@ impl Settings {
                     format!("must be 60..=86400 seconds, got {}", t.register_expires),
                 ));
             }
-            let every = t.options_interval.0;
+            let every = t.options_interval;
             if !every.is_zero() && every < Duration::from_secs(5) {
                 return Err(err(
                     format!("trunks[{i}].options_interval"),
@@ -329,7 +329,7 @@ mod tests {
         let t = &s.trunks[0];
         assert_eq!(t.proxy.transport, Transport::Tcp);
         assert_eq!(t.privacy.as_deref(), Some("id"));
-        assert_eq!(t.options_interval.0, Duration::from_secs(30));
+        assert_eq!(t.options_interval, Duration::from_secs(30));
         let e = Settings::from_toml(&format!("{base}register_expires = 10\n")).unwrap_err();
         assert!(e.to_string().contains("trunks[0].register_expires"), "{e}");
         let e = Settings::from_toml(&format!("{base}options_interval = \"1s\"\n")).unwrap_err();
@@ -339,7 +339,7 @@ mod tests {
         let d = Settings::from_toml(base).unwrap();
         assert_eq!(d.trunks[0].register_expires, 3600);
         assert!(
-            d.trunks[0].options_interval.0.is_zero(),
+            d.trunks[0].options_interval.is_zero(),
             "keepalive off by default"
         );
         assert!(d.trunks[0].credentials().is_none());

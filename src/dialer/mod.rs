@@ -216,7 +216,7 @@ impl Dialer {
     }
 
     fn lease_ms(&self) -> i64 {
-        i64::try_from(self.settings.dialer.lease.0.as_millis()).unwrap_or(i64::MAX)
+        i64::try_from(self.settings.dialer.lease.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// Whether placing another call now would exceed
@@ -267,7 +267,7 @@ impl Dialer {
     /// `shutdown`; the leases of calls still finishing then lapse on their
     /// own if the process dies.
     pub async fn maintain_leases(self: Arc<Self>, shutdown: CancellationToken) {
-        let every = self.settings.dialer.lease.0 / 3;
+        let every = self.settings.dialer.lease / 3;
         loop {
             let now = domain::now_ms();
             let wait = match self
@@ -411,7 +411,7 @@ impl Dialer {
         if running.is_empty() {
             return;
         }
-        let grace = self.settings.dialer.shutdown_grace.0;
+        let grace = self.settings.dialer.shutdown_grace;
         tracing::info!(
             calls = running.len(),
             ?grace,
@@ -763,7 +763,7 @@ impl Dialer {
             match route {
                 Route::Trunk(slot) => self.engine.place(call, slot, tx).await,
                 Route::Qa(binding) => {
-                    let ring = self.settings.qa.ring_timeout.0;
+                    let ring = self.settings.qa.ring_timeout;
                     self.engine.place_qa(call, trunk, &binding, ring, tx).await
                 }
             }
@@ -935,7 +935,7 @@ impl Dialer {
         if !retriable || refused || claimed.round >= d.max_attempts || outcome.times_played > 0 {
             return None;
         }
-        let at = domain::now_ms() + i64::try_from(d.retry_delay.0.as_millis()).unwrap_or(i64::MAX);
+        let at = domain::now_ms() + i64::try_from(d.retry_delay.as_millis()).unwrap_or(i64::MAX);
         // A retry after the verification expired reaches nobody.
         (at < claimed.expires_at).then_some(at)
     }

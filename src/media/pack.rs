@@ -54,8 +54,9 @@ const TRIM_MARGIN: usize = 160;
 /// Why a prompt pack could not be loaded. Every message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {
-    /// A file or directory could not be read.
-    #[error("{}: cannot read: {source}", path.display())]
+    /// A file or directory could not be read. The OS error is the source, so it is
+    /// not repeated in the message (`{e:#}` prints both once).
+    #[error("{}: cannot read", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -141,6 +142,8 @@ impl Default for FilesToml {
 
 /// One phrase, in every form the rest of the program asks for.
 struct PhraseAudio {
+    /// The file it was read from (named in `prompts check` problems).
+    file: PathBuf,
     pcm: Vec<i16>,
     ulaw: Vec<[u8; FRAME_SAMPLES]>,
     alaw: Vec<[u8; FRAME_SAMPLES]>,
@@ -157,10 +160,15 @@ impl std::fmt::Debug for PhraseAudio {
 }
 
 impl PhraseAudio {
-    fn new(pcm: Vec<i16>) -> PhraseAudio {
+    fn new(pcm: Vec<i16>, file: PathBuf) -> PhraseAudio {
         let ulaw = encode_frames(G711::Ulaw, &pcm);
         let alaw = encode_frames(G711::Alaw, &pcm);
-        PhraseAudio { pcm, ulaw, alaw }
+        PhraseAudio {
+            file,
+            pcm,
+            ulaw,
+            alaw,
+        }
     }
 }
 
@@ -180,6 +188,8 @@ fn encode_frames(codec: G711, pcm: &[i16]) -> Vec<[u8; FRAME_SAMPLES]> {
 /// One locale's prompts, ready to play.
 #[derive(Debug)]
 pub struct PromptPack {
+    /// Its pack.toml (`<builtin>/prompts/<locale>/pack.toml` for a built-in pack).
+    toml_path: PathBuf,
     locale: String,
     language: String,
     digit_pause: Duration,
@@ -214,6 +224,17 @@ impl PromptPack {
             G711::Ulaw => a.ulaw.as_slice(),
             G711::Alaw => a.alaw.as_slice(),
         })
+    }
+
+    /// The file a phrase was read from (None for a digit above 9); a final form the
+    /// pack lacks is the plain digit's file.
+    pub fn file(&self, p: Phrase) -> Option<&Path> {
+        self.audio(p).map(|a| a.file.as_path())
+    }
+
+    /// Its pack.toml, which sets the pauses.
+    pub fn toml_path(&self) -> &Path {
+        &self.toml_path
     }
 
     /// Whether the pack has its own final form of digit `d` (else the plain one plays).
@@ -311,7 +332,7 @@ impl PromptPack {
             let path = origin.join(name);
             let bytes = read(name)?;
             let pcm = decode_wav(&path, &bytes)?;
-            phrases.push(PhraseAudio::new(pcm));
+            phrases.push(PhraseAudio::new(pcm, path));
         }
 
         // Final forms: named in pack.toml (then required), or by convention (optional).
@@ -337,8 +358,9 @@ impl PromptPack {
                 }
                 Err(e) => return Err(e),
             };
-            let pcm = decode_wav(&origin.join(name), &bytes)?;
-            Ok(Some(PhraseAudio::new(pcm)))
+            let path = origin.join(name);
+            let pcm = decode_wav(&path, &bytes)?;
+            Ok(Some(PhraseAudio::new(pcm, path)))
         };
         let finals = final_names
             .iter()
@@ -350,6 +372,7 @@ impl PromptPack {
         };
 
         Ok(PromptPack {
+            toml_path,
             locale: locale.to_owned(),
             language: cfg.language,
             digit_pause,
@@ -595,6 +618,21 @@ fn resample(pcm: &[i16], rate: u32) -> Result<Vec<i16>, String> {
 
 /// A 6-digit code must be read within this (issue 12), pauses included.
 const MAX_READING: Duration = Duration::from_secs(6);
+
+/// The code `prompts check` times a reading of.
+const SAMPLE_CODE: [u8; 6] = [1, 2, 3, 4, 5, 6];
+
+/// How long one reading of [`SAMPLE_CODE`] takes with this pack (intro and outro left
+/// out).
+fn reading_time(pack: &PromptPack) -> Duration {
+    let reading = super::CallScript::build(pack, &SAMPLE_CODE, 1)
+        .items
+        .into_iter()
+        .skip_while(|i| *i != super::ScriptItem::CodeStart)
+        .take_while(|i| *i != super::ScriptItem::CodeEnd)
+        .collect();
+    super::CallScript { items: reading }.duration(pack)
+}
 /// Analysis window of [`check_phrase`]: 10 ms.
 const CHECK_WINDOW: usize = 80;
 /// A window more than this below the peak counts as silence (dB).
@@ -952,15 +990,8 @@ impl PromptLibrary {
                     }
                 );
             }
-            let code = [1, 2, 3, 4, 5, 6];
-            let call = super::CallScript::build(pack, &code, 2);
-            let reading = super::CallScript::build(pack, &code, 1)
-                .items
-                .into_iter()
-                .skip_while(|i| *i != super::ScriptItem::CodeStart)
-                .take_while(|i| *i != super::ScriptItem::CodeEnd)
-                .collect();
-            let reading = super::CallScript { items: reading }.duration(pack);
+            let call = super::CallScript::build(pack, &SAMPLE_CODE, 2);
+            let reading = reading_time(pack);
             let slow = reading > MAX_READING;
             problems += usize::from(slow);
             let _ = writeln!(
@@ -989,14 +1020,26 @@ impl PromptLibrary {
         out
     }
 
-    /// Every problem [`PromptLibrary::report`] marks, as `(locale, phrase, problem)`.
-    pub fn problems(&self) -> Vec<(String, Phrase, String)> {
+    /// Every problem [`PromptLibrary::report`] marks, one line each that starts with
+    /// the file to fix: `prompts/nl/7.wav: digit 7: quiet: ...`, or the pack.toml
+    /// whose pauses make a code too slow to read.
+    pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         for pack in self.packs() {
             for p in pack.phrases() {
+                let file = pack.file(p).unwrap_or_else(|| pack.toml_path());
                 for problem in check_phrase(p, pack.pcm(p)).problems {
-                    out.push((pack.locale().to_owned(), p, problem));
+                    out.push(format!("{}: {}: {problem}", file.display(), p.name()));
                 }
+            }
+            let reading = reading_time(pack);
+            if reading > MAX_READING {
+                out.push(format!(
+                    "{}: a 6-digit code takes {:.1} s to read, more than {} s (shorten digit_pause or group_pause, or the digits)",
+                    pack.toml_path().display(),
+                    reading.as_secs_f32(),
+                    MAX_READING.as_secs()
+                ));
             }
         }
         out
@@ -1327,8 +1370,33 @@ mod tests {
             2
         );
         // The shipped packs are what `prompts check` asks of a pack.
-        assert_eq!(lib.problems(), Vec::new(), "{report}");
+        assert_eq!(lib.problems(), Vec::<String>::new(), "{report}");
         assert_eq!(report.matches("0 problems found").count(), 2, "{report}");
+    }
+
+    #[test]
+    fn problems_name_the_file_to_fix() {
+        let (tmp, dir) = make_pack();
+        // A tone from the first sample to the last: a cut recording.
+        let tone: Vec<i16> = (0..4000)
+            .map(|n| {
+                (8000.0 * (f64::from(n) * 440.0 / 8000.0 * std::f64::consts::TAU).sin()) as i16
+            })
+            .collect();
+        write_pcm(&dir.join("7.wav"), &tone);
+        let lib = PromptLibrary::load_dir(tmp.path()).unwrap();
+        let problems = lib.problems();
+        let want = format!("{}: digit 7: clipped onset", dir.join("7.wav").display());
+        assert!(
+            problems.iter().any(|p| p.starts_with(&want)),
+            "{problems:?}"
+        );
+        // make_pack's short test tones have problems of their own, each under its file.
+        let intro = format!("{}: intro: short", dir.join("intro.wav").display());
+        assert!(
+            problems.iter().any(|p| p.starts_with(&intro)),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -417,7 +417,7 @@ impl Verifier {
         let id = domain::new_verification_id();
         let call_id = domain::new_call_id();
         let now = domain::now_ms();
-        let ttl_ms = i64::try_from(vs.ttl.0.as_millis()).unwrap_or(i64::MAX);
+        let ttl_ms = i64::try_from(vs.ttl.as_millis()).unwrap_or(i64::MAX);
         let code_hash = self.keys.hash(&id, code.expose());
         let bind = req.bind_digits.then(|| Keys::random(2));
         let sealed = self.keys.seal(&id, &code, bind)?;
@@ -650,7 +650,7 @@ impl Verifier {
         };
         let checks = guard::CheckGuard {
             limit: self.settings.limits.wrong_checks_per_user,
-            backoff_ms: i64::try_from(self.settings.limits.wrong_check_backoff.0.as_millis())
+            backoff_ms: i64::try_from(self.settings.limits.wrong_check_backoff.as_millis())
                 .unwrap_or(i64::MAX),
         };
         let wrong_so_far = self

@@ -402,7 +402,7 @@ impl Receiver {
 fn webhook_settings() -> Settings {
     let mut s = base_settings(free_udp_port());
     s.webhooks.secret = Some(SecretString::from("whsec-test"));
-    s.webhooks.backoff = otpdial::config::HumanDuration(Duration::from_millis(100));
+    s.webhooks.backoff = Duration::from_millis(100);
     // The test receiver listens on plain http on loopback.
     s.webhooks.allow_private_targets = true;
     s.webhooks.allow_http = true;
@@ -520,7 +520,7 @@ async fn webhooks(db: Db) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_survives_restart() {
     let mut s = webhook_settings();
-    s.webhooks.backoff = otpdial::config::HumanDuration(Duration::from_secs(1));
+    s.webhooks.backoff = Duration::from_secs(1);
     s.webhooks.allow_private_targets = true;
     s.webhooks.allow_http = true;
     // Receiver not started yet: port reserved and closed.
@@ -785,7 +785,7 @@ async fn check_raw(t: &TestApp, id: &str, code: &str) -> (u16, Option<u64>, Valu
 async fn brute_force_across_verifications(db: Db) {
     let mut s = base_settings(free_udp_port());
     s.limits.wrong_checks_per_user = "10/1h".parse().unwrap();
-    s.limits.wrong_check_backoff = otpdial::config::HumanDuration(Duration::from_secs(20));
+    s.limits.wrong_check_backoff = Duration::from_secs(20);
     s.limits.per_user = "100/1h".parse().unwrap();
     s.limits.per_number = "100/1h".parse().unwrap();
     let t = spawn_app(s, db, DialerMode::Manual).await;

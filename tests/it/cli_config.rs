@@ -97,6 +97,10 @@ fn every_subcommand_help_has_an_example() {
     for cmd in [
         &["serve"][..],
         &["demo"],
+        &["trunk"],
+        &["apikey"],
+        &["config"],
+        &["prompts"],
         &["call"],
         &["migrate"],
         &["prompts", "check"],

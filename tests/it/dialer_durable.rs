@@ -223,7 +223,7 @@ async fn shutdown_hangs_up_after_grace_and_settles_the_call() {
     let port = free_udp_port();
     let mut s = base_settings(port);
     s.verification.repeat = 5; // ~20 s of audio: it cannot finish in the grace
-    s.dialer.shutdown_grace = otpdial::config::HumanDuration(Duration::from_secs(1));
+    s.dialer.shutdown_grace = Duration::from_secs(1);
     let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let rtp_port = rtp.local_addr().unwrap().port().to_string();
     let sipp = Sipp::spawn_uas(
@@ -263,7 +263,7 @@ async fn busy_round_is_retried_on_the_next_number() {
     let mut s = base_settings(port);
     s.verification.allow_unregistered_numbers = false;
     s.dialer.max_attempts = 2;
-    s.dialer.retry_delay = otpdial::config::HumanDuration(Duration::from_secs(2));
+    s.dialer.retry_delay = Duration::from_secs(2);
     let busy = Sipp::spawn_uas("uas_busy.xml", &[], &[], port, "127.0.0.1");
     let t = spawn_app(s, Db::Sqlite, DialerMode::Background).await;
     let resp = t

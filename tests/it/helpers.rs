@@ -76,10 +76,10 @@ ring_timeout = "20s"
     .expect("test settings");
     // Many tests check wrong codes in a row; the back-off of the brute-force
     // guard is tested on its own (api_rules::brute_force_across_verifications).
-    s.limits.wrong_check_backoff = otpdial::config::HumanDuration(Duration::ZERO);
+    s.limits.wrong_check_backoff = Duration::ZERO;
     // A test machine running the suite in parallel can be slow to hand out a
     // connection; the 503-within-a-second behaviour has its own test.
-    s.database.acquire_timeout = otpdial::config::HumanDuration(Duration::from_secs(10));
+    s.database.acquire_timeout = Duration::from_secs(10);
     s.api.keys = vec![
         ApiKeySettings {
             name: "auth-service".into(),

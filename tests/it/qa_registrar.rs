@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use otpdial::app::DialerMode;
-use otpdial::config::{HumanDuration, QaPhoneSettings, SecretString, Settings};
+use otpdial::config::{QaPhoneSettings, SecretString, Settings};
 use otpdial::domain::{CallStatus, VerificationStatus};
 use otpdial::media::PromptLibrary;
 use otpdial::testphone::recognize::{readings, Recognizer};
@@ -31,7 +31,7 @@ fn qa_settings() -> Settings {
         password_env: "QA_ALICE_PASSWORD".into(),
         number: NUMBER.into(),
     }];
-    s.database.acquire_timeout = HumanDuration(Duration::from_secs(10));
+    s.database.acquire_timeout = Duration::from_secs(10);
     s
 }
 

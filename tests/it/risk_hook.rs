@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use otpdial::app::DialerMode;
-use otpdial::config::{HumanDuration, RiskDecision, SecretString};
+use otpdial::config::{RiskDecision, SecretString};
 use otpdial::dialer::Outcome;
 use otpdial::domain::{CallStatus, VerificationStatus};
 use serde_json::{json, Value};
@@ -84,7 +84,7 @@ async fn gateway(
     s.verification.repeat = 1;
     s.risk.hook_url = url;
     s.risk.secret = Some(SecretString::from(KEY));
-    s.risk.timeout = HumanDuration(Duration::from_millis(500));
+    s.risk.timeout = Duration::from_millis(500);
     s.risk.on_timeout = on_timeout;
     (spawn_app(s, Db::Sqlite, DialerMode::Manual).await, seen)
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use otpdial::config::{HumanDuration, SecretString, Settings, Transport};
+use otpdial::config::{SecretString, Settings, Transport};
 use otpdial::domain::CallStatus;
 use otpdial::ops::{self, CallRequest};
 use otpdial::sip::ProbeKind;
@@ -235,7 +235,7 @@ pub(crate) fn trunk_settings(kamailio_port: u16, password: &str) -> Settings {
     t.password = Some(SecretString::from(password));
     // Below Kamailio's min_expires (120): the first answer is 423 Min-Expires.
     t.register_expires = 60;
-    t.ring_timeout = HumanDuration(Duration::from_secs(5));
+    t.ring_timeout = Duration::from_secs(5);
     s
 }
 

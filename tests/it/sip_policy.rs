@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use otpdial::app::DialerMode;
-use otpdial::config::{HumanDuration, Settings};
+use otpdial::config::Settings;
 use otpdial::domain::CallStatus;
 use serde_json::json;
 
@@ -19,7 +19,7 @@ use crate::procs::{nl_mobile, ServeConfig, ServeProc};
 /// Test settings that wait longer for the database: these tests run beside others on
 /// a loaded machine, where opening SQLite can take more than the default 800 ms.
 fn patient(mut s: Settings) -> Settings {
-    s.database.acquire_timeout = HumanDuration(Duration::from_secs(10));
+    s.database.acquire_timeout = Duration::from_secs(10);
     s
 }
 

@@ -7,7 +7,7 @@ use std::net::UdpSocket;
 use std::time::Duration;
 
 use otpdial::call::Progress;
-use otpdial::config::{HumanDuration, SecretString, Settings, TrunkSettings};
+use otpdial::config::{SecretString, Settings, TrunkSettings};
 use otpdial::domain::CallStatus;
 use otpdial::ops::{self, CallReport, CallRequest};
 
@@ -18,7 +18,7 @@ const CODE: &str = "4815";
 fn settings(port: u16, tweak: impl FnOnce(&mut TrunkSettings)) -> Settings {
     let mut s = base_settings(port);
     s.verification.repeat = 1;
-    s.trunks[0].ring_timeout = HumanDuration(Duration::from_secs(1));
+    s.trunks[0].ring_timeout = Duration::from_secs(1);
     tweak(&mut s.trunks[0]);
     s
 }
