@@ -12,14 +12,17 @@ fn init_tracing(default: &str) {
     init_tracing_as(default, LogFormat::Text);
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the level. In JSON each line is one
+/// Logs to stderr; `RUST_LOG` overrides the level. Colours only on a terminal
+/// (a log file or journald gets plain text). In JSON each line is one
 /// object with the fields of the spans it happened in (`verification`,
 /// `call`, `trunk`, `sip_call_id` for a call's lines).
 fn init_tracing_as(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal as _;
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => fmt.init(),
