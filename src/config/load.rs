@@ -105,7 +105,23 @@ fn describe_figment_error(e: figment::Error) -> String {
                     None => format!(" from {}", m.name),
                 })
                 .unwrap_or_default();
-            format!("{}{key}{source}", e.kind)
+            let what = match &e.kind {
+                // figment's own text nests backquotes ("expected `one of `a`, `b``").
+                figment::error::Kind::UnknownField(found, expected) => format!(
+                    "unknown key `{found}`; the keys here are: {}",
+                    expected.join(", ")
+                ),
+                // humantime-serde says only "expected a duration": show the form.
+                figment::error::Kind::InvalidValue(actual, expected)
+                    if expected.contains("duration") =>
+                {
+                    format!(
+                        "invalid value {actual}, expected a duration such as \"500ms\", \"30s\", \"10m\" or \"1h 30m\""
+                    )
+                }
+                kind => kind.to_string(),
+            };
+            format!("{what}{key}{source}")
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -120,6 +136,10 @@ mod tests {
         let e = Settings::from_toml("[verification]\ncode_lenght = 6\n").unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("code_lenght"), "{msg}");
+        assert!(
+            msg.contains("unknown key `code_lenght`; the keys here are: code_length, ttl"),
+            "{msg}"
+        );
     }
 
     #[test]
