@@ -59,7 +59,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
     .with_context(|| {
         format!(
             "cannot open database {}",
-            redact_url(&settings.database.url)
+            crate::config::masked_url(&settings.database.url)
         )
     })?;
     store.migrate().await.context("database migration failed")?;
@@ -339,16 +339,3 @@ async fn resolve_ip(host: &str) -> anyhow::Result<IpAddr> {
         .ok_or_else(|| anyhow::anyhow!("no address"))
 }
 
-/// A database URL with any password replaced, for error messages.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}

@@ -114,7 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store.migrate().await?;
             println!(
                 "migrations applied to {}",
-                otpdial::app::redact_url(&settings.database.url)
+                otpdial::config::masked_url(&settings.database.url)
             );
             Ok(ExitCode::SUCCESS)
         }
