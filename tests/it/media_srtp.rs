@@ -6,8 +6,9 @@
 //!   no payload on the wire is a frame of the prompt in clear, a key the callee
 //!   presses under SRTP (RFC 4733) restarts the reading, and one pressed in plain RTP
 //!   is dropped and counted.
-//! - `required`, baresip (Debian `baresip-core`, its `srtp` module, `srtp-mand`)
-//!   answering: the code it heard and recorded is recognised.
+//! - baresip (Debian `baresip-core`, its `srtp` module): `required` to `srtp-mand`
+//!   and `optional` to best-effort `srtp`: SRTP is on at both ends, the code it heard
+//!   and recorded is recognised, and its SRTP and SRTCP back to us all authenticate.
 //! - `required` against a callee that answers plain RTP: not one datagram of media,
 //!   the attempt fails with `srtp_unavailable`.
 //! - `optional` against the same plain callee: the call completes in plain RTP.
@@ -396,8 +397,8 @@ fn readings_in_wav(wav: &Path) -> Vec<String> {
 // ---- baresip with its srtp module ---------------------------------------------------
 
 /// baresip as the trunk's callee on 127.0.0.47, no registration, answering at once
-/// with mandatory SDES-SRTP (`mediaenc=srtp-mand`) and recording what it decrypts into
-/// `dir/rec`. Killed on drop.
+/// with SDES-SRTP (`mediaenc`: `srtp-mand` answers RTP/SAVP, `srtp` best effort on
+/// RTP/AVP) and recording what it decrypts into `dir/rec`. Killed on drop.
 struct SrtpBaresip {
     child: Child,
     dir: tempfile::TempDir,
@@ -405,7 +406,7 @@ struct SrtpBaresip {
 }
 
 impl SrtpBaresip {
-    fn start() -> SrtpBaresip {
+    fn start(mediaenc: &str) -> SrtpBaresip {
         let dir = tempfile::tempdir().unwrap();
         let rec = dir.path().join("rec");
         std::fs::create_dir(&rec).unwrap();
@@ -430,7 +431,9 @@ impl SrtpBaresip {
         std::fs::write(dir.path().join("config"), config).unwrap();
         std::fs::write(
             dir.path().join("accounts"),
-            "<sip:+31612345678@127.0.0.47>;regint=0;answermode=auto;mediaenc=srtp-mand;audio_codecs=PCMA\n",
+            format!(
+                "<sip:+31612345678@127.0.0.47>;regint=0;answermode=auto;mediaenc={mediaenc};audio_codecs=PCMA\n"
+            ),
         )
         .unwrap();
         let child = Command::new("baresip")
@@ -465,9 +468,8 @@ impl Drop for SrtpBaresip {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn required_srtp_to_baresip_it_hears_the_code() {
-    let phone = SrtpBaresip::start();
+async fn srtp_to_baresip(mode: SrtpMode, mediaenc: &str) {
+    let phone = SrtpBaresip::start(mediaenc);
     let started = crate::procs::poll_until(Duration::from_secs(10), || {
         crate::procs::udp_port_bound(phone.port)
     })
@@ -475,7 +477,7 @@ async fn required_srtp_to_baresip_it_hears_the_code() {
     assert!(started, "baresip did not start\n{}", phone.log());
     let mut s = base_settings(phone.port);
     s.trunks[0].proxy = format!("sip:127.0.0.47:{}", phone.port).parse().unwrap();
-    s.trunks[0].srtp = SrtpMode::Required;
+    s.trunks[0].srtp = mode;
     let t = spawn_app(s, Db::Sqlite, DialerMode::Background).await;
     let done = call(&t).await;
     assert_eq!(
@@ -497,9 +499,33 @@ async fn required_srtp_to_baresip_it_hears_the_code() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    println!("baresip (SRTP) heard {heard:?}");
+    println!("baresip ({mediaenc}) heard {heard:?}");
+    let log = phone.log();
+    assert!(
+        log.contains("SRTP is Enabled (cryptosuite=AES_CM_128_HMAC_SHA1_80)"),
+        "{log}"
+    );
+    // baresip sends its own audio and RTCP back (aubridge source), as SRTP and SRTCP
+    // under its key: none of it failed our checks.
+    let metrics = t.metrics_text().await;
+    assert!(
+        metrics.contains("otpdial_srtp_packets_rejected_total 0\n"),
+        "{metrics}"
+    );
     assert_eq!(heard, vec![CODE; 2], "{}", phone.log());
     t.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_srtp_to_baresip_it_hears_the_code() {
+    srtp_to_baresip(SrtpMode::Required, "srtp-mand").await;
+}
+
+/// Best effort both ways: our RTP/AVP offer with a=crypto, baresip's `srtp` answering
+/// RTP/AVP with its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_srtp_to_baresip_best_effort_srtp_is_taken_up() {
+    srtp_to_baresip(SrtpMode::Optional, "srtp").await;
 }
 
 // ---- TLS signalling and SRTP together ------------------------------------------------
