@@ -338,4 +338,3 @@ async fn resolve_ip(host: &str) -> anyhow::Result<IpAddr> {
         .map(|a| a.ip())
         .ok_or_else(|| anyhow::anyhow!("no address"))
 }
-

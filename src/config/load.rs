@@ -111,6 +111,10 @@ fn describe_figment_error(e: figment::Error) -> String {
                     "unknown key `{found}`; the keys here are: {}",
                     expected.join(", ")
                 ),
+                figment::error::Kind::UnknownVariant(found, expected) => format!(
+                    "unknown value `{found}`; one of: {}",
+                    expected.join(", ")
+                ),
                 // humantime-serde says only "expected a duration": show the form.
                 figment::error::Kind::InvalidValue(actual, expected)
                     if expected.contains("duration") =>
