@@ -138,7 +138,7 @@ pub fn frame_stream(buf: &[u8]) -> Result<Option<(usize, usize)>, String> {
 }
 
 /// Identifies one outgoing call for its whole life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallHandle(u64);
 
 impl fmt::Display for CallHandle {

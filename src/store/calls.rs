@@ -266,7 +266,7 @@ impl Store {
         ))
         .bind(instance)
         .bind(lease_until)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
     }

@@ -35,7 +35,7 @@ impl Store {
         sqlx::query("INSERT INTO wrong_checks (subject, at) VALUES ($1, $2)")
             .bind(subject)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -44,7 +44,7 @@ impl Store {
     pub async fn prune_wrong_checks(&self, before: i64) -> Result<u64> {
         let done = sqlx::query("DELETE FROM wrong_checks WHERE at < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected())
     }

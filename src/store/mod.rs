@@ -72,7 +72,14 @@ pub enum Backend {
 
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Reads (and, on PostgreSQL, everything).
     pool: AnyPool,
+    /// Writes. On SQLite a pool of its own with one connection: SQLite has one writer at
+    /// a time anyway, and writers queued here wait in order without holding a connection,
+    /// instead of several connections each holding one while SQLite's busy handler
+    /// sleeps and retries (1 ms to 100 ms at a time), which left the API's reads with no
+    /// connection at a peak. On PostgreSQL the same pool as `pool`.
+    writer: AnyPool,
     backend: Backend,
 }
 
@@ -168,14 +175,18 @@ impl Store {
         };
         // A database that is gone must turn into a quick 503 for the API and a
         // retry for the dialer, not a request that hangs for the default 30 s.
-        let mut options = AnyPoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(acquire_timeout);
-        if backend == Backend::Sqlite {
-            options = options.after_connect(|conn, _meta| {
+        let options = |connections: u32| {
+            let options = AnyPoolOptions::new()
+                .max_connections(connections.max(1))
+                .acquire_timeout(acquire_timeout);
+            if backend != Backend::Sqlite {
+                return options;
+            }
+            options.after_connect(|conn, _meta| {
                 Box::pin(async move {
                     // WAL lets the API read while the dialer writes; the busy
-                    // timeout turns writer contention into waiting, not errors.
+                    // timeout turns writer contention (another process) into
+                    // waiting, not errors.
                     sqlx::query("PRAGMA journal_mode = WAL")
                         .execute(&mut *conn)
                         .await?;
@@ -190,10 +201,25 @@ impl Store {
                         .await?;
                     Ok(())
                 })
+            })
+        };
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if backend == Backend::Sqlite && !in_memory {
+            // The writer first: it creates the file and switches it to WAL.
+            let writer = options(1).connect(&url).await?;
+            let pool = options(max_connections).connect(&url).await?;
+            return Ok(Store {
+                pool,
+                writer,
+                backend,
             });
         }
-        let pool = options.connect(&url).await?;
-        Ok(Store { pool, backend })
+        let pool = options(max_connections).connect(&url).await?;
+        Ok(Store {
+            writer: pool.clone(),
+            pool,
+            backend,
+        })
     }
 
     /// A transaction that will write. On SQLite it takes the write lock up
@@ -203,15 +229,15 @@ impl Store {
     /// limit counts inside `start_verification` exact.
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writer.begin().await?,
         })
     }
 
     pub async fn migrate(&self) -> Result<()> {
         match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.writer).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.writer).await?,
         }
         Ok(())
     }
@@ -223,6 +249,7 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 
     /// Returns the secret stored under `name`, storing `fresh` first if there
@@ -233,7 +260,7 @@ impl Store {
         )
         .bind(name)
         .bind(fresh)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         let row = sqlx::query("SELECT value FROM server_secrets WHERE name = $1")
             .bind(name)
@@ -541,7 +568,7 @@ impl Store {
         )
         .bind(id)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         Ok(match row {
             Some(r) => CheckSlot::Reserved {

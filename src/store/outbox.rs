@@ -34,7 +34,7 @@ impl Store {
         .bind(now)
         .bind(lease_until)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         let mut jobs: Vec<WebhookJob> = rows
             .iter()
@@ -58,7 +58,7 @@ impl Store {
         sqlx::query("UPDATE webhook_outbox SET payload = $2 WHERE id = $1")
             .bind(id)
             .bind(payload)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -70,7 +70,7 @@ impl Store {
         .bind(id)
         .bind(now)
         .bind(attempts)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -92,7 +92,7 @@ impl Store {
         .bind(next_attempt_at)
         .bind(i64::from(next_attempt_at.is_none()))
         .bind(error)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

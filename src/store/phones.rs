@@ -59,7 +59,7 @@ impl Store {
         let done = sqlx::query("DELETE FROM phones WHERE user_id = $1 AND number = $2")
             .bind(user_id)
             .bind(number)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
     }

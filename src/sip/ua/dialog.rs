@@ -2,7 +2,8 @@
 //! answered, provisional and early media, forked and retransmitted 2xx), ACK, CANCEL and
 //! BYE, and the route set from Record-Route (loose and strict routers).
 
-use super::transaction::{ByePurpose, ClientTx, TxMethod, TxState, T1, TIMEOUT_64T1, TIMER_D};
+use super::timers::TimerKey;
+use super::transaction::{ByePurpose, TxMethod, TxState, TIMEOUT_64T1, TIMER_D};
 use super::*;
 
 /// How long an ended call's record stays to answer stragglers (e.g. late 2xx retransmits).
@@ -75,6 +76,10 @@ pub(super) struct Call {
     pub(super) forks: Vec<(String, SocketAddr, Vec<u8>)>,
     pub(super) ended: bool,
     pub(super) remove_at: Option<Instant>,
+    /// Client transactions of this call still kept: an ended call is forgotten only at 0.
+    pub(super) open_txs: u32,
+    /// Where it sits in the deadline heap ([`super::timers`]).
+    pub(super) queued: Option<Instant>,
 }
 
 /// Where to send a request for `uri`, when its host is an IP literal. Names would need
@@ -163,6 +168,8 @@ impl UserAgent {
             forks: Vec::new(),
             ended: false,
             remove_at: None,
+            open_txs: 0,
+            queued: None,
         };
         self.by_call_id.insert(c.call_id.clone(), handle);
         self.calls.insert(handle, c);
@@ -187,7 +194,6 @@ impl UserAgent {
             Method::Invite,
             transaction::transport_for(&self.tcp_peers, c.destination),
         );
-        let tcp = self.tcp_peers.contains_key(&c.destination);
         let transport = transaction::transport_for(&self.tcp_peers, c.destination);
         headers.push(self.ident.contact("otpdial", transport));
         headers.push(h::Allow::new(server::ALLOW).into());
@@ -203,26 +209,7 @@ impl UserAgent {
         );
         let key = (c.invite_branch.clone(), TxMethod::Invite);
         let destination = c.destination;
-        self.transmit(destination, request.clone());
-        self.client_txs.insert(
-            key,
-            ClientTx {
-                call: handle,
-                trunk: None,
-                sent_at: now,
-                method: TxMethod::Invite,
-                destination,
-                request,
-                state: TxState::Calling,
-                // Timer A only on unreliable transports (RFC 3261 §17.1.1.2).
-                retransmit_at: (!tcp).then_some(now + T1),
-                interval: T1,
-                timeout_at: Some(now + TIMEOUT_64T1),
-                remove_at: None,
-                ack: None,
-                bye_purpose: ByePurpose::Silent,
-            },
-        );
+        self.start_client_tx(now, key, handle, destination, request, ByePurpose::Silent);
     }
 
     /// Ends a call from our side: BYE once confirmed; CANCEL once a provisional came;
@@ -264,6 +251,7 @@ impl UserAgent {
             call: handle,
             reason,
         });
+        self.schedule(TimerKey::Call(handle));
     }
 
     pub(super) fn send_bye(
@@ -343,6 +331,7 @@ impl UserAgent {
         if let Some(itx) = self.client_txs.get_mut(&(branch.clone(), TxMethod::Invite)) {
             itx.timeout_at = Some(now + TIMEOUT_64T1);
         }
+        self.schedule(TimerKey::Client((branch.clone(), TxMethod::Invite)));
         self.start_client_tx(
             now,
             (branch, TxMethod::Cancel),
@@ -625,19 +614,14 @@ impl UserAgent {
         }
     }
 
-    /// Forgets ended calls whose linger time is over and that no transaction still needs.
-    pub(super) fn forget_ended_calls(&mut self, now: Instant) {
-        let busy: HashSet<CallHandle> = self.client_txs.values().map(|t| t.call).collect();
-        let done: Vec<CallHandle> = self
+    /// Forgets an ended call whose linger time is over, once no transaction needs it.
+    pub(super) fn forget_call_if_done(&mut self, now: Instant, handle: CallHandle) {
+        let done = self
             .calls
-            .iter()
-            .filter(|(hd, c)| {
-                c.ended && c.remove_at.is_some_and(|t| t <= now) && !busy.contains(hd)
-            })
-            .map(|(hd, _)| *hd)
-            .collect();
-        for hd in done {
-            if let Some(c) = self.calls.remove(&hd) {
+            .get(&handle)
+            .is_some_and(|c| c.ended && c.open_txs == 0 && c.remove_at.is_some_and(|t| t <= now));
+        if done {
+            if let Some(c) = self.calls.remove(&handle) {
                 self.by_call_id.remove(&c.call_id);
             }
         }

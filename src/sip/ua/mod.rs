@@ -14,6 +14,7 @@ mod auth;
 mod dialog;
 mod registrar;
 mod server;
+mod timers;
 mod transaction;
 mod trunk;
 
@@ -26,9 +27,10 @@ use auth::AuthSession;
 use dialog::{Call, NO_CALL};
 use rsip::headers::UntypedHeader;
 use rsip::{headers as h, Header, Method};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
+use timers::Timers;
 use tracing::debug;
 use transaction::{ClientTx, ServerTx, TxMethod};
 
@@ -41,6 +43,8 @@ pub struct UserAgent {
     by_call_id: HashMap<String, CallHandle>,
     client_txs: HashMap<(String, TxMethod), ClientTx>,
     server_txs: HashMap<(String, String), ServerTx>,
+    /// Deadlines of the transactions and ended calls above.
+    timers: Timers,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     trunks: Vec<trunk::TrunkState>,
@@ -149,6 +153,7 @@ impl UserAgent {
             by_call_id: HashMap::new(),
             client_txs: HashMap::new(),
             server_txs: HashMap::new(),
+            timers: Timers::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             trunks: Vec::new(),
@@ -196,44 +201,15 @@ impl UserAgent {
         self.events.pop_front()
     }
 
-    /// The earliest instant at which [`Self::handle_timeout`] has work to do.
+    /// The earliest instant at which [`Self::handle_timeout`] has work to do (a peek at
+    /// the deadline heap, plus the trunks' and the QA registrar's own few deadlines).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let mut consider = |t: Option<Instant>| {
-            if let Some(t) = t {
-                next = Some(next.map_or(t, |n| n.min(t)));
-            }
-        };
-        let mut busy: HashSet<CallHandle> = HashSet::new();
-        for tx in self.client_txs.values() {
-            busy.insert(tx.call);
-            consider(tx.retransmit_at);
-            consider(tx.timeout_at);
-            consider(tx.remove_at);
-        }
-        for stx in self.server_txs.values() {
-            consider(Some(stx.remove_at));
-            if let Some(w) = &stx.awaiting_ack {
-                consider(Some(w.retransmit_at));
-                consider(Some(w.give_up_at));
-            }
-        }
-        for t in &self.trunks {
-            consider(t.next_deadline());
-        }
-        if let Some(r) = &self.registrar {
-            consider(r.next_deadline());
-        }
-        for (handle, call) in &self.calls {
-            // A call still referenced by a transaction is reconsidered when that one goes;
-            // offering its past deadline here would make the driver spin.
-            if call.ended && !busy.contains(handle) {
-                consider(call.remove_at);
-            }
-        }
-        next
+        let trunks = self.trunks.iter().filter_map(|t| t.next_deadline());
+        let registrar = self.registrar.as_ref().and_then(|r| r.next_deadline());
+        trunks.chain(registrar).chain(self.timers.next()).min()
     }
 
+    /// Feeds one SIP message read from a stream connection (framed by
     /// [`crate::sip::frame_stream`]). Answers and later requests to `from` use TCP too.
     pub fn handle_stream_message(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         // A connection we opened keeps its transport (TLS); one a peer opened is TCP.
@@ -272,15 +248,14 @@ impl UserAgent {
                 self.policy.count(DropReason::Malformed);
             }
         }
+        self.drop_stale_timers();
     }
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.trunk_timers(now);
         self.registrar_timers(now);
-        self.client_tx_timers(now);
-        self.server_tx_timers(now);
-        self.forget_ended_calls(now);
+        self.run_due_timers(now);
     }
 
     // ---- building blocks -------------------------------------------------------------

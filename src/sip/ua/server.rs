@@ -3,6 +3,7 @@
 //! everything else is refused with the proper code. Retransmitted requests get the cached
 //! answer of their server transaction.
 
+use super::timers::TimerKey;
 use super::transaction::{AckWait, ServerTx, T1, TIMEOUT_64T1};
 use super::*;
 
@@ -180,14 +181,16 @@ impl UserAgent {
         if let Some(key) = key.filter(|_| self.server_txs.len() < MAX_SERVER_TXS) {
             let remove_at = now + TIMEOUT_64T1;
             self.server_txs.insert(
-                key,
+                key.clone(),
                 ServerTx {
                     destination,
                     response,
                     remove_at,
                     awaiting_ack,
+                    queued: None,
                 },
             );
+            self.schedule(TimerKey::Server(key));
         }
     }
 

@@ -5,6 +5,7 @@
 //! 2xx-until-ACK retransmission of a re-INVITE answer (§13.3.1.4). Sans-IO like the rest of
 //! the user agent: every deadline is an `Instant` handed in by the caller.
 
+use super::timers::{ClientKey, ServerKey, TimerKey};
 use super::*;
 
 /// RTT estimate (RFC 3261 §17.1.1.1).
@@ -20,7 +21,7 @@ pub(super) const TIMER_D: Duration = Duration::from_secs(32);
 /// Timer K: absorb retransmitted non-INVITE finals.
 pub(super) const TIMER_K: Duration = T4;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) enum TxMethod {
     Invite,
     Bye,
@@ -69,6 +70,8 @@ pub(super) struct ClientTx {
     /// ACK for a non-2xx final, resent when the final is retransmitted.
     pub(super) ack: Option<Vec<u8>>,
     pub(super) bye_purpose: ByePurpose,
+    /// Where it sits in the deadline heap ([`super::timers`]).
+    pub(super) queued: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -77,6 +80,8 @@ pub(super) struct ServerTx {
     pub(super) response: Vec<u8>,
     pub(super) remove_at: Instant,
     pub(super) awaiting_ack: Option<AckWait>,
+    /// Where it sits in the deadline heap ([`super::timers`]).
+    pub(super) queued: Option<Instant>,
 }
 
 /// A 2xx to a re-INVITE is retransmitted by the UAS core until the ACK (RFC 3261 §13.3.1.4).
@@ -97,10 +102,12 @@ pub(super) fn transport_for(
 }
 
 impl UserAgent {
+    /// Sends `request` and starts its client transaction (INVITE or non-INVITE: Timer
+    /// A/E retransmits only over unreliable transports, Timer B/F bounds it).
     pub(super) fn start_client_tx(
         &mut self,
         now: Instant,
-        key: (String, TxMethod),
+        key: ClientKey,
         call: CallHandle,
         destination: SocketAddr,
         request: Vec<u8>,
@@ -109,103 +116,99 @@ impl UserAgent {
         self.transmit(destination, request.clone());
         let method = key.1;
         let tcp = self.tcp_peers.contains_key(&destination);
-        self.client_txs.insert(
-            key,
-            ClientTx {
-                call,
-                trunk: None,
-                sent_at: now,
-                method,
-                destination,
-                request,
-                state: TxState::Calling,
-                // Timer E only on unreliable transports (RFC 3261 §17.1.2.2).
-                retransmit_at: (!tcp).then_some(now + T1),
-                interval: T1,
-                timeout_at: Some(now + TIMEOUT_64T1),
-                remove_at: None,
-                ack: None,
-                bye_purpose,
-            },
-        );
+        let tx = ClientTx {
+            call,
+            trunk: None,
+            sent_at: now,
+            method,
+            destination,
+            request,
+            state: TxState::Calling,
+            // Timers A and E only on unreliable transports (RFC 3261 §17.1.1.2, §17.1.2.2).
+            retransmit_at: (!tcp).then_some(now + T1),
+            interval: T1,
+            timeout_at: Some(now + TIMEOUT_64T1),
+            remove_at: None,
+            ack: None,
+            bye_purpose,
+            queued: None,
+        };
+        self.insert_client_tx(key, tx);
     }
 
-    /// Client transaction timers due at `now`: retransmissions (A, E), timeouts (B, F)
-    /// and forgetting (D, K, M). A timeout ends the call or probe it belongs to.
-    pub(super) fn client_tx_timers(&mut self, now: Instant) {
-        let keys: Vec<(String, TxMethod)> = self.client_txs.keys().cloned().collect();
-        for key in keys {
-            let Some(tx) = self.client_txs.get_mut(&key) else {
-                continue;
-            };
-            if tx.remove_at.is_some_and(|t| t <= now) {
-                self.client_txs.remove(&key);
-                continue;
-            }
-            if tx.timeout_at.is_some_and(|t| t <= now) {
-                let (handle, method, purpose, trunk) =
-                    (tx.call, tx.method, tx.bye_purpose, tx.trunk);
-                self.client_txs.remove(&key);
-                match method {
-                    TxMethod::Invite => {
-                        let reason = match self.calls.get(&handle) {
-                            Some(c) if c.hangup_requested => EndReason::Canceled,
-                            _ => EndReason::Timeout,
-                        };
-                        self.end_call(now, handle, reason);
-                    }
-                    TxMethod::Bye if purpose == ByePurpose::Hangup => {
-                        self.end_call(now, handle, EndReason::LocalHangup)
-                    }
-                    TxMethod::Register | TxMethod::Options => {
-                        if let Some(trunk) = trunk {
-                            self.on_trunk_timeout(now, trunk, method);
-                        }
-                    }
-                    TxMethod::Bye | TxMethod::Cancel => {}
+    /// One client transaction whose deadline came: a retransmission (A, E), a timeout
+    /// (B, F) or forgetting it (D, K, M). A timeout ends the call or probe it belongs to.
+    pub(super) fn client_tx_timer(&mut self, now: Instant, key: &ClientKey) {
+        let Some(tx) = self.client_txs.get_mut(key) else {
+            return;
+        };
+        if tx.remove_at.is_some_and(|t| t <= now) {
+            self.remove_client_tx(key);
+            return;
+        }
+        if tx.timeout_at.is_some_and(|t| t <= now) {
+            let (handle, method, purpose, trunk) = (tx.call, tx.method, tx.bye_purpose, tx.trunk);
+            self.remove_client_tx(key);
+            match method {
+                TxMethod::Invite => {
+                    let reason = match self.calls.get(&handle) {
+                        Some(c) if c.hangup_requested => EndReason::Canceled,
+                        _ => EndReason::Timeout,
+                    };
+                    self.end_call(now, handle, reason);
                 }
-                continue;
+                TxMethod::Bye if purpose == ByePurpose::Hangup => {
+                    self.end_call(now, handle, EndReason::LocalHangup)
+                }
+                TxMethod::Register | TxMethod::Options => {
+                    if let Some(trunk) = trunk {
+                        self.on_trunk_timeout(now, trunk, method);
+                    }
+                }
+                TxMethod::Bye | TxMethod::Cancel => {}
             }
-            if let Some(at) = tx.retransmit_at.filter(|t| *t <= now) {
-                tx.interval = match tx.method {
-                    TxMethod::Invite => tx.interval * 2,
-                    _ => (tx.interval * 2).min(T2),
-                };
-                // Scheduled from the previous deadline, so a late wake-up does not drift.
-                tx.retransmit_at = Some(at + tx.interval);
+            return;
+        }
+        if let Some(at) = tx.retransmit_at.filter(|t| *t <= now) {
+            tx.interval = match tx.method {
+                TxMethod::Invite => tx.interval * 2,
+                _ => (tx.interval * 2).min(T2),
+            };
+            // Scheduled from the previous deadline, so a late wake-up does not drift.
+            tx.retransmit_at = Some(at + tx.interval);
+            let t = Transmit {
+                destination: tx.destination,
+                transport: transport_for(&self.tcp_peers, tx.destination),
+                payload: tx.request.clone(),
+            };
+            self.transmits.push_back(t);
+        }
+    }
+
+    /// One server transaction whose deadline came: forget it, or resend a 2xx awaiting
+    /// its ACK.
+    pub(super) fn server_tx_timer(&mut self, now: Instant, key: &ServerKey) {
+        let Some(stx) = self.server_txs.get_mut(key) else {
+            return;
+        };
+        if stx.remove_at <= now {
+            self.server_txs.remove(key);
+            return;
+        }
+        if let Some(w) = &mut stx.awaiting_ack {
+            if w.give_up_at <= now {
+                stx.awaiting_ack = None;
+            } else if w.retransmit_at <= now {
+                w.interval = (w.interval * 2).min(T2);
+                w.retransmit_at += w.interval;
                 let t = Transmit {
-                    destination: tx.destination,
-                    transport: transport_for(&self.tcp_peers, tx.destination),
-                    payload: tx.request.clone(),
+                    destination: stx.destination,
+                    transport: Transport::Udp,
+                    payload: stx.response.clone(),
                 };
                 self.transmits.push_back(t);
             }
         }
-    }
-
-    /// Server transactions due at `now`: forget them, or resend a 2xx awaiting its ACK.
-    pub(super) fn server_tx_timers(&mut self, now: Instant) {
-        let mut resend = Vec::new();
-        self.server_txs.retain(|_, stx| {
-            if stx.remove_at <= now {
-                return false;
-            }
-            if let Some(w) = &mut stx.awaiting_ack {
-                if w.give_up_at <= now {
-                    stx.awaiting_ack = None;
-                } else if w.retransmit_at <= now {
-                    w.interval = (w.interval * 2).min(T2);
-                    w.retransmit_at += w.interval;
-                    resend.push(Transmit {
-                        destination: stx.destination,
-                        transport: Transport::Udp,
-                        payload: stx.response.clone(),
-                    });
-                }
-            }
-            true
-        });
-        self.transmits.extend(resend);
     }
 
     // ---- responses: matched to their client transaction (RFC 3261 §17.1.3) ---------
@@ -249,10 +252,13 @@ impl UserAgent {
             }
             return;
         }
+        let timer = TimerKey::Client(key.clone());
         match method {
             TxMethod::Invite => self.on_invite_response(now, key, status, reason, &msg),
             _ => self.on_non_invite_response(now, key, status, reason, &msg),
         }
+        // A final response moves the transaction's deadlines (Timer D/K/M).
+        self.schedule(timer);
     }
 
     pub(super) fn on_non_invite_response(
