@@ -39,7 +39,8 @@
 //! for otpdial the HTTP start latency and request → INVITE at the callee (p50, p99).
 //!
 //! Bounded: each run has a time limit, N grows until a side fails (a failed or missing
-//! call, < 99 % of packets, or the time limit) and then that side stops, and the whole
+//! call, < 99 % of packets, calls more than 1 % longer than planned on average (its
+//! playout fell behind: overloaded), or the time limit) and then that side stops, and the whole
 //! bench stops starting runs after `--budget` seconds (default 1800).
 
 use std::collections::HashMap;
@@ -143,7 +144,10 @@ struct Figures {
 
 impl Figures {
     fn ok(&self) -> bool {
-        !self.timed_out && self.failed == 0.0 && self.received >= 0.99 * self.expected
+        !self.timed_out
+            && self.failed == 0.0
+            && self.received >= 0.99 * self.expected
+            && self.len_mean <= 1.01 * self.len_planned
     }
 
     /// Field by field median of several runs.
