@@ -548,7 +548,7 @@ impl Stream {
     fn on_key(&mut self, key: char) {
         let at = self.item.min(self.script.items.len());
         match self.script.gate_from(at) {
-            Some(gate) if self.nothing_left_before(gate) => {
+            Some(gate) if self.judges_keys(gate) => {
                 let Some(ScriptItem::AwaitKey { expect, .. }) = self.script.items.get(gate) else {
                     return;
                 };
@@ -579,6 +579,15 @@ impl Stream {
                 }
             }
         }
+    }
+
+    /// Whether a key now counts at the gate `gate`: the request before it has been said
+    /// in full, or the gate takes keys early.
+    fn judges_keys(&self, gate: usize) -> bool {
+        matches!(
+            self.script.items.get(gate),
+            Some(ScriptItem::AwaitKey { early: true, .. })
+        ) || self.nothing_left_before(gate)
     }
 
     /// Whether every frame before item `gate` has been sent: the cursor is at the gate,
@@ -1439,7 +1448,11 @@ mod tests {
         let gated = |lead: u32| CallScript {
             items: [
                 ScriptItem::Silence { frames: lead },
-                ScriptItem::AwaitKey { frames: 25, expect },
+                ScriptItem::AwaitKey {
+                    frames: 25,
+                    expect,
+                    early: false,
+                },
             ]
             .into_iter()
             .chain(one_reading(1).items)
@@ -1508,6 +1521,23 @@ mod tests {
                 packets_sent: 75
             }
         );
+        // A gate that takes keys early (bind_digits): the same keys during the 1 s
+        // lead open it, and the rest of the lead is skipped.
+        let mut eager = gated(50);
+        if let Some(ScriptItem::AwaitKey { early, .. }) = eager.items.get_mut(1) {
+            *early = true;
+        }
+        let mut bound = pacer.play(spec(eager));
+        bound.key('4');
+        bound.key('7');
+        assert_eq!(
+            next_event(&mut bound),
+            PlayoutEvent::CodePlayed { times: 1 }
+        );
+        let PlayoutEvent::Finished { packets_sent, .. } = next_event(&mut bound) else {
+            panic!("expected Finished");
+        };
+        assert!(packets_sent < 50, "skipped the lead: {packets_sent}");
     }
 
     #[test]

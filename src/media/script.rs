@@ -33,12 +33,17 @@ pub enum ScriptItem {
     /// Silence while waiting for the keys `expect`: once they are keyed, in order,
     /// playing moves on past this item. A wrong key, or the frames running out first,
     /// ends the playout without reading the code. Keys that arrive before this item
-    /// starts (while the request is still being said) count for nothing.
+    /// starts (while the request is still being said) count for nothing, unless
+    /// `early`.
     AwaitKey {
         /// Number of 20 ms frames to wait.
         frames: u32,
         /// The digits to key.
         expect: Keys,
+        /// Keys count from the start of the request too (the rest of the request is
+        /// then skipped). For digits the far end cannot learn from the call itself
+        /// (`bind_digits`); never for a digit the request says.
+        early: bool,
     },
 }
 
@@ -232,6 +237,7 @@ impl CallScript {
         items.push(ScriptItem::AwaitKey {
             frames: KEYPRESS_TIMEOUT_FRAMES,
             expect: challenge,
+            early: false,
         });
         // The standard script's lead-in becomes the gap after the key, so the key's
         // tone has ended before "Your verification code is" starts.
@@ -242,16 +248,20 @@ impl CallScript {
     /// The `bind_digits` script (SPEC §6): lead-in, "To hear your code, enter the two
     /// digits shown on your screen", then up to [`KEYPRESS_TIMEOUT_FRAMES`] waiting
     /// for `bind` keyed in order, then the standard script. The digits are not said:
-    /// only someone who sees the login screen knows them.
+    /// only someone who sees the login screen knows them, so keys count from the start
+    /// of the request (a wrong one still ends the call).
     pub fn with_bind(pack: &PromptPack, digits: &[u8], repeat: u32, bind: Keys) -> CallScript {
         let mut items = vec![
             ScriptItem::Silence {
                 frames: LEAD_IN_FRAMES,
             },
             ScriptItem::Say(Phrase::Bind),
+            // Someone who reads the digits off the screen may key them while the
+            // request still plays; only the screen tells them, so nothing is lost.
             ScriptItem::AwaitKey {
                 frames: KEYPRESS_TIMEOUT_FRAMES,
                 expect: bind,
+                early: true,
             },
         ];
         items.extend(CallScript::build(pack, digits, repeat).items);
@@ -453,7 +463,8 @@ mod tests {
                 Say(Phrase::FinalDigit(7)),
                 AwaitKey {
                     frames: 750,
-                    expect: seven
+                    expect: seven,
+                    early: false,
                 },
                 Silence { frames: 10 },
             ]
@@ -477,7 +488,8 @@ mod tests {
                 Say(Phrase::Bind),
                 AwaitKey {
                     frames: 750,
-                    expect: keys
+                    expect: keys,
+                    early: true,
                 },
                 Silence { frames: 10 },
             ]

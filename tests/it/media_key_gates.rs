@@ -377,6 +377,47 @@ async fn bind_right_digits_read_the_code_and_reads_never_show_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_digits_keyed_while_the_request_plays_count() {
+    // Someone who reads the digits off the screen keys them at once (0.3 s after
+    // the answer, during "To hear your code, enter ..."): only the screen tells
+    // them, so they count, and the code follows.
+    let (rtp, rtp_port) = rtp_socket();
+    let sip_port = free_udp_port();
+    let t = spawn_app(base_settings(sip_port), Db::Sqlite, DialerMode::Background).await;
+    let (v, keys) = start_bound(&t).await;
+    let [a, b] = [keys.digits()[0], keys.digits()[1]];
+    let sipp = info_keys_on(
+        sip_port,
+        "uas_info_keys_early.xml",
+        rtp_port,
+        digit_char(a),
+        digit_char(b),
+    );
+    let heard = receive_in_background(rtp).await;
+    let done = t.wait_call_final(&v.id, Duration::from_secs(30)).await;
+    sipp.finish(Duration::from_secs(10))
+        .await
+        .expect("SIPp keyed both digits and got our BYE");
+    assert_eq!(done.call.status, CallStatus::Completed, "{done:?}");
+    assert_eq!(done.call.times_played, 2);
+    let pack = en();
+    let script = CallScript::with_bind(&pack, &[1, 2, 3, 4], 2, keys);
+    let gate = script.gate_from(0).unwrap();
+    let after = CallScript {
+        items: script.items[gate + 1..].to_vec(),
+    }
+    .payload(&pack, G711::Alaw);
+    assert!(
+        heard.payload.ends_with(&after),
+        "the code was read after the digits"
+    );
+    // The request was cut short by the keys: less than all of it was sent.
+    let request = until_gate(&script).payload(&pack, G711::Alaw);
+    assert!(heard.payload.len() < request.len() + after.len());
+    t.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_wrong_digits_fail_with_bind_mismatch_and_no_code() {
     let (rtp, rtp_port) = rtp_socket();
     let sip_port = free_udp_port();
