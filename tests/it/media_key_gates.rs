@@ -333,47 +333,55 @@ fn digit_char(d: u8) -> char {
     char::from(b'0' + d)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bind_right_digits_read_the_code_and_reads_never_show_them() {
+/// One `bind_digits` call to a SIPp callee that keys two digits by SIP INFO
+/// (`scenario` says when): `keyed` picks them from the two shown. The callee must
+/// know them when it starts, so it listens on a port chosen first, and the INVITE
+/// sent before it is up is retransmitted (Timer A). Returns the final view, what
+/// the callee's RTP port received, and the script the call played.
+async fn bound_call(
+    scenario: &str,
+    keyed: impl Fn(u8, u8) -> (u8, u8),
+) -> (VerificationView, Heard, CallScript) {
     let (rtp, rtp_port) = rtp_socket();
-    // The callee must know the digits when it starts: it listens on a port chosen
-    // now, and the INVITE sent before it is up is retransmitted (Timer A).
     let sip_port = free_udp_port();
     let t = spawn_app(base_settings(sip_port), Db::Sqlite, DialerMode::Background).await;
     let (v, keys) = start_bound(&t).await;
     // Never again after the start answer.
     assert_eq!(t.view(&v.id).await.bind_digits, None);
-    let [a, b] = [keys.digits()[0], keys.digits()[1]];
-    let sipp = info_keys_on(
-        sip_port,
-        "uas_info_keys_at_gate.xml",
-        rtp_port,
-        digit_char(a),
-        digit_char(b),
-    );
+    let (a, b) = keyed(keys.digits()[0], keys.digits()[1]);
+    let sipp = info_keys_on(sip_port, scenario, rtp_port, digit_char(a), digit_char(b));
     let heard = receive_in_background(rtp).await;
     let done = t.wait_call_final(&v.id, Duration::from_secs(30)).await;
     sipp.finish(Duration::from_secs(10))
         .await
-        .expect("SIPp keyed both digits and got our BYE");
+        .expect("SIPp keyed and got our BYE");
+    t.app.stop().await;
+    let script = CallScript::with_bind(&en(), &[1, 2, 3, 4], 2, keys);
+    (done, heard, script)
+}
+
+/// What a script sends after its key gate.
+fn after_gate(script: &CallScript) -> Vec<u8> {
+    let gate = script.gate_from(0).expect("a gated script");
+    CallScript {
+        items: script.items[gate + 1..].to_vec(),
+    }
+    .payload(&en(), G711::Alaw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_right_digits_read_the_code_and_reads_never_show_them() {
+    let (done, heard, script) = bound_call("uas_info_keys_at_gate.xml", |a, b| (a, b)).await;
     assert_eq!(done.call.status, CallStatus::Completed, "{done:?}");
     assert_eq!(done.call.times_played, 2);
-    let pack = en();
-    let script = CallScript::with_bind(&pack, &[1, 2, 3, 4], 2, keys);
     // The digits are never said: the request is the bind phrase alone.
     assert!(!script.items[..script.gate_from(0).unwrap()]
         .iter()
         .any(|i| matches!(i, ScriptItem::Say(Phrase::Digit(_) | Phrase::FinalDigit(_)))));
-    let gate = script.gate_from(0).unwrap();
-    let after = CallScript {
-        items: script.items[gate + 1..].to_vec(),
-    }
-    .payload(&pack, G711::Alaw);
     assert!(
-        heard.payload.ends_with(&after),
+        heard.payload.ends_with(&after_gate(&script)),
         "the code was read after the digits"
     );
-    t.app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,75 +389,34 @@ async fn bind_digits_keyed_while_the_request_plays_count() {
     // Someone who reads the digits off the screen keys them at once (0.3 s after
     // the answer, during "To hear your code, enter ..."): only the screen tells
     // them, so they count, and the code follows.
-    let (rtp, rtp_port) = rtp_socket();
-    let sip_port = free_udp_port();
-    let t = spawn_app(base_settings(sip_port), Db::Sqlite, DialerMode::Background).await;
-    let (v, keys) = start_bound(&t).await;
-    let [a, b] = [keys.digits()[0], keys.digits()[1]];
-    let sipp = info_keys_on(
-        sip_port,
-        "uas_info_keys_early.xml",
-        rtp_port,
-        digit_char(a),
-        digit_char(b),
-    );
-    let heard = receive_in_background(rtp).await;
-    let done = t.wait_call_final(&v.id, Duration::from_secs(30)).await;
-    sipp.finish(Duration::from_secs(10))
-        .await
-        .expect("SIPp keyed both digits and got our BYE");
+    let (done, heard, script) = bound_call("uas_info_keys_early.xml", |a, b| (a, b)).await;
     assert_eq!(done.call.status, CallStatus::Completed, "{done:?}");
     assert_eq!(done.call.times_played, 2);
-    let pack = en();
-    let script = CallScript::with_bind(&pack, &[1, 2, 3, 4], 2, keys);
-    let gate = script.gate_from(0).unwrap();
-    let after = CallScript {
-        items: script.items[gate + 1..].to_vec(),
-    }
-    .payload(&pack, G711::Alaw);
+    let after = after_gate(&script);
     assert!(
         heard.payload.ends_with(&after),
         "the code was read after the digits"
     );
     // The request was cut short by the keys: less than all of it was sent.
-    let request = until_gate(&script).payload(&pack, G711::Alaw);
+    let request = until_gate(&script).payload(&en(), G711::Alaw);
     assert!(heard.payload.len() < request.len() + after.len());
-    t.app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_wrong_digits_fail_with_bind_mismatch_and_no_code() {
-    let (rtp, rtp_port) = rtp_socket();
-    let sip_port = free_udp_port();
-    let t = spawn_app(base_settings(sip_port), Db::Sqlite, DialerMode::Background).await;
-    let (v, keys) = start_bound(&t).await;
     // The first digit right, the second wrong: a relay that guesses.
-    let [a, b] = [keys.digits()[0], keys.digits()[1]];
-    let sipp = info_keys_on(
-        sip_port,
-        "uas_info_keys_at_gate.xml",
-        rtp_port,
-        digit_char(a),
-        digit_char((b + 1) % 10),
-    );
-    let heard = receive_in_background(rtp).await;
-    let done = t.wait_call_final(&v.id, Duration::from_secs(30)).await;
-    sipp.finish(Duration::from_secs(10))
-        .await
-        .expect("SIPp keyed and got our BYE");
+    let (done, heard, script) =
+        bound_call("uas_info_keys_at_gate.xml", |a, b| (a, (b + 1) % 10)).await;
     assert_eq!(done.call.status, CallStatus::Failed, "{done:?}");
     assert_eq!(reason(&done), "bind_mismatch");
     assert_eq!(done.call.times_played, 0);
     // What was sent is a prefix of the request and the wait: nothing of the code.
-    let pack = en();
-    let request = until_gate(&CallScript::with_bind(&pack, &[1, 2, 3, 4], 2, keys))
-        .payload(&pack, G711::Alaw);
+    let request = until_gate(&script).payload(&en(), G711::Alaw);
     assert!(!heard.payload.is_empty());
     assert!(
         request.starts_with(&heard.payload),
         "only the request and part of the wait were sent"
     );
-    t.app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
