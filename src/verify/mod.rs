@@ -116,7 +116,9 @@ pub struct CallView {
     /// Why the call ended as it did when its status alone does not say:
     /// `expired` (still queued when the verification expired),
     /// `gateway_restart` (its instance died after dialling), `shutdown`,
-    /// `no_keypress`, `canceled`, `internal_error`.
+    /// `no_keypress` (a key gate got no key, or not the digit asked for),
+    /// `bind_mismatch` (not the `bind_digits` shown), `srtp_unavailable`,
+    /// `risk_denied`, `canceled`, `internal_error`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<String>,
     pub attempts: Vec<AttemptView>,
