@@ -697,8 +697,9 @@ impl Stream {
     }
 
     /// Reads what the far end sent to our RTP socket; true when the read budget ran out
-    /// (more may be waiting).
-    fn read_rtp(&mut self, buf: &mut [u8]) -> bool {
+    /// (more may be waiting). Packets failing SRTP checks are counted in `rejected`
+    /// (the pacer's total) as well as the stream's own count.
+    fn read_rtp(&mut self, buf: &mut [u8], rejected: &AtomicU64) -> bool {
         for _ in 0..READ_BUDGET {
             let (n, from) = match self.socket.recv_from(buf) {
                 Ok(r) => r,
@@ -715,6 +716,7 @@ impl Stream {
                     Ok(n) => n,
                     Err(_) => {
                         s.rejected += 1;
+                        rejected.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                 },
@@ -747,8 +749,8 @@ impl Stream {
     }
 
     /// Drains our RTCP socket (true when the budget ran out); the far end's reports
-    /// only tell us where to send ours.
-    fn read_rtcp(&mut self, buf: &mut [u8]) -> bool {
+    /// only tell us where to send ours. SRTP rejects are counted as in `read_rtp`.
+    fn read_rtcp(&mut self, buf: &mut [u8], rejected: &AtomicU64) -> bool {
         let Some(socket) = &self.rtcp_socket else {
             return false;
         };
@@ -761,6 +763,7 @@ impl Stream {
                             Ok(n) => n,
                             Err(_) => {
                                 s.rejected += 1;
+                                rejected.fetch_add(1, Ordering::Relaxed);
                                 continue;
                             }
                         },
@@ -912,18 +915,11 @@ fn run(
             let Some(stream) = streams.get_mut(&((token.0 >> 1) as u64)) else {
                 continue;
             };
-            let rejected = stream.srtp_rejected();
             let more = if token.0 & 1 == 0 {
-                stream.read_rtp(&mut rx_buf)
+                stream.read_rtp(&mut rx_buf, &stats.srtp_rejected)
             } else {
-                stream.read_rtcp(&mut rx_buf)
+                stream.read_rtcp(&mut rx_buf, &stats.srtp_rejected)
             };
-            let now_rejected = stream.srtp_rejected();
-            if now_rejected > rejected {
-                stats
-                    .srtp_rejected
-                    .fetch_add(now_rejected - rejected, Ordering::Relaxed);
-            }
             if more {
                 unread.push(token);
             }

@@ -196,17 +196,7 @@ impl SourcePolicy {
         self.sweep(now);
         let window = self.config.request_window;
         let limit = self.config.request_limit;
-        let tracked = self.sources.len() < MAX_SOURCES || self.sources.contains_key(&ip);
-        let verdict = if tracked {
-            let s = self.sources.entry(ip).or_insert(Source {
-                window_start: now,
-                requests: 0,
-                failures: 0,
-                first_failure: None,
-                banned_until: None,
-                last_seen: now,
-            });
-            s.last_seen = now;
+        let verdict = if let Some(s) = self.source(now, ip) {
             if s.banned_until.is_some_and(|t| t > now) {
                 Some(Verdict::Drop(DropReason::Banned))
             } else {
@@ -247,19 +237,11 @@ impl SourcePolicy {
         if self.trunks.contains(&ip) || self.config.ban_after_failures == 0 {
             return false;
         }
-        if self.sources.len() >= MAX_SOURCES && !self.sources.contains_key(&ip) {
-            return false;
-        }
         let ban_time = self.config.ban_time;
-        let s = self.sources.entry(ip).or_insert(Source {
-            window_start: now,
-            requests: 0,
-            failures: 0,
-            first_failure: None,
-            banned_until: None,
-            last_seen: now,
-        });
-        s.last_seen = now;
+        let ban_after = self.config.ban_after_failures;
+        let Some(s) = self.source(now, ip) else {
+            return false;
+        };
         if s.banned_until.is_some_and(|t| t > now) {
             return true;
         }
@@ -270,7 +252,7 @@ impl SourcePolicy {
             s.failures = 0;
         }
         s.failures += 1;
-        if s.failures >= self.config.ban_after_failures {
+        if s.failures >= ban_after {
             s.banned_until = Some(now + ban_time);
             s.failures = 0;
             s.first_failure = None;
@@ -280,6 +262,24 @@ impl SourcePolicy {
             return true;
         }
         false
+    }
+
+    /// The record of `ip`, made on first sight and marked seen `now`; `None` when the
+    /// table is full and `ip` has no record (it is judged without one).
+    fn source(&mut self, now: Instant, ip: IpAddr) -> Option<&mut Source> {
+        if self.sources.len() >= MAX_SOURCES && !self.sources.contains_key(&ip) {
+            return None;
+        }
+        let s = self.sources.entry(ip).or_insert(Source {
+            window_start: now,
+            requests: 0,
+            failures: 0,
+            first_failure: None,
+            banned_until: None,
+            last_seen: now,
+        });
+        s.last_seen = now;
+        Some(s)
     }
 
     /// A successful authentication from `ip`: its failures are forgiven.
@@ -303,7 +303,9 @@ impl SourcePolicy {
     /// Forgets sources with nothing left to remember: no ban in force, no failure within
     /// `ban_time`, no request in the current window. At most once a second.
     fn sweep(&mut self, now: Instant) {
-        if self.next_sweep.is_some_and(|t| t > now) && self.sources.len() < MAX_SOURCES {
+        // Once a second, full table or not: a sweep walks every record, and a flood
+        // from many addresses that fills the table must not buy a walk per datagram.
+        if self.next_sweep.is_some_and(|t| t > now) {
             return;
         }
         self.next_sweep = Some(now + Duration::from_secs(1));
