@@ -443,50 +443,43 @@ async fn run_connection(
     events: mpsc::UnboundedSender<StreamEvent>,
 ) {
     const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-    let (stream, tls) = match connect {
-        Connect::Accepted(s) => (s, None),
-        Connect::Tcp | Connect::Tls(_) => {
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await {
-                Ok(Ok(s)) => (
-                    s,
-                    if let Connect::Tls(t) = connect {
-                        Some(t)
-                    } else {
-                        None
-                    },
-                ),
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "SIP TCP connect failed");
-                    let _ = events.send(StreamEvent::Closed(peer));
-                    return;
-                }
-                Err(_) => {
-                    debug!(%peer, "SIP TCP connect timed out");
-                    let _ = events.send(StreamEvent::Closed(peer));
-                    return;
-                }
+    let dial = async {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "SIP TCP connect failed");
+                None
+            }
+            Err(_) => {
+                debug!(%peer, "SIP TCP connect timed out");
+                None
             }
         }
     };
+    let (stream, tls) = match connect {
+        Connect::Accepted(s) => (Some(s), None),
+        Connect::Tcp => (dial.await, None),
+        Connect::Tls(t) => (dial.await, Some(t)),
+    };
+    let Some(stream) = stream else {
+        let _ = events.send(StreamEvent::Closed(peer));
+        return;
+    };
     let _ = stream.set_nodelay(true);
-    match tls {
-        None => pump(stream, peer, outgoing, events).await,
-        Some(t) => {
-            let connector = tokio_rustls::TlsConnector::from(t.config);
-            match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(t.server_name, stream))
-                .await
-            {
-                Ok(Ok(tls)) => pump(tls, peer, outgoing, events).await,
-                Ok(Err(e)) => {
-                    // E.g. a certificate that does not verify: nothing is sent.
-                    warn!(%peer, error = %e, "SIP TLS handshake failed");
-                    let _ = events.send(StreamEvent::Closed(peer));
-                }
-                Err(_) => {
-                    warn!(%peer, "SIP TLS handshake timed out");
-                    let _ = events.send(StreamEvent::Closed(peer));
-                }
-            }
+    let Some(t) = tls else {
+        return pump(stream, peer, outgoing, events).await;
+    };
+    let connector = tokio_rustls::TlsConnector::from(t.config);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(t.server_name, stream)).await {
+        Ok(Ok(tls)) => pump(tls, peer, outgoing, events).await,
+        Ok(Err(e)) => {
+            // E.g. a certificate that does not verify: nothing is sent.
+            warn!(%peer, error = %e, "SIP TLS handshake failed");
+            let _ = events.send(StreamEvent::Closed(peer));
+        }
+        Err(_) => {
+            warn!(%peer, "SIP TLS handshake timed out");
+            let _ = events.send(StreamEvent::Closed(peer));
         }
     }
 }

@@ -166,8 +166,7 @@ async fn limits(db: Db) {
     assert_eq!(status, 429, "{p}");
     assert!(p["detail"].as_str().unwrap().contains("per_user"), "{p}");
 
-    let metrics = t.http.get(t.url("/metrics")).send().await.unwrap();
-    let text = metrics.text().await.unwrap();
+    let text = t.metrics_text().await;
     assert!(
         text.contains("otpdial_rate_limited_total{reason=\"per_number\"} 1"),
         "{text}"
@@ -195,8 +194,7 @@ async fn toll_fraud(db: Db) {
     assert!(p["detail"].as_str().unwrap().contains("+31"), "{p}");
 
     // Every refusal is audited and counted, and none became a call.
-    let metrics = t.http.get(t.url("/metrics")).send().await.unwrap();
-    let text = metrics.text().await.unwrap();
+    let text = t.metrics_text().await;
     for reason in ["number_type", "prefix_not_allowed", "daily_budget"] {
         assert!(
             text.contains(&format!(

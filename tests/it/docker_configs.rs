@@ -574,14 +574,7 @@ async fn demo_trunk_phone_and_gateway_run_outside_containers() {
     assert_eq!(readings, vec![CODE, CODE], "what the phone heard");
 
     // Registration and the call in the metrics and on the dashboard.
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::helpers::metrics_text(&http, &format!("{base}/metrics")).await;
     assert!(
         metrics.contains("otpdial_trunk_registered{trunk=\"demo-trunk\"} 1"),
         "{metrics}"

@@ -434,6 +434,15 @@ pub fn test_pg_server() -> String {
 }
 
 /// `GET url` (a `/metrics` endpoint) as text.
+/// The value of one sample line of a `/metrics` text, e.g.
+/// `otpdial_sip_bans_total` or `name{label="x"}` (0 when absent).
+pub fn metric_value(text: &str, sample: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 pub async fn metrics_text(http: &reqwest::Client, url: &str) -> String {
     http.get(url)
         .send()

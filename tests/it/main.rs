@@ -7,6 +7,7 @@
 mod admin_dashboard;
 mod api_basics;
 mod api_rules;
+mod baresip;
 mod callee;
 mod calls_sipp;
 mod cli_config;

@@ -31,7 +31,8 @@ use otpdial::testphone::recognize::{readings, Recognizer};
 use otpdial::verify::VerificationView;
 use serde_json::{json, Value};
 
-use crate::helpers::{base_settings, free_udp_port, spawn_app, Db, Sipp, TestApp};
+use crate::baresip::Baresip;
+use crate::helpers::{base_settings, spawn_app, Db, Sipp, TestApp};
 
 const CODE: &str = "1234";
 
@@ -398,85 +399,26 @@ fn readings_in_wav(wav: &Path) -> Vec<String> {
 
 /// baresip as the trunk's callee on 127.0.0.47, no registration, answering at once
 /// with SDES-SRTP (`mediaenc`: `srtp-mand` answers RTP/SAVP, `srtp` best effort on
-/// RTP/AVP) and recording what it decrypts into `dir/rec`. Killed on drop.
-struct SrtpBaresip {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl SrtpBaresip {
-    fn start(mediaenc: &str) -> SrtpBaresip {
-        let dir = tempfile::tempdir().unwrap();
-        let rec = dir.path().join("rec");
-        std::fs::create_dir(&rec).unwrap();
-        let port = free_udp_port();
-        let config = format!(
-            "poll_method epoll\n\
-             sip_listen 127.0.0.47:{port}\n\
-             audio_player aubridge,srtp\n\
-             audio_source aubridge,srtp\n\
-             audio_alert aubridge,srtp\n\
-             rtp_ports 36000-36999\n\
-             module_path /usr/lib/baresip/modules\n\
-             module g711.so\n\
-             module aubridge.so\n\
-             module sndfile.so\n\
-             module srtp.so\n\
-             module_tmp account.so\n\
-             module_app menu.so\n\
-             snd_path {}\n",
-            rec.display()
-        );
-        std::fs::write(dir.path().join("config"), config).unwrap();
-        std::fs::write(
-            dir.path().join("accounts"),
-            format!(
-                "<sip:+31612345678@127.0.0.47>;regint=0;answermode=auto;mediaenc={mediaenc};audio_codecs=PCMA\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new("baresip")
-            .arg("-f")
-            .arg(dir.path())
-            .args(["-t", "120"])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("baresip.log")).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("baresip runs (Debian package baresip-core: scripts/test.sh installs it)");
-        SrtpBaresip { child, dir, port }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
-    }
-
-    fn heard(&self) -> Option<PathBuf> {
-        std::fs::read_dir(self.dir.path().join("rec"))
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-    }
-}
-
-impl Drop for SrtpBaresip {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// RTP/AVP) and recording what it decrypts.
+fn srtp_baresip(mediaenc: &str) -> Baresip {
+    Baresip::start(
+        "127.0.0.47",
+        "rtp_ports 36000-36999\nmodule srtp.so\n",
+        &format!(
+            "<sip:+31612345678@127.0.0.47>;regint=0;answermode=auto;mediaenc={mediaenc};audio_codecs=PCMA"
+        ),
+    )
 }
 
 async fn srtp_to_baresip(mode: SrtpMode, mediaenc: &str) {
-    let phone = SrtpBaresip::start(mediaenc);
+    let phone = srtp_baresip(mediaenc);
     let started = crate::procs::poll_until(Duration::from_secs(10), || {
-        crate::procs::udp_port_bound(phone.port)
+        crate::procs::udp_port_bound(phone.addr.port())
     })
     .await;
     assert!(started, "baresip did not start\n{}", phone.log());
-    let mut s = base_settings(phone.port);
-    s.trunks[0].proxy = format!("sip:127.0.0.47:{}", phone.port).parse().unwrap();
+    let mut s = base_settings(phone.addr.port());
+    s.trunks[0].proxy = format!("sip:{}", phone.addr).parse().unwrap();
     s.trunks[0].srtp = mode;
     let t = spawn_app(s, Db::Sqlite, DialerMode::Background).await;
     let done = call(&t).await;

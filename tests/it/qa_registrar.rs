@@ -6,8 +6,8 @@
 //! to the right one. Loopback only: the phone is on 127.0.0.44/45, not the trunk's
 //! 127.0.0.1.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use otpdial::app::DialerMode;
@@ -17,6 +17,7 @@ use otpdial::media::PromptLibrary;
 use otpdial::testphone::recognize::{readings, Recognizer};
 use serde_json::{json, Value};
 
+use crate::baresip::Baresip;
 use crate::helpers::{base_settings, free_udp_port, spawn_app, Db, TestApp, ADMIN_TOKEN};
 
 const NUMBER: &str = "+31612000001";
@@ -36,74 +37,15 @@ fn qa_settings() -> Settings {
 }
 
 /// baresip as a QA softphone on `ip`, registered to `registrar`, answering every call
-/// at once and recording the audio it receives into `dir/rec`. Killed on drop.
-struct Baresip {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Baresip {
-    fn start(ip: &str, registrar: std::net::SocketAddr, password: &str) -> Baresip {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rec = dir.path().join("rec");
-        std::fs::create_dir(&rec).expect("rec dir");
-        let port = free_udp_port();
-        // The audio bridge gives the call a player and a source without a sound card;
-        // sndfile writes the decoded audio (what the caller said) to *-dec.wav.
-        let config = format!(
-            "poll_method epoll\n\
-             sip_listen {ip}:{port}\n\
-             audio_player aubridge,qa\n\
-             audio_source aubridge,qa\n\
-             audio_alert aubridge,qa\n\
-             module_path /usr/lib/baresip/modules\n\
-             module g711.so\n\
-             module aubridge.so\n\
-             module sndfile.so\n\
-             module_tmp account.so\n\
-             module_app menu.so\n\
-             snd_path {}\n",
-            rec.display()
-        );
-        std::fs::write(dir.path().join("config"), config).expect("config");
-        std::fs::write(
-            dir.path().join("accounts"),
-            format!(
-                "<sip:qa-alice@{registrar};transport=udp>;auth_pass={password};answermode=auto;regint=600\n"
-            ),
-        )
-        .expect("accounts");
-        let child = Command::new("baresip")
-            .arg("-f")
-            .arg(dir.path())
-            .args(["-t", "120"])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("baresip.log")).expect("log"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("baresip runs (Debian package baresip-core: scripts/test.sh installs it)");
-        Baresip { child, dir }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
-    }
-
-    /// The WAV of what the phone heard, once the call is over.
-    fn heard(&self) -> Option<PathBuf> {
-        std::fs::read_dir(self.dir.path().join("rec"))
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-    }
-}
-
-impl Drop for Baresip {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// at once and recording the audio it receives.
+fn qa_baresip(ip: &str, registrar: std::net::SocketAddr, password: &str) -> Baresip {
+    Baresip::start(
+        ip,
+        "",
+        &format!(
+            "<sip:qa-alice@{registrar};transport=udp>;auth_pass={password};answermode=auto;regint=600"
+        ),
+    )
 }
 
 async fn admin_get(t: &TestApp, path: &str) -> Value {
@@ -143,7 +85,7 @@ async fn baresip_registers_answers_and_the_code_it_heard_is_approved() {
     let before = phone_view(&t).await;
     assert_eq!(before["registered"], false, "{before}");
 
-    let phone = Baresip::start("127.0.0.44", t.app.sip_addr, PASSWORD);
+    let phone = qa_baresip("127.0.0.44", t.app.sip_addr, PASSWORD);
     let deadline = Instant::now() + Duration::from_secs(15);
     let view = loop {
         let v = phone_view(&t).await;
@@ -221,15 +163,7 @@ async fn baresip_registers_answers_and_the_code_it_heard_is_approved() {
     assert_eq!(body["valid"], true, "{body}");
     assert_eq!(t.view(&v.id).await.status, VerificationStatus::Approved);
 
-    let metrics = t
-        .http
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics_text().await;
     assert!(
         metrics.contains("otpdial_qa_registrations_total{result=\"registered\"} 1"),
         "{metrics}"
@@ -296,15 +230,7 @@ async fn svcrack_is_banned_before_it_finds_the_password() {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("svcrack:\n{printed}");
-    let metrics = t
-        .http
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics_text().await;
     assert!(
         !printed.contains(PASSWORD),
         "password found:\n{printed}\n{metrics}"
@@ -317,7 +243,7 @@ async fn svcrack_is_banned_before_it_finds_the_password() {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
     // The phone itself can still register from its own address.
-    let phone = Baresip::start("127.0.0.45", t.app.sip_addr, PASSWORD);
+    let phone = qa_baresip("127.0.0.45", t.app.sip_addr, PASSWORD);
     let deadline = Instant::now() + Duration::from_secs(15);
     while phone_view(&t).await["registered"] != true {
         assert!(Instant::now() < deadline, "{}", phone.log());

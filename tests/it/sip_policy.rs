@@ -13,7 +13,9 @@ use otpdial::domain::CallStatus;
 use serde_json::json;
 
 use crate::callee::SippUas;
-use crate::helpers::{base_settings, free_udp_port, sipp_scenario, spawn_app, Db, TestApp};
+use crate::helpers::{
+    base_settings, free_udp_port, metric_value, metrics_text, sipp_scenario, spawn_app, Db, TestApp,
+};
 use crate::procs::{nl_mobile, ServeConfig, ServeProc};
 
 /// Test settings that wait longer for the database: these tests run beside others on
@@ -51,19 +53,7 @@ async fn dropped(t: &TestApp, reason: &str) -> u64 {
 
 /// The value of one sample line of `/metrics` (0 when absent).
 async fn metric(t: &TestApp, sample: &str) -> u64 {
-    let text = t
-        .http
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    metric_value(&t.metrics_text().await, sample)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,19 +118,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// One sample of the gateway's `/metrics` (0 when absent).
 async fn gw_metric(gw: &ServeProc, sample: &str) -> u64 {
-    let text = gw
-        .http
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    metric_value(&metrics_text(&gw.http, &gw.url("/metrics")).await, sample)
 }
 
 /// SIPp as a flooding UAC from `ip`: `count` messages of `scenario` at `rate` per second
