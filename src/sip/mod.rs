@@ -7,8 +7,8 @@
 //! `crate::sip_io` drives it with a real socket.
 //!
 //! Inside: `message` (normalise/parse/render on rsip), `grammar` (the RFC 3261 §25.1
-//! grammar of the header values we read: lists, name-addr with parameters, Via), `sdp` (offer/answer), `digest`
-//! (RFC 7616 digest auth), `ua` (client/server transactions keyed by branch, calls/dialogs
+//! grammar of the header values we read: lists, name-addr with parameters, Via), `sdp`
+//! (offer/answer), `digest` (RFC 7616 digest auth), `ua` (client/server transactions keyed by branch, calls/dialogs
 //! keyed by handle and Call-ID, and per-trunk registration and OPTIONS keepalive in
 //! `ua::trunk`).
 
