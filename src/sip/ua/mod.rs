@@ -13,6 +13,7 @@
 mod auth;
 mod dialog;
 mod inbound;
+mod droplog;
 mod registrar;
 mod server;
 mod timers;
@@ -32,7 +33,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use timers::Timers;
-use tracing::debug;
+use tracing::{debug, warn};
 use transaction::{ClientTx, ServerTx, TxMethod};
 
 /// The sans-IO SIP user agent. See the module docs of [`crate::sip`].
@@ -58,6 +59,8 @@ pub struct UserAgent {
     registrar: Option<registrar::Registrar>,
     /// Inbound calls we answer (canary answer numbers), when turned on.
     inbound: inbound::Inbound,
+    /// When malformed messages were last logged, per source.
+    drop_log: droplog::DropLog,
 }
 
 fn random_token() -> String {
@@ -164,6 +167,7 @@ impl UserAgent {
             policy,
             registrar: config.registrar.map(registrar::Registrar::new),
             inbound: inbound::Inbound::default(),
+            drop_log: droplog::DropLog::default(),
         }
     }
 
@@ -253,8 +257,14 @@ impl UserAgent {
                 }
             }
             Err(e) => {
-                debug!(%from, error = %e, "dropping unparseable datagram");
                 self.policy.count(DropReason::Malformed);
+                if self.drop_log.should_log(now, from.ip()) {
+                    warn!(
+                        source = %from,
+                        error = %e,
+                        "dropped a malformed SIP message (more from this address are not logged for a minute)"
+                    );
+                }
             }
         }
         self.drop_stale_timers();
