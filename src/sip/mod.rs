@@ -20,9 +20,9 @@ pub mod sdp;
 mod ua;
 
 #[cfg(test)]
-mod inbound_tests;
-#[cfg(test)]
 mod corpus_tests;
+#[cfg(test)]
+mod inbound_tests;
 #[cfg(test)]
 mod tests;
 

@@ -98,10 +98,9 @@ impl Inbound {
 pub(super) fn uri_user(uri: &str) -> Option<String> {
     // A bare URI (a Request-URI) may carry user parameters before the `@`, which
     // header-parameter splitting would cut; a name-addr is taken from its brackets.
-    let uri = if uri.contains('<') {
-        message::addr_uri(uri)
-    } else {
-        uri.trim()
+    let uri = match (uri.find('<'), uri.find('>')) {
+        (Some(open), Some(close)) if open < close => &uri[open + 1..close],
+        _ => uri.trim(),
     };
     let lower = uri
         .get(..5)
@@ -624,7 +623,7 @@ mod tests {
     #[test]
     fn user_parts_of_uris() {
         assert_eq!(
-            uri_user("<sip:+31 20-123.45@x;user=phone>").as_deref(),
+            uri_user("\"Canary\" <sip:+31-20-(123).45@x;user=phone>;tag=1").as_deref(),
             Some("+312012345")
         );
         assert_eq!(

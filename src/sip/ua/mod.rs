@@ -12,8 +12,8 @@
 
 mod auth;
 mod dialog;
-mod inbound;
 mod droplog;
+mod inbound;
 mod registrar;
 mod server;
 mod timers;
