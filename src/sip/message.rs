@@ -4,7 +4,11 @@
 //! rsip does not understand compact header names (`v:`, `f:`, ...), folded header lines,
 //! bare-LF line ends or `Via :` (space before the colon), all of which real trunks send, so
 //! [`normalize`] rewrites the header block into the canonical form before rsip sees it.
+//! The values we read (From, To, Contact, Record-Route, Via) are then checked and split
+//! by [`super::grammar`], which follows RFC 3261's grammar: a quoted parameter value may
+//! hold `<`, `;` or `,` (`+sip.instance="<urn:uuid:…>"`).
 
+use super::grammar::{self, GrammarError, NameAddr, Via};
 use rsip::headers::{ToTypedHeader, UntypedHeader};
 use rsip::Header;
 use std::net::{IpAddr, SocketAddr};
@@ -18,8 +22,9 @@ pub(crate) enum ParseError {
     NoHeaderEnd,
     #[error("header block is not UTF-8")]
     NotUtf8,
-    #[error("header line without a colon: {0:?}")]
-    BadHeaderLine(String),
+    /// The line number only: the line itself may carry a credential.
+    #[error("line {0}: a header line without a colon, or a folded first header")]
+    BadHeaderLine(usize),
     #[error("body shorter than Content-Length ({have} < {want})")]
     Truncated { have: usize, want: usize },
     #[error("bad Content-Length")]
@@ -34,6 +39,11 @@ pub(crate) enum ParseError {
     BadStartLine,
     #[error("invalid {0}")]
     Invalid(&'static str),
+    #[error("malformed {header}: {error}")]
+    Header {
+        header: &'static str,
+        error: GrammarError,
+    },
 }
 
 /// Stream framing: is a complete message in `buf`? Checked before parsing, as a TCP read
@@ -122,7 +132,7 @@ pub(crate) fn normalize(data: &[u8]) -> Result<Vec<u8>, ParseError> {
     let head = std::str::from_utf8(head).map_err(|_| ParseError::NotUtf8)?;
 
     let mut lines: Vec<String> = Vec::new();
-    for raw in head.split('\n') {
+    for (number, raw) in head.split('\n').enumerate() {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         if line.is_empty() {
             continue;
@@ -140,10 +150,10 @@ pub(crate) fn normalize(data: &[u8]) -> Result<Vec<u8>, ParseError> {
                     continue;
                 }
             }
-            return Err(ParseError::BadHeaderLine(line.to_string()));
+            return Err(ParseError::BadHeaderLine(number + 1));
         }
         let Some((name, value)) = line.split_once(':') else {
-            return Err(ParseError::BadHeaderLine(line.to_string()));
+            return Err(ParseError::BadHeaderLine(number + 1));
         };
         let name = name.trim();
         let name = expand_compact(name).unwrap_or(name);
@@ -187,13 +197,6 @@ fn rsip_knows(method: &str) -> bool {
     method.parse::<rsip::Method>().is_ok()
 }
 
-/// `token` characters (RFC 3261 §25.1).
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
-}
-
 /// Checks the start line and rewrites it into what rsip parses:
 /// - requests: `Method SP Request-URI SP SIP/2.0`, exactly one space apart, nothing after
 ///   (RFC 4475 §3.1.2.9/3.1.2.10), the URI not in `<>` and without headers (§3.1.2.7,
@@ -215,7 +218,7 @@ fn start_line(line: &str) -> Result<String, ParseError> {
     let [method, uri, version] = parts[..] else {
         return Err(ParseError::BadStartLine);
     };
-    if !is_token(method) || version != "SIP/2.0" || uri.is_empty() {
+    if !grammar::is_token(method) || version != "SIP/2.0" || uri.is_empty() {
         return Err(ParseError::BadStartLine);
     }
     // Headers (`?`) are not allowed in a Request-URI; a `?` in the user part is.
@@ -281,79 +284,6 @@ fn request_method_text(data: &[u8]) -> Option<String> {
     line.split(' ').next().map(str::to_string)
 }
 
-/// A From/To/Contact value must be a well-formed name-addr or addr-spec (RFC 3261 §25.1),
-/// at least in the ways RFC 4475 tortures it: balanced quotes (§3.1.2.6), a display name
-/// that is a quoted string or tokens (§3.1.2.15), no blanks inside `<>` (§3.1.2.14), an
-/// addr-spec with `?` or `,` only inside `<>` (§3.1.2.13), no empty parameters (§3.1.2.1).
-fn name_addr_ok(value: &str) -> bool {
-    let v = value.trim();
-    let mut quotes = 0;
-    let mut escaped = false;
-    for c in v.chars() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' => escaped = true,
-            '"' => quotes += 1,
-            _ => {}
-        }
-    }
-    if quotes % 2 != 0 {
-        return false;
-    }
-    let params = if let Some(open) = v.rfind('<').filter(|_| v.ends_with('>') || v.contains('>')) {
-        let display = v[..open].trim();
-        let display_ok = display.is_empty()
-            || (display.starts_with('"') && display.ends_with('"') && display.len() >= 2)
-            || display.split_whitespace().all(is_token);
-        let Some(close) = v[open..].find('>').map(|i| open + i) else {
-            return false;
-        };
-        let inner = &v[open + 1..close];
-        if !display_ok || inner.is_empty() || inner.contains(char::is_whitespace) {
-            return false;
-        }
-        &v[close + 1..]
-    } else {
-        // addr-spec: everything after the first ';' is header parameters.
-        let (uri, params) = v.find(';').map_or((v, ""), |i| (&v[..i], &v[i..]));
-        if uri.trim().contains(['?', ',', '<', '>', '"'])
-            || uri.trim().contains(char::is_whitespace)
-        {
-            return false;
-        }
-        params
-    };
-    params_ok(params)
-}
-
-/// `;name[=value]` repeated, none empty.
-fn params_ok(params: &str) -> bool {
-    let p = params.trim();
-    if p.is_empty() {
-        return true;
-    }
-    let Some(rest) = p.strip_prefix(';') else {
-        return false;
-    };
-    rest.split(';').all(|one| !one.trim().is_empty())
-}
-
-/// A Via value: `SIP/2.0/transport sent-by` and non-empty parameters (RFC 4475 §3.1.2.1).
-fn via_ok(value: &str) -> bool {
-    let v = value.trim();
-    let (head, params) = v.find(';').map_or((v, ""), |i| (&v[..i], &v[i..]));
-    // `SIP / 2.0 / UDP` is legal (LWS around the slashes, RFC 4475 §3.1.1.1).
-    let head: String = head.split('/').map(str::trim).collect::<Vec<_>>().join("/");
-    let mut words = head.split_whitespace();
-    let proto = words.next().unwrap_or("");
-    // Compared as bytes: a multi-byte character may straddle byte 8 (found by fuzzing).
-    proto.len() > 8
-        && proto.as_bytes()[..8].eq_ignore_ascii_case(b"SIP/2.0/")
-        && words.next().is_some()
-        && words.next().is_none()
-        && params_ok(params)
-}
-
 fn header_value_of<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let (n, v) = line.split_once(':')?;
     n.eq_ignore_ascii_case(name).then(|| v.trim())
@@ -375,87 +305,29 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Splits a header value holding a comma-separated list, ignoring commas inside quotes
-/// and angle brackets (display names and URIs may contain them).
-pub(crate) fn split_list(value: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut in_quotes = false;
-    let mut in_angle = false;
-    let mut escaped = false;
-    for c in value.chars() {
-        if escaped {
-            escaped = false;
-            cur.push(c);
-            continue;
-        }
-        match c {
-            '\\' if in_quotes => escaped = true,
-            '"' => in_quotes = !in_quotes,
-            '<' if !in_quotes => in_angle = true,
-            '>' if !in_quotes => in_angle = false,
-            ',' if !in_quotes && !in_angle => {
-                let t = cur.trim();
-                if !t.is_empty() {
-                    out.push(t.to_string());
-                }
-                cur.clear();
-                continue;
-            }
-            _ => {}
-        }
-        cur.push(c);
-    }
-    let t = cur.trim();
-    if !t.is_empty() {
-        out.push(t.to_string());
-    }
-    out
+/// The elements of a comma-separated header value (Via, Contact, Record-Route); none
+/// when the value does not follow the grammar (parsed messages were checked already).
+pub(crate) fn split_list(value: &str) -> Vec<&str> {
+    grammar::split_list(value).unwrap_or_default()
 }
 
-/// Header parameters (`;name=value`) of a name-addr / addr-spec / Via value. For
-/// `<uri;p>;q` forms only the parameters after the closing `>` are header parameters.
-pub(crate) fn header_params(value: &str) -> Vec<(String, Option<String>)> {
-    let tail = match value.rfind('>') {
-        Some(i) if value.contains('<') => &value[i + 1..],
-        _ => value,
-    };
-    let Some((_, params)) = tail.split_once(';') else {
-        return Vec::new();
-    };
-    params
-        .split(';')
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((n, v)) => (
-                n.trim().to_ascii_lowercase(),
-                Some(v.trim().trim_matches('"').to_string()),
-            ),
-            None => (p.trim().to_ascii_lowercase(), None),
-        })
-        .collect()
+/// The parameter `name` of a From/To/Contact/Route value, unquoted (`tag`, `expires`,
+/// `+sip.instance`).
+pub(crate) fn addr_param(value: &str, name: &str) -> Option<String> {
+    let addr = NameAddr::parse(value).ok()?;
+    addr.param(name)?.unquoted().map(|v| v.into_owned())
 }
 
-pub(crate) fn header_param(value: &str, name: &str) -> Option<String> {
-    header_params(value)
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .and_then(|(_, v)| v)
+/// The parameter `name` of a Via value, unquoted (`branch`, `received`).
+pub(crate) fn via_param(via: &str, name: &str) -> Option<String> {
+    let via = Via::parse(via).ok()?;
+    via.param(name)?.unquoted().map(|v| v.into_owned())
 }
 
-pub(crate) fn has_header_param(value: &str, name: &str) -> bool {
-    header_params(value).iter().any(|(n, _)| n == name)
-}
-
-/// The URI of a name-addr (`"x" <sip:a@b>;tag=1`) or addr-spec (`sip:a@b;tag=1`).
+/// The URI of a name-addr (`"x" <sip:a@b>;tag=1`) or addr-spec (`sip:a@b;tag=1`); the
+/// trimmed value itself when it is neither.
 pub(crate) fn addr_uri(value: &str) -> &str {
-    if let (Some(a), Some(b)) = (value.find('<'), value.rfind('>')) {
-        if a < b {
-            return value[a + 1..b].trim();
-        }
-    }
-    let v = value.trim();
-    v.split(';').next().unwrap_or(v).trim()
+    NameAddr::parse(value).map_or(value.trim(), |a| a.uri)
 }
 
 /// Fields of a parsed message the user agent works with. Raw header values are kept as
@@ -495,13 +367,13 @@ pub(crate) enum StartLine {
 
 impl Message {
     pub(crate) fn top_branch(&self) -> Option<String> {
-        self.vias.first().and_then(|v| header_param(v, "branch"))
+        self.vias.first().and_then(|v| via_param(v, "branch"))
     }
     pub(crate) fn tag_in_from(&self) -> Option<String> {
-        header_param(&self.from, "tag")
+        addr_param(&self.from, "tag")
     }
     pub(crate) fn tag_in_to(&self) -> Option<String> {
-        header_param(&self.to, "tag")
+        addr_param(&self.to, "tag")
     }
     pub(crate) fn body_str(&self) -> Option<&str> {
         std::str::from_utf8(&self.body).ok()
@@ -520,9 +392,11 @@ pub(crate) fn parse(data: &[u8]) -> Result<Message, ParseError> {
         None => normalized,
     };
     let msg = rsip::SipMessage::try_from(normalized.as_slice())
-        .map_err(|e| ParseError::Rsip(e.to_string()))?;
+        .map_err(|e| ParseError::Rsip(rsip_reason(&e)))?;
     let (start, headers, body) = match msg {
         rsip::SipMessage::Request(req) => {
+            // The grammar first: what extract() reads below is then well-formed.
+            check_headers(&req.headers)?;
             let fields = extract(&req.headers);
             let mut m = match fields {
                 Ok(f) => f.into_message(StartLine::Request { method: req.method }, req.body),
@@ -535,7 +409,6 @@ pub(crate) fn parse(data: &[u8]) -> Result<Message, ParseError> {
             }
             m.extension_method = extension.map(str::to_string);
             m.unsupported_uri_scheme = !supported_scheme(data);
-            check_headers(&req.headers)?;
             return Ok(m);
         }
         rsip::SipMessage::Response(resp) => {
@@ -548,9 +421,35 @@ pub(crate) fn parse(data: &[u8]) -> Result<Message, ParseError> {
             )
         }
     };
-    let fields = extract(&headers).map_err(ParseError::BadResponse)?;
     check_headers(&headers)?;
+    let fields = extract(&headers).map_err(ParseError::BadResponse)?;
     Ok(fields.into_message(start, body))
+}
+
+/// What rsip said, without the message text its tokenizer errors quote (which may hold
+/// a credential): the kind of error and, for the tokenizer, what it was splitting.
+fn rsip_reason(e: &rsip::Error) -> String {
+    match e {
+        rsip::Error::TokenizeError(s) => {
+            let what = s
+                .strip_prefix("failed to tokenize ")
+                .and_then(|rest| rest.split(':').next())
+                .filter(|w| {
+                    w.len() <= 40
+                        && w.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b' ' || b == b'_')
+                });
+            match what {
+                Some(w) => format!("could not split the message ({w})"),
+                None => "could not split the message".to_string(),
+            }
+        }
+        rsip::Error::MissingHeader(_) => "a mandatory header is missing".to_string(),
+        rsip::Error::InvalidParam(_) => "invalid header parameter".to_string(),
+        rsip::Error::ParseError(_) => "could not parse a part of the message".to_string(),
+        rsip::Error::Utf8Error(_) => "not UTF-8".to_string(),
+        rsip::Error::Unexpected(_) => "unexpected parser error".to_string(),
+    }
 }
 
 /// Swaps an extension method in the CSeq for `OPTIONS`, the stand-in the start line got.
@@ -586,35 +485,27 @@ fn replace_cseq_method(normalized: &[u8], method: &str) -> Result<Vec<u8>, Parse
     Ok(bytes)
 }
 
-/// Checks on headers rsip accepts but RFC 3261 does not (RFC 4475 §3.1.2, §3.3.8).
+/// Checks on headers rsip accepts but RFC 3261 does not (RFC 4475 §3.1.2, §3.3.8): the
+/// §25.1 grammar of the values we read, and single-value headers that are repeated.
 fn check_headers(headers: &rsip::Headers) -> Result<(), ParseError> {
     let (mut from, mut to, mut call_id, mut cseq, mut max_fwd) = (0, 0, 0, 0, 0);
     for h in headers.iter() {
         match h {
             Header::From(v) => {
                 from += 1;
-                if !name_addr_ok(v.value()) {
-                    return Err(ParseError::Invalid("From"));
-                }
+                name_addrs("From", v.value(), false)?;
             }
             Header::To(v) => {
                 to += 1;
-                if !name_addr_ok(v.value()) {
-                    return Err(ParseError::Invalid("To"));
-                }
+                name_addrs("To", v.value(), false)?;
             }
-            Header::Contact(v) => {
-                let v = v.value().trim();
-                if v != "*" && !split_list(v).iter().all(|c| name_addr_ok(c)) {
-                    return Err(ParseError::Invalid("Contact"));
-                }
+            Header::Contact(v) if v.value().trim() != "*" => {
+                name_addrs("Contact", v.value(), true)?;
             }
+            Header::RecordRoute(v) => name_addrs("Record-Route", v.value(), true)?,
             Header::Via(v) => {
-                let list = split_list(v.value());
-                // "a,,b" leaves an empty element that split_list drops: count commas too.
-                let commas = v.value().matches(',').count();
-                if list.is_empty() || commas + 1 != list.len() || !list.iter().all(|x| via_ok(x)) {
-                    return Err(ParseError::Invalid("Via"));
+                for via in grammar::split_list(v.value()).map_err(bad("Via"))? {
+                    Via::parse(via).map_err(bad("Via"))?;
                 }
             }
             Header::CallId(_) => call_id += 1,
@@ -634,6 +525,24 @@ fn check_headers(headers: &rsip::Headers) -> Result<(), ParseError> {
     }
     if from > 1 || to > 1 || call_id > 1 || cseq > 1 || max_fwd > 1 {
         return Err(ParseError::Invalid("repeated single-value header"));
+    }
+    Ok(())
+}
+
+fn bad(header: &'static str) -> impl Fn(GrammarError) -> ParseError {
+    move |error| ParseError::Header { header, error }
+}
+
+/// A From/To (one value) or Contact/Record-Route (a list) value follows the name-addr /
+/// addr-spec grammar.
+fn name_addrs(header: &'static str, value: &str, list: bool) -> Result<(), ParseError> {
+    let elements = if list {
+        grammar::split_list(value).map_err(bad(header))?
+    } else {
+        vec![value]
+    };
+    for e in elements {
+        NameAddr::parse(e).map_err(bad(header))?;
     }
     Ok(())
 }
@@ -708,7 +617,7 @@ fn extract(headers: &rsip::Headers) -> Result<Fields, &'static str> {
     let mut authorization = None;
     for h in headers.iter() {
         match h {
-            Header::Via(v) => vias.extend(split_list(v.value())),
+            Header::Via(v) => vias.extend(split_list(v.value()).into_iter().map(str::to_string)),
             Header::From(v) if from.is_none() => from = Some(v.value().to_string()),
             Header::To(v) if to.is_none() => to = Some(v.value().to_string()),
             Header::CallId(v) if call_id.is_none() => call_id = Some(v.value().to_string()),
@@ -718,7 +627,7 @@ fn extract(headers: &rsip::Headers) -> Result<Fields, &'static str> {
                 if contact_uri.is_none() {
                     contact_uri = list.first().map(|c| addr_uri(c).to_string());
                 }
-                contacts.extend(list);
+                contacts.extend(list.into_iter().map(str::to_string));
             }
             // Challenges are kept as text: rsip's typed form rejects qop lists and SHA-256.
             Header::WwwAuthenticate(v) => challenges.push((false, v.value().to_string())),
@@ -728,7 +637,9 @@ fn extract(headers: &rsip::Headers) -> Result<Fields, &'static str> {
             Header::Authorization(v) if authorization.is_none() => {
                 authorization = Some(v.value().to_string())
             }
-            Header::RecordRoute(v) => record_route.extend(split_list(v.value())),
+            Header::RecordRoute(v) => {
+                record_route.extend(split_list(v.value()).into_iter().map(str::to_string))
+            }
             Header::ContentType(v) => content_type = Some(v.value().trim().to_ascii_lowercase()),
             _ => {}
         }
@@ -755,42 +666,19 @@ fn extract(headers: &rsip::Headers) -> Result<Fields, &'static str> {
     })
 }
 
-/// The sent-by of a Via value (`SIP/2.0/UDP host:port;...`) as (host, port).
-pub(crate) fn via_sent_by(via: &str) -> Option<(String, Option<u16>)> {
-    let before_params = via.split(';').next()?;
-    let sent_by = before_params.split_whitespace().nth(1)?;
-    if let Some(rest) = sent_by.strip_prefix('[') {
-        let (host, tail) = rest.split_once(']')?;
-        let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
-        return Some((host.to_string(), port));
-    }
-    match sent_by.rsplit_once(':') {
-        Some((h, p)) => Some((h.to_string(), p.parse().ok())),
-        None => Some((sent_by.to_string(), None)),
-    }
-}
-
 /// Where a UDP response to a request goes (RFC 3261 §18.2.2 with RFC 3581 rport), and the
 /// top Via rewritten with `received`/`rport` to echo in the response.
 pub(crate) fn response_route(top_via: &str, from: SocketAddr) -> (SocketAddr, String) {
-    let rport = has_header_param(top_via, "rport");
-    let sent_by = via_sent_by(top_via);
-    let mut base: String = top_via.split(';').next().unwrap_or(top_via).to_string();
-    for (n, v) in header_params(top_via) {
-        if n == "rport" || n == "received" {
-            continue;
-        }
-        base.push(';');
-        base.push_str(&n);
-        if let Some(v) = v {
-            base.push('=');
-            base.push_str(&v);
-        }
-    }
-    let host_differs = sent_by
-        .as_ref()
-        .map(|(h, _)| h.parse::<IpAddr>().ok() != Some(from.ip()))
-        .unwrap_or(true);
+    let Ok(mut via) = Via::parse(top_via) else {
+        // Parsed messages had their Vias checked; answer where it came from regardless.
+        return (from, top_via.to_string());
+    };
+    let rport = via.param("rport").is_some();
+    let host_differs = via.host.parse::<IpAddr>().ok() != Some(from.ip());
+    via.params.retain(|p| {
+        !p.name.eq_ignore_ascii_case("rport") && !p.name.eq_ignore_ascii_case("received")
+    });
+    let mut base = via.render();
     if rport || host_differs {
         base.push_str(&format!(";received={}", from.ip()));
     }
@@ -798,7 +686,7 @@ pub(crate) fn response_route(top_via: &str, from: SocketAddr) -> (SocketAddr, St
         base.push_str(&format!(";rport={}", from.port()));
         return (from, base);
     }
-    let port = sent_by.and_then(|(_, p)| p).unwrap_or(5060);
+    let port = via.port.unwrap_or(5060);
     (SocketAddr::new(from.ip(), port), base)
 }
 
@@ -914,10 +802,10 @@ l: 0\n\n";
             vec!["<sip:a,b@x;lr>", "\"x,y\" <sip:c@d>"]
         );
         assert_eq!(
-            header_param("\"A\" <sip:a@b;transport=udp>;tag=9", "tag").as_deref(),
+            addr_param("\"A\" <sip:a@b;transport=udp>;tag=9", "tag").as_deref(),
             Some("9")
         );
-        assert_eq!(header_param("<sip:a@b;tag=no>", "tag"), None);
+        assert_eq!(addr_param("<sip:a@b;tag=no>", "tag"), None);
         assert_eq!(addr_uri("sip:a@b;tag=1"), "sip:a@b");
     }
 

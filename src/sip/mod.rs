@@ -6,17 +6,21 @@
 //! clock. May depend on `rsip`, `rand`, `thiserror`, `tracing`, std; never on tokio.
 //! `crate::sip_io` drives it with a real socket.
 //!
-//! Inside: `message` (normalise/parse/render on rsip), `sdp` (offer/answer), `digest`
-//! (RFC 7616 digest auth), `ua` (client/server transactions keyed by branch, calls/dialogs
+//! Inside: `message` (normalise/parse/render on rsip), `grammar` (the RFC 3261 §25.1
+//! grammar of the header values we read: lists, name-addr with parameters, Via), `sdp`
+//! (offer/answer), `digest` (RFC 7616 digest auth), `ua` (client/server transactions keyed by branch, calls/dialogs
 //! keyed by handle and Call-ID, and per-trunk registration and OPTIONS keepalive in
 //! `ua::trunk`).
 
 pub mod digest;
+mod grammar;
 mod message;
 pub mod policy;
 pub mod sdp;
 mod ua;
 
+#[cfg(test)]
+mod corpus_tests;
 #[cfg(test)]
 mod tests;
 

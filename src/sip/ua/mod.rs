@@ -12,6 +12,7 @@
 
 mod auth;
 mod dialog;
+mod droplog;
 mod registrar;
 mod server;
 mod timers;
@@ -31,7 +32,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use timers::Timers;
-use tracing::debug;
+use tracing::{debug, warn};
 use transaction::{ClientTx, ServerTx, TxMethod};
 
 /// The sans-IO SIP user agent. See the module docs of [`crate::sip`].
@@ -55,6 +56,8 @@ pub struct UserAgent {
     policy: SourcePolicy,
     /// The QA registrar, when `[[qa.phones]]` are configured.
     registrar: Option<registrar::Registrar>,
+    /// When malformed messages were last logged, per source.
+    drop_log: droplog::DropLog,
 }
 
 fn random_token() -> String {
@@ -160,6 +163,7 @@ impl UserAgent {
             tcp_peers: HashMap::new(),
             policy,
             registrar: config.registrar.map(registrar::Registrar::new),
+            drop_log: droplog::DropLog::default(),
         }
     }
 
@@ -244,8 +248,14 @@ impl UserAgent {
                 }
             }
             Err(e) => {
-                debug!(%from, error = %e, "dropping unparseable datagram");
                 self.policy.count(DropReason::Malformed);
+                if self.drop_log.should_log(now, from.ip()) {
+                    warn!(
+                        source = %from,
+                        error = %e,
+                        "dropped a malformed SIP message (more from this address are not logged for a minute)"
+                    );
+                }
             }
         }
         self.drop_stale_timers();

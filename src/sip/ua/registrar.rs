@@ -161,7 +161,7 @@ impl Registrar {
             return (Answer::Ok(None), Some(username));
         }
         let contact = &msg.contacts[0];
-        let asked = message::header_param(contact, "expires")
+        let asked = message::addr_param(contact, "expires")
             .and_then(|v| v.trim().parse::<u32>().ok())
             .or(msg.expires)
             .unwrap_or(DEFAULT_EXPIRES);

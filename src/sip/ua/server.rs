@@ -248,6 +248,7 @@ impl UserAgent {
                 _ => None,
             })
             .flatten()
+            .map(str::to_string)
             .collect();
         let Some(top) = vias.first() else {
             return;

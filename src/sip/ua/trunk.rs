@@ -335,7 +335,7 @@ impl UserAgent {
                     .contacts
                     .iter()
                     .find(|c| message::addr_uri(c).contains(host_port.as_str()))
-                    .and_then(|c| message::header_param(c, "expires"))
+                    .and_then(|c| message::addr_param(c, "expires"))
                     .and_then(|e| e.parse::<u32>().ok())
                     .or(msg.expires)
                     .unwrap_or(t.expires_wanted);
