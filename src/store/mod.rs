@@ -15,8 +15,10 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
-    #[error("database migration failed: {0}")]
+    #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Schema(#[from] schema::SchemaError),
     #[error("stored row is corrupt: {0}")]
     Corrupt(String),
 }
@@ -55,6 +57,7 @@ mod checks;
 mod dashboard;
 mod outbox;
 mod phones;
+pub mod schema;
 
 use admin::audit_in_tx;
 pub use admin::{AuditEntry, CallRecord};
@@ -234,12 +237,19 @@ impl Store {
         })
     }
 
-    pub async fn migrate(&self) -> Result<()> {
-        match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.writer).await?,
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.writer).await?,
-        }
-        Ok(())
+    /// Brings the schema to this binary's version; refuses (and changes nothing in) a
+    /// database that a newer or another build migrated (`schema::compare`).
+    pub async fn migrate(&self) -> Result<schema::SchemaChange> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        let known = schema::known(migrator);
+        let applied = schema::applied(&self.writer, self.backend).await?;
+        let from = schema::compare(&applied, &known)?;
+        migrator.run(&self.writer).await?;
+        let to = known.iter().map(|k| k.version).max().unwrap_or(0);
+        Ok(schema::SchemaChange { from, to })
     }
 
     pub async fn ping(&self) -> Result<()> {
