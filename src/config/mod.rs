@@ -16,6 +16,7 @@ mod validate;
 mod values;
 
 pub use schema::*;
+pub use validate::MIN_RETENTION;
 pub use values::*;
 
 pub use crate::domain::NumberKind;

@@ -57,6 +57,7 @@ mod checks;
 mod dashboard;
 mod outbox;
 mod phones;
+mod retention;
 pub mod schema;
 
 use admin::audit_in_tx;
@@ -66,6 +67,7 @@ pub use checks::WrongChecks;
 pub use dashboard::CallBucket;
 pub use outbox::WebhookJob;
 pub use phones::PhoneRow;
+pub use retention::{OldAuditRow, PseudonymisedAudit, PurgedRows};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
