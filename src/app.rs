@@ -62,7 +62,13 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
             crate::config::masked_url(&settings.database.url)
         )
     })?;
-    store.migrate().await.context("database migration failed")?;
+    let schema = store.migrate().await.with_context(|| {
+        format!(
+            "database {}",
+            crate::config::masked_url(&settings.database.url)
+        )
+    })?;
+    tracing::info!(schema = %schema.describe(), "database schema");
 
     let master = match std::env::var(&settings.verification.code_key_env) {
         Ok(k) if !k.is_empty() => k,

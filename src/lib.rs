@@ -8,6 +8,7 @@
 pub mod api;
 pub mod app;
 pub mod call;
+pub mod canary;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser;
 use otpdial::cli::{
     ApikeyCommand, Cli, Command, ConfigCommand, LogFormat, PromptsCommand, ScopeArg, TrunkCommand,
@@ -111,10 +112,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 std::time::Duration::from_secs(10),
             )
             .await?;
-            store.migrate().await?;
+            let change = store.migrate().await.with_context(|| {
+                format!(
+                    "database {}",
+                    otpdial::config::masked_url(&settings.database.url)
+                )
+            })?;
             println!(
-                "migrations applied to {}",
-                otpdial::config::masked_url(&settings.database.url)
+                "migrations applied to {}: {}",
+                otpdial::config::masked_url(&settings.database.url),
+                change.describe()
             );
             Ok(ExitCode::SUCCESS)
         }

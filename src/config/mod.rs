@@ -10,11 +10,13 @@
 
 use std::path::{Path, PathBuf};
 
+mod canary;
 mod load;
 mod schema;
 mod validate;
 mod values;
 
+pub use canary::{CanaryEntry, CanarySettings};
 pub use schema::*;
 pub use values::*;
 

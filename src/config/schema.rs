@@ -27,6 +27,8 @@ pub struct Settings {
     pub risk: RiskSettings,
     pub trunks: Vec<TrunkSettings>,
     pub qa: QaSettings,
+    pub canaries: Vec<super::CanaryEntry>,
+    pub canary: super::CanarySettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -98,6 +98,7 @@ impl Settings {
         };
         self.validate_qa(origin)?;
         self.validate_tls(origin)?;
+        self.validate_canaries(origin)?;
         if self.media.realtime_priority > 99 {
             return Err(err(
                 "media.realtime_priority".into(),

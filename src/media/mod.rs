@@ -3,15 +3,18 @@
 //! - [`g711`]: sample-level µ-law/A-law helpers (on `audio-codec-algorithms`).
 //! - [`pack`]: prompt packs loaded once (hound WAV) and pre-encoded into 160-byte frames.
 //! - [`script`]: what to say when in a call; pure code, no I/O, no clock.
+//! - [`cursor`]: where a call is in its script, and the key-gate rules; pure code.
 //! - [`rtp`]: RTP packetisation of one stream (rtp-rs).
 //! - [`rtcp`]: RTCP sender reports and BYE (RFC 3550).
 //! - [`srtp`]: SRTP and SRTCP (RFC 3711), AES-CM with HMAC-SHA1; pure code.
 //! - [`dtmf`]: key presses from RFC 4733 telephone-events and in-band tones (Goertzel).
-//! - [`pacer`]: the one thread that sends every call's packets on absolute deadlines.
+//! - [`pacer`]: the one thread that sends every call's packets on absolute deadlines;
+//!   its streams ([`pacer::stream`]) are pure values, its thread the only I/O.
 //!
 //! Depends on std, tokio (only for the event channel to the async side) and the codec
 //! crates; knows nothing of SIP, HTTP or the store.
 
+pub mod cursor;
 pub mod dtmf;
 pub mod g711;
 pub mod pacer;

@@ -356,6 +356,8 @@ pub(crate) struct Message {
     pub(crate) extension_method: Option<String>,
     /// The Request-URI's scheme is not sip/sips/tel (answer 416).
     pub(crate) unsupported_uri_scheme: bool,
+    /// A request's Request-URI as written (e.g. who an inbound INVITE is for).
+    pub(crate) request_uri: Option<String>,
     pub(crate) body: Vec<u8>,
 }
 
@@ -419,6 +421,7 @@ pub(crate) fn parse(data: &[u8]) -> Result<Message, ParseError> {
             }
             m.extension_method = extension.map(str::to_string);
             m.unsupported_uri_scheme = !supported_scheme(data);
+            m.request_uri = Some(req.uri.to_string());
             return Ok(m);
         }
         rsip::SipMessage::Response(resp) => {
@@ -606,6 +609,7 @@ impl Fields {
             authorization: self.authorization,
             extension_method: None,
             unsupported_uri_scheme: false,
+            request_uri: None,
             body,
         }
     }

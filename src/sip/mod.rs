@@ -23,6 +23,8 @@ mod ua;
 #[cfg(test)]
 mod corpus_tests;
 #[cfg(test)]
+mod inbound_tests;
+#[cfg(test)]
 mod qa_tests;
 #[cfg(test)]
 mod tests;
@@ -102,6 +104,60 @@ pub struct QaBinding {
     /// Lifetime granted, in seconds, and when it runs out.
     pub expires: u32,
     pub expires_at: std::time::Instant,
+}
+
+/// Inbound calls the user agent answers: INVITEs from a trunk's address for one of
+/// these numbers (the canaries' far end, SPEC §7 `[canary] answer_numbers`).
+#[derive(Debug, Clone, Default)]
+pub struct InboundConfig {
+    pub numbers: Vec<InboundNumber>,
+    /// Inbound calls at once; more get 486 Busy Here.
+    pub max_calls: usize,
+}
+
+/// One number we answer, and the Request-URI (or To) user parts that mean it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundNumber {
+    /// E.164, e.g. `+31201234567`.
+    pub number: String,
+    /// User parts that stand for it: the E.164 form, the digits without `+`, with `00`
+    /// instead of `+`, and whatever the application adds (the national form).
+    pub aliases: Vec<String>,
+}
+
+impl InboundNumber {
+    /// `e164` with its international spellings as aliases.
+    pub fn new(e164: &str) -> InboundNumber {
+        let digits = e164.trim_start_matches('+');
+        InboundNumber {
+            number: e164.to_string(),
+            aliases: vec![e164.to_string(), digits.to_string(), format!("00{digits}")],
+        }
+    }
+
+    /// Also answers to `alias` (e.g. the national form `0201234567`).
+    pub fn with_alias(mut self, alias: impl Into<String>) -> InboundNumber {
+        let alias = alias.into();
+        if !alias.is_empty() && !self.aliases.contains(&alias) {
+            self.aliases.push(alias);
+        }
+        self
+    }
+}
+
+/// An inbound INVITE offered to the application (see [`Event::Incoming`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingInvite {
+    /// The configured number it is for (E.164).
+    pub number: String,
+    pub call_id: String,
+    /// The From header as received.
+    pub from: String,
+    pub request_uri: String,
+    /// Where it came from (a trunk).
+    pub source: SocketAddr,
+    /// The SDP offer (empty when the INVITE had none).
+    pub offer: String,
 }
 
 /// How a message travels.
@@ -271,6 +327,13 @@ pub enum Event {
     },
     /// A key press sent as SIP INFO (application/dtmf-relay or application/dtmf).
     Dtmf { call: CallHandle, digit: char },
+    /// An inbound call for one of our numbers from a trunk; 100 Trying is sent. The
+    /// application answers ([`UserAgent::answer`]) or refuses ([`UserAgent::reject`]); its
+    /// end comes as [`Event::Ended`] like an outgoing call's.
+    Incoming {
+        call: CallHandle,
+        invite: IncomingInvite,
+    },
     /// Exactly once per call; the last event for that call.
     Ended { call: CallHandle, reason: EndReason },
     /// A QA phone registered, refreshed, unregistered (`None`) or expired (`None`).

@@ -225,9 +225,10 @@ fn route_event(routes: &mut HashMap<CallHandle, mpsc::UnboundedSender<CallEvent>
             }
             return;
         }
-        Event::TrunkProbe { .. } | Event::QaRegistration { .. } | Event::QaAuthFailed { .. } => {
-            return
-        }
+        Event::TrunkProbe { .. }
+        | Event::QaRegistration { .. }
+        | Event::QaAuthFailed { .. }
+        | Event::Incoming { .. } => return,
     };
     if let Some(tx) = routes.get(&call) {
         // A dropped receiver just means nobody listens any more.

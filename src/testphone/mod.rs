@@ -9,6 +9,7 @@
 //! never on `crate::sip`, so it can test that code as an independent peer.
 
 pub mod capture;
+pub mod meter;
 pub mod recognize;
 pub mod sdp;
 

@@ -218,6 +218,9 @@ impl UserAgent {
     /// Ends a call from our side: BYE once confirmed; CANCEL once a provisional came;
     /// before that, remembers to CANCEL on the first 1xx or ACK+BYE a 2xx.
     pub fn hangup(&mut self, now: Instant, call: CallHandle) {
+        if self.inbound.calls.contains_key(&call) {
+            return self.hangup_inbound(now, call);
+        }
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
@@ -241,6 +244,9 @@ impl UserAgent {
     }
 
     pub(super) fn end_call(&mut self, now: Instant, handle: CallHandle, reason: EndReason) {
+        if self.inbound.calls.contains_key(&handle) {
+            return self.end_inbound(now, handle, reason);
+        }
         let Some(c) = self.calls.get_mut(&handle) else {
             return;
         };

@@ -13,6 +13,7 @@
 mod auth;
 mod dialog;
 mod droplog;
+mod inbound;
 mod registrar;
 mod server;
 mod timers;
@@ -60,6 +61,8 @@ pub struct UserAgent {
     policy: SourcePolicy,
     /// The QA registrar, when `[[qa.phones]]` are configured.
     registrar: Option<registrar::Registrar>,
+    /// Inbound calls we answer (canary answer numbers), when turned on.
+    inbound: inbound::Inbound,
     /// When malformed messages were last logged, per source.
     drop_log: droplog::DropLog,
 }
@@ -168,6 +171,7 @@ impl UserAgent {
             inbound: HashSet::new(),
             policy,
             registrar: config.registrar.map(registrar::Registrar::new),
+            inbound: inbound::Inbound::default(),
             drop_log: droplog::DropLog::default(),
         }
     }
@@ -188,6 +192,7 @@ impl UserAgent {
             && self.by_call_id.is_empty()
             && self.client_txs.is_empty()
             && self.server_txs.is_empty()
+            && self.inbound.calls.is_empty()
     }
 
     /// What the listener policy dropped (or refused) so far, by reason, and its bans.
@@ -215,7 +220,11 @@ impl UserAgent {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let trunks = self.trunks.iter().filter_map(|t| t.next_deadline());
         let registrar = self.registrar.as_ref().and_then(|r| r.next_deadline());
-        trunks.chain(registrar).chain(self.timers.next()).min()
+        trunks
+            .chain(registrar)
+            .chain(self.inbound_deadline())
+            .chain(self.timers.next())
+            .min()
     }
 
     /// Feeds one SIP message read from a stream connection (framed by
@@ -311,6 +320,7 @@ impl UserAgent {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.trunk_timers(now);
         self.registrar_timers(now);
+        self.inbound_timers(now);
         self.run_due_timers(now);
     }
 

@@ -59,6 +59,9 @@ impl UserAgent {
         };
         let method = *method;
         let dialog = self.find_dialog(&msg);
+        let inbound = self
+            .find_inbound(&msg)
+            .or_else(|| self.find_inbound_tx(&msg));
         let method_name = msg
             .extension_method
             .clone()
@@ -73,13 +76,16 @@ impl UserAgent {
             .is_some_and(|k| self.server_txs.contains_key(k));
         let facts = RequestFacts {
             // A retransmission of a request we answered passed the policy the first time.
-            in_dialog: dialog.is_some() || retransmission,
+            in_dialog: dialog.is_some() || inbound.is_some() || retransmission,
             is_register: method == Method::Register,
             registered_phone: self.is_registered_phone(now, from),
         };
         let verdict = self.policy.check_request(now, from.ip(), facts);
         if let Verdict::Drop(reason) = verdict {
             debug!(%from, %method, reason = reason.as_str(), "request dropped by the listener policy");
+            return;
+        }
+        if verdict == Verdict::Accept && self.on_inbound_request(now, from, method, &msg) {
             return;
         }
         if method == Method::Ack {

@@ -1,0 +1,86 @@
+//! The dialer's decisions: when to retry, what an attempt tells a trunk's breaker,
+//! and which reasons reach the call.
+
+use super::Dialer;
+use crate::call::AttemptOutcome;
+use crate::config::RetryOn;
+use crate::domain::{self, CallStatus};
+use crate::store::ClaimedCall;
+
+impl Dialer {
+    /// When the next round may start, if the policy allows one.
+    pub(super) fn retry_at(&self, claimed: &ClaimedCall, outcome: &AttemptOutcome) -> Option<i64> {
+        let d = &self.settings.dialer;
+        let retriable = d.retry_on.iter().any(|r| {
+            matches!(
+                (r, outcome.status),
+                (RetryOn::NoAnswer, CallStatus::NoAnswer)
+                    | (RetryOn::Busy, CallStatus::Busy)
+                    | (RetryOn::Rejected, CallStatus::Rejected)
+                    | (RetryOn::Failed, CallStatus::Failed)
+            )
+        });
+        let refused = outcome.reason.as_deref() == Some("risk_denied");
+        if !retriable || refused || claimed.round >= d.max_attempts || outcome.times_played > 0 {
+            return None;
+        }
+        let at = domain::now_ms() + i64::try_from(d.retry_delay.as_millis()).unwrap_or(i64::MAX);
+        // A retry after the verification expired reaches nobody.
+        (at < claimed.expires_at).then_some(at)
+    }
+}
+
+/// What an attempt's outcome says about the trunk, for its breaker:
+/// `Some(true)` the trunk failed (5xx, 408, no response, transport error),
+/// `Some(false)` it answered for itself, `None` nothing either way.
+pub(super) fn breaker_signal(outcome: &AttemptOutcome) -> Option<bool> {
+    if outcome.failover {
+        Some(true)
+    } else if outcome.sip_code.is_some() {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The call-level reason: the machine tokens a client can act on; other
+/// details stay on the attempt.
+pub(super) fn short_reason(reason: Option<&str>) -> Option<&str> {
+    match reason {
+        Some(
+            r @ ("expired" | "gateway_restart" | "no_keypress" | "shutdown" | "canceled"
+            | "risk_denied"),
+        ) => Some(r),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_hears_only_trunk_trouble_and_trunk_answers() {
+        assert_eq!(
+            breaker_signal(&AttemptOutcome::failed("503", true)),
+            Some(true)
+        );
+        let busy = AttemptOutcome {
+            status: CallStatus::Busy,
+            sip_code: Some(486),
+            ..AttemptOutcome::failed("486 Busy Here", false)
+        };
+        assert_eq!(breaker_signal(&busy), Some(false));
+        assert_eq!(
+            breaker_signal(&AttemptOutcome::failed("canceled", false)),
+            None
+        );
+    }
+
+    #[test]
+    fn only_machine_reasons_reach_the_call() {
+        assert_eq!(short_reason(Some("no_keypress")), Some("no_keypress"));
+        assert_eq!(short_reason(Some("503 Service Unavailable")), None);
+        assert_eq!(short_reason(None), None);
+    }
+}

@@ -1,0 +1,356 @@
+//! The pacer thread: the only code of the pacer with sockets and clocks. It waits in
+//! one `epoll` (mio) for the next deadline or a datagram, reads the clock once per
+//! wake-up, feeds the streams what arrived, and sends what they hand out.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+use tokio::sync::mpsc as tokio_mpsc;
+
+use super::stream::{Inbound, Stream, Via, SEND_BUF_LEN};
+use super::{Command, NewStream, PacerStats, PlayoutEvent, LATE_AFTER};
+
+/// Token of the waker; stream sockets use `id << 1 | is_rtcp`, ids start at 1.
+pub(super) const WAKER: Token = Token(0);
+
+/// Packets read from one socket per wake-up; the rest wait for the next round so one
+/// flooded port cannot stall every other call.
+const READ_BUDGET: usize = 16;
+
+/// A stream with its sockets and the way to its call.
+struct Entry {
+    stream: Stream,
+    socket: mio::net::UdpSocket,
+    rtcp_socket: Option<mio::net::UdpSocket>,
+    events: tokio_mpsc::UnboundedSender<PlayoutEvent>,
+}
+
+impl Entry {
+    fn new(n: NewStream) -> Entry {
+        Entry {
+            stream: n.stream,
+            socket: mio::net::UdpSocket::from_std(n.socket),
+            rtcp_socket: n.rtcp_socket.map(mio::net::UdpSocket::from_std),
+            events: n.events,
+        }
+    }
+
+    /// Hands the stream's queued events to its call.
+    fn forward_events(&mut self) {
+        while let Some(ev) = self.stream.poll_event() {
+            // The call may have gone (its handle dropped): nothing to tell.
+            let _ = self.events.send(ev);
+        }
+    }
+
+    /// Sends what the stream has due at `now`; returns (RTP packets sent, of them late).
+    fn send_due(&mut self, now: Instant, buf: &mut [u8; SEND_BUF_LEN]) -> (u64, u64) {
+        let (mut sent, mut late) = (0, 0);
+        while let Some(t) = self.stream.poll_packet(now, buf) {
+            let socket = match t.via {
+                Via::Rtp => &self.socket,
+                Via::Rtcp => match &self.rtcp_socket {
+                    Some(s) => s,
+                    None => continue,
+                },
+            };
+            let ok = socket.send_to(&buf[..t.len], t.to).is_ok();
+            if let Some(due) = t.due {
+                if ok {
+                    sent += 1;
+                    late += u64::from(now.saturating_duration_since(due) > LATE_AFTER);
+                } else {
+                    // WouldBlock (socket buffer full) and ECONNREFUSED (ICMP port
+                    // unreachable from an earlier packet) are normal under load or
+                    // before the far end opens its port: the packet is lost, the
+                    // stream goes on. RTCP is lost like any UDP packet: nothing to do.
+                    self.stream.send_failed();
+                }
+            }
+        }
+        self.forward_events();
+        (sent, late)
+    }
+
+    /// Reads what arrived on one of the stream's sockets; true when the read budget ran
+    /// out (more may be waiting). Packets failing SRTP checks are counted in `rejected`.
+    fn read(&mut self, via: Via, now: Instant, buf: &mut [u8], rejected: &mut u64) -> bool {
+        let socket = match via {
+            Via::Rtp => &self.socket,
+            Via::Rtcp => match &self.rtcp_socket {
+                Some(s) => s,
+                None => return false,
+            },
+        };
+        let mut more = true;
+        for _ in 0..READ_BUDGET {
+            let (n, from) = match socket.recv_from(buf) {
+                Ok(r) => r,
+                // WouldBlock: drained. Other errors (ICMP errors queued on the socket)
+                // say nothing about incoming media.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    more = false;
+                    break;
+                }
+                Err(_) => continue,
+            };
+            if self.stream.handle_packet(now, from, via, &mut buf[..n]) == Inbound::Rejected {
+                *rejected += 1;
+            }
+        }
+        self.forward_events();
+        more
+    }
+
+    /// The stream's last words: the end-of-stream log line and `Finished`.
+    fn finish(self, active: &AtomicUsize) {
+        active.fetch_sub(1, Ordering::Relaxed);
+        let (errors, resyncs, rejected) = self.stream.trouble();
+        let remote = self.stream.remote();
+        if rejected > 0 {
+            tracing::debug!(
+                %remote,
+                rejected,
+                "SRTP/SRTCP packets failed authentication or replay checks and were dropped"
+            );
+        }
+        if errors > 0 || resyncs > 0 {
+            tracing::debug!(%remote, errors, resyncs, "RTP stream had send errors or fell behind");
+        }
+        let _ = self.events.send(self.stream.finished());
+    }
+}
+
+/// Puts the calling thread under SCHED_FIFO at `priority` (0: leave it alone). Through
+/// the `thread-priority` crate, which wraps `pthread_setschedparam` safely, so this
+/// crate keeps `unsafe_code = "deny"`.
+pub(super) fn apply_priority(priority: u8) {
+    if priority == 0 {
+        return;
+    }
+    use thread_priority::unix::{
+        set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy,
+        ThreadSchedulePolicy,
+    };
+    use thread_priority::{ThreadPriority, ThreadPriorityValue};
+    let value = match ThreadPriorityValue::try_from(priority.min(99)) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(priority, error = ?e, "invalid real-time priority; pacer runs at normal priority");
+            return;
+        }
+    };
+    let result = set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Crossplatform(value),
+        ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+    );
+    match result {
+        Ok(()) => tracing::info!(priority, "RTP pacer runs under SCHED_FIFO"),
+        Err(e) => tracing::warn!(
+            priority,
+            error = ?e,
+            "cannot set SCHED_FIFO for the RTP pacer (needs CAP_SYS_NICE or an RLIMIT_RTPRIO); running at normal priority"
+        ),
+    }
+}
+
+/// Sleeps until `deadline` or an event on `poll`. epoll only takes whole milliseconds
+/// (mio rounds up), which would make every wake-up up to 1 ms late; so epoll waits the
+/// whole milliseconds and a precise sleep the rest. A command or packet that arrives
+/// during that last sub-millisecond sleep waits for it, which is harmless.
+fn wait(poll: &mut Poll, events: &mut Events, deadline: Option<Instant>) {
+    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let result = match timeout {
+        Some(t) if t < Duration::from_millis(1) => {
+            if !t.is_zero() {
+                std::thread::sleep(t);
+            }
+            poll.poll(events, Some(Duration::ZERO))
+        }
+        Some(t) => poll.poll(events, Some(Duration::from_millis(t.as_millis() as u64))),
+        None => poll.poll(events, None),
+    };
+    if let Err(e) = result {
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            // Cannot happen with a valid epoll fd; do not spin if it somehow does.
+            tracing::error!(error = %e, "RTP pacer epoll failed");
+            events.clear();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// The streams of the thread and the heap of their deadlines.
+struct Table {
+    streams: HashMap<u64, Entry>,
+    /// (deadline, stream id): one entry per stream; entries of streams stopped since
+    /// are skipped when popped.
+    due: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+impl Table {
+    /// Queues the stream's next deadline, or finishes it when it is over.
+    fn reschedule(&mut self, id: u64, active: &AtomicUsize) {
+        let Some(entry) = self.streams.get(&id) else {
+            return;
+        };
+        match entry.stream.poll_timeout() {
+            Some(at) => self.due.push(Reverse((at, id))),
+            None => {
+                if let Some(e) = self.streams.remove(&id) {
+                    e.finish(active);
+                }
+            }
+        }
+    }
+}
+
+/// The thread body.
+pub(super) fn run(
+    mut poll: Poll,
+    commands: mpsc::Receiver<Command>,
+    active: &AtomicUsize,
+    stats: &PacerStats,
+) {
+    let mut table = Table {
+        streams: HashMap::new(),
+        due: BinaryHeap::new(),
+    };
+    let mut events = Events::with_capacity(1024);
+    // Sockets whose read budget ran out: read again next round (epoll is
+    // edge-triggered and will not report them again).
+    let mut unread: Vec<Token> = Vec::new();
+    let mut ready: Vec<Token> = Vec::new();
+    let mut buf = [0u8; SEND_BUF_LEN];
+    let mut rx_buf = [0u8; 2048];
+
+    loop {
+        let deadline = if unread.is_empty() {
+            table.due.peek().map(|Reverse((d, _))| *d)
+        } else {
+            Some(Instant::now())
+        };
+        wait(&mut poll, &mut events, deadline);
+        let now = Instant::now();
+
+        if !take_commands(&commands, &mut table, &poll, now, &mut buf, active) {
+            break;
+        }
+
+        ready.clear();
+        ready.extend(events.iter().map(|e| e.token()).filter(|t| *t != WAKER));
+        ready.append(&mut unread);
+        let mut rejected = 0;
+        for &token in &ready {
+            let id = (token.0 >> 1) as u64;
+            let Some(entry) = table.streams.get_mut(&id) else {
+                continue;
+            };
+            let via = if token.0 & 1 == 0 {
+                Via::Rtp
+            } else {
+                Via::Rtcp
+            };
+            if entry.read(via, now, &mut rx_buf, &mut rejected) {
+                unread.push(token);
+            }
+        }
+        if rejected > 0 {
+            stats.srtp_rejected.fetch_add(rejected, Ordering::Relaxed);
+        }
+
+        // Send everything that is due. A stream that fell behind (thread descheduled)
+        // catches up in a burst of at most MAX_LAG: its packets keep their ideal
+        // timestamps, and the far end's jitter buffer absorbs a short burst better
+        // than it would absorb gaps.
+        let (mut sent, mut late) = (0u64, 0u64);
+        while let Some(&Reverse((at, id))) = table.due.peek() {
+            if at > now + super::stream::SEND_AHEAD {
+                break;
+            }
+            table.due.pop();
+            let Some(entry) = table.streams.get_mut(&id) else {
+                continue; // stopped earlier
+            };
+            let (s, l) = entry.send_due(now, &mut buf);
+            sent += s;
+            late += l;
+            table.reschedule(id, active);
+        }
+        if sent > 0 {
+            stats.sent.fetch_add(sent, Ordering::Relaxed);
+            stats.late.fetch_add(late, Ordering::Relaxed);
+        }
+    }
+
+    for (_, mut e) in table.streams.drain() {
+        e.stream.stop();
+        e.send_due(Instant::now(), &mut buf);
+        e.finish(active);
+    }
+}
+
+/// Applies the queued commands; false on shutdown.
+fn take_commands(
+    commands: &mpsc::Receiver<Command>,
+    table: &mut Table,
+    poll: &Poll,
+    now: Instant,
+    buf: &mut [u8; SEND_BUF_LEN],
+    active: &AtomicUsize,
+) -> bool {
+    loop {
+        match commands.try_recv() {
+            Ok(Command::Play(new)) => {
+                let id = new.id;
+                let mut entry = Entry::new(*new);
+                register(poll, id, &mut entry);
+                table.streams.insert(id, entry);
+                table.reschedule(id, active);
+            }
+            Ok(Command::Stop(id)) => {
+                if let Some(mut e) = table.streams.remove(&id) {
+                    e.stream.stop();
+                    e.send_due(now, buf);
+                    e.finish(active);
+                }
+            }
+            Ok(Command::Key(id, key)) => {
+                if let Some(e) = table.streams.get_mut(&id) {
+                    e.stream.handle_key(key);
+                    e.forward_events();
+                }
+            }
+            Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return false,
+            Err(mpsc::TryRecvError::Empty) => return true,
+        }
+    }
+}
+
+/// Watches a new stream's sockets for reading.
+fn register(poll: &Poll, id: u64, entry: &mut Entry) {
+    let token = Token((id as usize) << 1);
+    let registry = poll.registry();
+    let ok = registry
+        .register(&mut entry.socket, token, Interest::READABLE)
+        .is_ok();
+    if let Some(rtcp) = &mut entry.rtcp_socket {
+        if registry
+            .register(rtcp, Token(token.0 | 1), Interest::READABLE)
+            .is_err()
+        {
+            // As if the call had no RTCP port: what the stream hands out for it is
+            // dropped.
+            entry.rtcp_socket = None;
+        }
+    }
+    if !ok {
+        // Unreadable socket: still play (DTMF and latching are lost).
+        tracing::warn!(remote = %entry.stream.remote(), "cannot watch RTP socket");
+    }
+}
