@@ -42,7 +42,18 @@ pub(crate) fn render_response(status: u16, mut headers: Vec<Header>, body: &[u8]
 /// 3265, 3329, 3903, 4028, 4412, 4474, 5079, 5360, 5393, 5626, 5839, 6086, 8224, 8599);
 /// an unlisted code gets its class's phrase.
 pub(crate) fn reason_phrase(status: u16) -> &'static str {
-    match status {
+    known_phrase(status).unwrap_or(match status {
+        100..=199 => "Session Progress",
+        200..=299 => "OK",
+        300..=399 => "Redirection",
+        400..=499 => "Request Failure",
+        500..=599 => "Server Failure",
+        _ => "Global Failure",
+    })
+}
+
+fn known_phrase(status: u16) -> Option<&'static str> {
+    Some(match status {
         100 => "Trying",
         180 => "Ringing",
         181 => "Call Is Being Forwarded",
@@ -117,13 +128,8 @@ pub(crate) fn reason_phrase(status: u16) -> &'static str {
         606 => "Not Acceptable",
         607 => "Unwanted",
         608 => "Rejected",
-        100..=199 => "Session Progress",
-        200..=299 => "OK",
-        300..=399 => "Redirection",
-        400..=499 => "Request Failure",
-        500..=599 => "Server Failure",
-        _ => "Global Failure",
-    }
+        _ => return None,
+    })
 }
 
 fn headers_from(list: Vec<Header>) -> rsip::Headers {

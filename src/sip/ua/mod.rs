@@ -56,7 +56,7 @@ pub struct UserAgent {
     tcp_peers: HashMap<SocketAddr, Transport>,
     /// Of those, the connections the peer opened (a QA phone's flow): when one closes it
     /// is not dialled again (its port is the phone's, not a listener).
-    inbound: HashSet<SocketAddr>,
+    client_flows: HashSet<SocketAddr>,
     /// The listener policy: every request from outside our dialogs passes it first.
     policy: SourcePolicy,
     /// The QA registrar, when `[[qa.phones]]` are configured.
@@ -168,7 +168,7 @@ impl UserAgent {
             events: VecDeque::new(),
             trunks: Vec::new(),
             tcp_peers: HashMap::new(),
-            inbound: HashSet::new(),
+            client_flows: HashSet::new(),
             policy,
             registrar: config.registrar.map(registrar::Registrar::new),
             inbound: inbound::Inbound::default(),
@@ -231,9 +231,9 @@ impl UserAgent {
     /// [`crate::sip::frame_stream`]). Answers and later requests to `from` use TCP too.
     pub fn handle_stream_message(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         // A connection we opened keeps its transport (TLS); one a peer opened is TCP.
-        if !self.tcp_peers.contains_key(&from) {
-            self.tcp_peers.insert(from, Transport::Tcp);
-            self.inbound.insert(from);
+        if let std::collections::hash_map::Entry::Vacant(e) = self.tcp_peers.entry(from) {
+            e.insert(Transport::Tcp);
+            self.client_flows.insert(from);
         }
         self.handle_datagram(now, from, data);
     }
@@ -244,7 +244,7 @@ impl UserAgent {
     /// phone registers again, calls on it end, and nothing is sent to it any more (not
     /// over UDP either: its port is the phone's end of the connection).
     pub fn handle_connection_closed(&mut self, now: Instant, peer: SocketAddr) {
-        if !self.inbound.remove(&peer) {
+        if !self.client_flows.remove(&peer) {
             return;
         }
         self.tcp_peers.remove(&peer);
