@@ -102,6 +102,16 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         );
     }
 
+    for (i, c) in settings.canaries.iter().enumerate() {
+        if !c.locale.is_empty() && !locales.contains(&c.locale) {
+            anyhow::bail!(
+                "config key `canaries[{i}].locale`: no prompt pack {:?} (installed: {})",
+                c.locale,
+                locales.join(", ")
+            );
+        }
+    }
+
     let metrics = Metrics::new();
     let (sip, external_ip) = sip_endpoint(&settings, settings.trunks.first()).await?;
     let sip_addr = sip.local_addr();
@@ -142,6 +152,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         metrics.clone(),
     )
     .with_bind_locales(bind_locales);
+    let keys_for_canaries = keys.clone();
     let dialer = Arc::new(Dialer::new(
         store.clone(),
         keys,
@@ -181,6 +192,18 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
             "webhooks off: no signing secret in the environment"
         ),
     }
+    background.extend(crate::canary::spawn(
+        crate::canary::CanaryDeps {
+            settings: settings.clone(),
+            store: store.clone(),
+            keys: keys_for_canaries,
+            engine: engine.clone(),
+            board: board.clone(),
+            metrics: metrics.clone(),
+            instance: dialer.instance().to_string(),
+        },
+        &shutdown,
+    )?);
     background.push(tokio::spawn(
         dialer.clone().watch_cancellations(shutdown.clone()),
     ));
@@ -327,6 +350,7 @@ pub(crate) async fn sip_endpoint(
         server_header: settings.sip.server_header_value(),
         policy: settings.sip.policy(),
         registrar: settings.qa.registrar(),
+        inbound: crate::canary::inbound_config(settings),
     };
     let sip = SipEndpoint::bind(settings.sip.listen, advertised, options)
         .await

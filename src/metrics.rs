@@ -96,6 +96,8 @@ pub struct Metrics {
     pub post_dial_delay: HistogramFamily<TrunkLabel>,
     /// HTTP API latency by method, route pattern and status.
     pub http_requests: HistogramFamily<RouteLabel>,
+    /// Canary runs, health and the answering side (`otpdial_canary_*`).
+    pub canary: crate::canary::metrics::CanaryMetrics,
     live: Arc<Live>,
 }
 
@@ -122,6 +124,7 @@ impl Metrics {
             call_setup: Family::new_with_constructor(call_seconds),
             post_dial_delay: Family::new_with_constructor(call_seconds),
             http_requests: Family::new_with_constructor(request_seconds),
+            canary: Default::default(),
             live: Arc::new(Live::default()),
             registry: Registry::default(),
         };
@@ -186,6 +189,7 @@ impl Metrics {
             "HTTP API request latency by method, route pattern and status",
             m.http_requests.clone(),
         );
+        m.canary.register(&mut registry);
         registry.register_collector(Box::new(m.live.clone()));
         Arc::new(Metrics { registry, ..m })
     }

@@ -53,6 +53,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 mod admin;
 mod calls;
+mod canaries;
+mod canary_alerts;
 mod checks;
 mod dashboard;
 mod outbox;
@@ -62,6 +64,11 @@ pub mod schema;
 use admin::audit_in_tx;
 pub use admin::{AuditEntry, CallRecord};
 pub use calls::{AfterAttempt, CallUpdate, ClaimedCall, Recovered};
+pub use canaries::{
+    CanaryArrivalReport, CanaryArrivalRow, CanaryHealthRow, CanaryRunEnd, CanaryRunRow,
+    CanaryStateRow, NewCanaryAlert, NewCanaryArrival, NewCanaryRun,
+};
+pub use canary_alerts::CanaryAlertJob;
 pub use checks::WrongChecks;
 pub use dashboard::CallBucket;
 pub use outbox::WebhookJob;
