@@ -50,6 +50,13 @@ pub fn pick_arrival(arrivals: &[CanaryArrivalRow], code_hash: &str, deadline: bo
     }
 }
 
+/// Whether an arrival that may be this run's is there (reported or not).
+pub fn has_candidate(arrivals: &[CanaryArrivalRow], code_hash: &str) -> bool {
+    arrivals
+        .iter()
+        .any(|a| a.heard_hash.as_deref() == Some(code_hash) || !(a.heard_hash.is_some() && a.heard.is_none()))
+}
+
 /// What the arrival heard, against the run's code.
 pub fn heard(arrival: &CanaryArrivalRow, code_hash: &str) -> Heard {
     if arrival.heard_hash.as_deref() == Some(code_hash) {
@@ -174,6 +181,9 @@ mod tests {
         assert_eq!(pick_arrival(&a, "mine", false), Pick::Take(1));
         assert_eq!(heard(&a[1], "mine"), Heard::Other);
         assert_eq!(pick_arrival(&a[..1], "mine", true), Pick::Nothing);
+        assert!(!has_candidate(&a[..1], "mine"));
+        assert!(has_candidate(&a, "mine"));
+        assert!(has_candidate(&a[..1], "theirs"));
     }
 
     #[test]

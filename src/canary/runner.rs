@@ -28,6 +28,9 @@ use crate::verify::CodeKeys;
 const TICK: Duration = Duration::from_millis(250);
 /// How often the answering side's reports are looked for when no local wake-up comes.
 const REPORT_POLL: Duration = Duration::from_millis(250);
+/// Once the call arrived, how much longer than `arrival_timeout` its report may take
+/// (the answering side recognises the audio after the call, a second or more).
+const REPORT_GRACE: Duration = Duration::from_secs(60);
 /// Arrivals this much older than the run's start (clocks of two instances) still count.
 const CLOCK_SLACK_MS: i64 = 5_000;
 /// After shutdown is asked, how long runs in progress get to hang up and record.
@@ -346,8 +349,9 @@ impl CanaryRunner {
     }
 
     /// Waits for the answering side's report of this run's call and claims it. `wait`:
-    /// the call was answered, so its report may still come (for up to
-    /// `arrival_timeout`); otherwise only what arrived already counts.
+    /// the call was answered, so it may still arrive (for up to `arrival_timeout`) and,
+    /// once it did, its report may still come (recognition takes a moment: up to
+    /// [`REPORT_GRACE`] more); otherwise only what arrived already counts.
     async fn await_arrival(
         &self,
         run_id: &str,
@@ -357,14 +361,15 @@ impl CanaryRunner {
         wait: bool,
         hangup: &Hangup,
     ) -> Option<CanaryArrivalRow> {
-        let timeout = if wait {
-            self.settings.canary.arrival_timeout
+        let (arrive_in, report_in) = if wait {
+            let t = self.settings.canary.arrival_timeout;
+            (t, t + REPORT_GRACE)
         } else {
-            Duration::ZERO
+            (Duration::ZERO, Duration::ZERO)
         };
-        let deadline = tokio::time::Instant::now() + timeout;
+        let start = tokio::time::Instant::now();
+        let (arrive_by, report_by) = (start + arrive_in, start + report_in);
         loop {
-            let late = tokio::time::Instant::now() >= deadline || hangup.cause().is_some();
             let arrivals = match self
                 .store
                 .canary_unclaimed_arrivals(number, started_at - CLOCK_SLACK_MS)
@@ -376,12 +381,14 @@ impl CanaryRunner {
                     Vec::new()
                 }
             };
+            let deadline = if matching::has_candidate(&arrivals, hash) {
+                report_by
+            } else {
+                arrive_by
+            };
+            let late = tokio::time::Instant::now() >= deadline || hangup.cause().is_some();
             match matching::pick_arrival(&arrivals, hash, late) {
-                Pick::Take(i) => match self
-                    .store
-                    .canary_claim_arrival(&arrivals[i].id, run_id)
-                    .await
-                {
+                Pick::Take(i) => match self.store.canary_claim_arrival(&arrivals[i].id, run_id).await {
                     Ok(true) => return Some(arrivals[i].clone()),
                     Ok(false) => continue, // another run took it; look again
                     Err(e) => tracing::warn!(error = %e, "cannot claim a canary arrival"),

@@ -9,6 +9,7 @@ mod api_basics;
 mod api_rules;
 mod baresip;
 mod callee;
+mod canary;
 mod calls_sipp;
 mod cli_config;
 mod demo_path;
