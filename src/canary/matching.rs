@@ -52,9 +52,9 @@ pub fn pick_arrival(arrivals: &[CanaryArrivalRow], code_hash: &str, deadline: bo
 
 /// Whether an arrival that may be this run's is there (reported or not).
 pub fn has_candidate(arrivals: &[CanaryArrivalRow], code_hash: &str) -> bool {
-    arrivals
-        .iter()
-        .any(|a| a.heard_hash.as_deref() == Some(code_hash) || !(a.heard_hash.is_some() && a.heard.is_none()))
+    arrivals.iter().any(|a| {
+        a.heard_hash.as_deref() == Some(code_hash) || !(a.heard_hash.is_some() && a.heard.is_none())
+    })
 }
 
 /// What the arrival heard, against the run's code.

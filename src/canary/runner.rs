@@ -388,7 +388,11 @@ impl CanaryRunner {
             };
             let late = tokio::time::Instant::now() >= deadline || hangup.cause().is_some();
             match matching::pick_arrival(&arrivals, hash, late) {
-                Pick::Take(i) => match self.store.canary_claim_arrival(&arrivals[i].id, run_id).await {
+                Pick::Take(i) => match self
+                    .store
+                    .canary_claim_arrival(&arrivals[i].id, run_id)
+                    .await
+                {
                     Ok(true) => return Some(arrivals[i].clone()),
                     Ok(false) => continue, // another run took it; look again
                     Err(e) => tracing::warn!(error = %e, "cannot claim a canary arrival"),

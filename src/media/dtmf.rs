@@ -106,6 +106,11 @@ impl RtpKeyInput {
         }
     }
 
+    /// The negotiated telephone-event payload type, if any.
+    pub fn telephone_event_pt(&self) -> Option<u8> {
+        self.telephone_event_pt
+    }
+
     /// Reads one received datagram.
     pub fn on_datagram(&mut self, data: &[u8]) -> RtpInput {
         let Ok(p) = rtp_rs::RtpReader::new(data) else {

@@ -409,6 +409,7 @@ mod tests {
                 credentials: None,
                 extra_headers: Vec::new(),
                 transport: Transport::Udp,
+                pin_flow: false,
             })
             .await
             .unwrap();
@@ -481,6 +482,7 @@ mod tests {
                 credentials: None,
                 extra_headers: Vec::new(),
                 transport: Transport::Udp,
+                pin_flow: false,
             })
             .await,
             Err(SipIoError::Closed)

@@ -1,32 +1,39 @@
-//! The durable life of a call: claiming queued calls under a lease,
-//! recording each status and attempt, re-queuing for a retry, ending calls
-//! whose verification expired in the queue, and taking over calls whose
-//! instance died. The row is the truth; an instance only borrows it.
-//!
-//! The one rule for a call whose lease ran out: if one of its attempts is
-//! still open (its INVITE may have left), it ends `failed` with reason
-//! `gateway_restart` and is never dialled again; otherwise it goes back to
-//! the queue and is placed normally.
+//! The durable life of a call: its rows (the call, its attempts, its status
+//! events), recording each status and attempt, re-queuing for a retry, and
+//! ending calls whose verification expired in the queue. The row is the
+//! truth; an instance only borrows it. Claiming and take-over: `queue.rs`.
 
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{enqueue_webhook, insert_event, Backend, Result, Store, StoreError};
-use crate::domain::{CallStatus, VerificationStatus};
+use super::{enqueue_webhook, Result, Store, StoreError};
+use crate::domain::CallStatus;
 
-/// A queued call claimed by one dialer instance.
 #[derive(Debug, Clone)]
-pub struct ClaimedCall {
-    pub call_id: String,
+pub struct CallRow {
+    pub id: String,
     pub verification_id: String,
-    /// The number this round dials.
-    pub phone: String,
-    pub user_id: Option<String>,
-    pub locale: String,
-    pub code_sealed: Option<String>,
-    pub expires_at: i64,
-    pub verification_status: VerificationStatus,
-    /// 1 for the first round, 2 for the first retry, …
-    pub round: u32,
+    pub status: CallStatus,
+    pub sip_code: Option<i64>,
+    pub trunk: Option<String>,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub times_played: i64,
+    /// Why the call ended as it did, when there is more to say than its
+    /// status (`expired`, `gateway_restart`, `shutdown`, …).
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    pub seq: i64,
+    pub number: String,
+    pub trunk: String,
+    pub status: String,
+    pub sip_code: Option<i64>,
+    pub reason: Option<String>,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
 }
 
 /// Optional fields written together with a call status change.
@@ -55,109 +62,70 @@ pub enum AfterAttempt<'a> {
     Retry { at: i64, phone: &'a str },
 }
 
-/// What the take-over did to one abandoned call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recovered {
-    /// Its INVITE may have left: ended `failed`, reason `gateway_restart`.
-    Failed { call_id: String },
-    /// It was never dialled: back in the queue.
-    Requeued { call_id: String },
-}
-
-const IN_PROGRESS: &str = "('dialing', 'ringing', 'answered')";
+pub(super) const IN_PROGRESS: &str = "('dialing', 'ringing', 'answered')";
 
 impl Store {
-    /// Claims the oldest due queued call for `instance` until `lease_until`.
-    /// With `prefixes`, only a call whose number starts with one of them
-    /// (the numbers some trunk with a free slot carries); `Some(&[])`
-    /// claims nothing.
-    pub async fn claim_next_call(
-        &self,
-        instance: &str,
-        now: i64,
-        lease_until: i64,
-        prefixes: Option<&[String]>,
-    ) -> Result<Option<ClaimedCall>> {
-        let filter = match prefixes {
-            None => String::new(),
-            Some([]) => return Ok(None),
-            Some(list) => {
-                let ors: Vec<String> = (0..list.len())
-                    .map(|i| format!("COALESCE(c.phone, v.phone) LIKE ${}", i + 4))
-                    .collect();
-                format!(" AND ({})", ors.join(" OR "))
-            }
-        };
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE OF c SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let sql = format!(
-            "UPDATE calls SET status = 'dialing', claimed_by = $1, lease_until = $3, updated_at = $2, \
-               claimed_at = $2, rounds = rounds + 1 \
-             WHERE id = (SELECT c.id FROM calls c JOIN verifications v ON v.id = c.verification_id \
-                         WHERE c.status = 'queued' AND c.next_attempt_at <= $2{filter} \
-                         ORDER BY c.next_attempt_at, c.created_at LIMIT 1{lock}) \
-               AND status = 'queued' \
-             RETURNING id, verification_id, code_sealed, phone, rounds"
-        );
-        let mut tx = self.write_tx().await?;
-        let mut query = sqlx::query(&sql).bind(instance).bind(now).bind(lease_until);
-        for p in prefixes.unwrap_or_default() {
-            // Prefixes are validated E.164 (`+` and digits): no LIKE wildcards.
-            query = query.bind(format!("{p}%"));
-        }
-        let Some(row) = query.fetch_optional(&mut *tx).await? else {
-            tx.commit().await?;
-            return Ok(None);
-        };
-        let call_id: String = row.try_get(0)?;
-        let verification_id: String = row.try_get(1)?;
-        let code_sealed: Option<String> = row.try_get(2)?;
-        let call_phone: Option<String> = row.try_get(3)?;
-        let rounds: i64 = row.try_get(4)?;
-        insert_event(&mut tx, &call_id, CallStatus::Dialing, now).await?;
-        let v = sqlx::query(
-            "SELECT phone, locale, expires_at, status, user_id FROM verifications WHERE id = $1",
+    pub async fn get_call_of(&self, verification_id: &str) -> Result<Option<CallRow>> {
+        let row = sqlx::query(
+            "SELECT id, verification_id, status, sip_code, trunk, answered_at, ended_at, times_played, reason \
+             FROM calls WHERE verification_id = $1 ORDER BY created_at DESC LIMIT 1",
         )
-        .bind(&verification_id)
-        .fetch_one(&mut *tx)
+        .bind(verification_id)
+        .fetch_optional(&self.pool)
         .await?;
-        let status: String = v.try_get(3)?;
-        let claimed = ClaimedCall {
-            call_id,
-            verification_id,
-            phone: match call_phone {
-                Some(p) => p,
-                None => v.try_get(0)?,
-            },
-            locale: v.try_get(1)?,
-            code_sealed,
-            expires_at: v.try_get(2)?,
-            verification_status: VerificationStatus::parse(&status)
-                .ok_or_else(|| StoreError::Corrupt(format!("verification status {status:?}")))?,
-            user_id: v.try_get(4)?,
-            round: u32::try_from(rounds).unwrap_or(u32::MAX),
-        };
-        tx.commit().await?;
-        Ok(Some(claimed))
+        row.map(|r| call_from_row(&r)).transpose()
     }
 
-    /// Gives a claimed call that was not dialled back to the queue (no slot
-    /// after all). Its round does not count.
-    pub async fn unclaim(&self, call_id: &str, now: i64) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "UPDATE calls SET status = 'queued', claimed_by = NULL, lease_until = NULL, \
-               rounds = rounds - 1, updated_at = $2 WHERE id = $1 AND status = 'dialing'",
+    /// The sealed code of a verification's call, while the call still holds it (it
+    /// is cleared when the call ends).
+    pub async fn sealed_code_of(&self, verification_id: &str) -> Result<Option<String>> {
+        let sealed: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT code_sealed FROM calls WHERE verification_id = $1 \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(verification_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(sealed.flatten())
+    }
+
+    pub async fn attempts(&self, call_id: &str) -> Result<Vec<AttemptRow>> {
+        let rows = sqlx::query(
+            "SELECT seq, number, trunk, status, sip_code, reason, started_at, ended_at \
+             FROM call_attempts WHERE call_id = $1 ORDER BY seq",
         )
         .bind(call_id)
-        .bind(now)
-        .execute(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        insert_event(&mut tx, call_id, CallStatus::Queued, now).await?;
-        tx.commit().await?;
-        Ok(())
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRow {
+                    seq: r.try_get(0)?,
+                    number: r.try_get(1)?,
+                    trunk: r.try_get(2)?,
+                    status: r.try_get(3)?,
+                    sip_code: r.try_get(4)?,
+                    reason: r.try_get(5)?,
+                    started_at: r.try_get(6)?,
+                    ended_at: r.try_get(7)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every status the call went through, oldest first.
+    pub async fn call_events(&self, call_id: &str) -> Result<Vec<CallStatus>> {
+        let rows = sqlx::query("SELECT status FROM call_events WHERE call_id = $1 ORDER BY seq")
+            .bind(call_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let s: String = r.try_get(0)?;
+                CallStatus::parse(&s)
+                    .ok_or_else(|| StoreError::Corrupt(format!("call status {s:?}")))
+            })
+            .collect()
     }
 
     /// Records a forward move of the call's status (ignored if the call
@@ -257,82 +225,6 @@ impl Store {
         requeue_in(&mut tx, call_id, at, phone, now).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    /// Renews the lease of every call `instance` has in progress.
-    pub async fn renew_leases(&self, instance: &str, lease_until: i64) -> Result<u64> {
-        let done = sqlx::query(&format!(
-            "UPDATE calls SET lease_until = $2 WHERE claimed_by = $1 AND status IN {IN_PROGRESS}"
-        ))
-        .bind(instance)
-        .bind(lease_until)
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    /// Takes over the calls in progress whose lease ran out (their instance
-    /// died or lost the database), except `instance`'s own, by the one rule
-    /// in the module comment.
-    pub async fn recover_abandoned(&self, instance: &str, now: i64) -> Result<Vec<Recovered>> {
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let mut tx = self.write_tx().await?;
-        let rows = sqlx::query(&format!(
-            "SELECT c.id, c.status, \
-               (SELECT COUNT(*) FROM call_attempts a WHERE a.call_id = c.id AND a.ended_at IS NULL) \
-             FROM calls c WHERE c.status IN {IN_PROGRESS} AND c.lease_until < $1 \
-               AND (c.claimed_by IS NULL OR c.claimed_by <> $2) LIMIT 500{lock}"
-        ))
-        .bind(now)
-        .bind(instance)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let call_id: String = r.try_get(0)?;
-            let status: String = r.try_get(1)?;
-            let open_attempts: i64 = r.try_get(2)?;
-            if open_attempts > 0 || status != CallStatus::Dialing.as_str() {
-                sqlx::query(
-                    "UPDATE call_attempts SET status = 'failed', reason = 'gateway_restart', ended_at = $2 \
-                     WHERE call_id = $1 AND ended_at IS NULL",
-                )
-                .bind(&call_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                advance_in(
-                    &mut tx,
-                    &call_id,
-                    CallStatus::Failed,
-                    now,
-                    CallUpdate {
-                        reason: Some("gateway_restart"),
-                        fail_verification: true,
-                        ..CallUpdate::default()
-                    },
-                )
-                .await?;
-                out.push(Recovered::Failed { call_id });
-            } else {
-                sqlx::query(
-                    "UPDATE calls SET status = 'queued', claimed_by = NULL, lease_until = NULL, \
-                       rounds = CASE WHEN rounds > 0 THEN rounds - 1 ELSE 0 END, updated_at = $2 \
-                     WHERE id = $1",
-                )
-                .bind(&call_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                insert_event(&mut tx, &call_id, CallStatus::Queued, now).await?;
-                out.push(Recovered::Requeued { call_id });
-            }
-        }
-        tx.commit().await?;
-        Ok(out)
     }
 
     /// Marks pending verifications past their expiry as expired, and ends
@@ -441,7 +333,7 @@ async fn verification_of(
     Ok(row.try_get(0)?)
 }
 
-async fn advance_in(
+pub(super) async fn advance_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     call_id: &str,
     to: CallStatus,
@@ -506,6 +398,40 @@ async fn advance_in(
         }
     }
     Ok(true)
+}
+
+pub(super) async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    call_id: &str,
+    status: CallStatus,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO call_events (call_id, seq, status, at) \
+         VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM call_events WHERE call_id = $1), $2, $3)",
+    )
+    .bind(call_id)
+    .bind(status.as_str())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn call_from_row(r: &AnyRow) -> Result<CallRow> {
+    let status: String = r.try_get(2)?;
+    Ok(CallRow {
+        id: r.try_get(0)?,
+        verification_id: r.try_get(1)?,
+        status: CallStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("call status {status:?}")))?,
+        sip_code: r.try_get(3)?,
+        trunk: r.try_get(4)?,
+        answered_at: r.try_get(5)?,
+        ended_at: r.try_get(6)?,
+        times_played: r.try_get(7)?,
+        reason: r.try_get(8)?,
+    })
 }
 
 #[cfg(test)]

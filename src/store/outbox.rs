@@ -15,6 +15,29 @@ pub struct WebhookJob {
     pub attempts: i64,
 }
 
+/// Queues a webhook for `event` if the verification has a callback URL.
+/// The body is rendered at the first delivery attempt and then kept, so
+/// every retry sends the same bytes.
+pub(super) async fn enqueue_webhook(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    verification_id: &str,
+    event: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO webhook_outbox (id, verification_id, url, event, next_attempt_at, created_at) \
+         SELECT $1, id, callback_url, $2, $3, $3 FROM verifications \
+         WHERE id = $4 AND callback_url IS NOT NULL",
+    )
+    .bind(format!("wh_{}", ulid::Ulid::new()))
+    .bind(event)
+    .bind(now)
+    .bind(verification_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Store {
     /// Claims up to `limit` due deliveries until `lease_until`.
     pub async fn claim_webhooks(

@@ -122,6 +122,7 @@ async fn answers_hears_the_code_and_hangs_up_on_bye() {
         if let PlayoutEvent::Finished {
             packets_sent,
             times_played,
+            ..
         } = ev
         {
             assert_eq!(times_played, 2);

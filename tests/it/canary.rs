@@ -105,14 +105,22 @@ fn finished(body: &Value, name: &str) -> Vec<Value> {
 }
 
 /// Polls `/v1/canaries` until `done` holds for it; the body then.
-async fn wait_for(t: &TestApp, within: Duration, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+async fn wait_for(
+    t: &TestApp,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let body = canaries(t).await;
         if done(&body) {
             return body;
         }
-        assert!(Instant::now() < deadline, "{what}: not after {within:?}: {body:#}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not after {within:?}: {body:#}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -160,13 +168,19 @@ async fn canary_results_through_kamailio() {
     assert!(heard["setup_ms"].as_i64().unwrap() >= heard["post_dial_delay_ms"].as_i64().unwrap());
     assert_eq!(heard["trunk"], "trunk-a");
     assert!(["PCMA", "PCMU"].contains(&heard["codec"].as_str().unwrap()));
-    assert_eq!(heard["placed_by"], heard["answered_by"], "one instance, both ends");
+    assert_eq!(
+        heard["placed_by"], heard["answered_by"],
+        "one instance, both ends"
+    );
     assert_eq!(find(&body, "heard")["state"], "ok");
     assert!(!find(&body, "heard")["last_success_at"].is_null());
 
     let silent = first("silent");
     assert_eq!(silent["result"], "not_heard", "{silent:#}");
-    assert!(silent["mos"].as_f64().unwrap() < 2.0, "nothing arrived: {silent:#}");
+    assert!(
+        silent["mos"].as_f64().unwrap() < 2.0,
+        "nothing arrived: {silent:#}"
+    );
     let refused = first("refused");
     assert_eq!(refused["result"], "failed", "{refused:#}");
     assert_eq!(refused["sip_code"], 503);
@@ -174,23 +188,43 @@ async fn canary_results_through_kamailio() {
     assert_eq!(gone["result"], "not_delivered", "{gone:#}");
     assert!(gone["answered_by"].is_null());
     // Kamailio challenged the gateway's INVITEs and routed two of them back to it.
-    assert!(log.contains("canary-trunk: INVITE sip:+31201234567@"), "{log}");
+    assert!(
+        log.contains("canary-trunk: INVITE sip:+31201234567@"),
+        "{log}"
+    );
     assert!(log.contains("canary-trunk: ACK"), "{log}");
     assert!(log.contains("canary-trunk: BYE"), "{log}");
 
     let metrics = t.metrics_text().await;
     let sample = |s: &str| metric_value(&metrics, s);
-    assert_eq!(sample("otpdial_canary_runs_total{canary=\"heard\",result=\"ok\"}"), 1);
-    assert_eq!(sample("otpdial_canary_runs_total{canary=\"silent\",result=\"not_heard\"}"), 1);
-    assert_eq!(sample("otpdial_canary_runs_total{canary=\"refused\",result=\"failed\"}"), 1);
+    assert_eq!(
+        sample("otpdial_canary_runs_total{canary=\"heard\",result=\"ok\"}"),
+        1
+    );
+    assert_eq!(
+        sample("otpdial_canary_runs_total{canary=\"silent\",result=\"not_heard\"}"),
+        1
+    );
+    assert_eq!(
+        sample("otpdial_canary_runs_total{canary=\"refused\",result=\"failed\"}"),
+        1
+    );
     assert_eq!(
         sample("otpdial_canary_runs_total{canary=\"elsewhere\",result=\"not_delivered\"}"),
         1
     );
-    assert!(sample("otpdial_canary_last_success_timestamp_seconds{canary=\"heard\"}") > 1_700_000_000);
-    assert!(metrics.contains("otpdial_canary_mos{canary=\"heard\"} 4."), "{metrics}");
+    assert!(
+        sample("otpdial_canary_last_success_timestamp_seconds{canary=\"heard\"}") > 1_700_000_000
+    );
+    assert!(
+        metrics.contains("otpdial_canary_mos{canary=\"heard\"} 4."),
+        "{metrics}"
+    );
     assert!(metrics.contains("otpdial_canary_post_dial_delay_seconds{canary=\"heard\"}"));
-    assert_eq!(sample("otpdial_canary_inbound_calls_total{result=\"answered\"}"), 2);
+    assert_eq!(
+        sample("otpdial_canary_inbound_calls_total{result=\"answered\"}"),
+        2
+    );
 
     let page = t
         .http
@@ -202,10 +236,16 @@ async fn canary_results_through_kamailio() {
         .text()
         .await
         .unwrap();
-    assert!(page.contains("<section id=\"canaries\"><h2>Canaries</h2>"), "{page}");
+    assert!(
+        page.contains("<section id=\"canaries\"><h2>Canaries</h2>"),
+        "{page}"
+    );
     assert!(page.contains("Trunk <strong>trunk-a</strong>"), "{page}");
     for name in names {
-        assert!(page.contains(&format!("<strong>{name}</strong>")), "{name}: {page}");
+        assert!(
+            page.contains(&format!("<strong>{name}</strong>")),
+            "{name}: {page}"
+        );
     }
     assert!(page.contains("not_delivered"), "{page}");
     // Canary calls are not verifications.
@@ -244,7 +284,10 @@ fn shifted_pack(dir: &std::path::Path) -> std::path::PathBuf {
 
 /// Two gateways on one database: `a` places the canary, Kamailio routes it to `b`,
 /// whose test phone answers. Returns the first finished run and both instances' names.
-async fn placed_by_one_answered_by_other(db: Db, b_prompts: Option<std::path::PathBuf>) -> (Value, String, String) {
+async fn placed_by_one_answered_by_other(
+    db: Db,
+    b_prompts: Option<std::path::PathBuf>,
+) -> (Value, String, String) {
     let (a_port, b_port) = (free_sip_port(), free_sip_port());
     let kam = kamailio(b_port, 9, None, false);
     let dir = tempfile::tempdir().unwrap();
@@ -255,9 +298,15 @@ async fn placed_by_one_answered_by_other(db: Db, b_prompts: Option<std::path::Pa
     sb.prompts.dir = b_prompts;
     let b = start(sb, url.clone(), tempfile::tempdir().unwrap()).await;
     let a = start(sa, url, dir).await;
-    let body = wait_for(&a, Duration::from_secs(60), "the run", |b| !finished(b, "heard").is_empty()).await;
+    let body = wait_for(&a, Duration::from_secs(60), "the run", |b| {
+        !finished(b, "heard").is_empty()
+    })
+    .await;
     let run = finished(&body, "heard").remove(0);
-    let names = (a.app.dialer.instance().to_string(), b.app.dialer.instance().to_string());
+    let names = (
+        a.app.dialer.instance().to_string(),
+        b.app.dialer.instance().to_string(),
+    );
     a.app.stop().await;
     b.app.stop().await;
     drop(kam);
@@ -269,7 +318,11 @@ async fn canary_two_instances_on_postgres() {
     let (run, a, b) = placed_by_one_answered_by_other(Db::Postgres, None).await;
     assert_eq!(run["result"], "ok", "{run:#}");
     assert_eq!(run["placed_by"], a.as_str());
-    assert_eq!(run["answered_by"], b.as_str(), "answered by the other instance");
+    assert_eq!(
+        run["answered_by"],
+        b.as_str(),
+        "answered by the other instance"
+    );
     assert!(run["mos"].as_f64().unwrap() >= 4.0, "{run:#}");
 }
 
@@ -353,14 +406,23 @@ async fn canary_alerts_once_on_failing_and_once_on_recovery() {
         finished(b, "heard").len() >= 3
     })
     .await;
-    assert!(finished(&body, "heard").iter().all(|r| r["result"] == "failed"), "{body:#}");
+    assert!(
+        finished(&body, "heard")
+            .iter()
+            .all(|r| r["result"] == "failed"),
+        "{body:#}"
+    );
     assert_eq!(find(&body, "heard")["state"], "failing");
     let wait_alerts = |n: usize| {
         let alerts = alerts.clone();
         async move {
             let deadline = Instant::now() + Duration::from_secs(20);
             while alerts.events().len() < n {
-                assert!(Instant::now() < deadline, "{n} alerts: {:?}", alerts.events());
+                assert!(
+                    Instant::now() < deadline,
+                    "{n} alerts: {:?}",
+                    alerts.events()
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -390,7 +452,13 @@ async fn canary_alerts_once_on_failing_and_once_on_recovery() {
             otpdial::signing::verify(SECRET.as_bytes(), sig, body.as_bytes(), now, 300),
             "signature {sig} over {body}"
         );
-        assert!(!otpdial::signing::verify(b"other", sig, body.as_bytes(), now, 300));
+        assert!(!otpdial::signing::verify(
+            b"other",
+            sig,
+            body.as_bytes(),
+            now,
+            300
+        ));
         let v: Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["canary"]["name"], "heard");
         assert_eq!(v["canary"]["number"], HEARD);

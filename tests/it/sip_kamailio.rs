@@ -182,7 +182,9 @@ impl Kamailio {
         port: Option<u16>,
     ) -> Kamailio {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kamailio").join(cfg);
+        let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/kamailio")
+            .join(cfg);
         let port = port.unwrap_or_else(free_udp_port);
         let log = std::fs::File::create(dir.path().join("kamailio.log")).expect("log file");
         let child = Command::new("kamailio")

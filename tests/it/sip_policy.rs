@@ -213,7 +213,12 @@ async fn options_and_invite_floods_do_not_disturb_real_calls() {
             RATE * SECONDS,
         )),
         // INVITEs to the canary answer number: the test phone answers trunks only.
-        Flood(canary_flood("127.0.0.33", port, CANARY_RATE, CANARY_RATE * SECONDS)),
+        Flood(canary_flood(
+            "127.0.0.33",
+            port,
+            CANARY_RATE,
+            CANARY_RATE * SECONDS,
+        )),
     ];
     // Real verifications while the floods run, one a second.
     let mut ids = Vec::new();
@@ -248,8 +253,11 @@ async fn options_and_invite_floods_do_not_disturb_real_calls() {
     let bans = gw_metric(&gw, "otpdial_sip_bans_total").await;
     let sent = u64::from(2 * RATE * SECONDS + CANARY_RATE * SECONDS);
     let total = unknown + limited + banned;
-    let canary_answered =
-        gw_metric(&gw, "otpdial_canary_inbound_calls_total{result=\"answered\"}").await;
+    let canary_answered = gw_metric(
+        &gw,
+        "otpdial_canary_inbound_calls_total{result=\"answered\"}",
+    )
+    .await;
     eprintln!(
         "flood: {sent} messages in {flood_secs:.1} s from 3 sources; dropped \
          unknown_source={unknown} rate_limited={limited} banned={banned}; bans={bans}; \
@@ -336,14 +344,29 @@ async fn an_invite_to_a_canary_number_from_a_stranger_is_not_answered() {
         assert!(counted >= 5, "{unknown}: {counted} dropped");
         assert_eq!(canary_arrivals(&t, NUMBER).await, 0, "{unknown}: answered");
         assert_eq!(
-            metric(&t, "otpdial_canary_inbound_calls_total{result=\"answered\"}").await,
+            metric(
+                &t,
+                "otpdial_canary_inbound_calls_total{result=\"answered\"}"
+            )
+            .await,
             0
         );
         // The control: from the trunk's address the same INVITE is answered.
-        let ok = sipp_calls("uac_invite_canary_answered.xml", "127.0.0.1", port, 1, NUMBER).await;
+        let ok = sipp_calls(
+            "uac_invite_canary_answered.xml",
+            "127.0.0.1",
+            port,
+            1,
+            NUMBER,
+        )
+        .await;
         assert!(ok, "{unknown}: the trunk's INVITE was not answered");
         assert_eq!(
-            metric(&t, "otpdial_canary_inbound_calls_total{result=\"answered\"}").await,
+            metric(
+                &t,
+                "otpdial_canary_inbound_calls_total{result=\"answered\"}"
+            )
+            .await,
             1
         );
         assert_eq!(canary_arrivals(&t, NUMBER).await, 1);

@@ -25,8 +25,11 @@
 //! (`std::sync::mpsc` plus a mio waker), events out (tokio unbounded mpsc, whose `send`
 //! never blocks). It can run under SCHED_FIFO ([`PacerOptions::realtime_priority`]).
 
+pub mod receive;
 pub mod stream;
 mod thread;
+
+pub use receive::ReceiveStats;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -82,7 +85,7 @@ pub fn rtcp_socket_beside(rtp: &UdpSocket) -> Option<UdpSocket> {
 }
 
 /// Progress of one playout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum PlayoutEvent {
     /// A complete reading of the code has been sent (`times` readings so far).
     CodePlayed {
@@ -107,6 +110,8 @@ pub enum PlayoutEvent {
         times_played: u32,
         /// Packets the kernel accepted.
         packets_sent: u64,
+        /// What the far end sent us: packets, loss, jitter, codec.
+        received: ReceiveStats,
     },
 }
 
@@ -147,6 +152,22 @@ impl Playout {
     /// A key press that came by signalling (SIP INFO): acts as one in the media does.
     pub fn key(&self, key: char) {
         let _ = self.inbox.send(Command::Key(self.id, key));
+    }
+
+    /// Stops the stream and waits for its end: what the far end sent
+    /// ([`ReceiveStats`], as in [`PlayoutEvent::Finished`]). For a call that ends
+    /// while it plays (the far end hangs up) and still wants the figures. `None` when
+    /// `Finished` was already taken from [`Playout::events`] or the pacer is gone
+    /// before saying it. Events before `Finished` are dropped. Takes one wake-up of
+    /// the pacer thread (well under a millisecond unless it is overloaded).
+    pub async fn finish(mut self) -> Option<ReceiveStats> {
+        self.stop();
+        while let Some(ev) = self.events.recv().await {
+            if let PlayoutEvent::Finished { received, .. } = ev {
+                return Some(received);
+            }
+        }
+        None
     }
 }
 
@@ -279,6 +300,7 @@ impl Pacer {
             let _ = events_tx.send(PlayoutEvent::Finished {
                 times_played: 0,
                 packets_sent: 0,
+                received: ReceiveStats::default(),
             });
             return playout;
         }

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::receive::ReceiveMeter;
 use super::PlayoutEvent;
 use crate::media::cursor::{EndCause, Frame, KeyVerdict, ScriptCursor};
 use crate::media::dtmf::{RtpInput, RtpKeyInput};
@@ -136,15 +137,14 @@ pub struct Stream {
     /// Key presses in what arrives on the RTP port.
     keys: RtpKeyInput,
     events: VecDeque<PlayoutEvent>,
+    /// What the far end sends: packets, loss, jitter, codec.
+    meter: ReceiveMeter,
     /// SRTP keys and state (boxed: about 2 KB, and plain calls have none).
-    srtp: Option<Box<StreamSrtp>>,
+    srtp: Option<Box<SrtpSession>>,
 }
 
-#[derive(Debug)]
-struct StreamSrtp {
-    session: SrtpSession,
-    rejected: u64,
-}
+/// RFC 3389 comfort noise (static payload type 13).
+const COMFORT_NOISE: u8 = 13;
 
 /// A 20 ms frame of digital silence in `codec`, built once rather than per packet.
 fn silence_frame(codec: G711) -> &'static [u8; FRAME_SAMPLES] {
@@ -190,12 +190,8 @@ impl Stream {
             next_report: report_interval_packets() / 2,
             keys: RtpKeyInput::new(params.telephone_event_pt),
             events: VecDeque::new(),
-            srtp: params.srtp.map(|session| {
-                Box::new(StreamSrtp {
-                    session,
-                    rejected: 0,
-                })
-            }),
+            meter: ReceiveMeter::default(),
+            srtp: params.srtp.map(Box::new),
         }
     }
 
@@ -245,7 +241,7 @@ impl Stream {
             None => len,
             // Encrypted in place with its tag appended; a packet that cannot be
             // protected is not sent at all (never in clear).
-            Some(s) => match s.session.protect_rtp(buf, len) {
+            Some(s) => match s.protect_rtp(buf, len) {
                 Ok(n) => n,
                 Err(_) => {
                     self.packets_sent -= 1;
@@ -328,7 +324,7 @@ impl Stream {
         let mut len = rtcp::write_compound(&info, bye, compound);
         if let Some(s) = &mut self.srtp {
             // Never in clear: an SRTCP failure sends nothing.
-            len = s.session.protect_rtcp(buf, len).ok()?;
+            len = s.protect_rtcp(buf, len).ok()?;
         }
         Some(Transmit {
             via: Via::Rtcp,
@@ -366,6 +362,7 @@ impl Stream {
         PlayoutEvent::Finished {
             times_played: self.cursor.times_played(),
             packets_sent: self.packets_sent,
+            received: self.meter.stats(),
         }
     }
 
@@ -396,7 +393,7 @@ impl Stream {
     /// it proves to be this call's media (symmetric RTP), and reads key presses.
     pub fn handle_packet(
         &mut self,
-        _now: Instant,
+        now: Instant,
         from: SocketAddr,
         via: Via,
         data: &mut [u8],
@@ -404,24 +401,24 @@ impl Stream {
         let n = match (&mut self.srtp, via) {
             (None, _) => data.len(),
             // Only what authenticates is read (keys, latching).
-            (Some(s), Via::Rtp) => match s.session.unprotect_rtp(data) {
+            (Some(s), Via::Rtp) => match s.unprotect_rtp(data) {
                 Ok(n) => n,
                 Err(_) => {
-                    s.rejected += 1;
+                    self.meter.on_rejected();
                     return Inbound::Rejected;
                 }
             },
-            (Some(s), Via::Rtcp) => match s.session.unprotect_rtcp(data) {
+            (Some(s), Via::Rtcp) => match s.unprotect_rtcp(data) {
                 Ok(n) => n,
                 Err(_) => {
-                    s.rejected += 1;
+                    self.meter.on_rejected();
                     return Inbound::Rejected;
                 }
             },
         };
         let data = &data[..n];
         match via {
-            Via::Rtp => self.on_rtp(data, from),
+            Via::Rtp => self.on_rtp(now, data, from),
             Via::Rtcp => {
                 // The far end's reports only tell us where to send ours.
                 if !rtcp::is_rtcp(data) {
@@ -436,10 +433,36 @@ impl Stream {
         }
     }
 
-    fn on_rtp(&mut self, data: &[u8], from: SocketAddr) -> Inbound {
+    fn on_rtp(&mut self, now: Instant, data: &[u8], from: SocketAddr) -> Inbound {
         let RtpInput::Media { key } = self.keys.on_datagram(data) else {
-            return Inbound::Ignored; // not media of this call: never latch onto it
+            // Not media of this call: never latch onto it. Comfort noise from the far
+            // end still counts in the receive figures (it uses sequence numbers).
+            if let Ok(p) = rtp_rs::RtpReader::new(data) {
+                if p.payload_type() == COMFORT_NOISE && self.latched && from == self.remote {
+                    self.meter.on_packet(
+                        now,
+                        p.ssrc(),
+                        p.sequence_number().into(),
+                        p.timestamp(),
+                        13,
+                        false,
+                    );
+                }
+            }
+            return Inbound::Ignored;
         };
+        if let Ok(p) = rtp_rs::RtpReader::new(data) {
+            let pt = p.payload_type();
+            let audio = Some(pt) != self.keys.telephone_event_pt();
+            self.meter.on_packet(
+                now,
+                p.ssrc(),
+                p.sequence_number().into(),
+                p.timestamp(),
+                pt,
+                audio,
+            );
+        }
         if !self.latched {
             // Symmetric RTP: the far end's packets come from where ours reach it (a
             // NAT's public mapping rather than the private address in its SDP).
@@ -492,7 +515,7 @@ impl Stream {
         (
             self.send_errors,
             self.resyncs,
-            self.srtp.as_ref().map_or(0, |s| s.rejected),
+            self.meter.stats().srtp_rejected,
         )
     }
 
@@ -504,7 +527,7 @@ impl Stream {
             + self
                 .srtp
                 .as_ref()
-                .map_or(0, |_| std::mem::size_of::<StreamSrtp>())
+                .map_or(0, |_| std::mem::size_of::<SrtpSession>())
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
 use super::*;
+use crate::media::pacer::ReceiveStats;
 use crate::media::script::{ScriptItem, KEYPRESS_TIMEOUT_FRAMES};
 use crate::media::srtp::{MasterKey, Suite};
 use crate::media::{Keys, Phrase, PromptLibrary};
@@ -170,7 +171,8 @@ fn packets_leave_on_absolute_deadlines_with_ideal_headers_and_markers() {
         s.finished(),
         PlayoutEvent::Finished {
             times_played: 1,
-            packets_sent: total as u64
+            packets_sent: total as u64,
+            received: ReceiveStats::default(),
         }
     );
     let first = RtpReader::new(&packets[0].1).unwrap();
@@ -390,7 +392,8 @@ fn no_key_within_fifteen_seconds_ends_the_call_unread() {
         s.finished(),
         PlayoutEvent::Finished {
             times_played: 0,
-            packets_sent: u64::from(request + KEYPRESS_TIMEOUT_FRAMES)
+            packets_sent: u64::from(request + KEYPRESS_TIMEOUT_FRAMES),
+            received: ReceiveStats::default(),
         }
     );
 }
@@ -445,7 +448,8 @@ fn a_wrong_key_at_the_gate_ends_the_call_before_the_next_packet() {
         s.finished(),
         PlayoutEvent::Finished {
             times_played: 0,
-            packets_sent: sent
+            packets_sent: sent,
+            received: ReceiveStats::default(),
         }
     );
 }
@@ -615,7 +619,8 @@ fn a_refused_send_is_counted_as_an_error_not_as_sent() {
         s.finished(),
         PlayoutEvent::Finished {
             times_played: 0,
-            packets_sent: 1
+            packets_sent: 1,
+            received: ReceiveStats::default(),
         }
     );
     assert_eq!(s.trouble().0, 1);
@@ -627,4 +632,64 @@ fn state_per_stream_is_small() {
     let script = CallScript::build(&pack, &[1, 2, 3, 4, 5, 6], 3);
     let s = Stream::new(params(script), Instant::now(), WALL);
     assert!(s.state_bytes() <= 1024, "{} bytes", s.state_bytes());
+}
+
+#[test]
+fn the_end_event_says_what_the_far_end_sent() {
+    let mut clock = Clock::new();
+    let mut s = Stream::new(
+        params(CallScript {
+            items: vec![ScriptItem::Silence { frames: 100 }],
+        }),
+        clock.now(),
+        WALL,
+    );
+    let nat: SocketAddr = "203.0.113.5:40000".parse().unwrap();
+    // 50 A-law packets, 20 ms apart, but seq 20 and 21 lost and seq 30 2 ms late; a
+    // comfort-noise packet and a telephone-event in the same sequence space; a stray
+    // from elsewhere (not counted: it is not the latched source's).
+    for seq in 0..50u16 {
+        clock.advance(FRAME_DURATION);
+        if seq == 20 || seq == 21 {
+            continue;
+        }
+        let late = if seq == 30 {
+            Duration::from_millis(2)
+        } else {
+            Duration::ZERO
+        };
+        let pt = match seq {
+            40 => 13,
+            41 => 101,
+            _ => 8,
+        };
+        let payload: &[u8] = if pt == 101 {
+            &[1, 10, 0, 160]
+        } else {
+            &[0xd5; 160]
+        };
+        let mut p = rtp_packet(pt, seq, u32::from(seq) * 160, false, payload);
+        s.handle_packet(clock.now() + late, nat, Via::Rtp, &mut p);
+    }
+    let mut stray = rtp_packet(13, 9, 0, false, &[0]);
+    s.handle_packet(clock.now(), far(), Via::Rtp, &mut stray);
+    s.stop();
+    let PlayoutEvent::Finished { received, .. } = s.finished() else {
+        panic!("not Finished");
+    };
+    assert_eq!(received.packets, 48);
+    assert_eq!(received.lost, 2);
+    assert_eq!(
+        (received.payload_type, received.codec),
+        (Some(8), Some(G711::Alaw))
+    );
+    // One packet 2 ms late: |D| = 16 samples twice (late, then back on time), each
+    // decaying by 15/16 per packet after: well above 0, well below 2 ms.
+    assert!(
+        received.jitter_ms > 0.05 && received.jitter_ms < 0.25,
+        "{}",
+        received.jitter_ms
+    );
+    assert_eq!(received.srtp_rejected, 0);
+    assert_ne!(received, ReceiveStats::default());
 }

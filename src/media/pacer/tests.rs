@@ -120,7 +120,8 @@ fn plays_a_script_with_correct_rtp_headers() {
         playout.events.blocking_recv(),
         Some(PlayoutEvent::Finished {
             times_played: 1,
-            packets_sent: total as u64
+            packets_sent: total as u64,
+            received: ReceiveStats::default(),
         })
     );
     assert_eq!(pacer.active_streams(), 0);
@@ -401,7 +402,8 @@ fn key_gate_times_out_opens_with_the_right_keys_and_ends_on_a_wrong_one() {
         next_event(&mut silent),
         PlayoutEvent::Finished {
             times_played: 0,
-            packets_sent: 25
+            packets_sent: 25,
+            received: ReceiveStats::default(),
         }
     );
     // The right keys (as from SIP INFO) open the gate at once.
@@ -441,7 +443,8 @@ fn key_gate_times_out_opens_with_the_right_keys_and_ends_on_a_wrong_one() {
         next_event(&mut early),
         PlayoutEvent::Finished {
             times_played: 0,
-            packets_sent: 75
+            packets_sent: 75,
+            received: ReceiveStats::default(),
         }
     );
     // A gate that takes keys early (bind_digits): the same keys during the 1 s
@@ -485,6 +488,7 @@ fn stop_ends_the_stream_and_reports_finished() {
     let Some(PlayoutEvent::Finished {
         times_played,
         packets_sent,
+        ..
     }) = playout.events.blocking_recv()
     else {
         panic!("expected Finished");
@@ -535,7 +539,8 @@ fn many_streams_share_the_thread_and_unreachable_peers_are_not_fatal() {
             p.events.blocking_recv(),
             Some(PlayoutEvent::Finished {
                 times_played: 0,
-                packets_sent: 5
+                packets_sent: 5,
+                received: ReceiveStats::default(),
             })
         );
     }
@@ -597,7 +602,46 @@ fn realtime_priority_is_applied_or_falls_back_and_plays_either_way() {
         playout.events.blocking_recv(),
         Some(PlayoutEvent::Finished {
             times_played: 0,
-            packets_sent: 3
+            packets_sent: 3,
+            received: ReceiveStats::default(),
         })
     );
+}
+
+#[test]
+fn finish_stops_the_stream_and_hands_back_what_the_far_end_sent() {
+    let pack = PromptLibrary::builtin().get("en").unwrap();
+    let sdp_addr = loopback();
+    let nat = loopback();
+    let pacer = Pacer::start().unwrap();
+    let playout = pacer.play(PlayoutSpec {
+        socket: loopback(),
+        rtcp_socket: None,
+        remote: sdp_addr.local_addr().unwrap(),
+        codec: G711::Alaw,
+        payload_type: 8,
+        telephone_event_pt: Some(101),
+        pack,
+        script: CallScript {
+            items: vec![ScriptItem::Silence { frames: 500 }],
+        },
+        srtp: None,
+    });
+    let ours = first_packet_source(&sdp_addr);
+    // Five packets from behind a "NAT", seq 3 missing. On loopback they are in our
+    // socket's queue when send_to returns.
+    for seq in [1u16, 2, 4, 5, 6] {
+        let p = rtp_packet(8, seq, u32::from(seq) * 160, false, &[0xd5; 160]);
+        nat.send_to(&p, ours).unwrap();
+    }
+    // The thread has read them once our packets come to their source (the latch);
+    // it reads what is queued before it takes the stop that `finish` sends.
+    first_packet_source(&nat);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let received = rt.block_on(playout.finish()).unwrap();
+    assert_eq!((received.packets, received.lost), (5, 1));
+    assert_eq!(received.codec, Some(G711::Alaw));
+    assert!(pacer.stats().packets_sent() < 500, "stopped early");
 }

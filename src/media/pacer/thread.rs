@@ -238,10 +238,6 @@ pub(super) fn run(
         wait(&mut poll, &mut events, deadline);
         let now = Instant::now();
 
-        if !take_commands(&commands, &mut table, &poll, now, &mut buf, active) {
-            break;
-        }
-
         ready.clear();
         ready.extend(events.iter().map(|e| e.token()).filter(|t| *t != WAKER));
         ready.append(&mut unread);
@@ -262,6 +258,10 @@ pub(super) fn run(
         }
         if rejected > 0 {
             stats.srtp_rejected.fetch_add(rejected, Ordering::Relaxed);
+        }
+        // After the reads: what came before a stop counts in the stream's figures.
+        if !take_commands(&commands, &mut table, &poll, now, &mut buf, active) {
+            break;
         }
 
         // Send everything that is due. A stream that fell behind (thread descheduled)

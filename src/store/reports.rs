@@ -1,10 +1,25 @@
-//! Read-only queries for the operator dashboard (`GET /admin`): calls per
-//! time bucket for the chart, and the latest calls, newest first. No codes,
-//! no writes.
+//! Read-only queries for the operators: the call records (`GET /v1/calls`
+//! and the dashboard's latest calls) and calls per time bucket for the
+//! dashboard's chart (`GET /admin`). No codes, no writes.
 
 use sqlx::Row;
 
-use super::{CallRecord, Result, Store};
+use super::{Result, Store, StoreError};
+use crate::domain::CallStatus;
+
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    pub call_id: String,
+    pub verification_id: String,
+    pub phone: String,
+    pub status: CallStatus,
+    pub sip_code: Option<i64>,
+    pub trunk: Option<String>,
+    pub created_at: i64,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub times_played: i64,
+}
 
 /// Calls created in one time bucket `[start_ms, start_ms + bucket)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,6 +43,18 @@ impl CallBucket {
 }
 
 impl Store {
+    /// Calls created at or after `since`, oldest first, at most `limit`.
+    pub async fn calls_since(&self, since: i64, limit: i64) -> Result<Vec<CallRecord>> {
+        let rows = sqlx::query(&format!(
+            "{CALL_RECORD_SELECT} WHERE c.created_at >= $1 ORDER BY c.created_at, c.id LIMIT $2"
+        ))
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(call_record_from_row).collect()
+    }
+
     /// Calls created in `[since, until)` counted per bucket of `bucket_ms`,
     /// one entry per bucket including empty ones, oldest first. Bucket `i`
     /// starts at `since + i * bucket_ms`.
@@ -78,13 +105,35 @@ impl Store {
     pub async fn latest_calls(&self, limit: i64) -> Result<Vec<CallRecord>> {
         let rows = sqlx::query(&format!(
             "{} ORDER BY c.created_at DESC, c.id DESC LIMIT $1",
-            super::admin::CALL_RECORD_SELECT
+            CALL_RECORD_SELECT
         ))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(super::admin::call_record_from_row)
-            .collect()
+        rows.iter().map(call_record_from_row).collect()
     }
+}
+
+/// The columns of a [`CallRecord`], for [`call_record_from_row`]. The number
+/// is the one the call dials now (a retry may have moved to the user's next).
+const CALL_RECORD_SELECT: &str =
+    "SELECT c.id, c.verification_id, COALESCE(c.phone, v.phone), c.status, c.sip_code, \
+            c.trunk, c.created_at, c.answered_at, c.ended_at, c.times_played \
+     FROM calls c JOIN verifications v ON v.id = c.verification_id";
+
+fn call_record_from_row(r: &sqlx::any::AnyRow) -> Result<CallRecord> {
+    let status: String = r.try_get(3)?;
+    Ok(CallRecord {
+        call_id: r.try_get(0)?,
+        verification_id: r.try_get(1)?,
+        phone: r.try_get(2)?,
+        status: CallStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("call status {status:?}")))?,
+        sip_code: r.try_get(4)?,
+        trunk: r.try_get(5)?,
+        created_at: r.try_get(6)?,
+        answered_at: r.try_get(7)?,
+        ended_at: r.try_get(8)?,
+        times_played: r.try_get(9)?,
+    })
 }
