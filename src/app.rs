@@ -70,18 +70,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
     })?;
     tracing::info!(schema = %schema.describe(), "database schema");
 
-    let master = match std::env::var(&settings.verification.code_key_env) {
-        Ok(k) if !k.is_empty() => k,
-        _ => {
-            let mut fresh = [0u8; 32];
-            getrandom::fill(&mut fresh).map_err(|e| anyhow::anyhow!("OS RNG failed: {e}"))?;
-            store
-                .server_secret("code_key", &hex::encode(fresh))
-                .await
-                .context("cannot read or store the code key")?
-        }
-    };
-    let keys = CodeKeys::from_master(master.as_bytes());
+    let keys = code_keys(&settings, &store).await?;
 
     let prompts = match &settings.prompts.dir {
         Some(dir) => PromptLibrary::load_dir(dir)
@@ -144,7 +133,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
     .with_bind_locales(bind_locales);
     let dialer = Arc::new(Dialer::new(
         store.clone(),
-        keys,
+        keys.clone(),
         engine.clone(),
         board.clone(),
         settings.clone(),
@@ -180,6 +169,16 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
             env = %settings.webhooks.secret_env,
             "webhooks off: no signing secret in the environment"
         ),
+    }
+    match crate::retention::RetentionPolicy::from_settings(&settings.database) {
+        Some(policy) => background.push(tokio::spawn(crate::retention::run(
+            store.clone(),
+            keys.clone(),
+            policy,
+            metrics.clone(),
+            shutdown.clone(),
+        ))),
+        None => tracing::warn!("database.retention = 0: nothing is ever purged"),
     }
     background.push(tokio::spawn(
         dialer.clone().watch_cancellations(shutdown.clone()),
@@ -271,6 +270,23 @@ async fn housekeeping(store: Store, keep_wrong_checks: Duration, shutdown: Cance
             }
         }
     }
+}
+
+/// The code keys: from the environment variable `verification.code_key_env` names,
+/// else the key generated once and kept in the database.
+pub async fn code_keys(settings: &Settings, store: &Store) -> anyhow::Result<CodeKeys> {
+    let master = match std::env::var(&settings.verification.code_key_env) {
+        Ok(k) if !k.is_empty() => k,
+        _ => {
+            let mut fresh = [0u8; 32];
+            getrandom::fill(&mut fresh).map_err(|e| anyhow::anyhow!("OS RNG failed: {e}"))?;
+            store
+                .server_secret("code_key", &hex::encode(fresh))
+                .await
+                .context("cannot read or store the code key")?
+        }
+    };
+    Ok(CodeKeys::from_master(master.as_bytes()))
 }
 
 /// Runs until `shutdown` resolves (Ctrl-C / SIGTERM for `serve`).

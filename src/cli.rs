@@ -78,6 +78,25 @@ pub enum Command {
         #[arg(long, env = "OTPDIAL_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Run the retention job once: delete personal data older than the retention
+    /// time (GDPR data minimisation)
+    ///
+    /// Deletes finished verifications, their calls, attempts and webhook deliveries, and routine audit
+    /// rows older than --older-than (default: [database] retention); audit rows that
+    /// are evidence of abuse are kept until [database] audit_retention with their
+    /// numbers and user ids hashed. Never touches a pending verification or a call in
+    /// progress. Safe while the gateway runs.
+    #[command(
+        after_help = "Examples:\n  otpdial purge --older-than 30d --config /etc/otpdial/otpdial.toml\n  otpdial purge --config /etc/otpdial/otpdial.toml     # [database] retention"
+    )]
+    Purge {
+        /// Age of the rows to remove, e.g. 30d, 12h, 1y (at least 1h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// TOML config file (or OTPDIAL_CONFIG).
+        #[arg(long, env = "OTPDIAL_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// API keys: make a bearer token and the config lines that accept it.
     #[command(after_help = "Example:\n  otpdial apikey new --name auth-service --scope verify")]
     Apikey {

@@ -18,6 +18,7 @@ pub mod egress;
 pub mod media;
 pub mod metrics;
 pub mod ops;
+pub mod retention;
 pub mod risk;
 pub mod signing;
 pub mod sip;

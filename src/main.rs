@@ -125,6 +125,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Purge { older_than, config } => {
+            init_tracing("warn");
+            let settings = Settings::load(config.as_deref())?;
+            let report = otpdial::retention::purge_command(&settings, older_than).await?;
+            print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Apikey {
             command: ApikeyCommand::New { name, scope },
         } => {

@@ -54,6 +54,13 @@ pub struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetentionLabel {
+    pub table: &'static str,
+    /// `deleted`, or `pseudonymised` (audit rows kept with their personal data hashed).
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TrunkStateLabel {
     trunk: String,
     state: &'static str,
@@ -96,6 +103,8 @@ pub struct Metrics {
     pub post_dial_delay: HistogramFamily<TrunkLabel>,
     /// HTTP API latency by method, route pattern and status.
     pub http_requests: HistogramFamily<RouteLabel>,
+    /// Rows removed by retention (`[database] retention`).
+    pub retention_rows: Family<RetentionLabel, Counter>,
     live: Arc<Live>,
 }
 
@@ -122,6 +131,7 @@ impl Metrics {
             call_setup: Family::new_with_constructor(call_seconds),
             post_dial_delay: Family::new_with_constructor(call_seconds),
             http_requests: Family::new_with_constructor(request_seconds),
+            retention_rows: Family::default(),
             live: Arc::new(Live::default()),
             registry: Registry::default(),
         };
@@ -185,6 +195,11 @@ impl Metrics {
             "http_request_duration_seconds",
             "HTTP API request latency by method, route pattern and status",
             m.http_requests.clone(),
+        );
+        registry.register(
+            "retention_rows",
+            "Rows removed by retention ([database] retention, otpdial purge), by table and action (deleted, pseudonymised)",
+            m.retention_rows.clone(),
         );
         registry.register_collector(Box::new(m.live.clone()));
         Arc::new(Metrics { registry, ..m })
@@ -287,6 +302,15 @@ impl Metrics {
                 result: result.into(),
             },
         );
+    }
+
+    /// `n` rows of `table` removed by retention (`action`: deleted or pseudonymised).
+    pub fn retention(&self, table: &'static str, action: &'static str, n: u64) {
+        if n > 0 {
+            self.retention_rows
+                .get_or_create(&RetentionLabel { table, action })
+                .inc_by(n);
+        }
     }
 
     pub fn webhook(&self, result: &str) {

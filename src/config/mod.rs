@@ -18,6 +18,7 @@ mod values;
 
 pub use canary::{CanaryEntry, CanarySettings};
 pub use schema::*;
+pub use validate::MIN_RETENTION;
 pub use values::*;
 
 pub use crate::domain::NumberKind;

@@ -56,6 +56,15 @@ pub struct DatabaseSettings {
     /// answered 503 (database down, or every connection busy).
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
+    /// GDPR data minimisation: finished verifications, their calls, attempts and
+    /// webhook deliveries, and routine audit rows older than this are deleted; 0 =
+    /// keep everything (not recommended).
+    #[serde(with = "super::values::days")]
+    pub retention: Duration,
+    /// Audit rows that are evidence of abuse stay this long, their numbers and user
+    /// ids replaced by a keyed hash once older than `retention`.
+    #[serde(with = "super::values::days")]
+    pub audit_retention: Duration,
 }
 
 impl Default for DatabaseSettings {
@@ -64,6 +73,8 @@ impl Default for DatabaseSettings {
             url: "sqlite://otpdial.db".into(),
             max_connections: 8,
             acquire_timeout: Duration::from_millis(800),
+            retention: Duration::from_secs(90 * 24 * 3600),
+            audit_retention: Duration::from_secs(365 * 24 * 3600),
         }
     }
 }

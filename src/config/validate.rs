@@ -6,6 +6,10 @@ use std::time::Duration;
 use super::{ConfigError, Settings, Transport};
 use crate::domain::Region;
 
+/// The shortest `[database] retention` (and `otpdial purge --older-than`): nothing
+/// that is still in use is that old, and no operator means less.
+pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
+
 impl Settings {
     fn validate_tls(&self, origin: &str) -> Result<(), ConfigError> {
         for (i, t) in self.trunks.iter().enumerate() {
@@ -149,6 +153,19 @@ impl Settings {
             return Err(err(
                 "database.url".into(),
                 "must start with sqlite: or postgres:".into(),
+            ));
+        }
+        let db = &self.database;
+        if !db.retention.is_zero() && db.retention < MIN_RETENTION {
+            return Err(err(
+                "database.retention".into(),
+                "must be at least 1h (or 0s to keep everything), e.g. \"90d\"".into(),
+            ));
+        }
+        if !db.retention.is_zero() && db.audit_retention < db.retention {
+            return Err(err(
+                "database.audit_retention".into(),
+                "must not be shorter than database.retention".into(),
             ));
         }
         for (i, k) in self.api.keys.iter().enumerate() {

@@ -426,3 +426,33 @@ mod tests {
         assert!("30-20".parse::<PortRange>().is_err());
     }
 }
+
+/// Serde for long durations (`[database] retention`): read as humantime (`90d`,
+/// `1y`, `36h`), written as whole days or hours when they are (`"90d"`, not
+/// humantime's `"2months 29days 2h 52m 48s"`).
+pub mod days {
+    use std::time::Duration;
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        let secs = d.as_secs();
+        let text = if d.subsec_nanos() == 0 && secs > 0 && secs % 86_400 == 0 {
+            format!("{}d", secs / 86_400)
+        } else if d.subsec_nanos() == 0 && secs > 0 && secs % 3600 == 0 {
+            format!("{}h", secs / 3600)
+        } else {
+            humantime::format_duration(*d).to_string()
+        };
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{e}: write a duration such as \"90d\", \"36h\" or \"1y\""
+            ))
+        })
+    }
+}

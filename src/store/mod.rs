@@ -56,6 +56,7 @@ mod outbox;
 mod phones;
 mod queue;
 mod reports;
+mod retention;
 pub mod schema;
 mod verifications;
 
@@ -70,6 +71,7 @@ pub use outbox::WebhookJob;
 pub use phones::PhoneRow;
 pub use queue::{ClaimedCall, Recovered};
 pub use reports::{CallBucket, CallRecord};
+pub use retention::{OldAuditRow, PseudonymisedAudit, PurgedRows};
 pub use verifications::{
     BudgetCheck, CheckSlot, LimitCheck, LimitColumn, NewVerification, StartGuards, StartOutcome,
     VerificationRow,

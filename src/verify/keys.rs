@@ -18,6 +18,9 @@ type HmacSha256 = Hmac<Sha256>;
 pub struct CodeKeys {
     hash_key: [u8; 32],
     seal_key: [u8; 32],
+    /// Keys the one-way hash that replaces personal data in audit rows kept past
+    /// `[database] retention` (`crate::retention`).
+    pseudonym_key: [u8; 32],
 }
 
 impl std::fmt::Debug for CodeKeys {
@@ -51,7 +54,22 @@ impl CodeKeys {
         Self {
             hash_key: derive(master, b"otpdial/code-hash/v1"),
             seal_key: derive(master, b"otpdial/code-seal/v1"),
+            pseudonym_key: derive(master, b"otpdial/audit-pseudonym/v1"),
         }
+    }
+
+    /// A one-way keyed hash of a piece of personal data (a number, a user id):
+    /// `h:` and 16 hex digits of HMAC-SHA256. Equal values give equal hashes, so
+    /// kept audit rows about one person still line up; without the key nobody can
+    /// test a guessed number against them.
+    pub fn pseudonym(&self, value: &str) -> String {
+        let mut mac = match <HmacSha256 as Mac>::new_from_slice(&self.pseudonym_key) {
+            Ok(m) => m,
+            Err(_) => unreachable!("HMAC accepts keys of any length"),
+        };
+        mac.update(value.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        format!("h:{}", hex::encode(&digest[..8]))
     }
 
     /// HMAC-SHA256 over the verification id and the code, hex. Binding the id

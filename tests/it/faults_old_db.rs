@@ -143,7 +143,7 @@ async fn columns(url: &str) -> Vec<(String, String, String)> {
 }
 
 /// Adds `shift` ms to every time column (BIGINT unix ms named `*_at`, `*_until`, `at`).
-async fn shift_times(url: &str, _db: Db, shift: i64) {
+pub(crate) async fn shift_times(url: &str, _db: Db, shift: i64) {
     let cols = columns(url).await;
     let mut conn = connect(url).await;
     for (table, column, kind) in cols {
