@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 use tokio::sync::mpsc as tokio_mpsc;
 
-use super::stream::{Inbound, Stream, Via, SEND_BUF_LEN};
+use super::stream::{Inbound, Stream, Via, GRID, SEND_AHEAD, SEND_BUF_LEN};
 use super::{Command, NewStream, PacerStats, PlayoutEvent, LATE_AFTER};
 
 /// Token of the waker; stream sockets use `(slot + 1) << 1 | is_rtcp`.
@@ -162,20 +162,40 @@ pub(super) fn apply_priority(priority: u8) {
     }
 }
 
-/// Sleeps until `deadline` or an event on `poll`. epoll only takes whole milliseconds
-/// (mio rounds up), which would make every wake-up up to 1 ms late; so epoll waits the
-/// whole milliseconds and a precise sleep the rest. A command or packet that arrives
-/// during that last sub-millisecond sleep waits for it, which is harmless.
+/// The instants the thread wakes at: `origin + k × GRID`.
+struct Grid {
+    origin: Instant,
+}
+
+impl Grid {
+    /// The grid point at or before `t` (the origin for anything earlier).
+    fn floor(&self, t: Instant) -> Instant {
+        let since = t.saturating_duration_since(self.origin);
+        let steps = since.as_nanos() / GRID.as_nanos();
+        self.origin + GRID * u32::try_from(steps).unwrap_or(u32::MAX)
+    }
+}
+
+/// Sleeps until `deadline` or, when it is far enough off to be worth it, an event on
+/// `poll`. epoll only takes whole milliseconds (mio rounds up), which would make every
+/// wake-up up to 1 ms late; so a wait of less than 2 ms is a precise sleep followed by
+/// a look at what is ready (`epoll` with no timeout), and a longer one an `epoll` that
+/// ends a millisecond early. Under load every grid step has packets due, so the thread
+/// sleeps between steps and is not woken by each datagram the far ends send: what came
+/// meanwhile is read at the next step, and a command waits for it too (under 1 ms).
 fn wait(poll: &mut Poll, events: &mut Events, deadline: Option<Instant>) {
     let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let result = match timeout {
-        Some(t) if t < Duration::from_millis(1) => {
+        Some(t) if t < Duration::from_millis(2) => {
             if !t.is_zero() {
                 std::thread::sleep(t);
             }
             poll.poll(events, Some(Duration::ZERO))
         }
-        Some(t) => poll.poll(events, Some(Duration::from_millis(t.as_millis() as u64))),
+        Some(t) => {
+            let ms = t.as_millis() as u64 - 1;
+            poll.poll(events, Some(Duration::from_millis(ms)))
+        }
         None => poll.poll(events, None),
     };
     if let Err(e) = result {
@@ -306,6 +326,9 @@ pub(super) fn run(
     stats: &PacerStats,
 ) {
     let mut table = Table::new();
+    let grid = Grid {
+        origin: Instant::now(),
+    };
     let mut events = Events::with_capacity(1024);
     // Sockets whose read budget ran out: read again next round (epoll is
     // edge-triggered and will not report them again).
@@ -320,10 +343,11 @@ pub(super) fn run(
         } else {
             Some(Instant::now())
         };
-        wait(&mut poll, &mut events, deadline);
-        // The one clock read of this wake-up: every packet sent and read in it is
-        // timed by it.
-        let now = Instant::now();
+        wait(&mut poll, &mut events, deadline.map(|d| grid.floor(d)));
+        // The one clock read of this wake-up, put on the grid: every packet sent and
+        // read in it is timed by it (so a stream's packets leave at the same offset
+        // from their deadlines every time, whatever the wake-up's own delay).
+        let now = grid.floor(Instant::now());
 
         ready.clear();
         ready.extend(events.iter().map(|e| e.token()).filter(|t| *t != WAKER));
@@ -359,7 +383,7 @@ pub(super) fn run(
         // timestamps, and the far end's jitter buffer absorbs a short burst better
         // than it would absorb gaps.
         let (mut sent, mut late) = (0u64, 0u64);
-        while let Some(slot) = table.pop_due(now + super::stream::SEND_AHEAD) {
+        while let Some(slot) = table.pop_due(now + SEND_AHEAD) {
             if let Some(entry) = table.get_mut(slot) {
                 let (s, l) = entry.send_due(now, &mut buf);
                 sent += s;
