@@ -59,7 +59,10 @@ pub(super) async fn phones(
         .phones
         .iter()
         .map(|p| {
-            let b = bindings.get(&p.username).filter(|b| b.expires_at > now);
+            // A binding whose TCP/TLS connection closed cannot be called: not registered.
+            let b = bindings
+                .get(&p.username)
+                .filter(|b| b.expires_at > now && !b.flow_closed);
             let left = b.map(|b| b.expires_at.duration_since(now));
             QaPhoneView {
                 username: p.username.clone(),

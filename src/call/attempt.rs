@@ -12,7 +12,7 @@ use crate::config::SrtpMode;
 use crate::media::srtp::SrtpSession;
 use crate::media::{rtcp_socket_beside, PlayoutEvent, PlayoutSpec, G711};
 use crate::sip::sdp::{AudioCodec, MediaOffer, SdesOffer};
-use crate::sip::OutgoingCall;
+use crate::sip::{EndReason, OutgoingCall};
 use crate::sip_io::CallEvent;
 use crate::trunks::TrunkSlot;
 
@@ -29,9 +29,16 @@ impl CallEngine {
             return AttemptOutcome::failed(format!("no prompt pack for {}", call.locale), false);
         };
         let destination = target.destination;
+        // How reasons name the far end: a QA phone is not "the trunk".
+        let qa_phone = target
+            .pin_flow
+            .then(|| format!("QA phone {}", target.name.trim_start_matches("qa:")));
         let local_ip = match self.local_ip_towards(destination) {
             Ok(ip) => ip,
-            Err(e) => return AttemptOutcome::failed(format!("no route to trunk: {e}"), true),
+            Err(e) => {
+                let to = qa_phone.as_deref().unwrap_or("trunk");
+                return AttemptOutcome::failed(format!("no route to {to}: {e}"), true);
+            }
         };
         let rtp_socket = match self.rtp.bind(local_ip) {
             Ok(s) => s,
@@ -71,6 +78,7 @@ impl CallEngine {
             credentials: target.credentials,
             extra_headers: target.extra_headers,
             transport: target.transport,
+            pin_flow: target.pin_flow,
         };
         let invite_sent = std::time::Instant::now();
         let mut alerted = false;
@@ -179,6 +187,13 @@ impl CallEngine {
                             session.ended();
                             if let Some(p) = &playout {
                                 p.stop();
+                            }
+                            if let (Some(phone), EndReason::Timeout, None) = (&qa_phone, &reason, ours) {
+                                // Nothing to fail over to; and not a trunk that was silent.
+                                return AttemptOutcome::failed(
+                                    format!("no response from {phone} (timeout)"),
+                                    false,
+                                );
                             }
                             return end_outcome(reason, answered, times_played, ours);
                         }

@@ -233,6 +233,7 @@ impl CallEngine {
             ring_timeout: trunk.ring_timeout,
             name: trunk.name.clone(),
             srtp: trunk.srtp,
+            pin_flow: false,
         };
         self.place_to(call, target, Some(&slot), progress).await
     }
@@ -262,6 +263,7 @@ impl CallEngine {
             name: route.to_string(),
             // QA phones are on the operator's own network; plain RTP as before.
             srtp: SrtpMode::Off,
+            pin_flow: true,
         };
         self.place_to(call, target, None, progress).await
     }

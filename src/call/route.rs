@@ -51,6 +51,8 @@ pub(super) struct Target {
     pub(super) name: String,
     /// The trunk's `srtp` setting.
     pub(super) srtp: SrtpMode,
+    /// A QA phone: every request of the call goes over the flow its REGISTER came on.
+    pub(super) pin_flow: bool,
 }
 
 /// The first address of a trunk proxy.

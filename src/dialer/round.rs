@@ -273,6 +273,13 @@ impl Dialer {
             .filter(|b| b.expires_at > std::time::Instant::now())
             .cloned();
         let outcome = match binding {
+            Some(b) if b.flow_closed => AttemptOutcome::failed(
+                format!(
+                    "QA phone {username} is unreachable: the {} connection it registered on closed; it must register again",
+                    b.transport.via_name()
+                ),
+                false,
+            ),
             Some(b) => {
                 tracing::info!(route = %route, attempt = seq, contact = %b.contact, "dialing a QA phone");
                 let span = tracing::info_span!(

@@ -75,7 +75,6 @@ pub(crate) fn unquote(v: &str) -> Cow<'_, str> {
 }
 
 /// `s` as a quoted-string: `"` and `\` escaped.
-#[cfg(test)]
 pub(crate) fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');

@@ -172,6 +172,7 @@ fn place(net: &mut Net, user: &str) -> CallHandle {
             credentials: None,
             extra_headers: Vec::new(),
             transport: Transport::Udp,
+            pin_flow: false,
         },
     )
 }

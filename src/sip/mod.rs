@@ -16,6 +16,7 @@ pub mod digest;
 mod grammar;
 mod message;
 pub mod policy;
+mod render;
 pub mod sdp;
 mod ua;
 
@@ -23,6 +24,8 @@ mod ua;
 mod corpus_tests;
 #[cfg(test)]
 mod inbound_tests;
+#[cfg(test)]
+mod qa_tests;
 #[cfg(test)]
 mod tests;
 
@@ -81,13 +84,23 @@ pub struct RegistrarConfig {
 }
 
 /// Where a registered QA phone is reached: its Contact URI (the Request-URI of calls to
-/// it), and the address and transport its REGISTER came from, where calls are sent
-/// (so a phone behind NAT is reached through the binding its REGISTER opened).
+/// it), and the flow its REGISTER came on (address, port and transport), where calls and
+/// every request inside them go, whatever the Contact says (RFC 3261 §18.2.2 with
+/// RFC 3581 rport, RFC 5626): a phone behind NAT is reached through the mapping its
+/// REGISTER opened, a phone on TCP over the connection it opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QaBinding {
     pub contact: String,
     pub source: SocketAddr,
     pub transport: Transport,
+    /// The Contact's RFC 5626 `+sip.instance` (unquoted, `<urn:uuid:…>`) and `reg-id`,
+    /// when the phone sent them. An un-REGISTER removes the binding only when it names
+    /// the same instance (or, without one, the same Contact URI).
+    pub instance: Option<String>,
+    pub reg_id: Option<u32>,
+    /// The TCP or TLS connection the REGISTER came on has closed: the phone cannot be
+    /// reached (we never dial a phone's connection) until it registers again.
+    pub flow_closed: bool,
     /// Lifetime granted, in seconds, and when it runs out.
     pub expires: u32,
     pub expires_at: std::time::Instant,
@@ -224,6 +237,11 @@ pub struct OutgoingCall {
     pub extra_headers: Vec<(String, String)>,
     /// How to reach `destination`.
     pub transport: Transport,
+    /// Every request of the call goes to `destination` over `transport`, whatever the
+    /// answer's Contact and Record-Route say (the Request-URI is still the remote
+    /// target): a QA phone is reached on the flow its REGISTER came on (RFC 5626 §5.3,
+    /// RFC 3261 §18.2.2 with RFC 3581), never at the private address in its Contact.
+    pub pin_flow: bool,
 }
 
 /// Index of a trunk added with [`UserAgent::add_trunk`].

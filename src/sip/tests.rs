@@ -124,6 +124,7 @@ impl Harness {
                 } else {
                     Transport::Udp
                 },
+                pin_flow: false,
             },
         );
         self.drain();
@@ -940,6 +941,7 @@ fn unparseable_request_uri_ends_the_call_without_sending() {
             credentials: None,
             extra_headers: Vec::new(),
             transport: Transport::Udp,
+            pin_flow: false,
         },
     );
     h.drain();

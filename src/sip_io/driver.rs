@@ -79,6 +79,7 @@ pub(super) async fn drive(
                 }
                 Some(StreamEvent::Closed(peer)) => {
                     connections.remove(&peer);
+                    ua.handle_connection_closed(Instant::now(), peer);
                 }
                 None => {}
             },
@@ -160,17 +161,21 @@ pub(super) async fn drive(
             match &event {
                 Event::QaRegistration { username, binding } => {
                     let mut map = lock(&qa);
+                    // A binding whose connection closed is kept (calls to it say why
+                    // they fail) but counts as removed, once.
+                    let was_open = map.get(username).is_some_and(|b| !b.flow_closed);
+                    let open = binding.as_ref().is_some_and(|b| !b.flow_closed);
                     match binding {
-                        Some(b) => {
-                            stats.qa_registered.fetch_add(1, Ordering::Relaxed);
-                            map.insert(username.clone(), b.clone());
-                        }
-                        None => {
-                            stats.qa_removed.fetch_add(1, Ordering::Relaxed);
-                            map.remove(username);
-                        }
+                        Some(b) => map.insert(username.clone(), b.clone()),
+                        None => map.remove(username),
+                    };
+                    if open {
+                        stats.qa_registered.fetch_add(1, Ordering::Relaxed);
+                    } else if was_open {
+                        stats.qa_removed.fetch_add(1, Ordering::Relaxed);
                     }
-                    stats.qa_bound.store(map.len() as u64, Ordering::Relaxed);
+                    let bound = map.values().filter(|b| !b.flow_closed).count();
+                    stats.qa_bound.store(bound as u64, Ordering::Relaxed);
                     continue;
                 }
                 Event::QaAuthFailed { .. } => {

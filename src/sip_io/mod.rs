@@ -374,6 +374,7 @@ mod tests {
                 credentials: None,
                 extra_headers: Vec::new(),
                 transport: Transport::Udp,
+                pin_flow: false,
             })
             .await
             .unwrap();
@@ -446,6 +447,7 @@ mod tests {
                 credentials: None,
                 extra_headers: Vec::new(),
                 transport: Transport::Udp,
+                pin_flow: false,
             })
             .await,
             Err(SipIoError::Closed)

@@ -58,6 +58,8 @@ pub(super) struct Call {
     pub(super) to_header: String,
     pub(super) request_uri: rsip::Uri,
     pub(super) destination: SocketAddr,
+    /// In-dialog requests go to `destination` too (see [`OutgoingCall::pin_flow`]).
+    pub(super) pin_flow: bool,
     pub(super) invite_branch: String,
     pub(super) invite_cseq: u32,
     pub(super) next_cseq: u32,
@@ -151,6 +153,7 @@ impl UserAgent {
             to_header: format!("<{}>", call.request_uri),
             request_uri,
             destination: call.destination,
+            pin_flow: call.pin_flow,
             invite_branch: new_branch(),
             invite_cseq: 1,
             next_cseq: 2,
@@ -201,7 +204,7 @@ impl UserAgent {
         let uri = c.request_uri.to_string();
         headers.extend(c.auth.headers(Method::Invite, &uri, c.offer_sdp.as_bytes()));
         headers.push(h::ContentType::new("application/sdp").into());
-        let request = message::render_request(
+        let request = render::render_request(
             Method::Invite,
             &c.request_uri,
             headers,
@@ -301,7 +304,7 @@ impl UserAgent {
         if with_auth {
             headers.extend(c.auth.headers(Method::Bye, &uri.to_string(), b""));
         }
-        let request = message::render_request(Method::Bye, &uri, headers, b"");
+        let request = render::render_request(Method::Bye, &uri, headers, b"");
         self.start_client_tx(
             now,
             (branch, TxMethod::Bye),
@@ -330,7 +333,7 @@ impl UserAgent {
             Method::Cancel,
             transaction::transport_for(&self.tcp_peers, c.destination),
         );
-        let request = message::render_request(Method::Cancel, &c.request_uri, headers, b"");
+        let request = render::render_request(Method::Cancel, &c.request_uri, headers, b"");
         let branch = c.invite_branch.clone();
         let destination = c.destination;
         // If the INVITE never gets its final (487), give up 64*T1 after the CANCEL.
@@ -478,7 +481,7 @@ impl UserAgent {
             Method::Ack,
             transaction::transport_for(&self.tcp_peers, c.destination),
         );
-        Some(message::render_request(
+        Some(render::render_request(
             Method::Ack,
             &c.request_uri,
             headers,
@@ -509,6 +512,7 @@ impl UserAgent {
             .unwrap_or_else(|| c.request_uri.clone());
         let route_set: Vec<String> = msg.record_route.iter().rev().cloned().collect();
         let destination = match route_set.first() {
+            _ if c.pin_flow => None,
             Some(first) => uri_destination(message::addr_uri(first)),
             None => msg.contact_uri.as_deref().and_then(uri_destination),
         }
@@ -532,7 +536,7 @@ impl UserAgent {
             Method::Ack,
             transaction::transport_for(&self.tcp_peers, peer.destination),
         );
-        let ack = message::render_request(Method::Ack, &uri, headers, b"");
+        let ack = render::render_request(Method::Ack, &uri, headers, b"");
         let first = c.dialog.is_none() && !c.ended;
         let hangup_requested = c.hangup_requested;
         let answer = msg

@@ -376,7 +376,7 @@ impl UserAgent {
             Method::Bye,
             transport,
         );
-        let request = message::render_request(Method::Bye, &uri, headers, b"");
+        let request = render::render_request(Method::Bye, &uri, headers, b"");
         // Its final response (or Timer F) ends the call through `end_call`.
         self.start_client_tx(
             now,
@@ -450,7 +450,7 @@ impl UserAgent {
             headers.push(h::Server::new(self.ident.server_header.clone()).into());
         }
         headers.extend(extra);
-        let response = message::render_response(status, headers, body);
+        let response = render::render_response(status, headers, body);
         let reply_to = c.reply_to;
         let reliable = self.tcp_peers.contains_key(&reply_to);
         if let Some(c) = self.inbound.calls.get_mut(&call) {

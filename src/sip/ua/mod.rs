@@ -22,6 +22,7 @@ mod trunk;
 
 use super::message::{self, Message, ParseError, StartLine};
 use super::policy::{DropReason, PolicyCounters, RequestFacts, SourcePolicy, Verdict};
+use super::render;
 use super::{
     sdp, CallHandle, EndReason, Event, OutgoingCall, Transmit, Transport, TrunkId, UaConfig,
 };
@@ -29,7 +30,7 @@ use auth::AuthSession;
 use dialog::{Call, NO_CALL};
 use rsip::headers::UntypedHeader;
 use rsip::{headers as h, Header, Method};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use timers::Timers;
@@ -44,7 +45,7 @@ pub struct UserAgent {
     calls: HashMap<CallHandle, Call>,
     by_call_id: HashMap<String, CallHandle>,
     client_txs: HashMap<(String, TxMethod), ClientTx>,
-    server_txs: HashMap<(String, String), ServerTx>,
+    server_txs: HashMap<timers::ServerKey, ServerTx>,
     /// Deadlines of the transactions and ended calls above.
     timers: Timers,
     transmits: VecDeque<Transmit>,
@@ -53,6 +54,9 @@ pub struct UserAgent {
     /// Peers reached over TCP (trunks configured so, and whoever sent us a request over
     /// TCP); everything else is UDP. Transport follows the address, not the call.
     tcp_peers: HashMap<SocketAddr, Transport>,
+    /// Of those, the connections the peer opened (a QA phone's flow): when one closes it
+    /// is not dialled again (its port is the phone's, not a listener).
+    client_flows: HashSet<SocketAddr>,
     /// The listener policy: every request from outside our dialogs passes it first.
     policy: SourcePolicy,
     /// The QA registrar, when `[[qa.phones]]` are configured.
@@ -164,6 +168,7 @@ impl UserAgent {
             events: VecDeque::new(),
             trunks: Vec::new(),
             tcp_peers: HashMap::new(),
+            client_flows: HashSet::new(),
             policy,
             registrar: config.registrar.map(registrar::Registrar::new),
             inbound: inbound::Inbound::default(),
@@ -226,8 +231,49 @@ impl UserAgent {
     /// [`crate::sip::frame_stream`]). Answers and later requests to `from` use TCP too.
     pub fn handle_stream_message(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         // A connection we opened keeps its transport (TLS); one a peer opened is TCP.
-        self.tcp_peers.entry(from).or_insert(Transport::Tcp);
+        if let std::collections::hash_map::Entry::Vacant(e) = self.tcp_peers.entry(from) {
+            e.insert(Transport::Tcp);
+            self.client_flows.insert(from);
+        }
         self.handle_datagram(now, from, data);
+    }
+
+    /// The driver's word that the TCP or TLS connection with `peer` closed. One we
+    /// opened (a trunk's) is opened again by the next message. One the peer opened is a
+    /// flow (RFC 5626 §5.3): QA bindings that came on it become unreachable until the
+    /// phone registers again, calls on it end, and nothing is sent to it any more (not
+    /// over UDP either: its port is the phone's end of the connection).
+    pub fn handle_connection_closed(&mut self, now: Instant, peer: SocketAddr) {
+        if !self.client_flows.remove(&peer) {
+            return;
+        }
+        self.tcp_peers.remove(&peer);
+        if let Some(r) = self.registrar.as_mut() {
+            for (username, binding) in r.flow_closed(peer) {
+                debug!(%peer, user = %username, "QA registrar: the phone's connection closed");
+                self.events.push_back(Event::QaRegistration {
+                    username,
+                    binding: Some(binding),
+                });
+            }
+        }
+        let pinned: Vec<(CallHandle, bool)> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.pin_flow && c.destination == peer && !c.ended)
+            .map(|(h, c)| (*h, c.dialog.is_some()))
+            .collect();
+        for (handle, answered) in pinned {
+            let reason = if answered {
+                EndReason::RemoteHangup
+            } else {
+                EndReason::Rejected {
+                    status: 430,
+                    reason: "Flow Failed (the phone's connection closed)".into(),
+                }
+            };
+            self.end_call(now, handle, reason);
+        }
     }
 
     /// Feeds one received UDP datagram. Anything malformed is logged and dropped.

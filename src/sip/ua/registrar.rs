@@ -7,6 +7,7 @@
 
 use super::*;
 use crate::sip::digest;
+use crate::sip::grammar;
 use crate::sip::{QaBinding, RegistrarConfig};
 
 /// How long a nonce we issued stays good; an answer to an older one gets `stale=true`.
@@ -15,6 +16,30 @@ const NONCE_LIFETIME: Duration = Duration::from_secs(300);
 const MAX_NONCES: usize = 10_000;
 /// Lifetime when the REGISTER asks for none (RFC 3261 §10.2.1.1 suggests 3600).
 const DEFAULT_EXPIRES: u32 = 3600;
+
+/// Contact and Expires of a 200: the binding's Contact with the time left (not the
+/// lifetime granted: a query 83 s after a 600 s registration hears 517, RFC 3261 §10.3
+/// step 8) and its RFC 5626 instance and reg-id echoed.
+fn ok_headers(b: &QaBinding, now: Instant) -> Vec<Header> {
+    let left = seconds_left(b, now);
+    let mut contact = format!("<{}>;expires={left}", b.contact);
+    if let Some(instance) = &b.instance {
+        contact.push_str(&format!(";+sip.instance={}", grammar::quote(instance)));
+    }
+    if let Some(reg_id) = b.reg_id {
+        contact.push_str(&format!(";reg-id={reg_id}"));
+    }
+    vec![
+        h::Contact::new(contact).into(),
+        h::Expires::new(left.to_string()).into(),
+    ]
+}
+
+/// Whole seconds until `b` runs out, rounded up (a binding with 0.4 s left is alive).
+fn seconds_left(b: &QaBinding, now: Instant) -> u64 {
+    let left = b.expires_at.saturating_duration_since(now);
+    left.as_secs() + u64::from(left.subsec_nanos() > 0)
+}
 
 #[derive(Debug)]
 pub(super) struct Registrar {
@@ -34,8 +59,11 @@ enum Answer {
     TooBrief,
     /// 400: a Contact we cannot call, or `*` without `Expires: 0`.
     Bad(&'static str),
-    /// 200: the binding as it now is (None: none).
+    /// 200: the binding as it now is (None: none), changed by this REGISTER.
     Ok(Option<QaBinding>),
+    /// 200 to a query, or to an un-REGISTER of a binding that is gone already: the
+    /// binding as it is, nothing changed.
+    Unchanged(Option<QaBinding>),
 }
 
 impl Registrar {
@@ -70,7 +98,21 @@ impl Registrar {
     pub(super) fn is_registered_source(&self, now: Instant, from: SocketAddr) -> bool {
         self.bindings
             .values()
-            .any(|b| b.source.ip() == from.ip() && b.expires_at > now)
+            .any(|b| b.source.ip() == from.ip() && b.expires_at > now && !b.flow_closed)
+    }
+
+    /// The connection from `peer` closed: bindings that came on it can no longer be
+    /// reached (RFC 5626 §5.3: a failed flow is not used again). The usernames, and the
+    /// bindings as they now are.
+    pub(super) fn flow_closed(&mut self, peer: SocketAddr) -> Vec<(String, QaBinding)> {
+        let mut changed = Vec::new();
+        for (user, b) in &mut self.bindings {
+            if b.source == peer && b.transport.is_reliable() && !b.flow_closed {
+                b.flow_closed = true;
+                changed.push((user.clone(), b.clone()));
+            }
+        }
+        changed
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
@@ -151,7 +193,7 @@ impl Registrar {
         if msg.contacts.is_empty() {
             // A query: the current binding.
             let current = self.bindings.get(&username).cloned();
-            return (Answer::Ok(current), Some(username));
+            return (Answer::Unchanged(current), Some(username));
         }
         if msg.contacts.iter().any(|c| c.trim() == "*") {
             if msg.expires != Some(0) || msg.contacts.len() != 1 {
@@ -165,22 +207,41 @@ impl Registrar {
             .and_then(|v| v.trim().parse::<u32>().ok())
             .or(msg.expires)
             .unwrap_or(DEFAULT_EXPIRES);
+        let uri = message::addr_uri(contact);
+        let instance = message::addr_param(contact, "+sip.instance");
         if asked == 0 {
+            // Only the binding this REGISTER names goes: a phone that restarted on a new
+            // port and registered again is not removed by its old self signing off.
+            let same =
+                self.bindings
+                    .get(&username)
+                    .is_some_and(|b| match (&b.instance, &instance) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => b.contact == uri,
+                    });
+            if !same {
+                let current = self.bindings.get(&username).cloned();
+                return (Answer::Unchanged(current), Some(username));
+            }
             self.bindings.remove(&username);
             return (Answer::Ok(None), Some(username));
         }
         if asked < self.config.min_expires {
             return (Answer::TooBrief, Some(username));
         }
-        let uri = message::addr_uri(contact);
         if parse_sip_uri(uri).is_err() {
             return (Answer::Bad("Contact is not a sip: URI"), Some(username));
         }
         let expires = asked.min(self.config.max_expires);
+        // One binding per account: a REGISTER from a new address, port or connection
+        // (the same instance restarted, or another phone) replaces the old one.
         let binding = QaBinding {
             contact: uri.to_string(),
             source: from,
             transport,
+            instance,
+            reg_id: message::addr_param(contact, "reg-id").and_then(|v| v.parse().ok()),
+            flow_closed: false,
             expires,
             expires_at: now + Duration::from_secs(u64::from(expires)),
         };
@@ -201,6 +262,7 @@ impl UserAgent {
         let transport = self.transport_to(from);
         let registrar = self.registrar.as_mut()?;
         let (answer, username) = registrar.register(now, from, transport, msg);
+        let changed = matches!(answer, Answer::Ok(_));
         let realm = registrar.config.realm.clone();
         let min_expires = registrar.config.min_expires;
         match answer {
@@ -226,18 +288,14 @@ impl UserAgent {
                 400,
                 vec![h::Warning::new(format!("399 - \"{why}\"")).into()],
             )),
-            Answer::Ok(binding) => {
+            Answer::Ok(binding) | Answer::Unchanged(binding) => {
                 self.policy.success(from.ip());
-                let username = username.unwrap_or_default();
-                let mut extra = Vec::new();
-                if let Some(b) = &binding {
-                    extra.push(
-                        h::Contact::new(format!("<{}>;expires={}", b.contact, b.expires)).into(),
-                    );
-                    extra.push(h::Expires::new(b.expires.to_string()).into());
-                }
-                let query = msg.contacts.is_empty();
-                if !query {
+                let extra = binding
+                    .as_ref()
+                    .map(|b| ok_headers(b, now))
+                    .unwrap_or_default();
+                if changed {
+                    let username = username.unwrap_or_default();
                     debug!(%from, user = %username, registered = binding.is_some(), "QA registrar: binding updated");
                     self.events
                         .push_back(Event::QaRegistration { username, binding });
@@ -439,7 +497,12 @@ mod tests {
         };
         assert_eq!((b.expires, b.transport), (120, Transport::Tcp));
         // A query returns the binding and changes nothing.
-        assert!(matches!(send(&mut r, "", None), Answer::Ok(Some(_))));
+        assert!(matches!(send(&mut r, "", None), Answer::Unchanged(Some(_))));
+        // An un-REGISTER of another Contact leaves this one alone.
+        assert!(matches!(
+            send(&mut r, "<sip:a@5.6.7.8>;expires=0", None),
+            Answer::Unchanged(Some(_))
+        ));
         assert_eq!(
             send(&mut r, "<sip:a@1.2.3.4>;expires=0", None),
             Answer::Ok(None)
@@ -450,5 +513,69 @@ mod tests {
         assert_eq!(send(&mut r, "*", Some(0)), Answer::Ok(None));
         assert!(r.bindings.is_empty());
         assert!(matches!(send(&mut r, "<mailto:a@b>", None), Answer::Bad(_)));
+    }
+
+    /// Linphone restarted on another port (same `+sip.instance`, new source): its one
+    /// binding moves there; another instance signing off leaves it alone; the closed
+    /// connection of a TCP binding makes it unreachable.
+    #[test]
+    fn one_binding_follows_the_phone_and_its_flow() {
+        let now = Instant::now();
+        let mut r = registrar();
+        let lp = |port: u16, expires: u32, instance: &str| {
+            format!(
+                "<sip:qa-alice@127.0.0.1:{port};transport=udp>;expires={expires};+sip.instance=\"<urn:uuid:{instance}>\";reg-id=1"
+            )
+        };
+        let send = |r: &mut Registrar, from: &str, transport, contact: String| {
+            let nonce = challenge(r, now);
+            let auth = answer_to(&nonce, "qa-alice", "pw-alice");
+            let from: SocketAddr = from.parse().unwrap();
+            r.register(now, from, transport, &register(&contact, None, Some(auth)))
+                .0
+        };
+        let Answer::Ok(Some(first)) = send(
+            &mut r,
+            "127.0.0.1:5072",
+            Transport::Udp,
+            lp(5072, 600, "aaaa"),
+        ) else {
+            panic!()
+        };
+        assert_eq!(first.instance.as_deref(), Some("<urn:uuid:aaaa>"));
+        assert_eq!(first.reg_id, Some(1));
+        let Answer::Ok(Some(moved)) = send(
+            &mut r,
+            "127.0.0.1:5080",
+            Transport::Udp,
+            lp(5080, 600, "aaaa"),
+        ) else {
+            panic!()
+        };
+        assert_eq!(moved.source.port(), 5080);
+        assert_eq!(r.bindings.len(), 1);
+        assert!(matches!(
+            send(&mut r, "127.0.0.1:5090", Transport::Udp, lp(5090, 0, "bbbb")),
+            Answer::Unchanged(Some(b)) if b.source.port() == 5080
+        ));
+        // Over TCP from an ephemeral port; the connection then closes.
+        let Answer::Ok(Some(tcp)) = send(
+            &mut r,
+            "127.0.0.1:41000",
+            Transport::Tcp,
+            lp(5074, 600, "aaaa"),
+        ) else {
+            panic!()
+        };
+        assert!(!tcp.flow_closed);
+        assert!(r.flow_closed("127.0.0.1:41001".parse().unwrap()).is_empty());
+        let closed = r.flow_closed("127.0.0.1:41000".parse().unwrap());
+        assert_eq!(closed.len(), 1);
+        assert!(closed[0].1.flow_closed);
+        assert!(!r.is_registered_source(now, "127.0.0.1:41000".parse().unwrap()));
+        assert!(
+            r.flow_closed("127.0.0.1:41000".parse().unwrap()).is_empty(),
+            "once"
+        );
     }
 }

@@ -11,6 +11,18 @@ use super::*;
 pub(super) const MAX_SERVER_TXS: usize = 10_000;
 
 pub(super) const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+/// With the QA registrar on, REGISTER too.
+pub(super) const ALLOW_WITH_REGISTER: &str =
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER";
+
+/// Requests that only make sense for a dialog or transaction we have: without one they
+/// get 481 (RFC 3261 §12.2.2, §9.2). Other methods we do not serve get 405.
+fn needs_a_dialog(method: Method) -> bool {
+    matches!(
+        method,
+        Method::Bye | Method::Info | Method::Update | Method::Cancel | Method::PRack
+    )
+}
 
 /// Digit from a SIP INFO body (application/dtmf-relay `Signal=5`, or application/dtmf `5`).
 pub(super) fn dtmf_from_info(content_type: Option<&str>, body: &str) -> Option<char> {
@@ -54,7 +66,11 @@ impl UserAgent {
             .extension_method
             .clone()
             .unwrap_or_else(|| method.to_string());
-        let key = msg.top_branch().map(|b| (b, method_name));
+        // RFC 3261 §17.2.3: the same branch from another sent-by is another transaction.
+        let key = msg
+            .top_branch()
+            .zip(msg.top_sent_by())
+            .map(|(b, sent_by)| (b, sent_by, method_name));
         let retransmission = key
             .as_ref()
             .is_some_and(|k| self.server_txs.contains_key(k));
@@ -119,7 +135,7 @@ impl UserAgent {
             _ if msg.unsupported_uri_scheme => 416,
             // An extension method (the parser put OPTIONS in its place).
             _ if msg.extension_method.is_some() => {
-                extra.push(h::Allow::new(ALLOW).into());
+                extra.push(self.allow());
                 501
             }
             (Method::Register, _) if self.registrar.is_some() => {
@@ -132,7 +148,7 @@ impl UserAgent {
                 }
             }
             (Method::Options, _) => {
-                extra.push(h::Allow::new(ALLOW).into());
+                extra.push(self.allow());
                 extra.push(h::Accept::new("application/sdp").into());
                 200
             }
@@ -174,11 +190,16 @@ impl UserAgent {
                 200
             }
             (Method::Invite, None) if msg.tag_in_to().is_none() => 603, // we only place calls
-            (_, Some(_)) => {
-                extra.push(h::Allow::new(ALLOW).into());
-                501
+            (Method::Invite, None) => 481,
+            (m, None) if needs_a_dialog(m) => 481,
+            (Method::Cancel | Method::PRack, Some(_)) => 481,
+            // A method we know but do not serve (PUBLISH, SUBSCRIBE, NOTIFY, MESSAGE,
+            // REFER, REGISTER without the QA registrar): 405 and what we do serve
+            // (RFC 3261 §8.2.1).
+            _ => {
+                extra.push(self.allow());
+                405
             }
-            (_, None) => 481,
         };
         let response = self.build_response(&msg, top_via, status, extra, &body);
         self.transmit(destination, response.clone());
@@ -198,6 +219,16 @@ impl UserAgent {
             );
             self.schedule(TimerKey::Server(key));
         }
+    }
+
+    /// Our Allow header.
+    fn allow(&self) -> Header {
+        let methods = if self.registrar.is_some() {
+            ALLOW_WITH_REGISTER
+        } else {
+            ALLOW
+        };
+        h::Allow::new(methods).into()
     }
 
     pub(super) fn build_response(
@@ -233,7 +264,7 @@ impl UserAgent {
             headers.push(h::Server::new(self.ident.server_header.clone()).into());
         }
         headers.extend(extra);
-        message::render_response(status, headers, body)
+        render::render_response(status, headers, body)
     }
 
     /// 400 to a request missing mandatory headers, echoing whatever it did have.
@@ -271,7 +302,7 @@ impl UserAgent {
             }
         }
         headers.push(h::Warning::new(format!("399 otpdial \"missing {missing}\"")).into());
-        let response = message::render_response(400, headers, b"");
+        let response = render::render_response(400, headers, b"");
         self.transmit(destination, response);
     }
 }

@@ -13,7 +13,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 pub(super) type ClientKey = (String, TxMethod);
-pub(super) type ServerKey = (String, String);
+/// Branch, sent-by and method of the request (RFC 3261 §17.2.3).
+pub(super) type ServerKey = (String, String, String);
 
 /// What a deadline belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

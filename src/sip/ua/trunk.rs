@@ -208,7 +208,7 @@ impl UserAgent {
         headers.push(self.ident.contact(Self::aor_user(&t.cfg.aor), transport));
         headers.push(extra);
         headers.extend(auth.headers(method, &registrar.to_string(), b""));
-        let request = message::render_request(method, &registrar, headers, b"");
+        let request = render::render_request(method, &registrar, headers, b"");
         let (dest, id) = (t.cfg.destination, t.id);
         self.start_trunk_tx(now, branch, tx_method, id, dest, request);
     }

@@ -1,0 +1,342 @@
+//! Starting a verification: which number to call, the toll-fraud screens, the
+//! rate limits and budget (counted by the store), the code, its keyed hash and
+//! sealed copy, and the queued call.
+
+use super::{
+    invalid, validate_user_id, CallView, StartRequest, VerificationView, Verifier, VerifyError,
+};
+use crate::domain::{self, CallStatus, OtpCode, PhoneNumber, VerificationStatus};
+use crate::media::Keys;
+use crate::store::{
+    BudgetCheck, LimitCheck, LimitColumn, NewVerification, StartGuards, StartOutcome,
+};
+
+impl Verifier {
+    /// Refuses a start: audited, counted, never a call.
+    async fn refuse(
+        &self,
+        actor: &str,
+        number: &PhoneNumber,
+        reason: &str,
+        detail: String,
+    ) -> VerifyError {
+        self.metrics.refused(reason);
+        self.audit(
+            actor,
+            "verification.start",
+            Some(&number.masked()),
+            reason,
+            Some(&detail),
+        )
+        .await;
+        VerifyError::Refused(detail)
+    }
+
+    /// Which number to call for this request (SPEC §3 rules on `user_id`
+    /// and `to`).
+    async fn destination(
+        &self,
+        req: &StartRequest,
+        actor: &str,
+    ) -> Result<PhoneNumber, VerifyError> {
+        let allow_any = self.settings.verification.allow_unregistered_numbers;
+        match (req.user_id.as_deref(), req.to.as_deref()) {
+            (None, None) => Err(invalid("to", "give `to`, `user_id`, or both")),
+            (Some(user), to) => {
+                validate_user_id(user)?;
+                let phones = self.store.phones(user).await?;
+                match to {
+                    Some(to) => {
+                        let number = self.parse_number(to)?;
+                        if !allow_any && !phones.iter().any(|p| p.number == number.as_str()) {
+                            self.metrics.refused("not_registered");
+                            self.audit(
+                                actor,
+                                "verification.start",
+                                Some(&number.masked()),
+                                "not_registered",
+                                None,
+                            )
+                            .await;
+                            return Err(invalid("to", "not one of this user's registered numbers"));
+                        }
+                        Ok(number)
+                    }
+                    None => phones
+                        .iter()
+                        .find(|p| p.primary)
+                        .map(|p| PhoneNumber::from_trusted(p.number.clone()))
+                        .ok_or_else(|| {
+                            invalid("user_id", "this user has no registered primary number")
+                        }),
+                }
+            }
+            (None, Some(to)) => {
+                let number = self.parse_number(to)?;
+                if !allow_any && !self.store.number_is_registered(number.as_str()).await? {
+                    self.metrics.refused("not_registered");
+                    self.audit(
+                        actor,
+                        "verification.start",
+                        Some(&number.masked()),
+                        "not_registered",
+                        None,
+                    )
+                    .await;
+                    return Err(invalid("to", "number is not registered for any user"));
+                }
+                Ok(number)
+            }
+        }
+    }
+
+    /// Toll-fraud controls on the destination: prefix allowlist, line type.
+    async fn screen(&self, number: &PhoneNumber, actor: &str) -> Result<(), VerifyError> {
+        if let Some(prefixes) = self.settings.allowed_prefixes() {
+            if !prefixes
+                .iter()
+                .any(|p| number.as_str().starts_with(p.as_str()))
+            {
+                return Err(self
+                    .refuse(
+                        actor,
+                        number,
+                        "prefix_not_allowed",
+                        "destination prefix is not allowed on this gateway".into(),
+                    )
+                    .await);
+            }
+        }
+        let kind = number.kind();
+        if self.settings.verification.mobile_only && !kind.is_mobile() {
+            return Err(self
+                .refuse(
+                    actor,
+                    number,
+                    "not_mobile",
+                    "only mobile numbers may be called".into(),
+                )
+                .await);
+        }
+        if !self.settings.fraud.allowed_number_types.contains(&kind) {
+            return Err(self
+                .refuse(
+                    actor,
+                    number,
+                    "number_type",
+                    format!("numbers of type {kind:?} may not be called"),
+                )
+                .await);
+        }
+        Ok(())
+    }
+
+    pub async fn start(
+        &self,
+        req: StartRequest,
+        api_key: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<VerificationView, VerifyError> {
+        let vs = &self.settings.verification;
+        if let Some(k) = idempotency_key {
+            if k.is_empty() || k.len() > 255 {
+                return Err(invalid("Idempotency-Key", "must be 1..255 characters"));
+            }
+        }
+        let number = self.destination(&req, api_key).await?;
+        let locale = req
+            .locale
+            .clone()
+            .unwrap_or_else(|| vs.default_locale.clone());
+        if !self.locales.contains(&locale) {
+            return Err(invalid(
+                "locale",
+                format!(
+                    "no prompt pack for {locale:?}; installed: {}",
+                    self.locales.join(", ")
+                ),
+            ));
+        }
+        if req.bind_digits && !self.bind_locales.contains(&locale) {
+            return Err(invalid(
+                "bind_digits",
+                format!(
+                    "the prompt pack for {locale:?} cannot ask for the digits (it has no bind.wav); packs that can: {}",
+                    if self.bind_locales.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        self.bind_locales.join(", ")
+                    }
+                ),
+            ));
+        }
+        let code = match req.code.as_deref() {
+            Some(c) => OtpCode::parse(c).map_err(|e| invalid("code", e.to_string()))?,
+            None => {
+                OtpCode::generate(vs.code_length).map_err(|e| invalid("code", e.to_string()))?
+            }
+        };
+        if let Some(url) = req.callback_url.as_deref() {
+            if url.len() > 2048 {
+                return Err(invalid("callback_url", "must be at most 2048 characters"));
+            }
+            crate::egress::check_url(url, self.settings.webhooks.targets())
+                .await
+                .map_err(|why| invalid("callback_url", why))?;
+            if self.settings.webhooks.secret.is_none() {
+                return Err(invalid(
+                    "callback_url",
+                    format!(
+                        "webhooks are off on this gateway: the signing secret (env {}) is not set",
+                        self.settings.webhooks.secret_env
+                    ),
+                ));
+            }
+        }
+        self.screen(&number, api_key).await?;
+
+        let id = domain::new_verification_id();
+        let call_id = domain::new_call_id();
+        let now = domain::now_ms();
+        let ttl_ms = i64::try_from(vs.ttl.as_millis()).unwrap_or(i64::MAX);
+        let code_hash = self.keys.hash(&id, code.expose());
+        let bind = req.bind_digits.then(|| Keys::random(2));
+        let sealed = self.keys.seal(&id, &code, bind)?;
+        drop(code);
+
+        let limits = &self.settings.limits;
+        let window = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let mut guards = StartGuards::default();
+        guards.limits.push(LimitCheck {
+            name: "per_number",
+            exact: true,
+            column: LimitColumn::Phone,
+            value: number.as_str(),
+            max: i64::from(limits.per_number.count),
+            window_ms: window(limits.per_number.per),
+        });
+        if let Some(user) = req.user_id.as_deref() {
+            guards.limits.push(LimitCheck {
+                name: "per_user",
+                exact: true,
+                column: LimitColumn::User,
+                value: user,
+                max: i64::from(limits.per_user.count),
+                window_ms: window(limits.per_user.per),
+            });
+        }
+        guards.limits.push(LimitCheck {
+            name: "per_api_key",
+            exact: false,
+            column: LimitColumn::ApiKey,
+            value: api_key,
+            max: i64::from(limits.per_api_key.count),
+            window_ms: window(limits.per_api_key.per),
+        });
+        let country = number.country_code();
+        let budget = self.settings.daily_budget_for(&country);
+        if budget > 0 {
+            guards.budget = Some(BudgetCheck {
+                day: domain::format_ms(now).chars().take(10).collect(),
+                country: country.clone(),
+                max: i64::try_from(budget).unwrap_or(i64::MAX),
+            });
+        }
+
+        let outcome = self
+            .store
+            .start_verification(
+                &NewVerification {
+                    id: &id,
+                    user_id: req.user_id.as_deref(),
+                    phone: number.as_str(),
+                    locale: &locale,
+                    code_hash: &code_hash,
+                    attempts_left: i64::from(vs.max_check_attempts),
+                    expires_at: now.saturating_add(ttl_ms),
+                    callback_url: req.callback_url.as_deref(),
+                    api_key,
+                    idempotency_key,
+                    call_id: &call_id,
+                    code_sealed: &sealed,
+                    now,
+                },
+                &guards,
+            )
+            .await?;
+        match outcome {
+            StartOutcome::New { superseded } => {
+                self.metrics.verifications_started.inc();
+                if !superseded.is_empty() {
+                    self.cancel_wake.notify_waiters();
+                }
+                // Everything in the answer is known: no read-back. It shows
+                // the call as queued, as it was when committed.
+                let view = VerificationView {
+                    id,
+                    status: VerificationStatus::Pending,
+                    to: number.masked(),
+                    locale,
+                    expires_at: domain::format_ms(now.saturating_add(ttl_ms)),
+                    attempts_left: i64::from(vs.max_check_attempts),
+                    call: CallView {
+                        status: CallStatus::Queued,
+                        sip_code: None,
+                        trunk: None,
+                        answered_at: None,
+                        ended_at: None,
+                        times_played: 0,
+                        reason: None,
+                        attempts: Vec::new(),
+                    },
+                    bind_digits: bind.map(|k| k.to_text()),
+                };
+                self.dialer_wake.notify_one();
+                Ok(view)
+            }
+            StartOutcome::Existing(first) => {
+                let mut view = self.view(&first).await?;
+                if req.bind_digits {
+                    // The replay of a start answers as the start did: with the same
+                    // digits, while the call still holds them.
+                    view.bind_digits = match self.store.sealed_code_of(&first).await? {
+                        Some(sealed) => self
+                            .keys
+                            .open(&first, &sealed)
+                            .ok()
+                            .and_then(|(_, bind)| bind)
+                            .map(|k| k.to_text()),
+                        None => None,
+                    };
+                }
+                Ok(view)
+            }
+            StartOutcome::Limited {
+                limit,
+                retry_after_ms,
+            } => {
+                self.metrics.limited(limit);
+                self.audit(
+                    api_key,
+                    "verification.start",
+                    Some(&number.masked()),
+                    "rate_limited",
+                    Some(limit),
+                )
+                .await;
+                Err(VerifyError::RateLimited {
+                    limit,
+                    retry_after_secs: u64::try_from((retry_after_ms + 999) / 1000).unwrap_or(1),
+                })
+            }
+            StartOutcome::BudgetExhausted => Err(self
+                .refuse(
+                    api_key,
+                    &number,
+                    "daily_budget",
+                    format!("today's call budget for {country} is spent"),
+                )
+                .await),
+        }
+    }
+}
