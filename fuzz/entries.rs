@@ -111,7 +111,7 @@ pub(crate) fn rtp_receive(data: &[u8]) {
 /// One prompt phrase's WAV file, as a pack load decodes it. A decoded phrase is never
 /// empty and never longer than a minute at 8 kHz (plus the resampler's slack).
 pub(crate) fn wav_phrase(data: &[u8]) {
-    if let Ok(pcm) = otpdial::media::pack::decode_wav(Path::new("fuzz.wav"), data) {
+    if let Ok(pcm) = otpdial::media::prompts::decode_wav(Path::new("fuzz.wav"), data) {
         assert!(!pcm.is_empty(), "an empty phrase was accepted");
         assert!(pcm.len() <= 61 * 8000, "{} samples", pcm.len());
     }

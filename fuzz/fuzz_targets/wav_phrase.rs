@@ -1,4 +1,4 @@
-//! Fuzz target: a prompt phrase's WAV file bytes into `media::pack::decode_wav` (hound,
+//! Fuzz target: a prompt phrase's WAV file bytes into `media::prompts::decode_wav` (hound,
 //! the G.711 WAV reader, resampling, trimming).
 //! The entry point is in `../entries.rs`, which the corpus replay test
 //! (`tests/it/fuzz_corpus.rs`) also runs on every committed input.

@@ -1,7 +1,7 @@
 //! Media: prompt packs, G.711, the call script and RTP playout.
 //!
 //! - [`g711`]: sample-level µ-law/A-law helpers (on `audio-codec-algorithms`).
-//! - [`pack`]: prompt packs loaded once (hound WAV) and pre-encoded into 160-byte frames.
+//! - [`prompts`]: prompt packs loaded once (hound WAV) and pre-encoded into 160-byte frames.
 //! - [`script`]: what to say when in a call; pure code, no I/O, no clock.
 //! - [`cursor`]: where a call is in its script, and the key-gate rules; pure code.
 //! - [`rtp`]: RTP packetisation of one stream (rtp-rs).
@@ -18,7 +18,7 @@ pub mod cursor;
 pub mod dtmf;
 pub mod g711;
 pub mod pacer;
-pub mod pack;
+pub mod prompts;
 pub mod rtcp;
 pub mod rtp;
 pub mod script;
@@ -27,7 +27,7 @@ pub mod srtp;
 pub use pacer::{
     rtcp_socket_beside, Pacer, PacerOptions, PacerStats, Playout, PlayoutEvent, PlayoutSpec,
 };
-pub use pack::{check_phrase, PhraseCheck, PromptError, PromptLibrary, PromptPack};
+pub use prompts::{check_phrase, PhraseCheck, PromptError, PromptLibrary, PromptPack};
 pub use script::{CallScript, Keys, ScriptItem};
 
 /// Samples per RTP packet: 20 ms at 8 kHz, which is also the RTP timestamp step.
