@@ -68,7 +68,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
             crate::config::masked_url(&settings.database.url)
         )
     })?;
-    tracing::info!(schema = %schema.describe(), "database schema");
+    tracing::info!("database {}", schema.describe());
 
     let keys = code_keys(&settings, &store).await?;
 

@@ -16,6 +16,7 @@ mod demo_path;
 mod dialer_durable;
 mod dialer_faults;
 mod docker_configs;
+mod faults_disk;
 mod faults_old_db;
 mod faults_retention;
 mod fuzz_corpus;
