@@ -8,6 +8,7 @@
 //! cargo bench --bench gateway -- --n 200 --secs 10      # quick: 10 s calls
 //! cargo bench --bench gateway -- --fifo 50              # otpdial's pacer under SCHED_FIFO 50 ([media] realtime_priority)
 //! cargo bench --bench gateway -- --only otpdial         # one side only (otpdial | sipp)
+//! cargo bench --bench gateway -- --n 2000 --count 8      # + syscalls and context switches per packet (perf stat, 8 s at the plateau)
 //! cargo bench --bench gateway -- --database-url postgres://postgres@127.0.0.1/bench  # PostgreSQL (a fresh, empty database)
 //! ```
 //!
@@ -74,6 +75,8 @@ struct Args {
     only: Option<Side>,
     fifo: u8,
     database_url: Option<String>,
+    /// Seconds of `perf stat` on the caller at the plateau (0: none).
+    count_secs: f64,
 }
 
 fn parse_args() -> Args {
@@ -85,6 +88,7 @@ fn parse_args() -> Args {
         only: None,
         fifo: 0,
         database_url: None,
+        count_secs: 0.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -108,6 +112,7 @@ fn parse_args() -> Args {
                 }
             }
             "--database-url" => args.database_url = Some(val()),
+            "--count" => args.count_secs = val().parse().unwrap_or(0.0),
             _ => {} // `cargo bench` passes --bench; ignore what is not ours
         }
     }
@@ -138,6 +143,10 @@ struct Figures {
     http_p99: f64,
     invite_p50: f64,
     invite_p99: f64,
+    /// System calls and context switches of the caller per RTP packet received, over a
+    /// `perf stat` window at the plateau (`--count`); NaN without it.
+    syscalls_per_packet: f64,
+    switches_per_packet: f64,
     load_max: f64,
     timed_out: bool,
 }
@@ -178,6 +187,8 @@ impl Figures {
             http_p99: m(|f| f.http_p99),
             invite_p50: m(|f| f.invite_p50),
             invite_p99: m(|f| f.invite_p99),
+            syscalls_per_packet: m(|f| f.syscalls_per_packet),
+            switches_per_packet: m(|f| f.switches_per_packet),
             load_max: m(|f| f.load_max),
             timed_out: runs.iter().any(|f| f.timed_out),
         }
@@ -192,7 +203,7 @@ impl Figures {
             }
         };
         format!(
-            "| {n} | {label}{} | {:.0} / {:.0} | {:.0} / {:.0} | {} | {:.0} / {:.0} ({:.3} %), {:.0} streams | {:.3} / {:.3} / {:.3} | {:.2} / {:.2} / {:.2} | {:.1} | {:.2} | {} / {} | {} / {} | {:.1} |",
+            "| {n} | {label}{} | {:.0} / {:.0} | {:.0} / {:.0} | {} | {:.0} / {:.0} ({:.3} %), {:.0} streams | {:.3} / {:.3} / {:.3} | {:.2} / {:.2} / {:.2} | {:.1} | {:.2} | {} / {} | {} / {} | {} / {} | {:.1} |",
             if self.timed_out { " (timed out)" } else { "" },
             self.completed,
             self.failed,
@@ -215,12 +226,14 @@ impl Figures {
             opt(self.http_p99, 1),
             opt(self.invite_p50, 1),
             opt(self.invite_p99, 1),
+            opt(self.syscalls_per_packet, 3),
+            opt(self.switches_per_packet, 3),
             self.load_max,
         )
     }
 }
 
-const HEADER: &str = "| N | caller | calls ok / failed | CPU % mean / peak 2 s | CPU/packet µs | packets received / expected | dev p50 / p99 / max ms | call s planned / mean / max | peak RSS MB | RSS/call KB | HTTP start p50 / p99 ms | request→INVITE p50 / p99 ms | load max |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+const HEADER: &str = "| N | caller | calls ok / failed | CPU % mean / peak 2 s | CPU/packet µs | packets received / expected | dev p50 / p99 / max ms | call s planned / mean / max | peak RSS MB | RSS/call KB | HTTP start p50 / p99 ms | request→INVITE p50 / p99 ms | syscalls / ctx switches per packet | load max |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// The call script the gateway will play (en pack, `digits`, `repeat` readings):
 /// chosen as the one closest to `secs` long. Returns (code, repeat, frames).
@@ -676,6 +689,8 @@ fn run_gateway(bin: &Path, n: usize, plan: &Plan, args: &Args, seq0: usize) -> F
     let dir = tempfile::tempdir().expect("tempdir");
     let mut f = Figures {
         load_max: load1(),
+        syscalls_per_packet: f64::NAN,
+        switches_per_packet: f64::NAN,
         ..Figures::default()
     };
     let rx = start_receiver(n * plan.frames as usize);
@@ -740,11 +755,20 @@ fn run_gateway(bin: &Path, n: usize, plan: &Plan, args: &Args, seq0: usize) -> F
     let idle = sample(pid).expect("gateway alive");
     let monitor = Monitor::start(pid);
     let ramp = Duration::from_secs_f64(plan.secs());
+    // Around the end of the ramp, when about N calls are up.
+    let counts = (args.count_secs > 0.0).then(|| {
+        let secs = args.count_secs.min(plan.secs() / 2.0);
+        let start = Instant::now() + ramp - Duration::from_secs_f64(secs / 2.0);
+        count_window(pid, start, secs, Arc::clone(&rx.packets))
+    });
     let started = rt.block_on(drive(&base, n, ramp, plan, seq0));
     let limit = idle.at + ramp + ramp.mul_f64(1.5) + Duration::from_secs(30);
     let (last_packet, timed_out) = wait_quiet(&rx.packets, limit);
     let end = sample(pid).unwrap_or(idle);
     let samples = monitor.finish();
+    (f.syscalls_per_packet, f.switches_per_packet) = counts
+        .and_then(|c| c.join().ok())
+        .unwrap_or((f64::NAN, f64::NAN));
     let ids: Vec<String> = started.iter().filter_map(|s| s.id.clone()).collect();
     let (completed, other) = rt.block_on(call_outcomes(&base, &ids));
     if !other.is_empty() {
@@ -824,10 +848,12 @@ fn sipp_counts(dir: &Path) -> (f64, f64) {
     (ok, failed)
 }
 
-fn run_sipp(n: usize, plan: &Plan) -> Figures {
+fn run_sipp(n: usize, plan: &Plan, count_secs: f64) -> Figures {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut f = Figures {
         load_max: load1(),
+        syscalls_per_packet: f64::NAN,
+        switches_per_packet: f64::NAN,
         ..Figures::default()
     };
     common::write_alaw_wav(
@@ -854,6 +880,11 @@ fn run_sipp(n: usize, plan: &Plan) -> Figures {
     let pid = uac.id();
     let idle = sample(pid);
     let monitor = Monitor::start(pid);
+    let counts = (count_secs > 0.0).then(|| {
+        let secs = count_secs.min(plan.secs() / 2.0);
+        let start = started + Duration::from_secs_f64(plan.secs() - secs / 2.0);
+        count_window(pid, start, secs, Arc::clone(&rx.packets))
+    });
     let limit = Duration::from_secs_f64(plan.secs() * 2.5) + Duration::from_secs(30);
     let finished = loop {
         match uac.try_wait() {
@@ -869,6 +900,9 @@ fn run_sipp(n: usize, plan: &Plan) -> Figures {
     let wall = started.elapsed();
     let cpu = children_cpu_ns().saturating_sub(cpu0) as f64;
     let samples = monitor.finish();
+    (f.syscalls_per_packet, f.switches_per_packet) = counts
+        .and_then(|c| c.join().ok())
+        .unwrap_or((f64::NAN, f64::NAN));
     stop_child(callee);
     let mut got = rx.finish();
     let (ok, failed) = sipp_counts(dir.path());
@@ -898,7 +932,7 @@ fn run_sipp(n: usize, plan: &Plan) -> Figures {
 fn ratio_row(n: usize, a: &Figures, b: &Figures) -> String {
     let r = |x: f64, y: f64| format!("{:.2}×", x / y);
     format!(
-        "| {n} | **otpdial / SIPp** | | {} / {} | {} | {} | {} | | | {} | {} | | | |",
+        "| {n} | **otpdial / SIPp** | | {} / {} | {} | {} | {} | | | {} | {} | | | {} | |",
         r(a.cpu_mean_pct, b.cpu_mean_pct),
         r(a.cpu_peak_pct, b.cpu_peak_pct),
         r(a.cpu_per_packet_us, b.cpu_per_packet_us),
@@ -911,7 +945,50 @@ fn ratio_row(n: usize, a: &Figures, b: &Figures) -> String {
         ),
         r(a.peak_rss_mb, b.peak_rss_mb),
         r(a.rss_per_call_kb, b.rss_per_call_kb),
+        if a.syscalls_per_packet.is_nan() || b.syscalls_per_packet.is_nan() {
+            String::new()
+        } else {
+            r(a.syscalls_per_packet, b.syscalls_per_packet)
+        },
     )
+}
+
+/// Counts the system calls and context switches of process `pid` (all threads) with
+/// `perf stat` for `secs` from `start` on, and the RTP packets the receiver got
+/// meanwhile. Events, not times: load on the machine does not change them much.
+/// Returns (syscalls, switches) per packet; NaN when perf is missing or fails.
+fn count_window(
+    pid: u32,
+    start: Instant,
+    secs: f64,
+    packets: Arc<std::sync::atomic::AtomicU64>,
+) -> std::thread::JoinHandle<(f64, f64)> {
+    std::thread::spawn(move || {
+        std::thread::sleep(start.saturating_duration_since(Instant::now()));
+        let p0 = packets.load(Ordering::Relaxed);
+        let out = Command::new("taskset")
+            .args(["-c", "1", "perf", "stat", "-x", ",", "--no-big-num"])
+            .args(["-e", "raw_syscalls:sys_enter,context-switches"])
+            .args(["-p", &pid.to_string(), "--", "sleep", &format!("{secs}")])
+            .stdout(Stdio::null())
+            .output();
+        let p1 = packets.load(Ordering::Relaxed);
+        let Ok(out) = out else {
+            return (f64::NAN, f64::NAN);
+        };
+        let text = String::from_utf8_lossy(&out.stderr);
+        let value = |event: &str| {
+            text.lines()
+                .find(|l| l.split(',').nth(2).is_some_and(|e| e.trim() == event))
+                .and_then(|l| l.split(',').next()?.trim().parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        let per = (p1.saturating_sub(p0)).max(1) as f64;
+        (
+            value("raw_syscalls:sys_enter") / per,
+            value("context-switches") / per,
+        )
+    })
 }
 
 /// Puts this process (the HTTP client and the receiver) on core 1, beside the callee.
@@ -983,7 +1060,7 @@ fn main() {
                 }
                 let f = match side {
                     Side::Otpdial => run_gateway(&bin, n, &plan, &args, seq),
-                    Side::Sipp => run_sipp(n, &plan),
+                    Side::Sipp => run_sipp(n, &plan, args.count_secs),
                 };
                 seq += n;
                 let label = match side {

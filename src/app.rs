@@ -68,7 +68,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
             crate::config::masked_url(&settings.database.url)
         )
     })?;
-    tracing::info!(schema = %schema.describe(), "database schema");
+    tracing::info!("database {}", schema.describe());
 
     let keys = code_keys(&settings, &store).await?;
 
@@ -89,6 +89,16 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
             settings.verification.default_locale,
             locales.join(", ")
         );
+    }
+
+    for (i, c) in settings.canaries.iter().enumerate() {
+        if !c.locale.is_empty() && !locales.contains(&c.locale) {
+            anyhow::bail!(
+                "config key `canaries[{i}].locale`: no prompt pack {:?} (installed: {})",
+                c.locale,
+                locales.join(", ")
+            );
+        }
     }
 
     let metrics = Metrics::new();
@@ -131,6 +141,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         metrics.clone(),
     )
     .with_bind_locales(bind_locales);
+    let keys_for_canaries = keys.clone();
     let dialer = Arc::new(Dialer::new(
         store.clone(),
         keys.clone(),
@@ -170,6 +181,18 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
             "webhooks off: no signing secret in the environment"
         ),
     }
+    background.extend(crate::canary::spawn(
+        crate::canary::CanaryDeps {
+            settings: settings.clone(),
+            store: store.clone(),
+            keys: keys_for_canaries,
+            engine: engine.clone(),
+            board: board.clone(),
+            metrics: metrics.clone(),
+            instance: dialer.instance().to_string(),
+        },
+        &shutdown,
+    )?);
     match crate::retention::RetentionPolicy::from_settings(&settings.database) {
         Some(policy) => background.push(tokio::spawn(crate::retention::run(
             store.clone(),
@@ -343,6 +366,7 @@ pub(crate) async fn sip_endpoint(
         server_header: settings.sip.server_header_value(),
         policy: settings.sip.policy(),
         registrar: settings.qa.registrar(),
+        inbound: crate::canary::inbound_config(settings),
     };
     let sip = SipEndpoint::bind(settings.sip.listen, advertised, options)
         .await

@@ -103,6 +103,8 @@ pub struct Metrics {
     pub post_dial_delay: HistogramFamily<TrunkLabel>,
     /// HTTP API latency by method, route pattern and status.
     pub http_requests: HistogramFamily<RouteLabel>,
+    /// Canary runs, health and the answering side (`otpdial_canary_*`).
+    pub canary: crate::canary::metrics::CanaryMetrics,
     /// Rows removed by retention (`[database] retention`).
     pub retention_rows: Family<RetentionLabel, Counter>,
     live: Arc<Live>,
@@ -131,6 +133,7 @@ impl Metrics {
             call_setup: Family::new_with_constructor(call_seconds),
             post_dial_delay: Family::new_with_constructor(call_seconds),
             http_requests: Family::new_with_constructor(request_seconds),
+            canary: Default::default(),
             retention_rows: Family::default(),
             live: Arc::new(Live::default()),
             registry: Registry::default(),
@@ -196,6 +199,7 @@ impl Metrics {
             "HTTP API request latency by method, route pattern and status",
             m.http_requests.clone(),
         );
+        m.canary.register(&mut registry);
         registry.register(
             "retention_rows",
             "Rows removed by retention ([database] retention, otpdial purge), by table and action (deleted, pseudonymised)",

@@ -11,6 +11,7 @@
 //! (`Sec-Fetch-Site`, `Origin`), and logout also needs the session's CSRF
 //! token. Depends on the store and the trunk board, like the other routes.
 
+mod canaries;
 mod chart;
 mod page;
 mod session;
@@ -241,6 +242,10 @@ async fn dashboard(
     });
     let trunks = app.trunks.snapshot();
     let qa = qa_phones(app);
+    let canaries = super::canaries::canary_views(app, 10).await.map_err(|_| {
+        tracing::warn!("dashboard: cannot read the canaries");
+        UNREADABLE
+    });
     let body = page::dashboard(&page::Dashboard {
         now_ms: now,
         viewer: &viewer,
@@ -253,6 +258,7 @@ async fn dashboard(
         buckets,
         latest,
         qa_phones: &qa,
+        canaries,
     });
     html(StatusCode::OK, body)
 }

@@ -100,12 +100,24 @@ impl ApiError {
     }
 }
 
-/// A database that cannot be reached is a 503 with `Retry-After` (the
+/// `Retry-After` of a 503 for a full database: freeing space takes an operator.
+const STORAGE_FULL_RETRY_SECS: u64 = 30;
+
+/// A database that cannot be reached, or whose storage is full, is a 503 with `Retry-After` (the
 /// client may try again shortly, nothing was lost); anything else the store
 /// says is a 500 whose details stay in the log.
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        if e.is_unavailable() {
+        if e.is_storage_full() {
+            tracing::error!(error = %e, "database storage is full: new data cannot be stored until space is freed");
+            Self {
+                retry_after: Some(STORAGE_FULL_RETRY_SECS),
+                ..ApiError::unavailable(
+                    "the gateway cannot store anything new: its database storage is full; \
+                     try again later (operators: free space where the database lives)",
+                )
+            }
+        } else if e.is_unavailable() {
             tracing::warn!(error = %e, "database unreachable while serving a request");
             Self {
                 retry_after: Some(1),

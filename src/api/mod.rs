@@ -4,6 +4,8 @@
 
 mod admin;
 mod auth;
+mod canaries;
+pub use canaries::{CanaryList, CanaryRunView, CanaryView};
 mod error;
 mod latency;
 mod ops;
@@ -62,6 +64,7 @@ pub struct AppState {
         ops::trunks,
         ops::calls,
         qa::phones,
+        canaries::list,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -102,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/trunks", get(ops::trunks))
         .route("/v1/calls", get(ops::calls))
         .route("/v1/qa/phones", get(qa::phones))
+        .route("/v1/canaries", get(canaries::list))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -162,6 +162,30 @@ impl CallEngine {
         &self.prompts
     }
 
+    /// The prompt packs, shared (the canaries' answering side recognises them).
+    pub fn prompt_library(&self) -> Arc<PromptLibrary> {
+        self.prompts.clone()
+    }
+
+    /// The inbound calls the SIP endpoint accepted (`[canary] answer_numbers`); the
+    /// first caller gets them.
+    pub fn take_incoming(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<crate::sip_io::IncomingCall>> {
+        self.sip.take_incoming()
+    }
+
+    /// An RTP socket from `[sip] rtp_ports` to receive media from `peer`, and the
+    /// address to announce for it in SDP (`external_address` if set).
+    pub fn media_socket_towards(
+        &self,
+        peer: SocketAddr,
+    ) -> std::io::Result<(std::net::UdpSocket, IpAddr)> {
+        let ip = self.local_ip_towards(peer)?;
+        let socket = self.rtp.bind(ip)?;
+        Ok((socket, self.external_ip.unwrap_or(ip)))
+    }
+
     pub async fn shutdown(&self) {
         self.sip.shutdown().await;
     }

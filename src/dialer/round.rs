@@ -399,6 +399,13 @@ impl Dialer {
     /// the database is gone the call goes on and its end is recorded when
     /// it is back.
     async fn record_progress(&self, call_id: &str, trunk: &str, p: Progress) {
+        // Readings after the first are not written as they happen: the first tells
+        // the API (and a take-over after a crash) that the code was heard, and the
+        // end of the attempt writes the final count anyway. One write transaction
+        // less per further reading (issue 16: about 9 per call before).
+        if matches!(p, Progress::Played(n) if n > 1) {
+            return;
+        }
         let now = domain::now_ms();
         let (status, update) = match p {
             Progress::Ringing => (CallStatus::Ringing, CallUpdate::default()),

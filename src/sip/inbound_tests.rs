@@ -412,3 +412,33 @@ fn the_application_may_refuse() {
     net.advance(Duration::from_secs(40));
     assert!(net.ua.is_idle());
 }
+
+#[test]
+fn malformed_invites_to_an_answer_number_are_never_offered() {
+    let mut net = Net::new(ua(UnknownSources::Drop, 4));
+    let good = invite_from(PROXY, NUMBER, "z9hG4bKm1");
+    // No Call-ID: a 400 from the trunk's address, nothing from a stranger.
+    let no_call_id = drop_headers(&good, "Call-ID", true);
+    net.deliver(PROXY, &no_call_id);
+    let sent = net.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(status(&sent[0].1), Some(400), "{}", sent[0].1);
+    net.deliver(STRANGER, &no_call_id.replace(PROXY, STRANGER));
+    assert!(net.sent().is_empty());
+    // Garbage, a truncated INVITE and a CSeq that names another method.
+    for bad in [
+        "INVITE sip:+31201234567@127.0.0.1 SIP/2.0\r\n\r\n".to_string(),
+        good[..good.len() / 2].to_string(),
+        good.replace("CSeq: 1 INVITE", "CSeq: 1 BYE"),
+        "\u{0}\u{1}garbage".to_string(),
+    ] {
+        net.deliver(PROXY, &bad);
+        net.deliver(STRANGER, &bad);
+    }
+    for (_, text) in net.sent() {
+        assert_ne!(status(&text), Some(200), "{text}");
+        assert_ne!(status(&text), Some(100), "{text}");
+    }
+    assert!(incoming(&net.events()).is_none(), "nothing offered");
+    assert_eq!(net.ua.inbound_calls(), 0);
+}

@@ -28,6 +28,8 @@ pub(super) struct Shared {
     pub(super) statuses: TrunkStatusMap,
     pub(super) stats: Arc<SipStats>,
     pub(super) qa: QaBindingMap,
+    /// Where inbound calls go, when they are on.
+    pub(super) inbound: Option<super::inbound::InboundRoute>,
 }
 
 pub(super) async fn drive(
@@ -41,6 +43,7 @@ pub(super) async fn drive(
         statuses,
         stats,
         qa,
+        inbound,
     } = shared;
     let (stream_tx, mut stream_rx) = mpsc::unbounded_channel::<StreamEvent>();
     let mut connections: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
@@ -100,6 +103,8 @@ pub(super) async fn drive(
                     let _ = reply.send((handle, call_id));
                 }
                 Some(Command::Hangup(handle)) => ua.hangup(Instant::now(), handle),
+                Some(Command::Answer { call, sdp }) => ua.answer(Instant::now(), call, sdp),
+                Some(Command::Reject { call, status }) => ua.reject(Instant::now(), call, status),
                 Some(Command::AddTrunk { config, probes }) => {
                     let name = config.name.clone();
                     if let Some(target) = &config.tls {
@@ -120,6 +125,55 @@ pub(super) async fn drive(
             () = timer => ua.handle_timeout(Instant::now()),
         }
 
+        // Events first: answering one (an inbound call refused) may queue a message.
+        while let Some(event) = ua.poll_event() {
+            match &event {
+                Event::QaRegistration { username, binding } => {
+                    let mut map = lock(&qa);
+                    // A binding whose connection closed is kept (calls to it say why
+                    // they fail) but counts as removed, once.
+                    let was_open = map.get(username).is_some_and(|b| !b.flow_closed);
+                    let open = binding.as_ref().is_some_and(|b| !b.flow_closed);
+                    match binding {
+                        Some(b) => map.insert(username.clone(), b.clone()),
+                        None => map.remove(username),
+                    };
+                    if open {
+                        stats.qa_registered.fetch_add(1, Ordering::Relaxed);
+                    } else if was_open {
+                        stats.qa_removed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let bound = map.values().filter(|b| !b.flow_closed).count();
+                    stats.qa_bound.store(bound as u64, Ordering::Relaxed);
+                    continue;
+                }
+                Event::QaAuthFailed { .. } => {
+                    stats.qa_auth_failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                _ => {}
+            }
+            if let Event::Incoming { call, invite } = event {
+                match &inbound {
+                    Some(route) => route.offer(&mut ua, &mut routes, call, invite),
+                    None => ua.reject(Instant::now(), call, 503),
+                }
+                continue;
+            }
+            if let Event::TrunkProbe {
+                trunk,
+                result,
+                status,
+            } = event
+            {
+                if let Some((name, probes)) = trunks.by_id.get(&trunk) {
+                    lock(&trunks.statuses).insert(name.clone(), status);
+                    let _ = probes.send(result);
+                }
+                continue;
+            }
+            route_event(&mut routes, event);
+        }
         while let Some(t) = ua.poll_transmit() {
             if t.transport.is_reliable() {
                 // A failed send hands the payload back, so nothing is copied per message.
@@ -156,47 +210,6 @@ pub(super) async fn drive(
                 // and Timer B/F decide what that means for the call.
                 debug!(destination = %t.destination, error = %e, "SIP send failed");
             }
-        }
-        while let Some(event) = ua.poll_event() {
-            match &event {
-                Event::QaRegistration { username, binding } => {
-                    let mut map = lock(&qa);
-                    // A binding whose connection closed is kept (calls to it say why
-                    // they fail) but counts as removed, once.
-                    let was_open = map.get(username).is_some_and(|b| !b.flow_closed);
-                    let open = binding.as_ref().is_some_and(|b| !b.flow_closed);
-                    match binding {
-                        Some(b) => map.insert(username.clone(), b.clone()),
-                        None => map.remove(username),
-                    };
-                    if open {
-                        stats.qa_registered.fetch_add(1, Ordering::Relaxed);
-                    } else if was_open {
-                        stats.qa_removed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let bound = map.values().filter(|b| !b.flow_closed).count();
-                    stats.qa_bound.store(bound as u64, Ordering::Relaxed);
-                    continue;
-                }
-                Event::QaAuthFailed { .. } => {
-                    stats.qa_auth_failed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                _ => {}
-            }
-            if let Event::TrunkProbe {
-                trunk,
-                result,
-                status,
-            } = event
-            {
-                if let Some((name, probes)) = trunks.by_id.get(&trunk) {
-                    lock(&trunks.statuses).insert(name.clone(), status);
-                    let _ = probes.send(result);
-                }
-                continue;
-            }
-            route_event(&mut routes, event);
         }
         stats.store(&ua.policy_counters());
     }

@@ -10,9 +10,11 @@
 
 mod conn;
 mod driver;
+mod inbound;
 mod stats;
 
 pub use conn::parse_ca_pem;
+pub use inbound::IncomingCall;
 pub use stats::SipStats;
 
 use crate::sip::policy::PolicyConfig;
@@ -63,6 +65,16 @@ pub(crate) enum Command {
         reply: oneshot::Sender<(CallHandle, String)>,
     },
     Hangup(CallHandle),
+    /// Answer an inbound call with this SDP.
+    Answer {
+        call: CallHandle,
+        sdp: String,
+    },
+    /// Refuse an inbound call that is not answered yet.
+    Reject {
+        call: CallHandle,
+        status: u16,
+    },
     AddTrunk {
         config: TrunkConfig,
         probes: mpsc::UnboundedSender<ProbeResult>,
@@ -87,6 +99,8 @@ struct Inner {
     trunks: StatusMap,
     stats: Arc<SipStats>,
     qa: QaBindingMap,
+    /// Inbound calls, until the application takes the receiver.
+    incoming: Mutex<Option<mpsc::UnboundedReceiver<IncomingCall>>>,
 }
 
 /// QA phones' registrations by username, written by the driver task, read by anyone.
@@ -100,6 +114,9 @@ pub struct SipOptions {
     pub policy: PolicyConfig,
     /// The QA registrar; None = REGISTER is not served.
     pub registrar: Option<RegistrarConfig>,
+    /// Inbound calls to answer (canary answer numbers); None = every new INVITE is
+    /// refused.
+    pub inbound: Option<crate::sip::InboundConfig>,
 }
 
 impl std::fmt::Debug for SipEndpoint {
@@ -173,6 +190,8 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Invite { call, .. } => write!(f, "Invite({})", call.request_uri),
             Command::Hangup(h) => write!(f, "Hangup({h})"),
+            Command::Answer { call, .. } => write!(f, "Answer({call})"),
+            Command::Reject { call, status } => write!(f, "Reject({call}, {status})"),
             Command::AddTrunk { config, .. } => write!(f, "AddTrunk({})", config.name),
             Command::Shutdown => f.write_str("Shutdown"),
         }
@@ -191,13 +210,18 @@ impl SipEndpoint {
         if local_addr.ip().is_unspecified() && advertised_host.is_none() {
             warn!(%local_addr, "SIP bound to a wildcard address without advertised_host: Via/Contact will be unusable");
         }
-        let ua = UserAgent::new(UaConfig {
+        let mut ua = UserAgent::new(UaConfig {
             local_addr,
             advertised_host,
             server_header: options.server_header,
             policy: options.policy,
             registrar: options.registrar,
         });
+        let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+        let inbound_on = options.inbound.is_some();
+        if let Some(inbound) = options.inbound {
+            ua.set_inbound(inbound);
+        }
         // TCP on the same address and port; without it outbound TCP still works, only
         // peers that open connections to us cannot.
         let tcp = match TcpListener::bind(local_addr).await {
@@ -215,6 +239,10 @@ impl SipEndpoint {
             statuses: trunks.clone(),
             stats: stats.clone(),
             qa: qa.clone(),
+            inbound: inbound_on.then(|| inbound::InboundRoute {
+                calls: incoming_tx,
+                commands: tx.clone(),
+            }),
         };
         let task = tokio::spawn(drive(socket, tcp, ua, rx, shared));
         Ok(SipEndpoint {
@@ -225,8 +253,15 @@ impl SipEndpoint {
                 trunks,
                 stats,
                 qa,
+                incoming: Mutex::new(inbound_on.then_some(incoming_rx)),
             }),
         })
+    }
+
+    /// The inbound calls the user agent accepted (see [`SipOptions::inbound`]); the
+    /// first caller gets the receiver, later ones `None`.
+    pub fn take_incoming(&self) -> Option<mpsc::UnboundedReceiver<IncomingCall>> {
+        lock(&self.inner.incoming).take()
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -47,10 +47,29 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// The database's storage is full (SQLite SQLITE_FULL, PostgreSQL 53100
+    /// disk_full, or ENOSPC from the file system): nothing can be written until an
+    /// operator frees space; reads still work.
+    pub fn is_storage_full(&self) -> bool {
+        let StoreError::Db(e) = self else {
+            return false;
+        };
+        if let sqlx::Error::Io(io) = e {
+            return io.raw_os_error() == Some(28);
+        }
+        e.as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c == "13" || c == "53100")
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 mod audit;
 mod calls;
+mod canaries;
+mod canary_alerts;
 mod checks;
 mod outbox;
 mod phones;
@@ -66,6 +85,11 @@ use outbox::enqueue_webhook;
 
 pub use audit::AuditEntry;
 pub use calls::{AfterAttempt, AttemptRow, CallRow, CallUpdate};
+pub use canaries::{
+    CanaryArrivalReport, CanaryArrivalRow, CanaryHealthRow, CanaryRunEnd, CanaryRunRow,
+    CanaryStateRow, NewCanaryAlert, NewCanaryArrival, NewCanaryRun,
+};
+pub use canary_alerts::CanaryAlertJob;
 pub use checks::WrongChecks;
 pub use outbox::WebhookJob;
 pub use phones::PhoneRow;
@@ -115,6 +139,7 @@ impl Store {
         } else {
             url.to_string()
         };
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         // A database that is gone must turn into a quick 503 for the API and a
         // retry for the dialer, not a request that hangs for the default 30 s.
         let options = |connections: u32| {
@@ -124,6 +149,24 @@ impl Store {
             if backend != Backend::Sqlite {
                 return options;
             }
+            let options = if in_memory {
+                options
+            } else {
+                options.after_release(|conn, _meta| {
+                    Box::pin(async move {
+                        // A COMMIT that failed (SQLITE_FULL on a full disk) leaves sqlx's
+                        // transaction depth at 1 after SQLite has rolled back by itself;
+                        // the ROLLBACK on drop then fails and every later BEGIN on this
+                        // connection would fail ("begin_with at non-zero transaction
+                        // depth"), so the writer would stay dead after space returns. Such a
+                        // connection is closed instead of reused. The ping goes through the
+                        // connection's queue, so a rollback queued on drop has run first.
+                        use sqlx::Connection as _;
+                        conn.ping().await?;
+                        Ok(!conn.is_in_transaction())
+                    })
+                })
+            };
             options.after_connect(|conn, _meta| {
                 Box::pin(async move {
                     // WAL lets the API read while the dialer writes; the busy
@@ -145,7 +188,6 @@ impl Store {
                 })
             })
         };
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         if backend == Backend::Sqlite && !in_memory {
             // The writer first: it creates the file and switches it to WAL.
             let writer = options(1).connect(&url).await?;

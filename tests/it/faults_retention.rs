@@ -68,14 +68,16 @@ async fn count(url: &str, sql: &str) -> i64 {
 }
 
 /// A gateway that refuses unregistered numbers and keeps verifications 24 h (so a
-/// pending one dated 2 h back stays pending), with two trunks: `answer` (SIPp) for
+/// pending one dated 2 h back stays pending) and its retention job off, with two trunks: `answer` (SIPp) for
 /// +31610…, `hole` (never answers: a call stays dialling for 32 s) for +31650….
 async fn gateway(db: Db, answer: u16, hole: u16) -> ServeProc {
     let cfg = ServeConfig::on(db)
         .await
         .trunk("answer", answer, "prefixes = [\"+31610\"]")
         .trunk("hole", hole, "prefixes = [\"+31650\"]")
-        .merge_toml("[verification]\nallow_unregistered_numbers = false\nttl = \"24h\"");
+        .merge_toml("[verification]\nallow_unregistered_numbers = false\nttl = \"24h\"")
+        // The gateway's own job off: only the `otpdial purge` runs of the test purge.
+        .set("database.retention", "0s");
     ServeProc::start(cfg).await
 }
 

@@ -18,7 +18,7 @@ use otpdial::sip::ProbeKind;
 use crate::helpers::{base_settings, free_udp_port, receive_rtp, Sipp};
 
 pub(crate) const PASSWORD: &str = "s3cret-pass";
-const AUTH_USER: &str = "otp-auth";
+pub(crate) const AUTH_USER: &str = "otp-auth";
 
 /// A Kamailio process in its own process group, stopped (SIGTERM to the group) on drop.
 pub(crate) struct Kamailio {
@@ -167,6 +167,51 @@ impl Kamailio {
             child,
             port,
             tls_port,
+            _dir: dir,
+        };
+        k.wait_ready();
+        k
+    }
+
+    /// Kamailio on another config of `tests/kamailio/` (e.g. `canary.cfg`), UDP and TCP
+    /// on loopback `port` (a free one if `None`), with `-A NAME="value"` for each of
+    /// `defines`.
+    pub(crate) fn start_config(
+        cfg: &str,
+        defines: &[(&str, String)],
+        port: Option<u16>,
+    ) -> Kamailio {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/kamailio")
+            .join(cfg);
+        let port = port.unwrap_or_else(free_udp_port);
+        let log = std::fs::File::create(dir.path().join("kamailio.log")).expect("log file");
+        let child = Command::new("kamailio")
+            .arg("-f")
+            .arg(&cfg)
+            .args(["-DD", "-E", "-n", "1", "-m", "32", "-M", "8"])
+            .arg("-Y")
+            .arg(dir.path())
+            .arg("-w")
+            .arg(dir.path())
+            .args(["-l", &format!("udp:127.0.0.1:{port}")])
+            .args(["-l", &format!("tcp:127.0.0.1:{port}")])
+            .args(
+                defines
+                    .iter()
+                    .flat_map(|(k, v)| ["-A".to_string(), format!("{k}=\"{v}\"")]),
+            )
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("kamailio runs (install Debian package kamailio: scripts/test.sh does)");
+        let k = Kamailio {
+            child,
+            port,
+            tls_port: None,
             _dir: dir,
         };
         k.wait_ready();

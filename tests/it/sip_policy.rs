@@ -88,19 +88,27 @@ async fn svmap_and_svwar_from_a_non_trunk_address_find_nothing() {
     // against a gateway whose trunk is not on 127.0.0.1 (here: no trunk at all).
     let mut s = patient(base_settings(trunk.port()));
     s.trunks.clear();
+    // A canary answer number among the extensions it tries: not found either.
+    s.canary.answer_numbers = vec!["+31201234567".into()];
     let t = spawn_app(s, Db::Sqlite, DialerMode::Manual).await;
     let port = t.app.sip_addr.port().to_string();
     let target = format!("udp://127.0.0.1:{port}");
-    for method in ["REGISTER", "INVITE", "OPTIONS"] {
-        let out = sipvicious("svwar", &["-e", "100-140", "-m", method, &target]);
+    for (method, range) in [
+        ("REGISTER", "100-140"),
+        ("INVITE", "100-140"),
+        ("OPTIONS", "100-140"),
+        ("INVITE", "31201234560-31201234570"),
+    ] {
+        let out = sipvicious("svwar", &["-e", range, "-m", method, &target]);
         assert!(
             out.contains("found nothing")
                 && !out.contains("| reqauth")
                 && !out.contains("| noauth"),
-            "svwar -m {method} found extensions:\n{out}"
+            "svwar -m {method} -e {range} found extensions:\n{out}"
         );
     }
     assert!(dropped(&t, "unknown_source").await > 0);
+    assert_eq!(canary_arrivals(&t, "+31201234567").await, 0);
     t.app.stop().await;
 }
 
@@ -139,6 +147,24 @@ fn flood(scenario: &str, ip: &str, port: u16, rate: u32, count: u32) -> std::pro
         .expect("sipp runs (Debian package sip-tester)")
 }
 
+/// SIPp flooding INVITEs to the canary answer number +31201234567 from `ip`.
+fn canary_flood(ip: &str, port: u16, rate: u32, count: u32) -> std::process::Child {
+    Command::new("sipp")
+        .arg("-sf")
+        .arg(sipp_scenario("uac_invite_canary.xml"))
+        .args(["-i", ip, "-mi", ip, "-p", &free_udp_port().to_string()])
+        .args(["-r", &rate.to_string(), "-rp", "1000"])
+        .args(["-m", &count.to_string(), "-l", "100000"])
+        .args(["-set", "number", "+31201234567"])
+        .args(["-timeout", "60s", "-nostdin"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp runs (Debian package sip-tester)")
+}
+
 /// Kills a flood still running when the test ends early.
 struct Flood(std::process::Child);
 
@@ -154,10 +180,12 @@ async fn options_and_invite_floods_do_not_disturb_real_calls() {
     const RATE: u32 = 500;
     const SECONDS: u32 = 10;
     const CALLS: u32 = 8;
+    const CANARY_RATE: u32 = 100;
     let trunk = SippUas::answer_many(Duration::from_millis(300)).await;
     let cfg = ServeConfig::new()
         .trunk("t", trunk.port(), "")
-        .set("database.acquire_timeout", "10s");
+        .set("database.acquire_timeout", "10s")
+        .merge_toml("[canary]\nanswer_numbers = [\"+31201234567\"]\n");
     let gw = ServeProc::start(cfg).await;
     let pid = gw.pid().expect("gateway pid");
     let port = gw.sip_port();
@@ -183,6 +211,13 @@ async fn options_and_invite_floods_do_not_disturb_real_calls() {
             port,
             RATE,
             RATE * SECONDS,
+        )),
+        // INVITEs to the canary answer number: the test phone answers trunks only.
+        Flood(canary_flood(
+            "127.0.0.33",
+            port,
+            CANARY_RATE,
+            CANARY_RATE * SECONDS,
         )),
     ];
     // Real verifications while the floods run, one a second.
@@ -216,16 +251,22 @@ async fn options_and_invite_floods_do_not_disturb_real_calls() {
     let limited = gw_metric(&gw, &d("rate_limited")).await;
     let banned = gw_metric(&gw, &d("banned")).await;
     let bans = gw_metric(&gw, "otpdial_sip_bans_total").await;
-    let sent = u64::from(2 * RATE * SECONDS);
+    let sent = u64::from(2 * RATE * SECONDS + CANARY_RATE * SECONDS);
     let total = unknown + limited + banned;
+    let canary_answered = gw_metric(
+        &gw,
+        "otpdial_canary_inbound_calls_total{result=\"answered\"}",
+    )
+    .await;
     eprintln!(
-        "flood: {sent} messages in {flood_secs:.1} s from 2 sources; dropped \
+        "flood: {sent} messages in {flood_secs:.1} s from 3 sources; dropped \
          unknown_source={unknown} rate_limited={limited} banned={banned}; bans={bans}; \
          {CALLS} real calls completed; gateway RSS {rss_before} KiB -> peak {peak_rss} KiB"
     );
     // A datagram or two may be lost on a loaded loopback; the flood is counted.
     assert!(total >= sent * 95 / 100, "flood counted: {total} of {sent}");
-    assert_eq!(bans, 2, "each flooding source banned once");
+    assert_eq!(bans, 3, "each flooding source banned once");
+    assert_eq!(canary_answered, 0, "the test phone answered a stranger");
     assert!(
         peak_rss < rss_before + 20 * 1024,
         "memory grew under the flood: {rss_before} -> {peak_rss} KiB"
@@ -237,4 +278,98 @@ async fn options_and_invite_floods_do_not_disturb_real_calls() {
         CALLS as usize + 1,
         "callee answered only real calls"
     );
+}
+
+/// SIPp as a caller from `ip`: `count` calls of `scenario` (with `-set number`) to the
+/// gateway on 127.0.0.1:`port`, ten a second; its exit status, once done.
+async fn sipp_calls(scenario: &str, ip: &str, port: u16, count: u32, number: &str) -> bool {
+    let mut child = Flood(
+        Command::new("sipp")
+            .arg("-sf")
+            .arg(sipp_scenario(scenario))
+            .args(["-i", ip, "-mi", ip, "-p", &free_udp_port().to_string()])
+            .args(["-r", "10", "-m", &count.to_string(), "-l", "10"])
+            .args(["-set", "number", number])
+            .args(["-timeout", "30s", "-timeout_error", "-nostdin"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp runs (Debian package sip-tester)"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.0.try_wait().ok().flatten() {
+            return status.success();
+        }
+        assert!(Instant::now() < deadline, "sipp {scenario} did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Arrivals the canaries' answering side recorded for `number`.
+async fn canary_arrivals(t: &TestApp, number: &str) -> usize {
+    t.app
+        .store
+        .canary_unclaimed_arrivals(number, 0)
+        .await
+        .expect("arrivals readable")
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_to_a_canary_number_from_a_stranger_is_not_answered() {
+    const NUMBER: &str = "+31201234567";
+    let trunk = SippUas::answer_many(Duration::from_millis(100)).await;
+    for unknown in ["drop", "403"] {
+        let mut s = patient(base_settings(trunk.port()));
+        s.canary.answer_numbers = vec![NUMBER.into()];
+        if unknown == "403" {
+            s.sip.unknown_sources = otpdial::config::UnknownSourcesSetting::Forbid;
+        }
+        let t = spawn_app(s, Db::Sqlite, DialerMode::Manual).await;
+        let port = t.app.sip_addr.port();
+        let before = dropped(&t, "unknown_source").await;
+        // From a stranger: with "drop" nothing comes back (SIPp times out waiting for
+        // nothing: its one message is sent), with "403" only a 403 (the scenario fails
+        // on anything else, a 100 Trying or a 200 included).
+        let scenario = match unknown {
+            "drop" => "uac_invite_canary.xml",
+            _ => "uac_invite_canary_403.xml",
+        };
+        let ok = sipp_calls(scenario, "127.0.0.41", port, 5, NUMBER).await;
+        assert!(ok, "{unknown}: the stranger's INVITEs got something else");
+        let counted = dropped(&t, "unknown_source").await - before;
+        assert!(counted >= 5, "{unknown}: {counted} dropped");
+        assert_eq!(canary_arrivals(&t, NUMBER).await, 0, "{unknown}: answered");
+        assert_eq!(
+            metric(
+                &t,
+                "otpdial_canary_inbound_calls_total{result=\"answered\"}"
+            )
+            .await,
+            0
+        );
+        // The control: from the trunk's address the same INVITE is answered.
+        let ok = sipp_calls(
+            "uac_invite_canary_answered.xml",
+            "127.0.0.1",
+            port,
+            1,
+            NUMBER,
+        )
+        .await;
+        assert!(ok, "{unknown}: the trunk's INVITE was not answered");
+        assert_eq!(
+            metric(
+                &t,
+                "otpdial_canary_inbound_calls_total{result=\"answered\"}"
+            )
+            .await,
+            1
+        );
+        assert_eq!(canary_arrivals(&t, NUMBER).await, 1);
+        t.app.stop().await;
+    }
 }

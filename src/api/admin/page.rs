@@ -91,6 +91,8 @@ pub(super) struct Dashboard<'a> {
     pub buckets: Result<Vec<CallBucket>, &'static str>,
     pub latest: Result<Vec<CallRecord>, &'static str>,
     pub qa_phones: &'a [QaPhoneRow],
+    /// The canary panel (SPEC §7), or why it could not be read.
+    pub canaries: Result<Vec<crate::api::canaries::CanaryView>, &'static str>,
 }
 
 const STYLE: &str = r#"
@@ -381,13 +383,22 @@ pub(super) fn dashboard(d: &Dashboard<'_>) -> String {
     }
     out.push_str("</section>");
 
+    out.push_str("<section id=\"canaries\"><h2>Canaries</h2>");
+    match &d.canaries {
+        Ok(c) => super::canaries::render(&mut out, c),
+        Err(e) => {
+            let _ = write!(out, "<p class=\"err\">{}</p>", Esc(e));
+        }
+    }
+    out.push_str("</section>");
+
     out.push_str("<section id=\"qa-phones\"><h2>QA phones</h2>");
     qa_rows(&mut out, d.qa_phones);
     out.push_str("</section>");
 
     out.push_str(
         "<p class=\"muted\">Refreshes every 30 s. Numbers are masked; codes are never shown. \
-         Machine-readable: <code>/v1/trunks</code>, <code>/v1/calls</code>, <code>/metrics</code>.</p>\
+         Machine-readable: <code>/v1/trunks</code>, <code>/v1/calls</code>, <code>/v1/canaries</code>, <code>/metrics</code>.</p>\
          </main></body></html>",
     );
     out

@@ -215,7 +215,7 @@ pub struct PacerStats {
 }
 
 /// A packet that leaves more than this after its due time counts as late: half a
-/// packet time, well past timer noise and the [`stream::SEND_AHEAD`] batching, and the
+/// packet time, well past timer noise and the [`stream::GRID`] of wake-ups, and the
 /// point where a jitter buffer starts to need its slack.
 pub const LATE_AFTER: Duration = Duration::from_millis(10);
 

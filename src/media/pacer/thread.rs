@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 use tokio::sync::mpsc as tokio_mpsc;
 
-use super::stream::{Inbound, Stream, Via, SEND_BUF_LEN};
+use super::stream::{Inbound, Stream, Via, GRID, SEND_AHEAD, SEND_BUF_LEN};
 use super::{Command, NewStream, PacerStats, PlayoutEvent, LATE_AFTER};
 
-/// Token of the waker; stream sockets use `id << 1 | is_rtcp`, ids start at 1.
+/// Token of the waker; stream sockets use `(slot + 1) << 1 | is_rtcp`.
 pub(super) const WAKER: Token = Token(0);
 
 /// Packets read from one socket per wake-up; the rest wait for the next round so one
@@ -23,6 +23,8 @@ const READ_BUDGET: usize = 16;
 
 /// A stream with its sockets and the way to its call.
 struct Entry {
+    /// The id of its [`Playout`](super::Playout) handle.
+    id: u64,
     stream: Stream,
     socket: mio::net::UdpSocket,
     rtcp_socket: Option<mio::net::UdpSocket>,
@@ -32,6 +34,7 @@ struct Entry {
 impl Entry {
     fn new(n: NewStream) -> Entry {
         Entry {
+            id: n.id,
             stream: n.stream,
             socket: mio::net::UdpSocket::from_std(n.socket),
             rtcp_socket: n.rtcp_socket.map(mio::net::UdpSocket::from_std),
@@ -159,20 +162,40 @@ pub(super) fn apply_priority(priority: u8) {
     }
 }
 
-/// Sleeps until `deadline` or an event on `poll`. epoll only takes whole milliseconds
-/// (mio rounds up), which would make every wake-up up to 1 ms late; so epoll waits the
-/// whole milliseconds and a precise sleep the rest. A command or packet that arrives
-/// during that last sub-millisecond sleep waits for it, which is harmless.
+/// The instants the thread wakes at: `origin + k × GRID`.
+struct Grid {
+    origin: Instant,
+}
+
+impl Grid {
+    /// The grid point at or before `t` (the origin for anything earlier).
+    fn floor(&self, t: Instant) -> Instant {
+        let since = t.saturating_duration_since(self.origin);
+        let steps = since.as_nanos() / GRID.as_nanos();
+        self.origin + GRID * u32::try_from(steps).unwrap_or(u32::MAX)
+    }
+}
+
+/// Sleeps until `deadline` or, when it is far enough off to be worth it, an event on
+/// `poll`. epoll only takes whole milliseconds (mio rounds up), which would make every
+/// wake-up up to 1 ms late; so a wait of less than 2 ms is a precise sleep followed by
+/// a look at what is ready (`epoll` with no timeout), and a longer one an `epoll` that
+/// ends a millisecond early. Under load every grid step has packets due, so the thread
+/// sleeps between steps and is not woken by each datagram the far ends send: what came
+/// meanwhile is read at the next step, and a command waits for it too (under 1 ms).
 fn wait(poll: &mut Poll, events: &mut Events, deadline: Option<Instant>) {
     let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let result = match timeout {
-        Some(t) if t < Duration::from_millis(1) => {
+        Some(t) if t < Duration::from_millis(2) => {
             if !t.is_zero() {
                 std::thread::sleep(t);
             }
             poll.poll(events, Some(Duration::ZERO))
         }
-        Some(t) => poll.poll(events, Some(Duration::from_millis(t.as_millis() as u64))),
+        Some(t) => {
+            let ms = t.as_millis() as u64 - 1;
+            poll.poll(events, Some(Duration::from_millis(ms)))
+        }
         None => poll.poll(events, None),
     };
     if let Err(e) = result {
@@ -185,28 +208,113 @@ fn wait(poll: &mut Poll, events: &mut Events, deadline: Option<Instant>) {
     }
 }
 
-/// The streams of the thread and the heap of their deadlines.
+/// The streams of the thread, in a flat table (a slab: a stream's slot is its index,
+/// freed slots are reused), and the heap of their deadlines. The per-packet path
+/// (pop a deadline, find the stream, send, push the next deadline) touches the heap
+/// and one slot, no hash map; the ids of [`Playout`](super::Playout) handles are
+/// looked up only for their commands.
 struct Table {
-    streams: HashMap<u64, Entry>,
-    /// (deadline, stream id): one entry per stream; entries of streams stopped since
-    /// are skipped when popped.
-    due: BinaryHeap<Reverse<(Instant, u64)>>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    by_id: HashMap<u64, u32>,
+    /// (deadline, slot, generation): one live entry per stream; entries of streams
+    /// gone since (their slot's generation moved on) are skipped when popped.
+    due: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+}
+
+struct Slot {
+    generation: u32,
+    entry: Option<Entry>,
 }
 
 impl Table {
+    fn new() -> Table {
+        Table {
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            due: BinaryHeap::new(),
+        }
+    }
+
+    /// Puts a stream in a free slot; returns the slot.
+    fn insert(&mut self, id: u64, entry: Entry) -> u32 {
+        let slot = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    entry: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.slots[slot as usize].entry = Some(entry);
+        self.by_id.insert(id, slot);
+        slot
+    }
+
+    fn get_mut(&mut self, slot: u32) -> Option<&mut Entry> {
+        self.slots.get_mut(slot as usize)?.entry.as_mut()
+    }
+
+    fn slot_of(&self, id: u64) -> Option<u32> {
+        self.by_id.get(&id).copied()
+    }
+
+    /// Takes a stream out; its slot's generation moves on, so its heap entry is stale.
+    fn remove(&mut self, slot: u32) -> Option<Entry> {
+        let s = self.slots.get_mut(slot as usize)?;
+        let entry = s.entry.take()?;
+        s.generation = s.generation.wrapping_add(1);
+        self.by_id.remove(&entry.id);
+        self.free.push(slot);
+        Some(entry)
+    }
+
     /// Queues the stream's next deadline, or finishes it when it is over.
-    fn reschedule(&mut self, id: u64, active: &AtomicUsize) {
-        let Some(entry) = self.streams.get(&id) else {
+    fn reschedule(&mut self, slot: u32, active: &AtomicUsize) {
+        let Some(s) = self.slots.get(slot as usize) else {
+            return;
+        };
+        let Some(entry) = &s.entry else {
             return;
         };
         match entry.stream.poll_timeout() {
-            Some(at) => self.due.push(Reverse((at, id))),
+            Some(at) => self.due.push(Reverse((at, slot, s.generation))),
             None => {
-                if let Some(e) = self.streams.remove(&id) {
+                if let Some(e) = self.remove(slot) {
                     e.finish(active);
                 }
             }
         }
+    }
+
+    /// Pops the next stream due by `until`: its slot, and when it was due.
+    fn pop_due(&mut self, until: Instant) -> Option<u32> {
+        while let Some(&Reverse((at, slot, generation))) = self.due.peek() {
+            if at > until {
+                return None;
+            }
+            self.due.pop();
+            let live = self
+                .slots
+                .get(slot as usize)
+                .is_some_and(|s| s.generation == generation && s.entry.is_some());
+            if live {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.due.peek().map(|Reverse((d, _, _))| *d)
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Entry> + '_ {
+        self.by_id.clear();
+        self.slots.drain(..).filter_map(|s| s.entry)
     }
 }
 
@@ -217,9 +325,9 @@ pub(super) fn run(
     active: &AtomicUsize,
     stats: &PacerStats,
 ) {
-    let mut table = Table {
-        streams: HashMap::new(),
-        due: BinaryHeap::new(),
+    let mut table = Table::new();
+    let grid = Grid {
+        origin: Instant::now(),
     };
     let mut events = Events::with_capacity(1024);
     // Sockets whose read budget ran out: read again next round (epoll is
@@ -231,20 +339,26 @@ pub(super) fn run(
 
     loop {
         let deadline = if unread.is_empty() {
-            table.due.peek().map(|Reverse((d, _))| *d)
+            table.next_deadline()
         } else {
             Some(Instant::now())
         };
-        wait(&mut poll, &mut events, deadline);
-        let now = Instant::now();
+        wait(&mut poll, &mut events, deadline.map(|d| grid.floor(d)));
+        // The one clock read of this wake-up, put on the grid: every packet sent and
+        // read in it is timed by it (so a stream's packets leave at the same offset
+        // from their deadlines every time, whatever the wake-up's own delay).
+        let now = grid.floor(Instant::now());
 
         ready.clear();
         ready.extend(events.iter().map(|e| e.token()).filter(|t| *t != WAKER));
         ready.append(&mut unread);
         let mut rejected = 0;
         for &token in &ready {
-            let id = (token.0 >> 1) as u64;
-            let Some(entry) = table.streams.get_mut(&id) else {
+            let Some(slot) = (token.0 >> 1).checked_sub(1) else {
+                continue;
+            };
+            let slot = slot as u32;
+            let Some(entry) = table.get_mut(slot) else {
                 continue;
             };
             let via = if token.0 & 1 == 0 {
@@ -269,18 +383,13 @@ pub(super) fn run(
         // timestamps, and the far end's jitter buffer absorbs a short burst better
         // than it would absorb gaps.
         let (mut sent, mut late) = (0u64, 0u64);
-        while let Some(&Reverse((at, id))) = table.due.peek() {
-            if at > now + super::stream::SEND_AHEAD {
-                break;
+        while let Some(slot) = table.pop_due(now + SEND_AHEAD) {
+            if let Some(entry) = table.get_mut(slot) {
+                let (s, l) = entry.send_due(now, &mut buf);
+                sent += s;
+                late += l;
             }
-            table.due.pop();
-            let Some(entry) = table.streams.get_mut(&id) else {
-                continue; // stopped earlier
-            };
-            let (s, l) = entry.send_due(now, &mut buf);
-            sent += s;
-            late += l;
-            table.reschedule(id, active);
+            table.reschedule(slot, active);
         }
         if sent > 0 {
             stats.sent.fetch_add(sent, Ordering::Relaxed);
@@ -288,9 +397,10 @@ pub(super) fn run(
         }
     }
 
-    for (_, mut e) in table.streams.drain() {
+    let now = Instant::now();
+    for mut e in table.drain() {
         e.stream.stop();
-        e.send_due(Instant::now(), &mut buf);
+        e.send_due(now, &mut buf);
         e.finish(active);
     }
 }
@@ -308,20 +418,21 @@ fn take_commands(
         match commands.try_recv() {
             Ok(Command::Play(new)) => {
                 let id = new.id;
-                let mut entry = Entry::new(*new);
-                register(poll, id, &mut entry);
-                table.streams.insert(id, entry);
-                table.reschedule(id, active);
+                let slot = table.insert(id, Entry::new(*new));
+                if let Some(entry) = table.get_mut(slot) {
+                    register(poll, slot, entry);
+                }
+                table.reschedule(slot, active);
             }
             Ok(Command::Stop(id)) => {
-                if let Some(mut e) = table.streams.remove(&id) {
+                if let Some(mut e) = table.slot_of(id).and_then(|slot| table.remove(slot)) {
                     e.stream.stop();
                     e.send_due(now, buf);
                     e.finish(active);
                 }
             }
             Ok(Command::Key(id, key)) => {
-                if let Some(e) = table.streams.get_mut(&id) {
+                if let Some(e) = table.slot_of(id).and_then(|slot| table.get_mut(slot)) {
                     e.stream.handle_key(key);
                     e.forward_events();
                 }
@@ -332,9 +443,9 @@ fn take_commands(
     }
 }
 
-/// Watches a new stream's sockets for reading.
-fn register(poll: &Poll, id: u64, entry: &mut Entry) {
-    let token = Token((id as usize) << 1);
+/// Watches a new stream's sockets for reading: tokens `slot << 1 | is_rtcp`.
+fn register(poll: &Poll, slot: u32, entry: &mut Entry) {
+    let token = Token(((slot as usize) << 1) + 2);
     let registry = poll.registry();
     let ok = registry
         .register(&mut entry.socket, token, Interest::READABLE)
