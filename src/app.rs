@@ -130,7 +130,12 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
 
     let wake = Arc::new(Notify::new());
     let cancel_wake = Arc::new(Notify::new());
-    metrics.watch(board.clone(), engine.pacer_stats(), engine.sip_stats());
+    crate::collectors::register(
+        &metrics,
+        engine.pacer_stats(),
+        engine.sip_stats(),
+        board.clone(),
+    );
     let verifier = Verifier::new(
         store.clone(),
         settings.clone(),

@@ -10,6 +10,7 @@ pub mod app;
 pub mod call;
 pub mod canary;
 pub mod cli;
+pub mod collectors;
 pub mod config;
 pub mod demo;
 pub mod dialer;

@@ -1,23 +1,22 @@
 //! Prometheus metrics (prometheus-client): counters and histograms the
-//! layers bump, values read at scrape time from the trunk board and the RTP
-//! pacer ([`Metrics::watch`]), and the text exposition served at
+//! layers bump, collectors that `app.rs` registers for values read at scrape
+//! time ([`Metrics::register_collector`], `collectors.rs`), and the text exposition served at
 //! `/metrics`. Labels carry no numbers, ids or codes; `route` is the
 //! route's pattern (`/v1/verifications/{id}`), never the path itself.
 //! `docs/operations.md` lists every family: keep it in step.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::media::PacerStats;
-use crate::trunks::{BreakerState, TrunkBoard};
+use crate::sync::lock;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -58,12 +57,6 @@ pub struct RetentionLabel {
     pub table: &'static str,
     /// `deleted`, or `pseudonymised` (audit rows kept with their personal data hashed).
     pub action: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TrunkStateLabel {
-    trunk: String,
-    state: &'static str,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -107,7 +100,8 @@ pub struct Metrics {
     pub canary: crate::canary::metrics::CanaryMetrics,
     /// Rows removed by retention (`[database] retention`).
     pub retention_rows: Family<RetentionLabel, Counter>,
-    live: Arc<Live>,
+    /// Collectors registered after start-up ([`Self::register_collector`]).
+    collectors: Mutex<Registry>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -135,7 +129,7 @@ impl Metrics {
             http_requests: Family::new_with_constructor(request_seconds),
             canary: Default::default(),
             retention_rows: Family::default(),
-            live: Arc::new(Live::default()),
+            collectors: Mutex::new(Registry::with_prefix("otpdial")),
             registry: Registry::default(),
         };
         registry.register(
@@ -205,23 +199,14 @@ impl Metrics {
             "Rows removed by retention ([database] retention, otpdial purge), by table and action (deleted, pseudonymised)",
             m.retention_rows.clone(),
         );
-        registry.register_collector(Box::new(m.live.clone()));
         Arc::new(Metrics { registry, ..m })
     }
 
-    /// Where the scrape-time values come from: the trunk board (registration,
-    /// breaker, answer rate, calls in progress), the RTP pacer (packets) and
-    /// the SIP listener policy (drops, bans). Set once when the gateway is
-    /// wired; later calls are ignored.
-    pub fn watch(
-        &self,
-        board: Arc<TrunkBoard>,
-        pacer: Arc<PacerStats>,
-        sip: Arc<crate::sip_io::SipStats>,
-    ) {
-        let _ = self.live.board.set(board);
-        let _ = self.live.pacer.set(pacer);
-        let _ = self.live.sip.set(sip);
+    /// Adds values read at scrape time from the part that keeps them (the pacer's
+    /// packets, the SIP listener's drops, the trunk board: `collectors.rs`). Called
+    /// when the gateway is wired.
+    pub fn register_collector(&self, collector: Box<dyn Collector>) {
+        lock(&self.collectors).register_collector(collector);
     }
 
     /// An INVITE through `trunk` was answered `after` it was sent.
@@ -328,8 +313,14 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        let collectors = lock(&self.collectors);
+        if encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &collectors))
+            .and_then(|()| encode_eof(&mut out))
+            .is_err()
+        {
             out.clear();
         }
         out
@@ -341,158 +332,4 @@ where
     L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
 {
     family.get_or_create(&label).inc();
-}
-
-/// The SIP listener policy's counters, kept by the SIP driver and read at
-/// scrape time (`otpdial_sip_dropped_total{reason}`, `otpdial_sip_bans_total`,
-/// `otpdial_sip_banned_sources`), and the QA registrar's
-/// (`otpdial_qa_registrations_total{result}`, `otpdial_qa_phones_registered`).
-fn encode_sip(
-    sip: &crate::sip_io::SipStats,
-    encoder: &mut DescriptorEncoder<'_>,
-) -> Result<(), std::fmt::Error> {
-    use prometheus_client::metrics::MetricType;
-    let mut family = encoder.encode_descriptor(
-        "sip_dropped",
-        "SIP messages dropped (or refused with 403) by the listener policy, by reason",
-        None,
-        MetricType::Counter,
-    )?;
-    for (reason, n) in sip.dropped() {
-        let label = ReasonLabel {
-            reason: reason.to_string(),
-        };
-        ConstCounter::new(n).encode(family.encode_family(&label)?)?;
-    }
-    let bans = ConstCounter::new(sip.bans());
-    bans.encode(encoder.encode_descriptor(
-        "sip_bans",
-        "SIP sources banned (too many failed authentications or requests)",
-        None,
-        bans.metric_type(),
-    )?)?;
-    let banned = ConstGauge::new(i64::try_from(sip.banned_now()).unwrap_or(i64::MAX));
-    banned.encode(encoder.encode_descriptor(
-        "sip_banned_sources",
-        "SIP sources under a ban now",
-        None,
-        banned.metric_type(),
-    )?)?;
-    let mut family = encoder.encode_descriptor(
-        "qa_registrations",
-        "QA registrar: REGISTERs that bound a phone, bindings removed (unregistered or expired), refused authentications",
-        None,
-        MetricType::Counter,
-    )?;
-    for (result, n) in sip.registrations() {
-        let label = ResultLabel {
-            result: result.to_string(),
-        };
-        ConstCounter::new(n).encode(family.encode_family(&label)?)?;
-    }
-    let bound = ConstGauge::new(i64::try_from(sip.qa_registered_now()).unwrap_or(i64::MAX));
-    bound.encode(encoder.encode_descriptor(
-        "qa_phones_registered",
-        "QA phones registered now",
-        None,
-        bound.metric_type(),
-    )?)?;
-    Ok(())
-}
-
-/// Values read when `/metrics` is scraped, from the parts that own them.
-#[derive(Debug, Default)]
-struct Live {
-    board: OnceLock<Arc<TrunkBoard>>,
-    pacer: OnceLock<Arc<PacerStats>>,
-    sip: OnceLock<Arc<crate::sip_io::SipStats>>,
-}
-
-impl Collector for Live {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        if let Some(pacer) = self.pacer.get() {
-            let sent = ConstCounter::new(pacer.packets_sent());
-            sent.encode(encoder.encode_descriptor(
-                "rtp_packets_sent",
-                "RTP packets the kernel accepted, all calls.",
-                None,
-                sent.metric_type(),
-            )?)?;
-            let late = ConstCounter::new(pacer.packets_late());
-            late.encode(encoder.encode_descriptor(
-                "rtp_packets_late",
-                "RTP packets sent more than 10 ms after they were due.",
-                None,
-                late.metric_type(),
-            )?)?;
-            let rejected = ConstCounter::new(pacer.srtp_rejected());
-            rejected.encode(encoder.encode_descriptor(
-                "srtp_packets_rejected",
-                "SRTP/SRTCP packets received that failed authentication or the replay check (dropped).",
-                None,
-                rejected.metric_type(),
-            )?)?;
-        }
-        if let Some(sip) = self.sip.get() {
-            encode_sip(sip, &mut encoder)?;
-        }
-        let Some(board) = self.board.get() else {
-            return Ok(());
-        };
-        let in_progress = ConstGauge::new(i64::from(board.active_calls()));
-        in_progress.encode(encoder.encode_descriptor(
-            "calls_in_progress",
-            "Calls in progress on this instance, all trunks.",
-            None,
-            in_progress.metric_type(),
-        )?)?;
-        let trunks = board.snapshot();
-        let gauge = ConstGauge::new(0i64);
-        let mut registered = encoder.encode_descriptor(
-            "trunk_registered",
-            "1 while a trunk with register = true holds a registration, else 0.",
-            None,
-            gauge.metric_type(),
-        )?;
-        for t in trunks.iter().filter(|t| t.register) {
-            let label = TrunkLabel {
-                trunk: t.name.clone(),
-            };
-            ConstGauge::new(i64::from(t.status.registered))
-                .encode(registered.encode_family(&label)?)?;
-        }
-        let mut breaker = encoder.encode_descriptor(
-            "trunk_breaker",
-            "1 for the state the trunk's circuit breaker is in (closed, open, half_open), 0 for the others.",
-            None,
-            gauge.metric_type(),
-        )?;
-        for t in &trunks {
-            for state in [
-                BreakerState::Closed,
-                BreakerState::Open,
-                BreakerState::HalfOpen,
-            ] {
-                let label = TrunkStateLabel {
-                    trunk: t.name.clone(),
-                    state: state.as_str(),
-                };
-                ConstGauge::new(i64::from(t.breaker == state))
-                    .encode(breaker.encode_family(&label)?)?;
-            }
-        }
-        let mut answer_rate = encoder.encode_descriptor(
-            "trunk_answer_rate",
-            "Answered / placed calls per trunk since start (0..1); absent before the trunk's first call.",
-            None,
-            ConstGauge::new(0.0f64).metric_type(),
-        )?;
-        for t in trunks.iter().filter(|t| t.calls_total > 0) {
-            let label = TrunkLabel {
-                trunk: t.name.clone(),
-            };
-            ConstGauge::new(t.answer_rate()).encode(answer_rate.encode_family(&label)?)?;
-        }
-        Ok(())
-    }
 }
