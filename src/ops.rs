@@ -63,7 +63,7 @@ impl CallReport {
         );
         let _ = writeln!(s, "call status:  {}", o.status.as_str());
         let _ = writeln!(s, "times played: {}", o.times_played);
-        if let Some(r) = &o.reason {
+        if let Some(r) = o.attempt_reason() {
             let _ = writeln!(s, "reason:       {r}");
         }
         if o.failover {

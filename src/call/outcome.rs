@@ -1,7 +1,8 @@
 //! How an attempt ended: the typed outcome, why we hung up, and the mapping from
 //! SIP endings and final responses to call statuses.
 
-use crate::domain::CallStatus;
+use crate::domain::{CallReason, CallStatus};
+use crate::sip::sdp::SdpError;
 use crate::sip::EndReason;
 
 /// How an attempt ended.
@@ -9,7 +10,11 @@ use crate::sip::EndReason;
 pub struct AttemptOutcome {
     pub status: CallStatus,
     pub sip_code: Option<u16>,
-    pub reason: Option<String>,
+    /// The call's reason (docs/api.md `call.reason`), when its status alone does not
+    /// say why it ended.
+    pub reason: Option<CallReason>,
+    /// What the attempt record says beyond the reason, for people (`486 Busy Here`).
+    pub detail: Option<String>,
     pub times_played: u32,
     /// Worth trying the next trunk (5xx, 6xx other than busy/decline, no
     /// response at all, or no trunk capacity).
@@ -17,14 +22,35 @@ pub struct AttemptOutcome {
 }
 
 impl AttemptOutcome {
-    pub fn failed(reason: impl Into<String>, failover: bool) -> Self {
+    /// Failed for a cause that only the attempt record tells.
+    pub fn failed(detail: impl Into<String>, failover: bool) -> Self {
         Self {
             status: CallStatus::Failed,
             sip_code: None,
-            reason: Some(reason.into()),
+            reason: None,
+            detail: Some(detail.into()),
             times_played: 0,
             failover,
         }
+    }
+
+    /// Failed, for `reason`; never worth another trunk.
+    pub fn because(reason: CallReason) -> Self {
+        Self {
+            status: CallStatus::Failed,
+            sip_code: None,
+            reason: Some(reason),
+            detail: None,
+            times_played: 0,
+            failover: false,
+        }
+    }
+
+    /// The attempt record's reason: the detail, else the call's reason.
+    pub fn attempt_reason(&self) -> Option<&str> {
+        self.detail
+            .as_deref()
+            .or(self.reason.map(CallReason::as_str))
     }
 }
 
@@ -48,16 +74,48 @@ pub enum HangupCause {
 }
 
 impl HangupCause {
-    /// The reason recorded for the attempt (and the call).
-    pub fn reason(self) -> &'static str {
+    /// The call's reason when we hung up for this cause; none for a ring timeout
+    /// (the status, `no_answer`, says it).
+    pub fn reason(self) -> Option<CallReason> {
         match self {
-            Self::Canceled => "canceled",
-            Self::RingTimeout => "no answer within ring_timeout",
-            Self::NoKeypress => "no_keypress",
-            Self::BindMismatch => "bind_mismatch",
-            Self::Shutdown => "shutdown",
-            Self::SrtpUnavailable => "srtp_unavailable",
+            Self::Canceled => Some(CallReason::Canceled),
+            Self::RingTimeout => None,
+            Self::NoKeypress => Some(CallReason::NoKeypress),
+            Self::BindMismatch => Some(CallReason::BindMismatch),
+            Self::Shutdown => Some(CallReason::Shutdown),
+            Self::SrtpUnavailable => Some(CallReason::SrtpUnavailable),
         }
+    }
+
+    /// The reason and detail an attempt we ended for this cause records.
+    fn parts(self) -> (Option<CallReason>, Option<String>) {
+        match self.reason() {
+            Some(r) => (Some(r), None),
+            None => (None, Some("no answer within ring_timeout".into())),
+        }
+    }
+
+    /// The call status of an unanswered call we ended for this cause.
+    fn unanswered_status(self) -> CallStatus {
+        match self {
+            Self::Canceled => CallStatus::Canceled,
+            Self::RingTimeout => CallStatus::NoAnswer,
+            Self::NoKeypress | Self::BindMismatch | Self::Shutdown | Self::SrtpUnavailable => {
+                CallStatus::Failed
+            }
+        }
+    }
+}
+
+/// An outcome that reached no final response and played nothing.
+fn unanswered(status: CallStatus, parts: (Option<CallReason>, Option<String>)) -> AttemptOutcome {
+    AttemptOutcome {
+        status,
+        sip_code: None,
+        reason: parts.0,
+        detail: parts.1,
+        times_played: 0,
+        failover: false,
     }
 }
 
@@ -69,87 +127,79 @@ pub(super) fn end_outcome(
     times_played: u32,
     ours: Option<HangupCause>,
 ) -> AttemptOutcome {
-    let canceled = ours == Some(HangupCause::Canceled);
-    let unanswered_status = match ours {
-        Some(HangupCause::Canceled) => CallStatus::Canceled,
-        Some(HangupCause::RingTimeout) => CallStatus::NoAnswer,
-        Some(
-            HangupCause::NoKeypress
-            | HangupCause::BindMismatch
-            | HangupCause::Shutdown
-            | HangupCause::SrtpUnavailable,
-        )
-        | None => CallStatus::Failed,
-    };
-    let ours_reason = ours.map(|c| c.reason().to_string());
+    let ours_parts = ours.map(HangupCause::parts);
     match reason {
-        EndReason::RemoteHangup | EndReason::LocalHangup if answered => AttemptOutcome {
-            status: if times_played > 0 {
-                CallStatus::Completed
-            } else if canceled {
-                CallStatus::Canceled
-            } else {
-                CallStatus::Failed
-            },
-            sip_code: Some(200),
-            reason: match (&reason, times_played) {
-                (_, n) if n > 0 => None,
-                (EndReason::RemoteHangup, _) => {
-                    Some("callee hung up before the code was read".into())
-                }
-                _ => ours_reason.or_else(|| Some("hung up before the code was read".into())),
-            },
-            times_played,
-            failover: false,
-        },
-        EndReason::MediaFailed { reason } => AttemptOutcome {
+        EndReason::RemoteHangup | EndReason::LocalHangup if answered => {
+            answered_end(&reason, times_played, ours)
+        }
+        EndReason::MediaFailed { error } => AttemptOutcome {
             status: CallStatus::Failed,
             sip_code: Some(200),
-            reason: Some(reason),
+            reason: matches!(error, SdpError::SrtpUnavailable(_))
+                .then_some(CallReason::SrtpUnavailable),
+            detail: Some(error.to_string()),
             times_played: 0,
             failover: false,
         },
         EndReason::Rejected { status, reason } => {
             let (call_status, failover) = classify_final(status);
-            let (call_status, failover) = match (status, ours) {
+            let (call_status, failover, parts) = match (status, ours) {
                 // The 487 that answers our CANCEL: our cause decides.
-                (487, Some(_)) => (unanswered_status, false),
-                _ => (call_status, failover && ours.is_none()),
+                (487, Some(c)) => (c.unanswered_status(), false, c.parts()),
+                _ => (
+                    call_status,
+                    failover && ours.is_none(),
+                    (None, Some(format!("{status} {reason}"))),
+                ),
             };
             AttemptOutcome {
-                status: call_status,
                 sip_code: Some(status),
-                reason: Some(match &ours_reason {
-                    Some(r) if status == 487 => r.clone(),
-                    _ => format!("{status} {reason}"),
-                }),
-                times_played: 0,
                 failover,
+                ..unanswered(call_status, parts)
             }
         }
-        EndReason::Canceled => AttemptOutcome {
-            status: match ours {
-                Some(_) => unanswered_status,
-                None => CallStatus::NoAnswer,
-            },
-            sip_code: None,
-            reason: ours_reason,
-            times_played: 0,
-            failover: false,
+        EndReason::Canceled => match ours {
+            Some(c) => unanswered(c.unanswered_status(), c.parts()),
+            None => unanswered(CallStatus::NoAnswer, (None, None)),
         },
         EndReason::Timeout if ours.is_none() => {
             AttemptOutcome::failed("no response from the trunk (timeout)", true)
         }
-        EndReason::Timeout | EndReason::RemoteHangup | EndReason::LocalHangup => AttemptOutcome {
-            status: match ours {
-                Some(_) => unanswered_status,
-                None => CallStatus::Failed,
-            },
-            sip_code: None,
-            reason: ours_reason.or_else(|| Some("call ended before it was answered".into())),
-            times_played: 0,
-            failover: false,
-        },
+        EndReason::Timeout | EndReason::RemoteHangup | EndReason::LocalHangup => unanswered(
+            ours.map_or(CallStatus::Failed, HangupCause::unanswered_status),
+            ours_parts.unwrap_or((None, Some("call ended before it was answered".into()))),
+        ),
+    }
+}
+
+/// An answered call that hung up: completed once the code was read.
+fn answered_end(
+    reason: &EndReason,
+    times_played: u32,
+    ours: Option<HangupCause>,
+) -> AttemptOutcome {
+    let status = if times_played > 0 {
+        CallStatus::Completed
+    } else if ours == Some(HangupCause::Canceled) {
+        CallStatus::Canceled
+    } else {
+        CallStatus::Failed
+    };
+    let (reason, detail) = match (reason, times_played, ours) {
+        (_, n, _) if n > 0 => (None, None),
+        (EndReason::RemoteHangup, _, _) => {
+            (None, Some("callee hung up before the code was read".into()))
+        }
+        (_, _, Some(c)) => c.parts(),
+        (_, _, None) => (None, Some("hung up before the code was read".into())),
+    };
+    AttemptOutcome {
+        status,
+        sip_code: Some(200),
+        reason,
+        detail,
+        times_played,
+        failover: false,
     }
 }
 
@@ -191,7 +241,7 @@ mod tests {
         assert_eq!(o.status, CallStatus::Completed);
         let o = end_outcome(EndReason::RemoteHangup, true, 0, None);
         assert_eq!(o.status, CallStatus::Failed);
-        assert!(o.reason.unwrap().contains("hung up"));
+        assert!(o.detail.unwrap().contains("hung up"));
         let o = end_outcome(EndReason::RemoteHangup, true, 1, None);
         assert_eq!(o.status, CallStatus::Completed);
     }
@@ -227,7 +277,7 @@ mod tests {
         let s = Some(HangupCause::Shutdown);
         let o = end_outcome(EndReason::LocalHangup, true, 0, s);
         assert_eq!(o.status, CallStatus::Failed);
-        assert_eq!(o.reason.as_deref(), Some("shutdown"));
+        assert_eq!(o.reason, Some(CallReason::Shutdown));
         let o = end_outcome(EndReason::Canceled, false, 0, s);
         assert_eq!((o.status, o.failover), (CallStatus::Failed, false));
         let o = end_outcome(EndReason::Timeout, false, 0, s);

@@ -337,7 +337,7 @@ impl CanaryRunner {
                 trunk = %trunk,
                 status = outcome.status.as_str(),
                 sip_code = outcome.sip_code,
-                reason = outcome.reason.as_deref().unwrap_or(""),
+                reason = outcome.attempt_reason().unwrap_or(""),
                 "canary attempt ended"
             );
             placed.outcome = Some(outcome);
@@ -429,7 +429,7 @@ impl CanaryRunner {
         let outcome = placed.outcome.as_ref();
         let reason = match result {
             RunResult::Ok => None,
-            _ => outcome.and_then(|o| o.reason.clone()),
+            _ => outcome.and_then(|o| o.attempt_reason().map(str::to_owned)),
         };
         let pdd = placed
             .ringing_at

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Dialer;
 use crate::call::HangupCause;
-use crate::domain;
+use crate::domain::{self, CallReason};
 use crate::store::Recovered;
 use crate::sync::lock;
 
@@ -91,7 +91,7 @@ impl Dialer {
                 for r in &done {
                     match r {
                         Recovered::Failed { call_id } => {
-                            tracing::warn!(call = %call_id, reason = "gateway_restart",
+                            tracing::warn!(call = %call_id, reason = CallReason::GatewayRestart.as_str(),
                                 "took over a call whose instance died after dialling: ended failed");
                             self.metrics.recovered("failed");
                         }

@@ -1,10 +1,9 @@
-//! The dialer's decisions: when to retry, what an attempt tells a trunk's breaker,
-//! and which reasons reach the call.
+//! The dialer's decisions: when to retry, and what an attempt tells a trunk's breaker.
 
 use super::Dialer;
 use crate::call::AttemptOutcome;
 use crate::config::RetryOn;
-use crate::domain::{self, CallStatus};
+use crate::domain::{self, CallReason, CallStatus};
 use crate::store::ClaimedCall;
 
 impl Dialer {
@@ -20,7 +19,7 @@ impl Dialer {
                     | (RetryOn::Failed, CallStatus::Failed)
             )
         });
-        let refused = outcome.reason.as_deref() == Some("risk_denied");
+        let refused = outcome.reason == Some(CallReason::RiskDenied);
         if !retriable || refused || claimed.round >= d.max_attempts || outcome.times_played > 0 {
             return None;
         }
@@ -40,18 +39,6 @@ pub(super) fn breaker_signal(outcome: &AttemptOutcome) -> Option<bool> {
         Some(false)
     } else {
         None
-    }
-}
-
-/// The call-level reason: the machine tokens a client can act on; other
-/// details stay on the attempt.
-pub(super) fn short_reason(reason: Option<&str>) -> Option<&str> {
-    match reason {
-        Some(
-            r @ ("expired" | "gateway_restart" | "no_keypress" | "shutdown" | "canceled"
-            | "risk_denied"),
-        ) => Some(r),
-        _ => None,
     }
 }
 
@@ -75,12 +62,5 @@ mod tests {
             breaker_signal(&AttemptOutcome::failed("canceled", false)),
             None
         );
-    }
-
-    #[test]
-    fn only_machine_reasons_reach_the_call() {
-        assert_eq!(short_reason(Some("no_keypress")), Some("no_keypress"));
-        assert_eq!(short_reason(Some("503 Service Unavailable")), None);
-        assert_eq!(short_reason(None), None);
     }
 }

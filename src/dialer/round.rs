@@ -5,11 +5,11 @@
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::policy::{breaker_signal, short_reason};
+use super::policy::breaker_signal;
 use super::settle::Settle;
 use super::{Dialer, Fault, Outcome};
 use crate::call::{AttemptOutcome, Hangup, KeyGate, PlaceCall, Progress};
-use crate::domain::{self, CallStatus, OtpCode, VerificationStatus};
+use crate::domain::{self, CallReason, CallStatus, OtpCode, VerificationStatus};
 use crate::media::Keys;
 use crate::risk::RiskQuery;
 use crate::store::{AfterAttempt, AuditEntry, CallUpdate, ClaimedCall, StoreError};
@@ -50,7 +50,7 @@ impl Dialer {
         &self,
         claimed: &ClaimedCall,
     ) -> Result<(CallSecrets, Vec<String>), AttemptOutcome> {
-        let expired = || AttemptOutcome::failed("expired", false);
+        let expired = || AttemptOutcome::because(CallReason::Expired);
         match claimed.verification_status {
             VerificationStatus::Pending => {}
             VerificationStatus::Expired => return Err(expired()),
@@ -136,7 +136,7 @@ impl Dialer {
                         status,
                         domain::now_ms(),
                         CallUpdate {
-                            reason: short_reason(outcome.reason.as_deref()),
+                            reason: outcome.reason,
                             fail_verification: status != CallStatus::Canceled,
                             ..CallUpdate::default()
                         },
@@ -146,7 +146,7 @@ impl Dialer {
                 self.metrics.call_finished(status.as_str());
                 tracing::info!(
                     status = status.as_str(),
-                    reason = outcome.reason.as_deref().unwrap_or(""),
+                    reason = outcome.attempt_reason().unwrap_or(""),
                     "call not placed"
                 );
                 return Ok(Outcome::Finished {
@@ -205,7 +205,7 @@ impl Dialer {
                 trunk = %trunk,
                 status = outcome.status.as_str(),
                 sip_code = outcome.sip_code,
-                reason = outcome.reason.as_deref().unwrap_or(""),
+                reason = outcome.attempt_reason().unwrap_or(""),
                 "attempt ended"
             );
             if outcome.failover && hangup.cause().is_none() {
@@ -215,7 +215,7 @@ impl Dialer {
                         seq,
                         outcome.status,
                         outcome.sip_code.map(i64::from),
-                        outcome.reason.as_deref(),
+                        outcome.attempt_reason(),
                         domain::now_ms(),
                         AfterAttempt::Continue,
                     )
@@ -298,7 +298,7 @@ impl Dialer {
             route = %route,
             status = outcome.status.as_str(),
             sip_code = outcome.sip_code,
-            reason = outcome.reason.as_deref().unwrap_or(""),
+            reason = outcome.attempt_reason().unwrap_or(""),
             "attempt ended"
         );
         let result = self.end_round(claimed, Some(seq), &outcome).await;
@@ -332,8 +332,8 @@ impl Dialer {
         if !denied {
             return None;
         }
-        self.metrics.refused("risk_denied");
-        Some(AttemptOutcome::failed("risk_denied", false))
+        self.metrics.refused(CallReason::RiskDenied.as_str());
+        Some(AttemptOutcome::because(CallReason::RiskDenied))
     }
 
     /// Places one attempt and records its progress as it happens.

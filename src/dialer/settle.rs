@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use super::policy::short_reason;
 use super::{Dialer, Outcome};
 use crate::call::AttemptOutcome;
-use crate::domain::{self, CallStatus};
+use crate::domain::{self, CallReason, CallStatus};
 use crate::store::{AfterAttempt, CallUpdate, ClaimedCall, Store, StoreError};
 
 /// Back-off bounds for writes that must land (the final status of a call).
@@ -38,7 +37,7 @@ impl Drop for Settle {
         tracing::error!(call = %call_id, "call task ended without settling the call");
         rt.spawn(async move {
             let update = CallUpdate {
-                reason: Some("internal_error"),
+                reason: Some(CallReason::InternalError),
                 fail_verification: true,
                 ..CallUpdate::default()
             };
@@ -51,7 +50,7 @@ impl Drop for Settle {
                             seq,
                             CallStatus::Failed,
                             None,
-                            Some("internal_error"),
+                            Some(CallReason::InternalError.as_str()),
                             now,
                             AfterAttempt::Finish(CallStatus::Failed, update),
                         )
@@ -91,11 +90,11 @@ impl Dialer {
                 }),
             _ => claimed.phone.clone(),
         };
-        let reason = outcome.reason.as_deref();
+        let reason = outcome.attempt_reason();
         let update = CallUpdate {
             sip_code: outcome.sip_code.map(i64::from),
             times_played: Some(i64::from(outcome.times_played)),
-            reason: short_reason(reason),
+            reason: outcome.reason,
             fail_verification: !matches!(
                 outcome.status,
                 CallStatus::Completed | CallStatus::Canceled

@@ -4,9 +4,11 @@
 
 mod code;
 mod phone;
+mod reason;
 
 pub use code::{OtpCode, OtpCodeError};
 pub use phone::{NumberKind, PhoneNumber, PhoneNumberError, Region};
+pub use reason::CallReason;
 
 use serde::{Deserialize, Serialize};
 

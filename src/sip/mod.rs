@@ -365,7 +365,7 @@ pub enum EndReason {
     /// We cancelled before the answer (CANCEL -> 487, or hangup before any response).
     Canceled,
     /// 2xx without a usable SDP answer: we ACKed, then sent BYE.
-    MediaFailed { reason: String },
+    MediaFailed { error: sdp::SdpError },
 }
 
 impl fmt::Display for EndReason {
@@ -376,7 +376,7 @@ impl fmt::Display for EndReason {
             EndReason::RemoteHangup => f.write_str("remote hangup"),
             EndReason::LocalHangup => f.write_str("local hangup"),
             EndReason::Canceled => f.write_str("canceled"),
-            EndReason::MediaFailed { reason } => write!(f, "media negotiation failed: {reason}"),
+            EndReason::MediaFailed { error } => write!(f, "media negotiation failed: {error}"),
         }
     }
 }

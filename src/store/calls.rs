@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{enqueue_webhook, Result, Store, StoreError};
-use crate::domain::CallStatus;
+use crate::domain::{CallReason, CallStatus};
 
 #[derive(Debug, Clone)]
 pub struct CallRow {
@@ -21,7 +21,7 @@ pub struct CallRow {
     pub times_played: i64,
     /// Why the call ended as it did, when there is more to say than its
     /// status (`expired`, `gateway_restart`, `shutdown`, …).
-    pub reason: Option<String>,
+    pub reason: Option<CallReason>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ pub struct CallUpdate<'a> {
     pub trunk: Option<&'a str>,
     pub answered_at: Option<i64>,
     pub times_played: Option<i64>,
-    pub reason: Option<&'a str>,
+    pub reason: Option<CallReason>,
     /// With a final status: fail the verification too, if still pending
     /// (the call ended without the code being read).
     pub fail_verification: bool,
@@ -245,12 +245,13 @@ impl Store {
             let id: String = r.try_get(0)?;
             enqueue_webhook(&mut tx, &id, "verification.expired", now).await?;
             let queued = sqlx::query(
-                "UPDATE calls SET status = 'failed', reason = 'expired', ended_at = $2, updated_at = $2, \
+                "UPDATE calls SET status = 'failed', reason = $3, ended_at = $2, updated_at = $2, \
                    code_sealed = NULL, claimed_by = NULL \
                  WHERE verification_id = $1 AND status = 'queued' RETURNING id",
             )
             .bind(&id)
             .bind(now)
+            .bind(CallReason::Expired.as_str())
             .fetch_all(&mut *tx)
             .await?;
             for q in queued {
@@ -375,7 +376,7 @@ pub(super) async fn advance_in(
     .bind(update.answered_at)
     .bind(update.times_played.unwrap_or(0))
     .bind(i64::from(final_status))
-    .bind(update.reason)
+    .bind(update.reason.map(CallReason::as_str))
     .execute(&mut **tx)
     .await?;
     if status_changes {
@@ -430,7 +431,13 @@ fn call_from_row(r: &AnyRow) -> Result<CallRow> {
         answered_at: r.try_get(5)?,
         ended_at: r.try_get(6)?,
         times_played: r.try_get(7)?,
-        reason: r.try_get(8)?,
+        reason: r
+            .try_get::<Option<String>, _>(8)?
+            .map(|s| {
+                CallReason::parse(&s)
+                    .ok_or_else(|| StoreError::Corrupt(format!("call reason {s:?}")))
+            })
+            .transpose()?,
     })
 }
 

@@ -11,7 +11,7 @@ use sqlx::Row;
 
 use super::calls::{advance_in, IN_PROGRESS};
 use super::{insert_event, Backend, CallUpdate, Result, Store, StoreError};
-use crate::domain::{CallStatus, VerificationStatus};
+use crate::domain::{CallReason, CallStatus, VerificationStatus};
 
 /// A queued call claimed by one dialer instance.
 #[derive(Debug, Clone)]
@@ -183,7 +183,7 @@ impl Store {
                     CallStatus::Failed,
                     now,
                     CallUpdate {
-                        reason: Some("gateway_restart"),
+                        reason: Some(CallReason::GatewayRestart),
                         fail_verification: true,
                         ..CallUpdate::default()
                     },

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::{Verifier, VerifyError};
-use crate::domain::{self, CallStatus, PhoneNumber, VerificationStatus};
+use crate::domain::{self, CallReason, CallStatus, PhoneNumber, VerificationStatus};
 use crate::store::{StoreError, VerificationRow};
 
 /// What the auth service sends to start a verification.
@@ -69,7 +69,7 @@ pub struct CallView {
     /// `bind_mismatch` (not the `bind_digits` shown), `srtp_unavailable`,
     /// `risk_denied`, `canceled`, `internal_error`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub reason: Option<String>,
+    pub reason: Option<CallReason>,
     pub attempts: Vec<AttemptView>,
 }
 

@@ -81,7 +81,7 @@ async fn abandoned_calls_are_taken_over_by_one_rule(db: Db) {
     let v = t.view(&ids[0]).await;
     assert_eq!(v.status, VerificationStatus::Failed);
     assert_eq!(v.call.status, CallStatus::Failed);
-    assert_eq!(v.call.reason.as_deref(), Some("gateway_restart"));
+    assert_eq!(v.call.reason.map(|r| r.as_str()), Some("gateway_restart"));
     assert_eq!(v.call.attempts.len(), 1);
     assert_eq!(
         v.call.attempts[0].reason.as_deref(),
@@ -115,7 +115,7 @@ async fn queued_call_that_expires_fails_expired(db: Db) {
     let v = t.view(&v.id).await;
     assert_eq!(v.status, VerificationStatus::Expired);
     assert_eq!(v.call.status, CallStatus::Failed);
-    assert_eq!(v.call.reason.as_deref(), Some("expired"));
+    assert_eq!(v.call.reason.map(|r| r.as_str()), Some("expired"));
     assert!(v.call.attempts.is_empty(), "never dialled");
     let events = t
         .app
@@ -171,7 +171,7 @@ async fn early_exit_hangs_up_and_frees_the_slot(fault: Fault) {
     assert_eq!(done.call.status, CallStatus::Failed, "{fault:?}: {done:?}");
     if fault != Fault::Drop {
         assert_eq!(
-            done.call.reason.as_deref(),
+            done.call.reason.map(|r| r.as_str()),
             Some("internal_error"),
             "{fault:?}"
         );
@@ -251,7 +251,7 @@ async fn shutdown_hangs_up_after_grace_and_settles_the_call() {
     let t = spawn_app_on(s, url, dir, DialerMode::Manual).await;
     let v = t.view(&v.id).await;
     assert_eq!(v.call.status, CallStatus::Failed, "{v:?}");
-    assert_eq!(v.call.reason.as_deref(), Some("shutdown"));
+    assert_eq!(v.call.reason.map(|r| r.as_str()), Some("shutdown"));
     assert_eq!(v.status, VerificationStatus::Failed);
 }
 

@@ -79,7 +79,11 @@ async fn kill9_mid_queue_and_mid_call_then_restart(db: Db) {
         match v.call.status {
             CallStatus::Completed => assert_eq!(v.status, VerificationStatus::Pending),
             CallStatus::Failed => {
-                assert_eq!(v.call.reason.as_deref(), Some("gateway_restart"), "{v:?}");
+                assert_eq!(
+                    v.call.reason.map(|r| r.as_str()),
+                    Some("gateway_restart"),
+                    "{v:?}"
+                );
                 assert_eq!(v.status, VerificationStatus::Failed);
                 restarts += 1;
             }

@@ -382,7 +382,10 @@ async fn old_database_upgrades(release: &str, db: Db) {
         .wait_calls_final(&[dialling.clone(), queued.clone()], Duration::from_secs(30))
         .await;
     assert_eq!(done[0].call.status, CallStatus::Failed, "{:?}", done[0]);
-    assert_eq!(done[0].call.reason.as_deref(), Some("gateway_restart"));
+    assert_eq!(
+        done[0].call.reason.map(|r| r.as_str()),
+        Some("gateway_restart")
+    );
     assert_eq!(done[0].status, VerificationStatus::Failed);
     assert_eq!(done[1].call.status, CallStatus::Completed, "{:?}", done[1]);
     let (status, r) = gw

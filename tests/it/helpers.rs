@@ -203,6 +203,13 @@ impl TestApp {
         serde_json::from_value(v).expect("verification object")
     }
 
+    /// `call.reason` as GET /v1/verifications/{id} sends it (the wire string).
+    pub async fn call_reason(&self, id: &str) -> Option<String> {
+        let (status, v) = self.get(&format!("/v1/verifications/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "get: {v}");
+        v["call"]["reason"].as_str().map(str::to_owned)
+    }
+
     /// Polls until the call reaches a final status.
     pub async fn wait_call_final(&self, id: &str, within: Duration) -> VerificationView {
         let deadline = Instant::now() + within;

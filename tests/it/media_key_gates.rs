@@ -341,7 +341,7 @@ fn digit_char(d: u8) -> char {
 async fn bound_call(
     scenario: &str,
     keyed: impl Fn(u8, u8) -> (u8, u8),
-) -> (VerificationView, Heard, CallScript) {
+) -> (VerificationView, Option<String>, Heard, CallScript) {
     let (rtp, rtp_port) = rtp_socket();
     let sip_port = free_udp_port();
     let t = spawn_app(base_settings(sip_port), Db::Sqlite, DialerMode::Background).await;
@@ -352,12 +352,13 @@ async fn bound_call(
     let sipp = info_keys_on(sip_port, scenario, rtp_port, digit_char(a), digit_char(b));
     let heard = receive_in_background(rtp).await;
     let done = t.wait_call_final(&v.id, Duration::from_secs(30)).await;
+    let wire_reason = t.call_reason(&v.id).await;
     sipp.finish(Duration::from_secs(10))
         .await
         .expect("SIPp keyed and got our BYE");
     t.app.stop().await;
     let script = CallScript::with_bind(&en(), &[1, 2, 3, 4], 2, keys);
-    (done, heard, script)
+    (done, wire_reason, heard, script)
 }
 
 /// What a script sends after its key gate.
@@ -371,7 +372,9 @@ fn after_gate(script: &CallScript) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_right_digits_read_the_code_and_reads_never_show_them() {
-    let (done, heard, script) = bound_call("uas_info_keys_at_gate.xml", |a, b| (a, b)).await;
+    let (done, wire_reason, heard, script) =
+        bound_call("uas_info_keys_at_gate.xml", |a, b| (a, b)).await;
+    assert_eq!(wire_reason, None, "a completed call has no reason");
     assert_eq!(done.call.status, CallStatus::Completed, "{done:?}");
     assert_eq!(done.call.times_played, 2);
     // The digits are never said: the request is the bind phrase alone.
@@ -389,7 +392,7 @@ async fn bind_digits_keyed_while_the_request_plays_count() {
     // Someone who reads the digits off the screen keys them at once (0.3 s after
     // the answer, during "To hear your code, enter ..."): only the screen tells
     // them, so they count, and the code follows.
-    let (done, heard, script) = bound_call("uas_info_keys_early.xml", |a, b| (a, b)).await;
+    let (done, _, heard, script) = bound_call("uas_info_keys_early.xml", |a, b| (a, b)).await;
     assert_eq!(done.call.status, CallStatus::Completed, "{done:?}");
     assert_eq!(done.call.times_played, 2);
     let after = after_gate(&script);
@@ -405,10 +408,12 @@ async fn bind_digits_keyed_while_the_request_plays_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_wrong_digits_fail_with_bind_mismatch_and_no_code() {
     // The first digit right, the second wrong: a relay that guesses.
-    let (done, heard, script) =
+    let (done, wire_reason, heard, script) =
         bound_call("uas_info_keys_at_gate.xml", |a, b| (a, (b + 1) % 10)).await;
     assert_eq!(done.call.status, CallStatus::Failed, "{done:?}");
     assert_eq!(reason(&done), "bind_mismatch");
+    // The call says why too (it used to say nothing: docs/api.md `call.reason`).
+    assert_eq!(wire_reason.as_deref(), Some("bind_mismatch"));
     assert_eq!(done.call.times_played, 0);
     // What was sent is a prefix of the request and the wait: nothing of the code.
     let request = until_gate(&script).payload(&en(), G711::Alaw);
@@ -427,6 +432,7 @@ async fn bind_no_digits_fail_with_no_keypress_and_no_code() {
     let (v, keys) = start_bound(&t).await;
     let heard = receive_in_background(rtp).await;
     let done = t.wait_call_final(&v.id, Duration::from_secs(40)).await;
+    assert_eq!(t.call_reason(&v.id).await.as_deref(), Some("no_keypress"));
     sipp.finish(Duration::from_secs(10))
         .await
         .expect("SIPp got our BYE");

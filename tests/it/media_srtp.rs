@@ -329,6 +329,10 @@ async fn required_srtp_against_a_plain_answer_sends_no_media_and_fails() {
     assert_eq!(done.call.times_played, 0);
     let reason = done.call.attempts[0].reason.clone().unwrap_or_default();
     assert!(reason.starts_with("srtp_unavailable"), "{reason}");
+    assert_eq!(
+        t.call_reason(&done.id).await.as_deref(),
+        Some("srtp_unavailable")
+    );
     // The call is over (BYE answered): had the pacer sent anything, it would be here.
     rtp.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 2048];

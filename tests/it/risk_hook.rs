@@ -103,7 +103,11 @@ async fn denied(t: &TestApp, id: &str) {
     );
     let v = t.view(id).await;
     assert_eq!(v.status, VerificationStatus::Failed);
-    assert_eq!(v.call.reason.as_deref(), Some("risk_denied"), "{v:?}");
+    assert_eq!(
+        v.call.reason.map(|r| r.as_str()),
+        Some("risk_denied"),
+        "{v:?}"
+    );
     assert!(v.call.attempts.is_empty(), "never dialled: {v:?}");
     let audited = t
         .app

@@ -192,7 +192,7 @@ async fn sip_488_is_failed_with_reason() {
     let r = unanswered("uas_not_acceptable.xml", |_| {}).await;
     assert_eq!(r.outcome.status, CallStatus::Failed);
     assert_eq!(r.outcome.sip_code, Some(488));
-    assert!(r.outcome.reason.as_deref().unwrap().contains("488"));
+    assert!(r.outcome.detail.as_deref().unwrap().contains("488"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +200,7 @@ async fn sip_200_without_common_codec_is_acked_byed_and_failed() {
     let r = unanswered("uas_g729_only.xml", |_| {}).await;
     assert_eq!(r.outcome.status, CallStatus::Failed);
     assert!(
-        r.outcome.reason.as_deref().unwrap().contains("codec"),
+        r.outcome.detail.as_deref().unwrap().contains("codec"),
         "{}",
         r.render()
     );
@@ -213,7 +213,7 @@ async fn sip_no_answer_cancels_after_ring_timeout() {
     assert_eq!(r.outcome.status, CallStatus::NoAnswer, "{}", r.render());
     assert!(r
         .outcome
-        .reason
+        .detail
         .as_deref()
         .unwrap()
         .contains("ring_timeout"));
@@ -260,7 +260,7 @@ async fn sip_remote_bye_mid_playback_ends_the_call() {
     let r = place(&s).await;
     sipp.finish(Duration::from_secs(10)).await.unwrap();
     assert_eq!(r.outcome.status, CallStatus::Failed, "{}", r.render());
-    assert!(r.outcome.reason.as_deref().unwrap().contains("hung up"));
+    assert!(r.outcome.detail.as_deref().unwrap().contains("hung up"));
     let n = packets.await.unwrap().len();
     assert!(
         n > 10 && n < expected_frames(),

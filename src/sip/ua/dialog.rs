@@ -574,13 +574,7 @@ impl UserAgent {
             Err(e) => {
                 c.bye_sent = true;
                 self.send_bye(now, handle, &peer, ByePurpose::Silent);
-                self.end_call(
-                    now,
-                    handle,
-                    EndReason::MediaFailed {
-                        reason: e.to_string(),
-                    },
-                );
+                self.end_call(now, handle, EndReason::MediaFailed { error: e });
             }
         }
     }
