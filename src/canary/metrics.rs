@@ -40,6 +40,13 @@ pub struct CanaryMetrics {
     /// Inbound calls the answering side took, by what became of them.
     pub inbound: Family<OutcomeLabel, Counter>,
     pub alerts: Family<OutcomeLabel, Counter>,
+    /// Runs not placed, by reason (`daily_cap`).
+    pub skipped: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
 }
 
 impl CanaryMetrics {
@@ -73,6 +80,11 @@ impl CanaryMetrics {
             "canary_inbound_calls",
             "Inbound canary calls at the answering side, by result (answered, refused)",
             self.inbound.clone(),
+        );
+        registry.register(
+            "canary_skipped",
+            "Canary runs not placed, by reason (daily_cap)",
+            self.skipped.clone(),
         );
         registry.register(
             "canary_alerts",
@@ -127,6 +139,14 @@ impl CanaryMetrics {
         self.inbound
             .get_or_create(&OutcomeLabel {
                 result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn skipped(&self, reason: &str) {
+        self.skipped
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
             })
             .inc();
     }

@@ -666,6 +666,7 @@ async fn openapi_matches_the_served_routes() {
         "GET /v1/trunks",
         "GET /v1/calls",
         "GET /v1/qa/phones",
+        "GET /v1/canaries",
     ]
     .into_iter()
     .map(String::from)
@@ -678,6 +679,22 @@ async fn openapi_matches_the_served_routes() {
     for p in params {
         assert_eq!(p["in"], "query", "{p}");
         assert_ne!(p["required"], true, "{p}");
+    }
+    let canaries = &doc["components"]["schemas"]["CanaryRunView"]["properties"];
+    for field in [
+        "result",
+        "post_dial_delay_ms",
+        "setup_ms",
+        "loss",
+        "jitter_ms",
+        "mos",
+        "heard",
+        "at",
+    ] {
+        assert!(
+            canaries[field].is_object(),
+            "CanaryRunView.{field}: {canaries}"
+        );
     }
     // Errors are documented as problem documents.
     let not_found = &doc["paths"]["/v1/verifications/{id}"]["get"]["responses"]["404"];
