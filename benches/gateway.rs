@@ -9,6 +9,7 @@
 //! cargo bench --bench gateway -- --fifo 50              # otpdial's pacer under SCHED_FIFO 50 ([media] realtime_priority)
 //! cargo bench --bench gateway -- --only otpdial         # one side only (otpdial | sipp)
 //! cargo bench --bench gateway -- --n 2000 --count 8      # + syscalls and context switches per packet (perf stat, 8 s at the plateau)
+//! cargo bench --bench gateway -- --otpdial /tmp/otpdial-before  # another build of otpdial (A/B)
 //! cargo bench --bench gateway -- --database-url postgres://postgres@127.0.0.1/bench  # PostgreSQL (a fresh, empty database)
 //! ```
 //!
@@ -77,6 +78,8 @@ struct Args {
     database_url: Option<String>,
     /// Seconds of `perf stat` on the caller at the plateau (0: none).
     count_secs: f64,
+    /// Another `otpdial` binary to run instead of the one cargo built (A/B).
+    otpdial: Option<PathBuf>,
 }
 
 fn parse_args() -> Args {
@@ -89,6 +92,7 @@ fn parse_args() -> Args {
         fifo: 0,
         database_url: None,
         count_secs: 0.0,
+        otpdial: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -113,6 +117,7 @@ fn parse_args() -> Args {
             }
             "--database-url" => args.database_url = Some(val()),
             "--count" => args.count_secs = val().parse().unwrap_or(0.0),
+            "--otpdial" => args.otpdial = Some(PathBuf::from(val())),
             _ => {} // `cargo bench` passes --bench; ignore what is not ours
         }
     }
@@ -1007,6 +1012,8 @@ fn main() {
     let args = parse_args();
     let bin = if args.only == Some(Side::Sipp) {
         PathBuf::new()
+    } else if let Some(bin) = &args.otpdial {
+        bin.clone()
     } else {
         gateway_binary()
     };

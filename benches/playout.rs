@@ -6,6 +6,7 @@
 //! cargo bench --bench playout                          # N = 500, 1000, 2000, 4000; 10 s each
 //! cargo bench --bench playout -- --n 2000 --secs 5     # one N, shorter
 //! cargo bench --bench playout -- --fifo 50             # pacer under SCHED_FIFO 50 (root)
+//! cargo bench --bench playout -- --direct              # one sendto per packet instead of io_uring batches
 //! cargo bench --bench playout -- --sipp                # the same N with SIPp 3.6's RTP sender
 //! ```
 //!
@@ -44,6 +45,8 @@ struct Args {
     secs: u64,
     fifo: u8,
     sipp: bool,
+    /// One `sendto` per packet instead of io_uring batches (A/B).
+    direct: bool,
 }
 
 fn parse_args() -> Args {
@@ -52,6 +55,7 @@ fn parse_args() -> Args {
         secs: 10,
         fifo: 0,
         sipp: false,
+        direct: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -72,6 +76,7 @@ fn parse_args() -> Args {
                 }
             }
             "--sipp" => args.sipp = true,
+            "--direct" => args.direct = true,
             _ => {} // `cargo bench` passes --bench; ignore what is not ours
         }
     }
@@ -122,7 +127,7 @@ fn script(pack: &otpdial::media::PromptPack, secs: u64) -> CallScript {
     CallScript { items }
 }
 
-fn run_one(n: usize, secs: u64, fifo: u8) {
+fn run_one(n: usize, secs: u64, fifo: u8, direct: bool) {
     let lib = PromptLibrary::builtin();
     let pack = lib.get("en").expect("built-in en pack");
     let script = script(&pack, secs);
@@ -135,6 +140,7 @@ fn run_one(n: usize, secs: u64, fifo: u8) {
         .collect();
     let pacer = Pacer::start_with(PacerOptions {
         realtime_priority: fifo,
+        direct_sends: direct,
     })
     .expect("pacer");
     let rss0 = rss_bytes();
@@ -291,7 +297,7 @@ fn main() {
         if args.sipp {
             run_sipp(n, args.secs);
         } else {
-            run_one(n, args.secs, args.fifo);
+            run_one(n, args.secs, args.fifo, args.direct);
         }
     }
 }

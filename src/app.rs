@@ -106,6 +106,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
     let sip_addr = sip.local_addr();
     let pacer = Pacer::start_with(PacerOptions {
         realtime_priority: settings.media.realtime_priority,
+        ..PacerOptions::default()
     })
     .context("cannot start the RTP pacer thread")?;
     let engine = Arc::new(

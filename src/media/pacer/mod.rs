@@ -28,6 +28,7 @@
 pub mod receive;
 pub mod stream;
 mod thread;
+mod uring;
 
 pub use receive::ReceiveStats;
 
@@ -203,6 +204,10 @@ pub struct PacerOptions {
     /// priority, 51 µs under SCHED_FIFO). Without the permission (CAP_SYS_NICE or
     /// RLIMIT_RTPRIO) the thread logs a warning and runs at normal priority.
     pub realtime_priority: u8,
+    /// Send each packet with its own `sendto` even where io_uring would batch the
+    /// sends of a wake-up into one system call (tests and A/B measurements; the
+    /// pacer falls back to it by itself when io_uring is unavailable).
+    pub direct_sends: bool,
 }
 
 /// Packet counters over every stream since the pacer started, for `/metrics`. The
@@ -266,7 +271,13 @@ impl Pacer {
             .name("rtp-pacer".to_owned())
             .spawn(move || {
                 thread::apply_priority(options.realtime_priority);
-                thread::run(poll, rx, &thread_active, &thread_stats)
+                thread::run(
+                    poll,
+                    rx,
+                    &thread_active,
+                    &thread_stats,
+                    !options.direct_sends,
+                )
             })?;
         Ok(Pacer {
             inbox: Inbox {

@@ -32,6 +32,20 @@ fn receive_all(sock: &UdpSocket, quiet: Duration) -> Vec<(Instant, Vec<u8>)> {
 
 #[test]
 fn plays_a_script_with_correct_rtp_headers() {
+    plays_a_script(PacerOptions::default());
+}
+
+/// The same with one `sendto` per packet (what the pacer falls back to without
+/// io_uring): the same packets at the same pace.
+#[test]
+fn plays_a_script_with_correct_rtp_headers_direct_sends() {
+    plays_a_script(PacerOptions {
+        direct_sends: true,
+        ..PacerOptions::default()
+    });
+}
+
+fn plays_a_script(options: PacerOptions) {
     let pack = PromptLibrary::builtin().get("en").unwrap();
     let script = CallScript {
         items: vec![
@@ -53,7 +67,7 @@ fn plays_a_script_with_correct_rtp_headers() {
     let expected_markers = vec![0, 2, 2 + n1 + 3];
 
     let rx = loopback();
-    let pacer = Pacer::start().unwrap();
+    let pacer = Pacer::start_with(options).unwrap();
     let started = Instant::now();
     let mut playout = pacer.play(PlayoutSpec {
         socket: loopback(),
@@ -506,22 +520,36 @@ fn stop_ends_the_stream_and_reports_finished() {
 
 #[test]
 fn many_streams_share_the_thread_and_unreachable_peers_are_not_fatal() {
+    many_streams(PacerOptions::default());
+}
+
+#[test]
+fn many_streams_share_the_thread_and_unreachable_peers_are_not_fatal_direct_sends() {
+    many_streams(PacerOptions {
+        direct_sends: true,
+        ..PacerOptions::default()
+    });
+}
+
+fn many_streams(options: PacerOptions) {
     let pack = PromptLibrary::builtin().get("en").unwrap();
     let script = CallScript {
         items: vec![ScriptItem::Silence { frames: 5 }],
     };
-    let pacer = Pacer::start().unwrap();
+    let pacer = Pacer::start_with(options).unwrap();
     // A port nobody listens on: ECONNREFUSED after the first packet, counted only.
     let dead = loopback().local_addr().unwrap();
+    // Port 0: the kernel refuses every send (EINVAL), batched or not.
+    let refused = SocketAddr::from(([127, 0, 0, 1], 0));
     let rx = loopback();
     let mut playouts: Vec<Playout> = (0..50)
         .map(|i| {
             pacer.play(PlayoutSpec {
                 socket: loopback(),
-                remote: if i == 0 {
-                    dead
-                } else {
-                    rx.local_addr().unwrap()
+                remote: match i {
+                    0 => dead,
+                    1 => refused,
+                    _ => rx.local_addr().unwrap(),
                 },
                 codec: G711::Ulaw,
                 payload_type: 0,
@@ -534,7 +562,16 @@ fn many_streams_share_the_thread_and_unreachable_peers_are_not_fatal() {
         })
         .collect();
     assert_eq!(pacer.active_streams(), 50);
-    for p in &mut playouts[1..] {
+    // None of the refused sends counts as sent.
+    assert_eq!(
+        playouts[1].events.blocking_recv(),
+        Some(PlayoutEvent::Finished {
+            times_played: 0,
+            packets_sent: 0,
+            received: ReceiveStats::default(),
+        })
+    );
+    for p in &mut playouts[2..] {
         assert_eq!(
             p.events.blocking_recv(),
             Some(PlayoutEvent::Finished {
@@ -548,7 +585,7 @@ fn many_streams_share_the_thread_and_unreachable_peers_are_not_fatal() {
         playouts[0].events.blocking_recv(),
         Some(PlayoutEvent::Finished { .. })
     ));
-    assert_eq!(receive_all(&rx, Duration::from_millis(100)).len(), 49 * 5);
+    assert_eq!(receive_all(&rx, Duration::from_millis(100)).len(), 48 * 5);
 }
 
 #[test]
@@ -582,6 +619,7 @@ fn realtime_priority_is_applied_or_falls_back_and_plays_either_way() {
     // the pacer warns and runs at normal priority. Both must play.
     let pacer = Pacer::start_with(PacerOptions {
         realtime_priority: 10,
+        ..PacerOptions::default()
     })
     .unwrap();
     let rx = loopback();

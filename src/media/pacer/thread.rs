@@ -12,6 +12,7 @@ use mio::{Events, Interest, Poll, Token};
 use tokio::sync::mpsc as tokio_mpsc;
 
 use super::stream::{Inbound, Stream, Via, GRID, SEND_AHEAD, SEND_BUF_LEN};
+use super::uring::{Sender, Sent, Tag};
 use super::{Command, NewStream, PacerStats, PlayoutEvent, LATE_AFTER};
 
 /// Token of the waker; stream sockets use `(slot + 1) << 1 | is_rtcp`.
@@ -50,8 +51,17 @@ impl Entry {
         }
     }
 
-    /// Sends what the stream has due at `now`; returns (RTP packets sent, of them late).
-    fn send_due(&mut self, now: Instant, buf: &mut [u8; SEND_BUF_LEN]) -> (u64, u64) {
+    /// Hands `sender` what the stream has due at `now`; returns (RTP packets sent or
+    /// queued, of them late). Sends the batch refuses come back in `failures`, tagged
+    /// with `slot`, once the batch is flushed: see [`apply_failures`].
+    fn send_due(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8; SEND_BUF_LEN],
+        sender: &mut Sender,
+        slot: u32,
+        failures: &mut Vec<Tag>,
+    ) -> (u64, u64) {
         let (mut sent, mut late) = (0, 0);
         while let Some(t) = self.stream.poll_packet(now, buf) {
             let socket = match t.via {
@@ -61,17 +71,26 @@ impl Entry {
                     None => continue,
                 },
             };
-            let ok = socket.send_to(&buf[..t.len], t.to).is_ok();
-            if let Some(due) = t.due {
-                if ok {
-                    sent += 1;
-                    late += u64::from(now.saturating_duration_since(due) > LATE_AFTER);
-                } else {
-                    // WouldBlock (socket buffer full) and ECONNREFUSED (ICMP port
-                    // unreachable from an earlier packet) are normal under load or
-                    // before the far end opens its port: the packet is lost, the
-                    // stream goes on. RTCP is lost like any UDP packet: nothing to do.
-                    self.stream.send_failed();
+            let is_late = t
+                .due
+                .is_some_and(|due| now.saturating_duration_since(due) > LATE_AFTER);
+            let tag = Tag {
+                slot,
+                rtp: t.due.is_some(),
+                late: is_late,
+            };
+            match sender.send(socket, &buf[..t.len], t.to, tag, failures) {
+                Sent::Ok | Sent::Queued => {
+                    if tag.rtp {
+                        sent += 1;
+                        late += u64::from(is_late);
+                    }
+                }
+                // RTCP is lost like any UDP packet: nothing to do.
+                Sent::Failed => {
+                    if tag.rtp {
+                        self.stream.send_failed();
+                    }
                 }
             }
         }
@@ -324,8 +343,14 @@ pub(super) fn run(
     commands: mpsc::Receiver<Command>,
     active: &AtomicUsize,
     stats: &PacerStats,
+    batched: bool,
 ) {
     let mut table = Table::new();
+    let mut sender = Sender::start(batched);
+    // Sends the kernel refused, and the streams served in this wake-up: both wait for
+    // the batch to be flushed (reused, so no allocation per wake-up).
+    let mut failures: Vec<Tag> = Vec::new();
+    let mut served: Vec<u32> = Vec::new();
     let grid = Grid {
         origin: Instant::now(),
     };
@@ -385,10 +410,20 @@ pub(super) fn run(
         let (mut sent, mut late) = (0u64, 0u64);
         while let Some(slot) = table.pop_due(now + SEND_AHEAD) {
             if let Some(entry) = table.get_mut(slot) {
-                let (s, l) = entry.send_due(now, &mut buf);
+                let (s, l) = entry.send_due(now, &mut buf, &mut sender, slot, &mut failures);
                 sent += s;
                 late += l;
             }
+            served.push(slot);
+        }
+        // One submission for the wake-up (with io_uring). Until it is flushed no
+        // stream leaves the table (their sockets are in the batch): streams that are
+        // over are finished below, after their failed sends are counted.
+        sender.flush(&mut failures);
+        let (failed, failed_late) = apply_failures(&mut table, &mut failures);
+        sent = sent.saturating_sub(failed);
+        late = late.saturating_sub(failed_late);
+        for slot in served.drain(..) {
             table.reschedule(slot, active);
         }
         if sent > 0 {
@@ -399,10 +434,35 @@ pub(super) fn run(
 
     let now = Instant::now();
     for mut e in table.drain() {
-        e.stream.stop();
-        e.send_due(now, &mut buf);
+        stop_now(&mut e, now, &mut buf);
         e.finish(active);
     }
+}
+
+/// Counts the sends the kernel refused against their streams; returns (RTP packets
+/// refused, of them counted late). The streams are all still in the table: none
+/// leaves it while its datagrams are in a batch.
+fn apply_failures(table: &mut Table, failures: &mut Vec<Tag>) -> (u64, u64) {
+    let (mut failed, mut late) = (0, 0);
+    for tag in failures.drain(..) {
+        if !tag.rtp {
+            continue;
+        }
+        failed += 1;
+        late += u64::from(tag.late);
+        if let Some(e) = table.get_mut(tag.slot) {
+            e.stream.send_failed();
+        }
+    }
+    (failed, late)
+}
+
+/// Stops a stream that is leaving the table and sends its last words (the RTCP BYE)
+/// at once, outside any batch: its socket closes right after.
+fn stop_now(e: &mut Entry, now: Instant, buf: &mut [u8; SEND_BUF_LEN]) {
+    e.stream.stop();
+    let mut failures = Vec::new();
+    e.send_due(now, buf, &mut Sender::Direct, 0, &mut failures);
 }
 
 /// Applies the queued commands; false on shutdown.
@@ -426,8 +486,7 @@ fn take_commands(
             }
             Ok(Command::Stop(id)) => {
                 if let Some(mut e) = table.slot_of(id).and_then(|slot| table.remove(slot)) {
-                    e.stream.stop();
-                    e.send_due(now, buf);
+                    stop_now(&mut e, now, buf);
                     e.finish(active);
                 }
             }
