@@ -5,8 +5,8 @@
 use super::{
     invalid, validate_user_id, CallView, StartRequest, VerificationView, Verifier, VerifyError,
 };
+use crate::domain::Keys;
 use crate::domain::{self, CallStatus, OtpCode, PhoneNumber, VerificationStatus};
-use crate::media::Keys;
 use crate::store::{
     BudgetCheck, LimitCheck, LimitColumn, NewVerification, StartGuards, StartOutcome,
 };
