@@ -5,10 +5,12 @@
 mod code;
 mod phone;
 mod reason;
+mod rtp;
 
 pub use code::{OtpCode, OtpCodeError};
 pub use phone::{NumberKind, PhoneNumber, PhoneNumberError, Region};
 pub use reason::CallReason;
+pub use rtp::RtpReceived;
 
 use serde::{Deserialize, Serialize};
 

@@ -6,7 +6,7 @@
 
 use std::fmt::{self, Write as _};
 
-use crate::domain::{CallStatus, PhoneNumber};
+use crate::domain::{CallStatus, PhoneNumber, RtpReceived};
 use crate::store::{CallBucket, CallRecord};
 use crate::trunks::{BreakerState, TrunkSnapshot};
 
@@ -221,7 +221,7 @@ fn call_rows(out: &mut String, calls: &[CallRecord]) {
     out.push_str(
         "<table><thead><tr><th>Created (UTC)</th><th>Number</th><th>Trunk</th><th>Status</th>\
          <th class=\"num\">SIP</th><th class=\"num\">Duration</th><th class=\"num\">Code read</th>\
-         <th>Verification</th></tr></thead><tbody>",
+         <th class=\"num\">Far-end RTP</th><th>Verification</th></tr></thead><tbody>",
     );
     for c in calls {
         let (class, status) = status_badge(c.status);
@@ -239,16 +239,39 @@ fn call_rows(out: &mut String, calls: &[CallRecord]) {
             out,
             "<tr><td>{created}</td><td><code>{number}</code></td><td>{trunk}</td>\
              <td><span class=\"b {class}\">{status}</span></td><td class=\"num\">{sip}</td>\
-             <td class=\"num\">{duration}</td><td class=\"num\">{played}×</td><td><code>{vid}</code></td></tr>",
+             <td class=\"num\">{duration}</td><td class=\"num\">{played}×</td><td class=\"num\">{rtp}</td>\
+             <td><code>{vid}</code></td></tr>",
             created = date_time(c.created_at),
             number = Esc(&number),
             trunk = Esc(c.trunk.as_deref().unwrap_or("–")),
             sip = c.sip_code.map(|s| s.to_string()).unwrap_or_else(|| "–".into()),
             played = c.times_played,
+            rtp = received_cell(c.received.as_ref()),
             vid = Esc(&c.verification_id),
         );
     }
     out.push_str("</tbody></table>");
+}
+
+/// What the call's far end sent, as measured: loss and jitter (a bad path shows
+/// here), with the packet counts and codec in the tooltip.
+fn received_cell(r: Option<&RtpReceived>) -> String {
+    let Some(r) = r else {
+        return "<span class=\"muted\">–</span>".to_string();
+    };
+    format!(
+        "<span title=\"{packets} packets received, {lost} lost{codec}{srtp}\">{loss:.1}% lost · {jitter:.1} ms jitter</span>",
+        packets = r.packets,
+        lost = r.lost,
+        codec = Esc(&r.codec.as_deref().map(|c| format!(", {c}")).unwrap_or_default()),
+        srtp = if r.srtp_rejected > 0 {
+            format!(", {} failed SRTP checks", r.srtp_rejected)
+        } else {
+            String::new()
+        },
+        loss = r.loss() * 100.0,
+        jitter = r.jitter_ms(),
+    )
 }
 
 fn qa_rows(out: &mut String, phones: &[QaPhoneRow]) {
