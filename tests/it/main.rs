@@ -33,4 +33,5 @@ mod risk_hook;
 mod sip_kamailio;
 mod sip_policy;
 mod sip_scenarios;
+mod softphone;
 mod tempgres;
