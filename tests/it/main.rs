@@ -30,6 +30,7 @@ mod metrics;
 mod procs;
 mod qa_registrar;
 mod risk_hook;
+mod routing;
 mod sip_kamailio;
 mod sip_policy;
 mod sip_scenarios;

@@ -93,6 +93,8 @@ pub(super) struct Dashboard<'a> {
     pub qa_phones: &'a [QaPhoneRow],
     /// The canary panel (SPEC §7), or why it could not be read.
     pub canaries: Result<Vec<crate::api::canaries::CanaryView>, &'static str>,
+    /// Calling by country: answer rate per trunk × country, caller IDs (SPEC §7).
+    pub routing: Result<super::routing::RoutingPanel, &'static str>,
 }
 
 const STYLE: &str = r#"
@@ -383,6 +385,15 @@ pub(super) fn dashboard(d: &Dashboard<'_>) -> String {
     }
     out.push_str("</section>");
 
+    out.push_str("<section id=\"routing\"><h2>Routes and caller IDs</h2>");
+    match &d.routing {
+        Ok(r) => super::routing::render(&mut out, r),
+        Err(e) => {
+            let _ = write!(out, "<p class=\"err\">{}</p>", Esc(e));
+        }
+    }
+    out.push_str("</section>");
+
     out.push_str("<section id=\"canaries\"><h2>Canaries</h2>");
     match &d.canaries {
         Ok(c) => super::canaries::render(&mut out, c),
@@ -398,7 +409,7 @@ pub(super) fn dashboard(d: &Dashboard<'_>) -> String {
 
     out.push_str(
         "<p class=\"muted\">Refreshes every 30 s. Numbers are masked; codes are never shown. \
-         Machine-readable: <code>/v1/trunks</code>, <code>/v1/calls</code>, <code>/v1/canaries</code>, <code>/metrics</code>.</p>\
+         Machine-readable: <code>/v1/trunks</code>, <code>/v1/calls</code>, <code>/v1/canaries</code>, <code>/v1/caller-ids</code>, <code>/metrics</code>.</p>\
          </main></body></html>",
     );
     out
