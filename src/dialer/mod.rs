@@ -12,6 +12,8 @@
 
 mod callerid;
 mod country;
+#[cfg(feature = "test-hooks")]
+mod fault;
 mod lease;
 mod metrics;
 mod policy;
@@ -20,10 +22,11 @@ pub mod routing;
 mod settle;
 
 pub use country::CALLER_ID_WINDOW;
+#[cfg(feature = "test-hooks")]
+pub use fault::Fault;
 pub use metrics::RoutingMetrics;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,22 +66,6 @@ pub enum Outcome {
     },
 }
 
-/// A fault to inject into the next answered call, to test that every way a
-/// call task can end early still hangs up, frees the slot and settles the
-/// call. For tests only; `None` in production.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Fault {
-    None = 0,
-    /// The task returns an error from inside the call loop.
-    Error = 1,
-    /// The task panics.
-    Panic = 2,
-    /// The task stops polling the call and drops it (a cancelled future).
-    Drop = 3,
-}
-
 pub struct Dialer {
     store: Store,
     keys: CodeKeys,
@@ -91,7 +78,8 @@ pub struct Dialer {
     metrics: Arc<Metrics>,
     /// Calls in progress here: verification id -> hang-up request.
     inflight: Mutex<HashMap<String, Hangup>>,
-    fault: AtomicU8,
+    #[cfg(feature = "test-hooks")]
+    fault: fault::FaultSlot,
     risk: Option<RiskHook>,
     /// Exploration draws of `routing = "quality"`.
     draws: routing::EvenDraws,
@@ -126,7 +114,8 @@ impl Dialer {
             cancel_wake,
             metrics,
             inflight: Default::default(),
-            fault: AtomicU8::new(Fault::None as u8),
+            #[cfg(feature = "test-hooks")]
+            fault: Default::default(),
             risk,
             draws: routing::EvenDraws::new(),
             turns: Mutex::default(),
@@ -148,21 +137,6 @@ impl Dialer {
     /// This instance's name in `calls.claimed_by`.
     pub fn instance(&self) -> &str {
         &self.instance
-    }
-
-    /// Test hook: the next answered call suffers `fault`.
-    #[doc(hidden)]
-    pub fn inject_fault(&self, fault: Fault) {
-        self.fault.store(fault as u8, Ordering::SeqCst);
-    }
-
-    fn take_fault(&self) -> Fault {
-        match self.fault.swap(Fault::None as u8, Ordering::SeqCst) {
-            1 => Fault::Error,
-            2 => Fault::Panic,
-            3 => Fault::Drop,
-            _ => Fault::None,
-        }
     }
 
     fn lease_ms(&self) -> i64 {

@@ -8,10 +8,10 @@ use tracing::Instrument;
 use super::country::Seen;
 use super::policy::breaker_signal;
 use super::settle::Settle;
-use super::{Dialer, Fault, Outcome};
+use super::{Dialer, Outcome};
 use crate::call::{AttemptOutcome, Hangup, KeyGate, PlaceCall, Progress};
+use crate::domain::Keys;
 use crate::domain::{self, CallReason, CallStatus, OtpCode, VerificationStatus};
-use crate::media::Keys;
 use crate::risk::RiskQuery;
 use crate::store::{AfterAttempt, AuditEntry, CallUpdate, ClaimedCall, StoreError};
 use crate::sync::lock;
@@ -410,14 +410,10 @@ impl Dialer {
                     seen.answered |= answered;
                     seen.rang |= p == Progress::Ringing;
                     self.record_progress(&claimed.call_id, trunk, p).await;
+                    #[cfg(feature = "test-hooks")]
                     if answered {
-                        match self.take_fault() {
-                            Fault::None => {}
-                            Fault::Error => {
-                                return Err(StoreError::Corrupt("injected fault".into()));
-                            }
-                            Fault::Panic => panic!("injected fault"),
-                            Fault::Drop => return Ok((AttemptOutcome::failed("injected drop", false), seen)),
+                        if let Some(end) = self.fire_injected_fault() {
+                            return end.map(|o| (o, seen));
                         }
                     }
                 }

@@ -3,10 +3,12 @@
 //! Depends on nothing else in the crate.
 
 mod code;
+mod keys;
 mod phone;
 mod reason;
 
 pub use code::{OtpCode, OtpCodeError};
+pub use keys::Keys;
 pub use phone::{NumberKind, PhoneNumber, PhoneNumberError, Region};
 pub use reason::CallReason;
 

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::{Verifier, VerifyError};
 use crate::domain::{self, CallReason, CallStatus, PhoneNumber, VerificationStatus};
-use crate::store::{StoreError, VerificationRow};
+use crate::store::{CallRow, StoreError, VerificationRow};
 
 /// What the auth service sends to start a verification.
 #[derive(Debug, Default, Clone, serde::Deserialize, utoipa::ToSchema)]
@@ -117,7 +117,28 @@ impl Verifier {
         // in one transaction, so reading the call before the verification
         // never shows an ended call beside a verification that looks pending
         // (two statements are two snapshots under READ COMMITTED).
-        let c = self.store.get_call_of(id).await?;
+        //
+        // The call and its attempts are two reads too: an attempt's end and its call's
+        // end commit together, so attempts read after the call may already show the
+        // end the call row did not (a cancel answered `answered` beside an attempt
+        // `canceled`). Read the call again after the attempts; if it moved, read both
+        // again (a call changes a few times in its life: this settles at once).
+        let mut c = self.store.get_call_of(id).await?;
+        let mut attempts = match &c {
+            Some(c) => self.store.attempts(&c.id).await?,
+            None => Vec::new(),
+        };
+        for _ in 0..5 {
+            let again = self.store.get_call_of(id).await?;
+            if same_call(c.as_ref(), again.as_ref()) {
+                break;
+            }
+            c = again;
+            attempts = match &c {
+                Some(c) => self.store.attempts(&c.id).await?,
+                None => Vec::new(),
+            };
+        }
         let v = self
             .store
             .get_verification(id)
@@ -129,10 +150,7 @@ impl Verifier {
                 "verification {id} has no call"
             )))
         })?;
-        let attempts = self
-            .store
-            .attempts(&c.id)
-            .await?
+        let attempts = attempts
             .into_iter()
             .map(|a| AttemptView {
                 to: PhoneNumber::from_trusted(a.number).masked(),
@@ -181,5 +199,60 @@ impl Verifier {
             VerificationStatus::Pending => Err(VerifyError::Conflict("changing")),
             other => Err(VerifyError::Conflict(other.as_str())),
         }
+    }
+}
+
+/// Whether two reads of a call show the same state (what the view shows of it).
+fn same_call(a: Option<&CallRow>, b: Option<&CallRow>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.id == b.id
+                && a.status == b.status
+                && a.sip_code == b.sip_code
+                && a.trunk == b.trunk
+                && a.answered_at == b.answered_at
+                && a.ended_at == b.ended_at
+                && a.times_played == b.times_played
+                && a.reason == b.reason
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(status: CallStatus, ended_at: Option<i64>) -> CallRow {
+        CallRow {
+            id: "c1".into(),
+            verification_id: "v1".into(),
+            status,
+            sip_code: Some(200),
+            trunk: Some("qa:qa-alice".into()),
+            answered_at: Some(1),
+            ended_at,
+            times_played: 1,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn a_call_that_ended_between_two_reads_is_not_the_same() {
+        let answered = call(CallStatus::Answered, None);
+        assert!(same_call(Some(&answered), Some(&answered.clone())));
+        assert!(same_call(None, None));
+        let canceled = CallRow {
+            reason: Some(CallReason::Canceled),
+            ..call(CallStatus::Canceled, Some(2))
+        };
+        assert!(!same_call(Some(&answered), Some(&canceled)));
+        assert!(!same_call(Some(&answered), None));
+        let played = CallRow {
+            times_played: 2,
+            ..answered.clone()
+        };
+        assert!(!same_call(Some(&answered), Some(&played)));
     }
 }

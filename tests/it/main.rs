@@ -34,4 +34,5 @@ mod routing;
 mod sip_kamailio;
 mod sip_policy;
 mod sip_scenarios;
+mod softphone;
 mod tempgres;
