@@ -141,6 +141,14 @@ pub(super) fn end_outcome(
             times_played: 0,
             failover: false,
         },
+        EndReason::NotSent { reason } => AttemptOutcome {
+            // Another trunk has another proxy: worth trying.
+            failover: ours.is_none(),
+            ..unanswered(
+                CallStatus::Failed,
+                (Some(CallReason::NotSent), Some(reason)),
+            )
+        },
         EndReason::Rejected { status, reason } => {
             let (call_status, failover) = classify_final(status);
             let (call_status, failover, parts) = match (status, ours) {
