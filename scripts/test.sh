@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the real peers the
-# tests talk to (SIPp, Kamailio, PostgreSQL, baresip, SIPVicious) and headless
+# tests talk to (SIPp, Kamailio, PostgreSQL, baresip, linphonec, Twinkle, SIPVicious) and headless
 # Chromium (the dashboard test), then builds and runs every test.
 # The tests start Kamailio themselves (own config, free loopback ports, foreground);
 # the Debian package's system service is not used.
@@ -41,6 +41,9 @@ need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need+=(kamailio)
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
+# The QA softphones of tests/it/softphone.rs: Linphone's console client and Twinkle.
+command -v linphonec >/dev/null 2>&1 || need+=(linphone-cli)
+command -v twinkle >/dev/null 2>&1 || need+=(twinkle)
 ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || need+=(kamailio-tls-modules)
 command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 [ -n "$(pg_bin)" ] || need+=(postgresql)

@@ -70,7 +70,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
     })?;
     tracing::info!("database {}", schema.describe());
 
-    let keys = code_keys(&settings, &store).await?;
+    let keys = CodeKeys::load(&settings, &store).await?;
 
     let prompts = match &settings.prompts.dir {
         Some(dir) => PromptLibrary::load_dir(dir)
@@ -298,23 +298,6 @@ async fn housekeeping(store: Store, keep_wrong_checks: Duration, shutdown: Cance
             }
         }
     }
-}
-
-/// The code keys: from the environment variable `verification.code_key_env` names,
-/// else the key generated once and kept in the database.
-pub async fn code_keys(settings: &Settings, store: &Store) -> anyhow::Result<CodeKeys> {
-    let master = match std::env::var(&settings.verification.code_key_env) {
-        Ok(k) if !k.is_empty() => k,
-        _ => {
-            let mut fresh = [0u8; 32];
-            getrandom::fill(&mut fresh).map_err(|e| anyhow::anyhow!("OS RNG failed: {e}"))?;
-            store
-                .server_secret("code_key", &hex::encode(fresh))
-                .await
-                .context("cannot read or store the code key")?
-        }
-    };
-    Ok(CodeKeys::from_master(master.as_bytes()))
 }
 
 /// Runs until `shutdown` resolves (Ctrl-C / SIGTERM for `serve`).

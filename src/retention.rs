@@ -227,7 +227,7 @@ pub async fn purge_command(
         .migrate()
         .await
         .with_context(|| format!("database {url}"))?;
-    let keys = crate::app::code_keys(settings, &store).await?;
+    let keys = crate::verify::CodeKeys::load(settings, &store).await?;
     let now = domain::now_ms();
     let report = purge(&store, &keys, policy, now, None, &CancellationToken::new())
         .await

@@ -13,6 +13,7 @@
 
 mod canaries;
 mod chart;
+mod format;
 mod page;
 mod session;
 

@@ -10,13 +10,17 @@
 //! or is dropped leaves a guard that hangs the call up (see `call`) and
 //! records a terminal status.
 
+#[cfg(feature = "test-hooks")]
+mod fault;
 mod lease;
 mod policy;
 mod round;
 mod settle;
 
+#[cfg(feature = "test-hooks")]
+pub use fault::Fault;
+
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,22 +58,6 @@ pub enum Outcome {
     },
 }
 
-/// A fault to inject into the next answered call, to test that every way a
-/// call task can end early still hangs up, frees the slot and settles the
-/// call. For tests only; `None` in production.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Fault {
-    None = 0,
-    /// The task returns an error from inside the call loop.
-    Error = 1,
-    /// The task panics.
-    Panic = 2,
-    /// The task stops polling the call and drops it (a cancelled future).
-    Drop = 3,
-}
-
 pub struct Dialer {
     store: Store,
     keys: CodeKeys,
@@ -82,7 +70,8 @@ pub struct Dialer {
     metrics: Arc<Metrics>,
     /// Calls in progress here: verification id -> hang-up request.
     inflight: Mutex<HashMap<String, Hangup>>,
-    fault: AtomicU8,
+    #[cfg(feature = "test-hooks")]
+    fault: fault::FaultSlot,
     risk: Option<RiskHook>,
 }
 
@@ -110,7 +99,8 @@ impl Dialer {
             cancel_wake,
             metrics,
             inflight: Default::default(),
-            fault: AtomicU8::new(Fault::None as u8),
+            #[cfg(feature = "test-hooks")]
+            fault: Default::default(),
             risk,
         }
     }
@@ -118,21 +108,6 @@ impl Dialer {
     /// This instance's name in `calls.claimed_by`.
     pub fn instance(&self) -> &str {
         &self.instance
-    }
-
-    /// Test hook: the next answered call suffers `fault`.
-    #[doc(hidden)]
-    pub fn inject_fault(&self, fault: Fault) {
-        self.fault.store(fault as u8, Ordering::SeqCst);
-    }
-
-    fn take_fault(&self) -> Fault {
-        match self.fault.swap(Fault::None as u8, Ordering::SeqCst) {
-            1 => Fault::Error,
-            2 => Fault::Panic,
-            3 => Fault::Drop,
-            _ => Fault::None,
-        }
     }
 
     fn lease_ms(&self) -> i64 {

@@ -7,10 +7,10 @@ use tracing::Instrument;
 
 use super::policy::breaker_signal;
 use super::settle::Settle;
-use super::{Dialer, Fault, Outcome};
+use super::{Dialer, Outcome};
 use crate::call::{AttemptOutcome, Hangup, KeyGate, PlaceCall, Progress};
+use crate::domain::Keys;
 use crate::domain::{self, CallReason, CallStatus, OtpCode, VerificationStatus};
-use crate::media::Keys;
 use crate::risk::RiskQuery;
 use crate::store::{AfterAttempt, AuditEntry, CallUpdate, ClaimedCall, StoreError};
 use crate::sync::lock;
@@ -216,6 +216,7 @@ impl Dialer {
                         outcome.status,
                         outcome.sip_code.map(i64::from),
                         outcome.attempt_reason(),
+                        outcome.received.as_ref(),
                         domain::now_ms(),
                         AfterAttempt::Continue,
                     )
@@ -372,16 +373,13 @@ impl Dialer {
             tokio::select! {
                 biased;
                 Some(p) = rx.recv() => {
+                    #[cfg(feature = "test-hooks")]
                     let answered = p == Progress::Answered;
                     self.record_progress(&claimed.call_id, trunk, p).await;
+                    #[cfg(feature = "test-hooks")]
                     if answered {
-                        match self.take_fault() {
-                            Fault::None => {}
-                            Fault::Error => {
-                                return Err(StoreError::Corrupt("injected fault".into()));
-                            }
-                            Fault::Panic => panic!("injected fault"),
-                            Fault::Drop => return Ok(AttemptOutcome::failed("injected drop", false)),
+                        if let Some(end) = self.fire_injected_fault() {
+                            return end;
                         }
                     }
                 }

@@ -3,12 +3,16 @@
 //! Depends on nothing else in the crate.
 
 mod code;
+mod keys;
 mod phone;
 mod reason;
+mod rtp;
 
 pub use code::{OtpCode, OtpCodeError};
+pub use keys::Keys;
 pub use phone::{NumberKind, PhoneNumber, PhoneNumberError, Region};
 pub use reason::CallReason;
+pub use rtp::RtpReceived;
 
 use serde::{Deserialize, Serialize};
 

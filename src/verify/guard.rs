@@ -6,7 +6,7 @@
 //! verifications does not reset it: that is the point. Pure: counts and
 //! time are passed in.
 
-use crate::config::RateLimit;
+use crate::config::{QaSettings, RateLimit};
 use crate::store::{VerificationRow, WrongChecks};
 
 /// Wrong checks allowed back to back before the back-off starts (one
@@ -63,6 +63,29 @@ impl CheckGuard {
             }
         }
         Gate::Open
+    }
+}
+
+/// Which of the start limits apply to a destination. Calls to a `[[qa.phones]]` number
+/// are test traffic (SPEC §6, docs/qa.md): a tester calls their own softphone many
+/// times in a row, so the per-number and per-user limits and the daily country budget
+/// (toll-fraud controls for real numbers) do not apply to them; the API key's limit
+/// always does, so a leaked key cannot use a QA number to flood anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct StartLimits {
+    pub(super) per_number: bool,
+    pub(super) per_user: bool,
+    pub(super) budget: bool,
+}
+
+impl StartLimits {
+    pub(super) fn for_number(qa: &QaSettings, number: &str) -> StartLimits {
+        let real = qa.phone_for(number).is_none();
+        StartLimits {
+            per_number: real,
+            per_user: real,
+            budget: real,
+        }
     }
 }
 
@@ -133,6 +156,32 @@ mod tests {
             }
         );
         assert_eq!(guard(0).gate(w(50, 0, 0), 1), Gate::Open, "0 turns it off");
+    }
+
+    #[test]
+    fn qa_phone_numbers_are_exempt_from_the_number_user_and_budget_limits() {
+        let qa: QaSettings = toml::from_str(
+            "[[phones]]\nusername = \"qa-alice\"\npassword_env = \"X\"\nnumber = \"+31612000001\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            StartLimits::for_number(&qa, "+31612000001"),
+            StartLimits {
+                per_number: false,
+                per_user: false,
+                budget: false
+            }
+        );
+        let all = StartLimits {
+            per_number: true,
+            per_user: true,
+            budget: true,
+        };
+        assert_eq!(StartLimits::for_number(&qa, "+31612000002"), all);
+        assert_eq!(
+            StartLimits::for_number(&QaSettings::default(), "+31612000001"),
+            all
+        );
     }
 
     #[test]

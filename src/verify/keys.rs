@@ -9,8 +9,12 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use anyhow::Context as _;
+
+use crate::config::Settings;
+use crate::domain::Keys;
 use crate::domain::OtpCode;
-use crate::media::Keys;
+use crate::store::Store;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -50,6 +54,23 @@ fn derive(master: &[u8], label: &[u8]) -> [u8; 32] {
 }
 
 impl CodeKeys {
+    /// The code keys: from the environment variable `verification.code_key_env`
+    /// names, else the key generated once and kept in the database.
+    pub async fn load(settings: &Settings, store: &Store) -> anyhow::Result<Self> {
+        let master = match std::env::var(&settings.verification.code_key_env) {
+            Ok(k) if !k.is_empty() => k,
+            _ => {
+                let mut fresh = [0u8; 32];
+                getrandom::fill(&mut fresh).map_err(|e| anyhow::anyhow!("OS RNG failed: {e}"))?;
+                store
+                    .server_secret("code_key", &hex::encode(fresh))
+                    .await
+                    .context("cannot read or store the code key")?
+            }
+        };
+        Ok(CodeKeys::from_master(master.as_bytes()))
+    }
+
     pub fn from_master(master: &[u8]) -> Self {
         Self {
             hash_key: derive(master, b"otpdial/code-hash/v1"),

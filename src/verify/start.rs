@@ -5,8 +5,8 @@
 use super::{
     invalid, validate_user_id, CallView, StartRequest, VerificationView, Verifier, VerifyError,
 };
+use crate::domain::Keys;
 use crate::domain::{self, CallStatus, OtpCode, PhoneNumber, VerificationStatus};
-use crate::media::Keys;
 use crate::store::{
     BudgetCheck, LimitCheck, LimitColumn, NewVerification, StartGuards, StartOutcome,
 };
@@ -206,16 +206,19 @@ impl Verifier {
 
         let limits = &self.settings.limits;
         let window = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let applies = super::guard::StartLimits::for_number(&self.settings.qa, number.as_str());
         let mut guards = StartGuards::default();
-        guards.limits.push(LimitCheck {
-            name: "per_number",
-            exact: true,
-            column: LimitColumn::Phone,
-            value: number.as_str(),
-            max: i64::from(limits.per_number.count),
-            window_ms: window(limits.per_number.per),
-        });
-        if let Some(user) = req.user_id.as_deref() {
+        if applies.per_number {
+            guards.limits.push(LimitCheck {
+                name: "per_number",
+                exact: true,
+                column: LimitColumn::Phone,
+                value: number.as_str(),
+                max: i64::from(limits.per_number.count),
+                window_ms: window(limits.per_number.per),
+            });
+        }
+        if let Some(user) = req.user_id.as_deref().filter(|_| applies.per_user) {
             guards.limits.push(LimitCheck {
                 name: "per_user",
                 exact: true,
@@ -235,7 +238,7 @@ impl Verifier {
         });
         let country = number.country_code();
         let budget = self.settings.daily_budget_for(&country);
-        if budget > 0 {
+        if budget > 0 && applies.budget {
             guards.budget = Some(BudgetCheck {
                 day: domain::format_ms(now).chars().take(10).collect(),
                 country: country.clone(),

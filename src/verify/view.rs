@@ -3,8 +3,8 @@
 use serde::Serialize;
 
 use super::{Verifier, VerifyError};
-use crate::domain::{self, CallReason, CallStatus, PhoneNumber, VerificationStatus};
-use crate::store::{StoreError, VerificationRow};
+use crate::domain::{self, CallReason, CallStatus, PhoneNumber, RtpReceived, VerificationStatus};
+use crate::store::{CallRow, StoreError, VerificationRow};
 
 /// What the auth service sends to start a verification.
 #[derive(Debug, Default, Clone, serde::Deserialize, utoipa::ToSchema)]
@@ -85,6 +85,43 @@ pub struct AttemptView {
     pub started_at: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ended_at: Option<String>,
+    /// What the gateway measured of the far end's RTP during this attempt; absent
+    /// when no media came (unanswered, or nothing arrived).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub received: Option<ReceivedView>,
+}
+
+/// The far end's RTP as the gateway received it during one attempt (RFC 3550
+/// receive statistics, taken when the attempt ended, however it ended).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct ReceivedView {
+    /// RTP packets received (with SRTP: those that authenticated).
+    pub packets: u64,
+    /// Packets lost on the way, from the sequence numbers (expected − received).
+    pub lost: u64,
+    /// `lost / (packets + lost)`, 0–1.
+    pub loss: f64,
+    /// Interarrival jitter at the end of the call (RFC 3550 A.8), milliseconds.
+    pub jitter_ms: f64,
+    /// `PCMU` or `PCMA`: the law of the far end's audio; absent when none came.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub codec: Option<String>,
+    /// Packets dropped for failing SRTP authentication or the replay check.
+    pub srtp_rejected: u64,
+}
+
+impl From<RtpReceived> for ReceivedView {
+    fn from(r: RtpReceived) -> Self {
+        Self {
+            packets: r.packets,
+            lost: r.lost,
+            // Four decimals are as many as the figures carry.
+            loss: (r.loss() * 10_000.0).round() / 10_000.0,
+            jitter_ms: r.jitter_ms(),
+            codec: r.codec,
+            srtp_rejected: r.srtp_rejected,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
@@ -117,7 +154,28 @@ impl Verifier {
         // in one transaction, so reading the call before the verification
         // never shows an ended call beside a verification that looks pending
         // (two statements are two snapshots under READ COMMITTED).
-        let c = self.store.get_call_of(id).await?;
+        //
+        // The call and its attempts are two reads too: an attempt's end and its call's
+        // end commit together, so attempts read after the call may already show the
+        // end the call row did not (a cancel answered `answered` beside an attempt
+        // `canceled`). Read the call again after the attempts; if it moved, read both
+        // again (a call changes a few times in its life: this settles at once).
+        let mut c = self.store.get_call_of(id).await?;
+        let mut attempts = match &c {
+            Some(c) => self.store.attempts(&c.id).await?,
+            None => Vec::new(),
+        };
+        for _ in 0..5 {
+            let again = self.store.get_call_of(id).await?;
+            if same_call(c.as_ref(), again.as_ref()) {
+                break;
+            }
+            c = again;
+            attempts = match &c {
+                Some(c) => self.store.attempts(&c.id).await?,
+                None => Vec::new(),
+            };
+        }
         let v = self
             .store
             .get_verification(id)
@@ -129,10 +187,7 @@ impl Verifier {
                 "verification {id} has no call"
             )))
         })?;
-        let attempts = self
-            .store
-            .attempts(&c.id)
-            .await?
+        let attempts = attempts
             .into_iter()
             .map(|a| AttemptView {
                 to: PhoneNumber::from_trusted(a.number).masked(),
@@ -142,6 +197,7 @@ impl Verifier {
                 reason: a.reason,
                 started_at: domain::format_ms(a.started_at),
                 ended_at: a.ended_at.map(domain::format_ms),
+                received: a.received.map(ReceivedView::from),
             })
             .collect();
         Ok(VerificationView {
@@ -181,5 +237,60 @@ impl Verifier {
             VerificationStatus::Pending => Err(VerifyError::Conflict("changing")),
             other => Err(VerifyError::Conflict(other.as_str())),
         }
+    }
+}
+
+/// Whether two reads of a call show the same state (what the view shows of it).
+fn same_call(a: Option<&CallRow>, b: Option<&CallRow>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.id == b.id
+                && a.status == b.status
+                && a.sip_code == b.sip_code
+                && a.trunk == b.trunk
+                && a.answered_at == b.answered_at
+                && a.ended_at == b.ended_at
+                && a.times_played == b.times_played
+                && a.reason == b.reason
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(status: CallStatus, ended_at: Option<i64>) -> CallRow {
+        CallRow {
+            id: "c1".into(),
+            verification_id: "v1".into(),
+            status,
+            sip_code: Some(200),
+            trunk: Some("qa:qa-alice".into()),
+            answered_at: Some(1),
+            ended_at,
+            times_played: 1,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn a_call_that_ended_between_two_reads_is_not_the_same() {
+        let answered = call(CallStatus::Answered, None);
+        assert!(same_call(Some(&answered), Some(&answered.clone())));
+        assert!(same_call(None, None));
+        let canceled = CallRow {
+            reason: Some(CallReason::Canceled),
+            ..call(CallStatus::Canceled, Some(2))
+        };
+        assert!(!same_call(Some(&answered), Some(&canceled)));
+        assert!(!same_call(Some(&answered), None));
+        let played = CallRow {
+            times_played: 2,
+            ..answered.clone()
+        };
+        assert!(!same_call(Some(&answered), Some(&played)));
     }
 }

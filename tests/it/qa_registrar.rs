@@ -20,10 +20,10 @@ use serde_json::{json, Value};
 use crate::baresip::Baresip;
 use crate::helpers::{base_settings, free_udp_port, spawn_app, Db, TestApp, ADMIN_TOKEN};
 
-const NUMBER: &str = "+31612000001";
-const PASSWORD: &str = "alice-Secret-42";
+pub(crate) const NUMBER: &str = "+31612000001";
+pub(crate) const PASSWORD: &str = "alice-Secret-42";
 
-fn qa_settings() -> Settings {
+pub(crate) fn qa_settings() -> Settings {
     // The trunk of base_settings listens nowhere: a call that went to it would fail.
     let mut s = base_settings(free_udp_port());
     s.qa.phones = vec![QaPhoneSettings {
@@ -59,8 +59,8 @@ async fn phone_view(t: &TestApp) -> Value {
 }
 
 /// The digits read in a recording (8 kHz mono PCM16 WAV), one string per reading.
-fn readings_in(wav: &Path) -> Vec<String> {
-    let mut reader = hound::WavReader::open(wav).expect("WAV from baresip");
+pub(crate) fn readings_in(wav: &Path) -> Vec<String> {
+    let mut reader = hound::WavReader::open(wav).expect("a WAV recording");
     let spec = reader.spec();
     assert_eq!(
         (spec.channels, spec.sample_rate, spec.bits_per_sample),
@@ -249,5 +249,47 @@ async fn svcrack_is_banned_before_it_finds_the_password() {
         assert!(Instant::now() < deadline, "{}", phone.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    t.app.stop().await;
+}
+
+/// Calls to a `[[qa.phones]]` number are test traffic: the per-number (3/10m) and
+/// per-user (5/1h) limits and the daily budget do not stop a tester's eighth call in a
+/// row, while the API key's limit still does. A real number is held to all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qa_phone_calls_skip_the_number_user_and_budget_limits_not_the_api_key() {
+    let mut s = qa_settings();
+    s.limits.per_api_key = otpdial::config::RateLimit {
+        count: 10,
+        per: Duration::from_secs(600),
+    };
+    s.fraud.default_daily_budget = 2;
+    // No calls are placed: only the starts are under test.
+    let t = spawn_app(s, Db::Sqlite, DialerMode::Manual).await;
+    let real = "+31612345678";
+    for i in 1..=3 {
+        let (status, body) = t
+            .post("/v1/verifications", json!({ "to": real, "locale": "en" }))
+            .await;
+        let want = if i <= 2 { 201 } else { 422 };
+        assert_eq!(status.as_u16(), want, "real number, start {i}: {body}");
+        if i == 3 {
+            assert!(body.to_string().contains("budget"), "{body}");
+        }
+    }
+    for i in 1..=8 {
+        let (status, body) = t
+            .post(
+                "/v1/verifications",
+                json!({ "to": NUMBER, "user_id": "qa-alice", "locale": "en" }),
+            )
+            .await;
+        assert_eq!(status.as_u16(), 201, "QA number, start {i}: {body}");
+    }
+    // 2 + 8 = 10: the API key's limit.
+    let (status, body) = t
+        .post("/v1/verifications", json!({ "to": NUMBER, "locale": "en" }))
+        .await;
+    assert_eq!(status.as_u16(), 429, "{body}");
+    assert!(body.to_string().contains("limits.per_api_key"), "{body}");
     t.app.stop().await;
 }

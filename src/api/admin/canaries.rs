@@ -2,9 +2,8 @@
 //! state, its last run's figures (post-dial delay, MOS, loss, jitter) and its latest
 //! results at a glance. Built from the same views as `GET /v1/canaries`.
 
-use std::fmt::Write as _;
+use maud::{html, Markup};
 
-use super::page::Esc;
 use crate::api::canaries::CanaryView;
 
 fn result_class(result: Option<&str>) -> &'static str {
@@ -20,102 +19,84 @@ fn figure<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
     v.map_or_else(|| "–".to_string(), |v| format!("{v}{unit}"))
 }
 
-/// Appends the panel: one table per trunk (or "normal routing").
-pub(super) fn render(out: &mut String, canaries: &[CanaryView]) {
-    if canaries.is_empty() {
-        out.push_str("<p class=\"muted\">No canaries configured (<code>[[canaries]]</code>).</p>");
-        return;
-    }
+/// The panel: one table per trunk (or "normal routing").
+pub(super) fn render(canaries: &[CanaryView]) -> Markup {
     let mut trunks: Vec<Option<&str>> = canaries.iter().map(|c| c.trunk.as_deref()).collect();
     trunks.sort();
     trunks.dedup();
-    for trunk in trunks {
-        let _ = write!(
-            out,
-            "<h3 style=\"font-size:13px;margin:10px 0 4px\">{}</h3>",
-            match trunk {
-                Some(t) => format!("Trunk <strong>{}</strong>", Esc(t)),
-                None => "Normal routing".to_string(),
-            }
-        );
-        out.push_str(
-            "<table><thead><tr><th>Canary</th><th>Number</th><th>State</th><th>Last run</th>\
-             <th class=\"num\">Post-dial delay</th><th class=\"num\">MOS</th><th class=\"num\">Loss</th>\
-             <th class=\"num\">Jitter</th><th>Last success (UTC)</th><th>Latest results</th></tr></thead><tbody>",
-        );
-        for c in canaries.iter().filter(|c| c.trunk.as_deref() == trunk) {
-            row(out, c);
+    html! {
+        @if canaries.is_empty() {
+            p.muted { "No canaries configured (" code { "[[canaries]]" } ")." }
         }
-        out.push_str("</tbody></table>");
+        @for trunk in trunks {
+            h3 style="font-size:13px;margin:10px 0 4px" {
+                @match trunk {
+                    Some(t) => { "Trunk " strong { (t) } },
+                    None => { "Normal routing" },
+                }
+            }
+            table {
+                thead { tr {
+                    th { "Canary" } th { "Number" } th { "State" } th { "Last run" }
+                    th.num { "Post-dial delay" } th.num { "MOS" } th.num { "Loss" }
+                    th.num { "Jitter" } th { "Last success (UTC)" } th { "Latest results" }
+                } }
+                tbody {
+                    @for c in canaries.iter().filter(|c| c.trunk.as_deref() == trunk) {
+                        (row(c))
+                    }
+                }
+            }
+        }
     }
 }
 
-fn row(out: &mut String, c: &CanaryView) {
-    let (state_class, failures) = if c.state == "failing" {
-        (
-            "bad",
-            format!(
-                " <span class=\"muted\">{} failed in a row</span>",
-                c.consecutive_failures
-            ),
-        )
-    } else {
-        ("ok", String::new())
-    };
+fn row(c: &CanaryView) -> Markup {
+    let failing = c.state == "failing";
     // The latest finished run carries the figures; one in progress shows as such.
     let last = c.runs.iter().find(|r| r.result.is_some());
-    let last_badge = match last {
-        Some(r) => {
-            let result = r.result.as_deref();
-            let heard = r
-                .heard
-                .as_deref()
-                .map(|h| format!(" <span class=\"muted\">heard {}</span>", Esc(h)))
-                .unwrap_or_default();
-            format!(
-                "<span class=\"b {}\">{}</span>{heard} <span class=\"muted\">{}</span>",
-                result_class(result),
-                Esc(result.unwrap_or("")),
-                Esc(&r.at),
-            )
-        }
-        None => "<span class=\"muted\">no run yet</span>".to_string(),
-    };
-    let history: String = c
-        .runs
-        .iter()
-        .rev()
-        .map(|r| {
-            format!(
-                "<span class=\"b {}\" title=\"{} {}\">{}</span>",
-                result_class(r.result.as_deref()),
-                Esc(&r.at),
-                Esc(r.result.as_deref().unwrap_or("running")),
-                match r.result.as_deref() {
-                    Some("ok") => "✓",
-                    None => "…",
-                    Some(_) => "✗",
+    html! {
+        tr {
+            td { strong { (c.name) } " " span.muted { "every " (c.interval) } }
+            td { code { (c.number) } }
+            td {
+                span class={ "b " (if failing { "bad" } else { "ok" }) } { (c.state) }
+                @if failing {
+                    " " span.muted { (c.consecutive_failures) " failed in a row" }
                 }
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
-    let _ = write!(
-        out,
-        "<tr><td><strong>{name}</strong> <span class=\"muted\">every {interval}</span></td>\
-         <td><code>{number}</code></td><td><span class=\"b {state_class}\">{state}</span>{failures}</td>\
-         <td>{last_badge}</td><td class=\"num\">{pdd}</td><td class=\"num\">{mos}</td>\
-         <td class=\"num\">{loss}</td><td class=\"num\">{jitter}</td><td>{success}</td><td>{history}</td></tr>",
-        name = Esc(&c.name),
-        interval = Esc(&c.interval),
-        number = Esc(&c.number),
-        state = Esc(&c.state),
-        pdd = figure(last.and_then(|r| r.post_dial_delay_ms), " ms"),
-        mos = figure(last.and_then(|r| r.mos).map(|m| format!("{m:.2}")), ""),
-        loss = figure(last.and_then(|r| r.loss).map(|l| format!("{:.1}", l * 100.0)), " %"),
-        jitter = figure(last.and_then(|r| r.jitter_ms).map(|j| format!("{j:.1}")), " ms"),
-        success = Esc(c.last_success_at.as_deref().unwrap_or("never")),
-    );
+            }
+            td {
+                @if let Some(r) = last {
+                    @let result = r.result.as_deref();
+                    span class={ "b " (result_class(result)) } { (result.unwrap_or("")) }
+                    @if let Some(h) = &r.heard {
+                        " " span.muted { "heard " (h) }
+                    }
+                    " " span.muted { (r.at) }
+                } @else {
+                    span.muted { "no run yet" }
+                }
+            }
+            td.num { (figure(last.and_then(|r| r.post_dial_delay_ms), " ms")) }
+            td.num { (figure(last.and_then(|r| r.mos).map(|m| format!("{m:.2}")), "")) }
+            td.num { (figure(last.and_then(|r| r.loss).map(|l| format!("{:.1}", l * 100.0)), " %")) }
+            td.num { (figure(last.and_then(|r| r.jitter_ms).map(|j| format!("{j:.1}")), " ms")) }
+            td { (c.last_success_at.as_deref().unwrap_or("never")) }
+            td {
+                @for (i, r) in c.runs.iter().rev().enumerate() {
+                    @if i > 0 { " " }
+                    span class={ "b " (result_class(r.result.as_deref())) }
+                        title={ (r.at) " " (r.result.as_deref().unwrap_or("running")) } {
+                        @match r.result.as_deref() {
+                            Some("ok") => { "✓" },
+                            None => { "…" },
+                            Some(_) => { "✗" },
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -157,8 +138,7 @@ mod tests {
             next_run_at: None,
             runs: vec![run(None, None), run(Some("wrong_digits"), Some("1234"))],
         };
-        let mut out = String::new();
-        render(&mut out, &[view]);
+        let out = render(&[view]).into_string();
         assert!(out.contains("Trunk <strong>t&lt;1&gt;</strong>"), "{out}");
         assert!(out.contains("nl&lt;x&gt;"));
         assert!(!out.contains("nl<x>"));
@@ -166,8 +146,7 @@ mod tests {
         assert!(out.contains("120 ms") && out.contains("4.32") && out.contains("1.5 %"));
         assert!(out.contains("3 failed in a row"));
         assert!(out.contains("never"));
-        let mut empty = String::new();
-        render(&mut empty, &[]);
+        let empty = render(&[]).into_string();
         assert!(empty.contains("No canaries configured"));
     }
 }

@@ -5,7 +5,9 @@
 
 use std::fmt::Write as _;
 
-use super::page::{clock, Esc};
+use maud::{html, Markup};
+
+use super::format::{bucket, clock};
 use crate::store::CallBucket;
 
 const WIDTH: f64 = 1040.0;
@@ -42,41 +44,34 @@ fn label_every_minutes(span_minutes: i64) -> i64 {
         .unwrap_or(360)
 }
 
-/// The SVG for `buckets` of `bucket_ms` each (oldest first).
-pub(super) fn render(buckets: &[CallBucket], bucket_ms: i64) -> String {
-    let mut svg = String::with_capacity(16 * 1024);
+/// One bar: all calls of a bucket, the answered part over it in green.
+struct Bar {
+    x: f64,
+    y_all: f64,
+    y_ans: f64,
+    title: String,
+}
+
+/// The SVG for `buckets` of `bucket_ms` each (oldest first). Elements are
+/// closed explicitly (`<path …></path>`): inside HTML, SVG has no void tags.
+pub(super) fn render(buckets: &[CallBucket], bucket_ms: i64) -> Markup {
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
-    let per = if bucket_ms >= 60_000 {
-        format!("{} min", bucket_ms / 60_000)
-    } else {
-        format!("{} s", bucket_ms / 1000)
-    };
+    let bottom = TOP + plot_h;
     let max_calls = axis_top(buckets.iter().map(|b| b.calls).max().unwrap_or(0));
-    let _ = write!(
-        svg,
-        r#"<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" aria-label="Calls per {per} and answer rate" xmlns="http://www.w3.org/2000/svg">"#
-    );
-    // Horizontal grid with the call count on the left, the rate on the right.
-    for i in 0..=4 {
-        let y = TOP + plot_h - plot_h * f64::from(i) / 4.0;
-        let calls = max_calls / 4 * i64::from(i);
-        let _ = write!(
-            svg,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{x2}" y2="{y:.1}" stroke="#e3e6ea"/><text x="{lx}" y="{ty:.1}" text-anchor="end" class="ax">{calls}</text><text x="{rx}" y="{ty:.1}" class="ax rate">{pct}%</text>"##,
-            x2 = LEFT + plot_w,
-            lx = LEFT - 6.0,
-            rx = LEFT + plot_w + 6.0,
-            ty = y + 4.0,
-            pct = i * 25,
-        );
-    }
     let n = buckets.len().max(1) as f64;
     let slot = plot_w / n;
     let bar_w = (slot * 0.8).max(1.0);
-    let y_of = |v: f64| TOP + plot_h - plot_h * v / max_calls as f64;
-    // Time labels on whole label-steps of the clock.
-    if let (Some(first), Some(_)) = (buckets.first(), buckets.last()) {
+    let y_of = |v: f64| bottom - plot_h * v / max_calls as f64;
+    let f1 = |v: f64| format!("{v:.1}");
+
+    // Horizontal grid: (y, calls on the left, percent on the right).
+    let grid: Vec<(f64, i64, i64)> = (0..=4)
+        .map(|i: i64| (bottom - plot_h * i as f64 / 4.0, max_calls / 4 * i, i * 25))
+        .collect();
+    // Time labels on whole label-steps of the clock: (x, label).
+    let mut ticks = Vec::new();
+    if let Some(first) = buckets.first() {
         let span_min = (buckets.len() as i64 * bucket_ms) / 60_000;
         let every_ms = label_every_minutes(span_min) * 60_000;
         let mut t = first.start_ms.div_euclid(every_ms) * every_ms;
@@ -86,74 +81,79 @@ pub(super) fn render(buckets: &[CallBucket], bucket_ms: i64) -> String {
         let end = first.start_ms + buckets.len() as i64 * bucket_ms;
         while t <= end {
             let x = LEFT + plot_w * (t - first.start_ms) as f64 / (end - first.start_ms) as f64;
-            let _ = write!(
-                svg,
-                r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{bottom}" stroke="#f0f2f4"/><text x="{x:.1}" y="{ly}" text-anchor="middle" class="ax">{label}</text>"##,
-                top = TOP,
-                bottom = TOP + plot_h,
-                ly = HEIGHT - 10.0,
-                label = clock(t),
-            );
+            ticks.push((x, clock(t)));
             t += every_ms;
         }
     }
-    // Bars.
-    for (i, b) in buckets.iter().enumerate() {
-        if b.calls == 0 {
-            continue;
-        }
-        let x = LEFT + slot * i as f64 + (slot - bar_w) / 2.0;
-        let y_all = y_of(b.calls as f64);
-        let y_ans = y_of(b.answered as f64);
-        let rate = b
-            .answer_rate()
-            .map(|r| format!(", answer rate {:.0}%", r * 100.0))
-            .unwrap_or_default();
-        let _ = write!(
-            svg,
-            r##"<g><title>{t}: {calls} call{s}, {placed} placed, {answered} answered{rate}</title><rect x="{x:.1}" y="{y_all:.1}" width="{bar_w:.1}" height="{h_all:.1}" fill="#9db4cc"/><rect x="{x:.1}" y="{y_ans:.1}" width="{bar_w:.1}" height="{h_ans:.1}" fill="#2e9b5f"/></g>"##,
-            t = Esc(&clock(b.start_ms)),
-            calls = b.calls,
-            s = if b.calls == 1 { "" } else { "s" },
-            placed = b.dialled,
-            answered = b.answered,
-            h_all = TOP + plot_h - y_all,
-            h_ans = TOP + plot_h - y_ans,
-        );
-    }
-    // Answer-rate line, broken where nothing was placed.
+    let bars: Vec<Bar> = buckets
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.calls > 0)
+        .map(|(i, b)| Bar {
+            x: LEFT + slot * i as f64 + (slot - bar_w) / 2.0,
+            y_all: y_of(b.calls as f64),
+            y_ans: y_of(b.answered as f64),
+            title: format!(
+                "{}: {} call{}, {} placed, {} answered{}",
+                clock(b.start_ms),
+                b.calls,
+                if b.calls == 1 { "" } else { "s" },
+                b.dialled,
+                b.answered,
+                b.answer_rate()
+                    .map(|r| format!(", answer rate {:.0}%", r * 100.0))
+                    .unwrap_or_default()
+            ),
+        })
+        .collect();
+    // Answer-rate line, broken where nothing was placed; where a stretch
+    // starts, a dot (so a lone point still shows).
     let mut path = String::new();
+    let mut dots = Vec::new();
     let mut pen_down = false;
     for (i, b) in buckets.iter().enumerate() {
         match b.answer_rate() {
             Some(r) => {
                 let x = LEFT + slot * (i as f64 + 0.5);
-                let y = TOP + plot_h - plot_h * r;
+                let y = bottom - plot_h * r;
                 let _ = write!(path, "{}{x:.1},{y:.1} ", if pen_down { "L" } else { "M" });
                 if !pen_down {
-                    // A lone point still shows as a dot.
-                    let _ = write!(
-                        svg,
-                        r##"<circle cx="{x:.1}" cy="{y:.1}" r="2.5" fill="#d9822b"/>"##
-                    );
+                    dots.push((x, y));
                 }
                 pen_down = true;
             }
             None => pen_down = false,
         }
     }
-    if !path.is_empty() {
-        let _ = write!(
-            svg,
-            r##"<path d="{}" fill="none" stroke="#d9822b" stroke-width="2" stroke-linejoin="round"/>"##,
-            path.trim_end()
-        );
+    let label = format!("Calls per {} and answer rate", bucket(bucket_ms));
+    html! {
+        svg class="chart" viewBox={ (WIDTH) " " (HEIGHT) } width="100%" role="img"
+            aria-label=(label) xmlns="http://www.w3.org/2000/svg" {
+            @for (y, calls, pct) in &grid {
+                line x1=(LEFT) y1=(f1(*y)) x2=(LEFT + plot_w) y2=(f1(*y)) stroke="#e3e6ea" {}
+                text x=(LEFT - 6.0) y=(f1(y + 4.0)) text-anchor="end" class="ax" { (calls) }
+                text x=(LEFT + plot_w + 6.0) y=(f1(y + 4.0)) class="ax rate" { (pct) "%" }
+            }
+            @for (x, t) in &ticks {
+                line x1=(f1(*x)) y1=(TOP) x2=(f1(*x)) y2=(bottom) stroke="#f0f2f4" {}
+                text x=(f1(*x)) y=(HEIGHT - 10.0) text-anchor="middle" class="ax" { (t) }
+            }
+            @for b in &bars {
+                g {
+                    title { (b.title) }
+                    rect x=(f1(b.x)) y=(f1(b.y_all)) width=(f1(bar_w)) height=(f1(bottom - b.y_all)) fill="#9db4cc" {}
+                    rect x=(f1(b.x)) y=(f1(b.y_ans)) width=(f1(bar_w)) height=(f1(bottom - b.y_ans)) fill="#2e9b5f" {}
+                }
+            }
+            @for (x, y) in &dots {
+                circle cx=(f1(*x)) cy=(f1(*y)) r="2.5" fill="#d9822b" {}
+            }
+            @if !path.is_empty() {
+                path d=(path.trim_end()) fill="none" stroke="#d9822b" stroke-width="2" stroke-linejoin="round" {}
+            }
+            rect x=(LEFT) y=(TOP) width=(plot_w) height=(plot_h) fill="none" stroke="#c9ced4" {}
+        }
     }
-    let _ = write!(
-        svg,
-        r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#c9ced4"/></svg>"##
-    );
-    svg
 }
 
 #[cfg(test)]
@@ -184,7 +184,7 @@ mod tests {
             answered,
             completed: answered,
         };
-        let svg = render(&[b(0, 0, 0), b(1, 4, 3), b(2, 2, 2)], 60_000);
+        let svg = render(&[b(0, 0, 0), b(1, 4, 3), b(2, 2, 2)], 60_000).into_string();
         assert_eq!(svg.matches("<title>").count(), 2);
         assert!(svg.contains("4 calls, 4 placed, 3 answered, answer rate 75%"));
         assert!(svg.contains("<path d=\"M"));
@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn an_empty_window_draws_axes_only() {
-        let svg = render(&[CallBucket::default(); 3], 300_000);
+        let svg = render(&[CallBucket::default(); 3], 300_000).into_string();
         assert!(!svg.contains("<title>"));
         assert!(!svg.contains("<path"));
     }

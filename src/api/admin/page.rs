@@ -1,66 +1,15 @@
-//! The dashboard's HTML, built as strings: the page is one fixed layout
-//! with a few tables, so a template engine would add a dependency and a
-//! second language for no gain. Everything that comes from outside the
-//! binary (trunk names, errors, ids, numbers) goes through [`Esc`].
-//! Numbers are masked; codes and tokens are never in the data given here.
+//! The dashboard's HTML, written with maud's `html!`: every value spliced in
+//! is escaped unless it is marked otherwise, so nothing that comes from
+//! outside the binary (trunk names, errors, ids, numbers) can reach the page
+//! as markup by a forgotten call. Numbers are masked; codes and tokens are
+//! never in the data given here.
 
-use std::fmt::{self, Write as _};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use crate::domain::{CallStatus, PhoneNumber};
+use super::format::{bucket, date_time, seconds};
+use crate::domain::{CallStatus, PhoneNumber, RtpReceived};
 use crate::store::{CallBucket, CallRecord};
 use crate::trunks::{BreakerState, TrunkSnapshot};
-
-/// Displays a string HTML-escaped (text and attribute values alike).
-pub(super) struct Esc<'a>(pub &'a str);
-
-impl fmt::Display for Esc<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut rest = self.0;
-        while let Some(i) = rest.find(['&', '<', '>', '"', '\'']) {
-            f.write_str(&rest[..i])?;
-            f.write_str(match rest.as_bytes()[i] {
-                b'&' => "&amp;",
-                b'<' => "&lt;",
-                b'>' => "&gt;",
-                b'"' => "&quot;",
-                _ => "&#39;",
-            })?;
-            rest = &rest[i + 1..];
-        }
-        f.write_str(rest)
-    }
-}
-
-/// `HH:MM` UTC of a unix-millisecond time.
-pub(super) fn clock(ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!("{:02}:{:02}", t.hour(), t.minute())
-}
-
-/// `YYYY-MM-DD HH:MM:SS` UTC.
-fn date_time(ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{}-{:02}-{:02} {:02}:{:02}:{:02}",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
-}
-
-fn seconds(ms: i64) -> String {
-    let ms = ms.max(0);
-    if ms < 60_000 {
-        format!("{:.1} s", ms as f64 / 1000.0)
-    } else {
-        format!("{}m {:02}s", ms / 60_000, (ms % 60_000) / 1000)
-    }
-}
 
 /// A QA softphone as the dashboard shows it (filled in by the registrar).
 #[derive(Debug, Clone)]
@@ -126,22 +75,39 @@ code{font:12px ui-monospace,"DejaVu Sans Mono",monospace}
 nav.win{margin-bottom:4px}nav.win a,nav.win strong{margin:0 6px}
 "#;
 
-fn head(out: &mut String, title: &str, refresh: bool) {
-    let _ = write!(
-        out,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <meta name=\"robots\" content=\"noindex\">{}<title>{}</title><style>{STYLE}</style></head>",
-        if refresh {
-            "<meta http-equiv=\"refresh\" content=\"30\">"
-        } else {
-            ""
-        },
-        Esc(title)
-    );
+/// The page around `main`: head, style and the header bar.
+fn layout(title: &str, refresh: bool, header_right: Markup, main: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width,initial-scale=1";
+                meta name="robots" content="noindex";
+                @if refresh {
+                    meta http-equiv="refresh" content="30";
+                }
+                title { (title) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                header {
+                    h1 { "otpdial" }
+                    span { "operator dashboard" }
+                    (header_right)
+                }
+                main { (main) }
+            }
+        }
+    }
 }
 
-fn status_badge(status: CallStatus) -> (&'static str, &'static str) {
+/// A badge: `<span class="b CLASS">TEXT</span>`.
+fn badge(class: &str, text: &str) -> Markup {
+    html! { span class={ "b " (class) } { (text) } }
+}
+
+fn status_badge(status: CallStatus) -> Markup {
     let class = match status {
         CallStatus::Completed => "ok",
         CallStatus::Answered | CallStatus::Ringing | CallStatus::Dialing => "info",
@@ -149,162 +115,164 @@ fn status_badge(status: CallStatus) -> (&'static str, &'static str) {
         CallStatus::Rejected | CallStatus::Failed => "bad",
         CallStatus::Queued | CallStatus::Canceled => "mute",
     };
-    (class, status.as_str())
+    badge(class, status.as_str())
 }
 
-fn trunk_rows(out: &mut String, trunks: &[TrunkSnapshot]) {
+fn trunk_rows(trunks: &[TrunkSnapshot]) -> Markup {
     if trunks.is_empty() {
-        out.push_str("<p class=\"muted\">No trunks configured.</p>");
-        return;
+        return html! { p.muted { "No trunks configured." } };
     }
-    out.push_str(
-        "<table><thead><tr><th>Trunk</th><th>Registration</th><th>Reachable</th><th>Breaker</th>\
-         <th class=\"num\">Active</th><th class=\"num\">Calls</th><th class=\"num\">Answer rate</th>\
-         <th>Last error</th></tr></thead><tbody>",
-    );
-    for t in trunks {
-        let registration = match (t.register, t.status.registered) {
-            (false, _) => ("mute", "IP-authenticated"),
-            (true, true) => ("ok", "registered"),
-            (true, false) => ("bad", "not registered"),
-        };
-        let reachable = match t.status.reachable {
-            Some(true) => ("ok", "yes"),
-            Some(false) => ("bad", "no"),
-            None => ("mute", "unknown"),
-        };
-        let breaker = match t.breaker {
-            BreakerState::Closed => ("ok", "closed"),
-            BreakerState::HalfOpen => ("warn", "half-open"),
-            BreakerState::Open => ("bad", "open (down)"),
-        };
-        let failures = if t.consecutive_failures > 0 {
-            format!(
-                " <span class=\"muted\">{} failed in a row</span>",
-                t.consecutive_failures
-            )
-        } else {
-            String::new()
-        };
-        let rate = if t.calls_total == 0 {
-            "–".to_string()
-        } else {
-            format!("{:.0}%", t.answer_rate() * 100.0)
-        };
-        let _ = write!(
-            out,
-            "<tr><td><strong>{name}</strong></td><td><span class=\"b {rc}\">{rt}</span></td>\
-             <td><span class=\"b {hc}\">{ht}</span></td><td><span class=\"b {bc}\">{bt}</span>{failures}</td>\
-             <td class=\"num\">{active} / {max}</td><td class=\"num\">{total}</td><td class=\"num\">{rate}</td>\
-             <td class=\"err\">{err}</td></tr>",
-            name = Esc(&t.name),
-            rc = registration.0,
-            rt = registration.1,
-            hc = reachable.0,
-            ht = reachable.1,
-            bc = breaker.0,
-            bt = breaker.1,
-            active = t.active_calls,
-            max = t.max_concurrent_calls,
-            total = t.calls_total,
-            err = Esc(t.status.last_error.as_deref().unwrap_or("")),
-        );
+    html! {
+        table {
+            thead { tr {
+                th { "Trunk" } th { "Registration" } th { "Reachable" } th { "Breaker" }
+                th.num { "Active" } th.num { "Calls" } th.num { "Answer rate" } th { "Last error" }
+            } }
+            tbody {
+                @for t in trunks {
+                    @let registration = match (t.register, t.status.registered) {
+                        (false, _) => ("mute", "IP-authenticated"),
+                        (true, true) => ("ok", "registered"),
+                        (true, false) => ("bad", "not registered"),
+                    };
+                    @let reachable = match t.status.reachable {
+                        Some(true) => ("ok", "yes"),
+                        Some(false) => ("bad", "no"),
+                        None => ("mute", "unknown"),
+                    };
+                    @let breaker = match t.breaker {
+                        BreakerState::Closed => ("ok", "closed"),
+                        BreakerState::HalfOpen => ("warn", "half-open"),
+                        BreakerState::Open => ("bad", "open (down)"),
+                    };
+                    tr {
+                        td { strong { (t.name) } }
+                        td { (badge(registration.0, registration.1)) }
+                        td { (badge(reachable.0, reachable.1)) }
+                        td {
+                            (badge(breaker.0, breaker.1))
+                            @if t.consecutive_failures > 0 {
+                                " " span.muted { (t.consecutive_failures) " failed in a row" }
+                            }
+                        }
+                        td.num { (t.active_calls) " / " (t.max_concurrent_calls) }
+                        td.num { (t.calls_total) }
+                        td.num {
+                            @if t.calls_total == 0 { "–" } @else { (format!("{:.0}%", t.answer_rate() * 100.0)) }
+                        }
+                        td.err { (t.status.last_error.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        }
     }
-    out.push_str("</tbody></table>");
 }
 
-fn call_rows(out: &mut String, calls: &[CallRecord]) {
+fn call_rows(calls: &[CallRecord]) -> Markup {
     if calls.is_empty() {
-        out.push_str("<p class=\"muted\">No calls yet.</p>");
-        return;
+        return html! { p.muted { "No calls yet." } };
     }
-    out.push_str(
-        "<table><thead><tr><th>Created (UTC)</th><th>Number</th><th>Trunk</th><th>Status</th>\
-         <th class=\"num\">SIP</th><th class=\"num\">Duration</th><th class=\"num\">Code read</th>\
-         <th>Verification</th></tr></thead><tbody>",
-    );
-    for c in calls {
-        let (class, status) = status_badge(c.status);
-        let number = PhoneNumber::from_trusted(c.phone.clone()).masked();
-        let duration = match (c.answered_at, c.ended_at) {
-            (Some(a), Some(e)) => seconds(e - a),
-            (Some(_), None) => "in call".to_string(),
-            (None, Some(e)) => format!(
-                "<span class=\"muted\">{} unanswered</span>",
-                seconds(e - c.created_at)
-            ),
-            (None, None) => "–".to_string(),
-        };
-        let _ = write!(
-            out,
-            "<tr><td>{created}</td><td><code>{number}</code></td><td>{trunk}</td>\
-             <td><span class=\"b {class}\">{status}</span></td><td class=\"num\">{sip}</td>\
-             <td class=\"num\">{duration}</td><td class=\"num\">{played}×</td><td><code>{vid}</code></td></tr>",
-            created = date_time(c.created_at),
-            number = Esc(&number),
-            trunk = Esc(c.trunk.as_deref().unwrap_or("–")),
-            sip = c.sip_code.map(|s| s.to_string()).unwrap_or_else(|| "–".into()),
-            played = c.times_played,
-            vid = Esc(&c.verification_id),
-        );
+    html! {
+        table {
+            thead { tr {
+                th { "Created (UTC)" } th { "Number" } th { "Trunk" } th { "Status" }
+                th.num { "SIP" } th.num { "Duration" } th.num { "Code read" } th.num { "Far-end RTP" }
+                th { "Verification" }
+            } }
+            tbody {
+                @for c in calls {
+                    tr {
+                        td { (date_time(c.created_at)) }
+                        td { code { (PhoneNumber::from_trusted(c.phone.clone()).masked()) } }
+                        td { (c.trunk.as_deref().unwrap_or("–")) }
+                        td { (status_badge(c.status)) }
+                        td.num {
+                            @match c.sip_code { Some(s) => { (s) }, None => { "–" }, }
+                        }
+                        td.num {
+                            @match (c.answered_at, c.ended_at) {
+                                (Some(a), Some(e)) => { (seconds(e - a)) },
+                                (Some(_), None) => { "in call" },
+                                (None, Some(e)) => {
+                                    span.muted { (seconds(e - c.created_at)) " unanswered" }
+                                },
+                                (None, None) => { "–" },
+                            }
+                        }
+                        td.num { (c.times_played) "×" }
+                        td.num { (received_cell(c.received.as_ref())) }
+                        td { code { (c.verification_id) } }
+                    }
+                }
+            }
+        }
     }
-    out.push_str("</tbody></table>");
 }
 
-fn qa_rows(out: &mut String, phones: &[QaPhoneRow]) {
+/// What the call's far end sent, as measured: loss and jitter (a bad path shows
+/// here), with the packet counts and codec in the tooltip.
+fn received_cell(r: Option<&RtpReceived>) -> Markup {
+    let Some(r) = r else {
+        return html! { span.muted { "–" } };
+    };
+    let mut title = format!("{} packets received, {} lost", r.packets, r.lost);
+    if let Some(c) = &r.codec {
+        title.push_str(&format!(", {c}"));
+    }
+    if r.srtp_rejected > 0 {
+        title.push_str(&format!(", {} failed SRTP checks", r.srtp_rejected));
+    }
+    html! {
+        span title=(title) {
+            (format!("{:.1}% lost · {:.1} ms jitter", r.loss() * 100.0, r.jitter_ms()))
+        }
+    }
+}
+
+fn qa_rows(phones: &[QaPhoneRow]) -> Markup {
     if phones.is_empty() {
-        out.push_str("<p class=\"muted\">No QA phones configured.</p>");
-        return;
+        return html! { p.muted { "No QA phones configured." } };
     }
-    out.push_str(
-        "<table><thead><tr><th>User</th><th>Number</th><th>Registration</th><th>Contact</th>\
-         <th class=\"num\">Expires in</th></tr></thead><tbody>",
-    );
-    for p in phones {
-        let (class, text) = if p.registered {
-            ("ok", "registered")
-        } else {
-            ("mute", "not registered")
-        };
-        let _ = write!(
-            out,
-            "<tr><td>{user}</td><td><code>{number}</code></td><td><span class=\"b {class}\">{text}</span></td>\
-             <td><code>{contact}</code></td><td class=\"num\">{expires}</td></tr>",
-            user = Esc(&p.username),
-            number = Esc(&p.number),
-            contact = Esc(p.contact.as_deref().unwrap_or("–")),
-            expires = p
-                .expires_in
-                .map(|s| seconds(i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)))
-                .unwrap_or_else(|| "–".into()),
-        );
+    html! {
+        table {
+            thead { tr {
+                th { "User" } th { "Number" } th { "Registration" } th { "Contact" }
+                th.num { "Expires in" }
+            } }
+            tbody {
+                @for p in phones {
+                    tr {
+                        td { (p.username) }
+                        td { code { (p.number) } }
+                        td {
+                            @if p.registered { (badge("ok", "registered")) }
+                            @else { (badge("mute", "not registered")) }
+                        }
+                        td { code { (p.contact.as_deref().unwrap_or("–")) } }
+                        td.num {
+                            @match p.expires_in {
+                                Some(s) => { (seconds(i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX))) },
+                                None => { "–" },
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
-    out.push_str("</tbody></table>");
 }
 
-/// The whole dashboard page.
-pub(super) fn dashboard(d: &Dashboard<'_>) -> String {
-    let mut out = String::with_capacity(48 * 1024);
-    head(&mut out, "otpdial · dashboard", true);
-    let _ = write!(
-        out,
-        "<body><header><h1>otpdial</h1><span>operator dashboard</span>\
-         <span class=\"who\">{now} UTC · signed in as <strong>{viewer}</strong></span>",
-        now = date_time(d.now_ms),
-        viewer = Esc(d.viewer),
-    );
-    if let Some(csrf) = d.csrf {
-        let _ = write!(
-            out,
-            "<form method=\"post\" action=\"/admin/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <button type=\"submit\">Log out</button></form>",
-            Esc(csrf)
-        );
+/// A section whose content could not be read shows why.
+fn or_error<T>(read: &Result<T, &'static str>, show: impl FnOnce(&T) -> Markup) -> Markup {
+    match read {
+        Ok(v) => show(v),
+        Err(e) => html! { p.err { (e) } },
     }
-    out.push_str("</header><main>");
+}
 
-    // Tiles: now, and over the chart's window.
-    let (calls, placed, answered, completed) = match &d.buckets {
+/// Totals over the chart's window: (calls, placed, answered, completed).
+fn totals(buckets: &Result<Vec<CallBucket>, &'static str>) -> (i64, i64, i64, i64) {
+    match buckets {
         Ok(b) => b.iter().fold((0, 0, 0, 0), |a, b| {
             (
                 a.0 + b.calls,
@@ -314,117 +282,97 @@ pub(super) fn dashboard(d: &Dashboard<'_>) -> String {
             )
         }),
         Err(_) => (0, 0, 0, 0),
-    };
-    let pct = |n: i64, of: i64| {
-        if of == 0 {
-            "–".to_string()
-        } else {
-            format!("{:.0}%", n as f64 * 100.0 / of as f64)
-        }
-    };
-    let usable = d.trunks.iter().filter(|t| t.usable()).count();
-    let _ = write!(
-        out,
-        "<div class=\"tiles\">\
-         <div class=\"tile\"><div class=\"k\">Active calls</div><div class=\"v\">{active}</div><div class=\"muted\">of {cap} slots</div></div>\
-         <div class=\"tile\"><div class=\"k\">Trunks usable</div><div class=\"v\">{usable} / {trunks}</div><div class=\"muted\">registered, reachable, breaker closed</div></div>\
-         <div class=\"tile\"><div class=\"k\">Calls, last {h} h</div><div class=\"v\">{calls}</div><div class=\"muted\">{placed} placed</div></div>\
-         <div class=\"tile\"><div class=\"k\">Answer rate, last {h} h</div><div class=\"v\">{ar}</div><div class=\"muted\">{answered} answered</div></div>\
-         <div class=\"tile\"><div class=\"k\">Code read, last {h} h</div><div class=\"v\">{cr}</div><div class=\"muted\">{completed} completed</div></div>\
-         </div>",
-        active = d.active_calls,
-        cap = d.capacity,
-        trunks = d.trunks.len(),
-        h = d.hours,
-        ar = pct(answered, placed),
-        cr = pct(completed, placed),
-    );
+    }
+}
 
-    out.push_str("<section id=\"trunks\"><h2>Trunks</h2>");
-    trunk_rows(&mut out, d.trunks);
-    out.push_str("</section>");
-
-    let per = if d.bucket_ms >= 60_000 {
-        format!("{} min", d.bucket_ms / 60_000)
+fn pct(n: i64, of: i64) -> String {
+    if of == 0 {
+        "–".to_string()
     } else {
-        format!("{} s", d.bucket_ms / 1000)
+        format!("{:.0}%", n as f64 * 100.0 / of as f64)
+    }
+}
+
+fn tile(key: &str, value: &str, note: &str) -> Markup {
+    html! {
+        div.tile { div.k { (key) } div.v { (value) } div.muted { (note) } }
+    }
+}
+
+/// The whole dashboard page.
+pub(super) fn dashboard(d: &Dashboard<'_>) -> String {
+    let (calls, placed, answered, completed) = totals(&d.buckets);
+    let usable = d.trunks.iter().filter(|t| t.usable()).count();
+    let h = d.hours;
+    let who = html! {
+        span.who { (date_time(d.now_ms)) " UTC · signed in as " strong { (d.viewer) } }
+        @if let Some(csrf) = d.csrf {
+            form method="post" action="/admin/logout" {
+                input type="hidden" name="csrf" value=(csrf);
+                button type="submit" { "Log out" }
+            }
+        }
     };
-    let _ = write!(
-        out,
-        "<section id=\"chart\"><h2>Calls per {per} and answer rate, last {h} hours (UTC)</h2>\
-         <nav class=\"win\">Window: {links}</nav>\
-         <p class=\"legend\"><span><i style=\"background:#9db4cc\"></i>calls</span><span><i style=\"background:#2e9b5f\"></i>answered</span>\
-         <span><i style=\"background:#d9822b\"></i>answer rate (right axis)</span></p>",
-        h = d.hours,
-        links = [1, 3, 6, 24]
-            .iter()
-            .map(|h| if *h == d.hours {
-                format!("<strong>{h} h</strong>")
-            } else {
-                format!("<a href=\"?hours={h}\">{h} h</a>")
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-    );
-    match &d.buckets {
-        Ok(b) => out.push_str(&super::chart::render(b, d.bucket_ms)),
-        Err(e) => {
-            let _ = write!(out, "<p class=\"err\">{}</p>", Esc(e));
+    let main = html! {
+        div.tiles {
+            (tile("Active calls", &d.active_calls.to_string(), &format!("of {} slots", d.capacity)))
+            (tile("Trunks usable", &format!("{usable} / {}", d.trunks.len()), "registered, reachable, breaker closed"))
+            (tile(&format!("Calls, last {h} h"), &calls.to_string(), &format!("{placed} placed")))
+            (tile(&format!("Answer rate, last {h} h"), &pct(answered, placed), &format!("{answered} answered")))
+            (tile(&format!("Code read, last {h} h"), &pct(completed, placed), &format!("{completed} completed")))
         }
-    }
-    out.push_str("</section>");
-
-    out.push_str("<section id=\"calls\"><h2>Latest calls</h2>");
-    match &d.latest {
-        Ok(c) => call_rows(&mut out, c),
-        Err(e) => {
-            let _ = write!(out, "<p class=\"err\">{}</p>", Esc(e));
+        section #trunks { h2 { "Trunks" } (trunk_rows(d.trunks)) }
+        section #chart {
+            h2 { "Calls per " (bucket(d.bucket_ms)) " and answer rate, last " (h) " hours (UTC)" }
+            nav.win {
+                "Window:"
+                @for w in [1, 3, 6, 24] {
+                    " "
+                    @if w == h { strong { (w) " h" } } @else { a href={ "?hours=" (w) } { (w) " h" } }
+                }
+            }
+            p.legend {
+                span { i style="background:#9db4cc" {} "calls" }
+                span { i style="background:#2e9b5f" {} "answered" }
+                span { i style="background:#d9822b" {} "answer rate (right axis)" }
+            }
+            (or_error(&d.buckets, |b| super::chart::render(b, d.bucket_ms)))
         }
-    }
-    out.push_str("</section>");
-
-    out.push_str("<section id=\"canaries\"><h2>Canaries</h2>");
-    match &d.canaries {
-        Ok(c) => super::canaries::render(&mut out, c),
-        Err(e) => {
-            let _ = write!(out, "<p class=\"err\">{}</p>", Esc(e));
+        section #calls { h2 { "Latest calls" } (or_error(&d.latest, |c| call_rows(c))) }
+        section #canaries { h2 { "Canaries" } (or_error(&d.canaries, |c| super::canaries::render(c))) }
+        section #qa-phones { h2 { "QA phones" } (qa_rows(d.qa_phones)) }
+        p.muted {
+            "Refreshes every 30 s. Numbers are masked; codes are never shown. Machine-readable: "
+            code { "/v1/trunks" } ", " code { "/v1/calls" } ", " code { "/v1/canaries" } ", "
+            code { "/metrics" } "."
         }
-    }
-    out.push_str("</section>");
-
-    out.push_str("<section id=\"qa-phones\"><h2>QA phones</h2>");
-    qa_rows(&mut out, d.qa_phones);
-    out.push_str("</section>");
-
-    out.push_str(
-        "<p class=\"muted\">Refreshes every 30 s. Numbers are masked; codes are never shown. \
-         Machine-readable: <code>/v1/trunks</code>, <code>/v1/calls</code>, <code>/v1/canaries</code>, <code>/metrics</code>.</p>\
-         </main></body></html>",
-    );
-    out
+    };
+    layout("otpdial · dashboard", true, who, main).into_string()
 }
 
 /// The login form; `error` is shown above it.
 pub(super) fn login(error: Option<&str>) -> String {
-    let mut out = String::with_capacity(4096);
-    head(&mut out, "otpdial · sign in", false);
-    out.push_str(
-        "<body><header><h1>otpdial</h1><span>operator dashboard</span></header>\
-         <main><section style=\"max-width:460px\"><h2>Sign in</h2>",
-    );
-    if let Some(e) = error {
-        let _ = write!(out, "<p class=\"err\" role=\"alert\">{}</p>", Esc(e));
-    }
-    out.push_str(
-        "<form method=\"post\" action=\"/admin/login\">\
-         <label for=\"token\">Admin API token</label><br>\
-         <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"off\" required \
-         style=\"width:100%;padding:6px;margin:6px 0 10px\"><br>\
-         <button type=\"submit\" style=\"padding:6px 16px\">Sign in</button></form>\
-         <p class=\"muted\">A token with the <code>admin</code> scope, from <code>otpdial apikey new --name ops --scope admin</code>. \
-         The session lasts 8 hours.</p></section></main></body></html>",
-    );
-    out
+    let main = html! {
+        section style="max-width:460px" {
+            h2 { "Sign in" }
+            @if let Some(e) = error {
+                p.err role="alert" { (e) }
+            }
+            form method="post" action="/admin/login" {
+                label for="token" { "Admin API token" }
+                br;
+                input #token name="token" type="password" autocomplete="off" required
+                    style="width:100%;padding:6px;margin:6px 0 10px";
+                br;
+                button type="submit" style="padding:6px 16px" { "Sign in" }
+            }
+            p.muted {
+                "A token with the " code { "admin" } " scope, from "
+                code { "otpdial apikey new --name ops --scope admin" } ". The session lasts 8 hours."
+            }
+        }
+    };
+    layout("otpdial · sign in", false, html! {}, main).into_string()
 }
 
 #[cfg(test)]
@@ -432,19 +380,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escapes_markup_and_quotes() {
-        assert_eq!(
-            Esc(r#"<a href="x">'&'</a>"#).to_string(),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+    fn values_are_escaped_in_text_and_attributes() {
+        let page = login(Some(r#"<a href="x">'&'</a>"#));
+        assert!(
+            page.contains("&lt;a href=&quot;x&quot;&gt;'&amp;'&lt;/a&gt;"),
+            "{page}"
         );
-        assert_eq!(Esc("plain").to_string(), "plain");
-    }
-
-    #[test]
-    fn times_and_durations() {
-        assert_eq!(clock(3_600_000 + 5 * 60_000 + 59_000), "01:05");
-        assert_eq!(date_time(0), "1970-01-01 00:00:00");
-        assert_eq!(seconds(3_240), "3.2 s");
-        assert_eq!(seconds(125_000), "2m 05s");
+        assert!(!page.contains("<a href=\"x\">"));
+        let rows = qa_rows(&[QaPhoneRow {
+            username: "qa<b>".into(),
+            number: "+31 6 **** 78".into(),
+            registered: true,
+            contact: Some("sip:x@1.2.3.4;a=\"<>\"".into()),
+            expires_in: Some(517),
+        }])
+        .into_string();
+        assert!(
+            rows.contains("qa&lt;b&gt;") && !rows.contains("qa<b>"),
+            "{rows}"
+        );
+        assert!(rows.contains("a=&quot;&lt;&gt;&quot;"), "{rows}");
+        assert!(rows.contains("8m 37s"), "{rows}");
     }
 }
