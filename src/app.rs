@@ -226,7 +226,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         settings: settings.clone(),
         trunks: board.clone(),
         metrics,
-        qa: engine.qa_bindings(),
+        qa: qa_registrations(engine.qa_bindings()),
     };
     let listener = tokio::net::TcpListener::bind(settings.http.listen)
         .await
@@ -298,6 +298,30 @@ async fn housekeeping(store: Store, keep_wrong_checks: Duration, shutdown: Cance
             }
         }
     }
+}
+
+/// The API's read model of the QA registrar: the registrations that can be called now
+/// (not expired, their TCP/TLS connection still open), in the API's own terms.
+fn qa_registrations(bindings: crate::sip_io::QaBindingMap) -> api::QaRegistrations {
+    Arc::new(move || {
+        let now = std::time::Instant::now();
+        crate::sync::lock(&bindings)
+            .iter()
+            .filter(|(_, b)| b.expires_at > now && !b.flow_closed)
+            .map(|(user, b)| {
+                let registration = api::QaRegistration {
+                    contact: b.contact.clone(),
+                    source: format!(
+                        "{}:{}",
+                        b.transport.via_name().to_ascii_lowercase(),
+                        b.source
+                    ),
+                    expires_in: b.expires_at.duration_since(now),
+                };
+                (user.clone(), registration)
+            })
+            .collect()
+    })
 }
 
 /// Runs until `shutdown` resolves (Ctrl-C / SIGTERM for `serve`).

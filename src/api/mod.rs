@@ -17,6 +17,7 @@ mod verifications;
 pub use admin::{qa_phones, QaPhoneRow};
 pub use auth::{hash_token, new_token, ApiKey};
 pub use error::{ApiError, Problem};
+pub use qa::{QaRegistration, QaRegistrations};
 
 use std::sync::Arc;
 
@@ -43,8 +44,8 @@ pub struct AppState {
     /// The shared read model of trunk state (no handle on the call engine).
     pub trunks: Arc<TrunkBoard>,
     pub metrics: Arc<Metrics>,
-    /// Registered QA phones (written by the SIP driver).
-    pub qa: crate::sip_io::QaBindingMap,
+    /// The QA phones' live registrations (a read model over the SIP registrar).
+    pub qa: QaRegistrations,
 }
 
 #[derive(OpenApi)]

@@ -9,6 +9,7 @@ use super::error::{ApiError, Problem};
 use super::AppState;
 use crate::config::Scope;
 use crate::domain::{self, CallStatus, PhoneNumber};
+use crate::verify::ReceivedView;
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TrunkView {
@@ -100,6 +101,11 @@ pub struct CallRecordView {
     pub answered_at: Option<String>,
     pub ended_at: Option<String>,
     pub times_played: i64,
+    /// What the gateway measured of the far end's RTP in the call's latest attempt
+    /// that received media (as in a verification's `call.attempts[].received`);
+    /// absent when none did.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub received: Option<ReceivedView>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -165,6 +171,7 @@ pub(super) async fn calls(
                 answered_at: r.answered_at.map(domain::format_ms),
                 ended_at: r.ended_at.map(domain::format_ms),
                 times_played: r.times_played,
+                received: r.received.map(ReceivedView::from),
             })
             .collect(),
     }))

@@ -9,8 +9,10 @@ use super::outcome::end_outcome;
 use super::route::Target;
 use super::{AttemptOutcome, CallEngine, HangupCause, PlaceCall, Progress};
 use crate::config::SrtpMode;
+use crate::domain::RtpReceived;
+use crate::media::pacer::ReceiveStats;
 use crate::media::srtp::SrtpSession;
-use crate::media::{rtcp_socket_beside, PlayoutEvent, PlayoutSpec, G711};
+use crate::media::{rtcp_socket_beside, Playout, PlayoutEvent, PlayoutSpec, G711};
 use crate::sip::sdp::{AudioCodec, MediaOffer, SdesOffer};
 use crate::sip::{EndReason, OutgoingCall};
 use crate::sip_io::CallEvent;
@@ -97,7 +99,9 @@ impl CallEngine {
         let mut ringing = false;
         let mut hung_up = false;
         let mut rtp_socket = Some(rtp_socket);
-        let mut playout: Option<crate::media::Playout> = None;
+        let mut playout: Option<Playout> = None;
+        // What the far end sent, once the stream has finished (any ending).
+        let mut received: Option<RtpReceived> = None;
         let mut times_played = 0u32;
         let mut answered = false;
         // Why we hung up, when we did.
@@ -107,7 +111,10 @@ impl CallEngine {
                 ev = session.events.recv() => {
                     let Some(ev) = ev else {
                         session.ended();
-                        return AttemptOutcome::failed("SIP endpoint stopped", false);
+                        return AttemptOutcome {
+                            received: final_stats(playout.take(), received).await,
+                            ..AttemptOutcome::failed("SIP endpoint stopped", false)
+                        };
                     };
                     match ev {
                         CallEvent::Progress { status, .. } => {
@@ -185,17 +192,23 @@ impl CallEngine {
                         }
                         CallEvent::Ended { reason } => {
                             session.ended();
-                            if let Some(p) = &playout {
-                                p.stop();
-                            }
+                            // Their BYE (or ours crossing it, or a cancel) while the
+                            // stream still plays: stop it and take its figures.
+                            let received = final_stats(playout.take(), received).await;
                             if let (Some(phone), EndReason::Timeout, None) = (&qa_phone, &reason, ours) {
                                 // Nothing to fail over to; and not a trunk that was silent.
-                                return AttemptOutcome::failed(
-                                    format!("no response from {phone} (timeout)"),
-                                    false,
-                                );
+                                return AttemptOutcome {
+                                    received,
+                                    ..AttemptOutcome::failed(
+                                        format!("no response from {phone} (timeout)"),
+                                        false,
+                                    )
+                                };
                             }
-                            return end_outcome(reason, answered, times_played, ours);
+                            return AttemptOutcome {
+                                received,
+                                ..end_outcome(reason, answered, times_played, ours)
+                            };
                         }
                     }
                 }
@@ -218,8 +231,9 @@ impl CallEngine {
                         Some(PlayoutEvent::WrongKey) => {
                             ours = Some(call.gate.wrong_key());
                         }
-                        Some(PlayoutEvent::Finished { times_played: t, .. }) => {
+                        Some(PlayoutEvent::Finished { times_played: t, received: r, .. }) => {
                             times_played = times_played.max(t);
+                            received = measured(&r);
                             playout = None;
                             if !hung_up {
                                 hung_up = true;
@@ -244,5 +258,71 @@ impl CallEngine {
                 }
             }
         }
+    }
+}
+
+/// How long a stream that is still playing when the call ends may take to say
+/// `Finished` (one wake-up of the pacer thread; generous for an overloaded one).
+const FINISH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The far end's media figures at the end of an attempt: the stream's own when it is
+/// still playing (stopped now), else those its `Finished` already gave.
+async fn final_stats(
+    playout: Option<Playout>,
+    received: Option<RtpReceived>,
+) -> Option<RtpReceived> {
+    let Some(p) = playout else { return received };
+    match tokio::time::timeout(FINISH_WAIT, p.finish()).await {
+        Ok(Some(stats)) => measured(&stats),
+        _ => received,
+    }
+}
+
+/// The attempt's record of what the far end sent; `None` when nothing came.
+fn measured(stats: &ReceiveStats) -> Option<RtpReceived> {
+    (stats.packets > 0 || stats.srtp_rejected > 0).then(|| RtpReceived {
+        packets: stats.packets,
+        lost: stats.lost,
+        jitter_us: (stats.jitter_ms * 1000.0).round().max(0.0) as u64,
+        codec: stats.codec.map(|c| {
+            match c {
+                G711::Ulaw => "PCMU",
+                G711::Alaw => "PCMA",
+            }
+            .to_owned()
+        }),
+        srtp_rejected: stats.srtp_rejected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_received_records_nothing() {
+        assert_eq!(measured(&ReceiveStats::default()), None);
+    }
+
+    #[test]
+    fn measured_figures_carry_over() {
+        let m = measured(&ReceiveStats {
+            packets: 340,
+            lost: 60,
+            jitter_ms: 41.2504,
+            payload_type: Some(8),
+            codec: Some(G711::Alaw),
+            srtp_rejected: 3,
+        });
+        assert_eq!(
+            m,
+            Some(RtpReceived {
+                packets: 340,
+                lost: 60,
+                jitter_us: 41250,
+                codec: Some("PCMA".into()),
+                srtp_rejected: 3,
+            })
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! How an attempt ended: the typed outcome, why we hung up, and the mapping from
 //! SIP endings and final responses to call statuses.
 
-use crate::domain::{CallReason, CallStatus};
+use crate::domain::{CallReason, CallStatus, RtpReceived};
 use crate::sip::sdp::SdpError;
 use crate::sip::EndReason;
 
@@ -19,6 +19,8 @@ pub struct AttemptOutcome {
     /// Worth trying the next trunk (5xx, 6xx other than busy/decline, no
     /// response at all, or no trunk capacity).
     pub failover: bool,
+    /// What we measured of the far end's RTP, when any media was received.
+    pub received: Option<RtpReceived>,
 }
 
 impl AttemptOutcome {
@@ -31,6 +33,7 @@ impl AttemptOutcome {
             detail: Some(detail.into()),
             times_played: 0,
             failover,
+            received: None,
         }
     }
 
@@ -43,6 +46,7 @@ impl AttemptOutcome {
             detail: None,
             times_played: 0,
             failover: false,
+            received: None,
         }
     }
 
@@ -116,6 +120,7 @@ fn unanswered(status: CallStatus, parts: (Option<CallReason>, Option<String>)) -
         detail: parts.1,
         times_played: 0,
         failover: false,
+        received: None,
     }
 }
 
@@ -140,6 +145,7 @@ pub(super) fn end_outcome(
             detail: Some(error.to_string()),
             times_played: 0,
             failover: false,
+            received: None,
         },
         EndReason::Rejected { status, reason } => {
             let (call_status, failover) = classify_final(status);
@@ -200,6 +206,7 @@ fn answered_end(
         detail,
         times_played,
         failover: false,
+        received: None,
     }
 }
 

@@ -12,7 +12,6 @@ pub mod answer;
 pub mod emodel;
 pub mod health;
 pub mod matching;
-pub mod metrics;
 pub mod runner;
 pub mod verdict;
 

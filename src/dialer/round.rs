@@ -216,6 +216,7 @@ impl Dialer {
                         outcome.status,
                         outcome.sip_code.map(i64::from),
                         outcome.attempt_reason(),
+                        outcome.received.as_ref(),
                         domain::now_ms(),
                         AfterAttempt::Continue,
                     )

@@ -51,6 +51,7 @@ impl Drop for Settle {
                             CallStatus::Failed,
                             None,
                             Some(CallReason::InternalError.as_str()),
+                            None,
                             now,
                             AfterAttempt::Finish(CallStatus::Failed, update),
                         )
@@ -119,6 +120,7 @@ impl Dialer {
                             outcome.status,
                             outcome.sip_code.map(i64::from),
                             reason,
+                            outcome.received.as_ref(),
                             now,
                             then,
                         )

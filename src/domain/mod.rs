@@ -6,11 +6,13 @@ mod code;
 mod keys;
 mod phone;
 mod reason;
+mod rtp;
 
 pub use code::{OtpCode, OtpCodeError};
 pub use keys::Keys;
 pub use phone::{NumberKind, PhoneNumber, PhoneNumberError, Region};
 pub use reason::CallReason;
+pub use rtp::RtpReceived;
 
 use serde::{Deserialize, Serialize};
 

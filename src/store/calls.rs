@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{enqueue_webhook, Result, Store, StoreError};
-use crate::domain::{CallReason, CallStatus};
+use crate::domain::{CallReason, CallStatus, RtpReceived};
 
 #[derive(Debug, Clone)]
 pub struct CallRow {
@@ -34,6 +34,9 @@ pub struct AttemptRow {
     pub reason: Option<String>,
     pub started_at: i64,
     pub ended_at: Option<i64>,
+    /// What the gateway measured of the far end's RTP; `None` when no media came
+    /// (or the attempt predates migration 0008).
+    pub received: Option<RtpReceived>,
 }
 
 /// Optional fields written together with a call status change.
@@ -91,7 +94,8 @@ impl Store {
 
     pub async fn attempts(&self, call_id: &str) -> Result<Vec<AttemptRow>> {
         let rows = sqlx::query(
-            "SELECT seq, number, trunk, status, sip_code, reason, started_at, ended_at \
+            "SELECT seq, number, trunk, status, sip_code, reason, started_at, ended_at, \
+                    rtp_received, rtp_lost, rtp_jitter_us, rtp_codec, rtp_srtp_rejected \
              FROM call_attempts WHERE call_id = $1 ORDER BY seq",
         )
         .bind(call_id)
@@ -108,6 +112,7 @@ impl Store {
                     reason: r.try_get(5)?,
                     started_at: r.try_get(6)?,
                     ended_at: r.try_get(7)?,
+                    received: received_from_row(r, 8)?,
                 })
             })
             .collect()
@@ -189,12 +194,16 @@ impl Store {
         status: CallStatus,
         sip_code: Option<i64>,
         reason: Option<&str>,
+        received: Option<&RtpReceived>,
         now: i64,
         then: AfterAttempt<'_>,
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         sqlx::query(
-            "UPDATE call_attempts SET status = $3, sip_code = $4, reason = $5, ended_at = $6 \
+            "UPDATE call_attempts SET status = $3, sip_code = $4, reason = $5, ended_at = $6, \
+                    rtp_received = $7, rtp_lost = $8, rtp_jitter_us = $9, rtp_codec = $10, \
+                    rtp_srtp_rejected = $11 \
              WHERE call_id = $1 AND seq = $2 AND ended_at IS NULL",
         )
         .bind(call_id)
@@ -203,6 +212,11 @@ impl Store {
         .bind(sip_code)
         .bind(reason)
         .bind(now)
+        .bind(received.map(|r| count(r.packets)))
+        .bind(received.map(|r| count(r.lost)))
+        .bind(received.map(|r| count(r.jitter_us)))
+        .bind(received.and_then(|r| r.codec.clone()))
+        .bind(received.map(|r| count(r.srtp_rejected)))
         .execute(&mut *tx)
         .await?;
         match then {
@@ -417,6 +431,24 @@ pub(super) async fn insert_event(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// The measured RTP figures in the five columns from `first` on (`rtp_received`,
+/// `rtp_lost`, `rtp_jitter_us`, `rtp_codec`, `rtp_srtp_rejected`); `None` when the
+/// attempt recorded none.
+pub(super) fn received_from_row(r: &AnyRow, first: usize) -> Result<Option<RtpReceived>> {
+    let packets: Option<i64> = r.try_get(first)?;
+    let Some(packets) = packets else {
+        return Ok(None);
+    };
+    let count = |v: Option<i64>| u64::try_from(v.unwrap_or(0)).unwrap_or(0);
+    Ok(Some(RtpReceived {
+        packets: count(Some(packets)),
+        lost: count(r.try_get(first + 1)?),
+        jitter_us: count(r.try_get(first + 2)?),
+        codec: r.try_get(first + 3)?,
+        srtp_rejected: count(r.try_get(first + 4)?),
+    }))
 }
 
 fn call_from_row(r: &AnyRow) -> Result<CallRow> {

@@ -5,7 +5,7 @@
 use sqlx::Row;
 
 use super::{Result, Store, StoreError};
-use crate::domain::CallStatus;
+use crate::domain::{CallStatus, RtpReceived};
 
 #[derive(Debug, Clone)]
 pub struct CallRecord {
@@ -19,6 +19,9 @@ pub struct CallRecord {
     pub answered_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub times_played: i64,
+    /// What the gateway measured of the far end's RTP in the call's latest attempt
+    /// that received any.
+    pub received: Option<RtpReceived>,
 }
 
 /// Calls created in one time bucket `[start_ms, start_ms + bucket)`.
@@ -115,11 +118,16 @@ impl Store {
 }
 
 /// The columns of a [`CallRecord`], for [`call_record_from_row`]. The number
-/// is the one the call dials now (a retry may have moved to the user's next).
+/// is the one the call dials now (a retry may have moved to the user's next); the
+/// RTP figures are those of its latest attempt that received media.
 const CALL_RECORD_SELECT: &str =
     "SELECT c.id, c.verification_id, COALESCE(c.phone, v.phone), c.status, c.sip_code, \
-            c.trunk, c.created_at, c.answered_at, c.ended_at, c.times_played \
-     FROM calls c JOIN verifications v ON v.id = c.verification_id";
+            c.trunk, c.created_at, c.answered_at, c.ended_at, c.times_played, \
+            a.rtp_received, a.rtp_lost, a.rtp_jitter_us, a.rtp_codec, a.rtp_srtp_rejected \
+     FROM calls c JOIN verifications v ON v.id = c.verification_id \
+     LEFT JOIN call_attempts a ON a.call_id = c.id AND a.seq = \
+         (SELECT MAX(m.seq) FROM call_attempts m \
+          WHERE m.call_id = c.id AND m.rtp_received IS NOT NULL)";
 
 fn call_record_from_row(r: &sqlx::any::AnyRow) -> Result<CallRecord> {
     let status: String = r.try_get(3)?;
@@ -135,5 +143,6 @@ fn call_record_from_row(r: &sqlx::any::AnyRow) -> Result<CallRecord> {
         answered_at: r.try_get(7)?,
         ended_at: r.try_get(8)?,
         times_played: r.try_get(9)?,
+        received: super::calls::received_from_row(r, 10)?,
     })
 }

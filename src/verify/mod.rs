@@ -12,7 +12,7 @@ mod view;
 
 pub use keys::{CodeKeys, SealError};
 pub use phones::{PhoneEntry, PhoneList, MAX_PHONES};
-pub use view::{AttemptView, CallView, CheckResult, StartRequest, VerificationView};
+pub use view::{AttemptView, CallView, CheckResult, ReceivedView, StartRequest, VerificationView};
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::{Verifier, VerifyError};
-use crate::domain::{self, CallReason, CallStatus, PhoneNumber, VerificationStatus};
+use crate::domain::{self, CallReason, CallStatus, PhoneNumber, RtpReceived, VerificationStatus};
 use crate::store::{CallRow, StoreError, VerificationRow};
 
 /// What the auth service sends to start a verification.
@@ -85,6 +85,43 @@ pub struct AttemptView {
     pub started_at: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ended_at: Option<String>,
+    /// What the gateway measured of the far end's RTP during this attempt; absent
+    /// when no media came (unanswered, or nothing arrived).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub received: Option<ReceivedView>,
+}
+
+/// The far end's RTP as the gateway received it during one attempt (RFC 3550
+/// receive statistics, taken when the attempt ended, however it ended).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct ReceivedView {
+    /// RTP packets received (with SRTP: those that authenticated).
+    pub packets: u64,
+    /// Packets lost on the way, from the sequence numbers (expected − received).
+    pub lost: u64,
+    /// `lost / (packets + lost)`, 0–1.
+    pub loss: f64,
+    /// Interarrival jitter at the end of the call (RFC 3550 A.8), milliseconds.
+    pub jitter_ms: f64,
+    /// `PCMU` or `PCMA`: the law of the far end's audio; absent when none came.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub codec: Option<String>,
+    /// Packets dropped for failing SRTP authentication or the replay check.
+    pub srtp_rejected: u64,
+}
+
+impl From<RtpReceived> for ReceivedView {
+    fn from(r: RtpReceived) -> Self {
+        Self {
+            packets: r.packets,
+            lost: r.lost,
+            // Four decimals are as many as the figures carry.
+            loss: (r.loss() * 10_000.0).round() / 10_000.0,
+            jitter_ms: r.jitter_ms(),
+            codec: r.codec,
+            srtp_rejected: r.srtp_rejected,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
@@ -160,6 +197,7 @@ impl Verifier {
                 reason: a.reason,
                 started_at: domain::format_ms(a.started_at),
                 ended_at: a.ended_at.map(domain::format_ms),
+                received: a.received.map(ReceivedView::from),
             })
             .collect();
         Ok(VerificationView {

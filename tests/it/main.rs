@@ -19,6 +19,7 @@ mod docker_configs;
 mod faults_disk;
 mod faults_old_db;
 mod faults_retention;
+mod faults_rtp_record;
 mod fuzz_corpus;
 mod helpers;
 mod logs;

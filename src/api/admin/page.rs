@@ -7,7 +7,7 @@
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::format::{bucket, date_time, seconds};
-use crate::domain::{CallStatus, PhoneNumber};
+use crate::domain::{CallStatus, PhoneNumber, RtpReceived};
 use crate::store::{CallBucket, CallRecord};
 use crate::trunks::{BreakerState, TrunkSnapshot};
 
@@ -176,7 +176,8 @@ fn call_rows(calls: &[CallRecord]) -> Markup {
         table {
             thead { tr {
                 th { "Created (UTC)" } th { "Number" } th { "Trunk" } th { "Status" }
-                th.num { "SIP" } th.num { "Duration" } th.num { "Code read" } th { "Verification" }
+                th.num { "SIP" } th.num { "Duration" } th.num { "Code read" } th.num { "Far-end RTP" }
+                th { "Verification" }
             } }
             tbody {
                 @for c in calls {
@@ -199,10 +200,31 @@ fn call_rows(calls: &[CallRecord]) -> Markup {
                             }
                         }
                         td.num { (c.times_played) "×" }
+                        td.num { (received_cell(c.received.as_ref())) }
                         td { code { (c.verification_id) } }
                     }
                 }
             }
+        }
+    }
+}
+
+/// What the call's far end sent, as measured: loss and jitter (a bad path shows
+/// here), with the packet counts and codec in the tooltip.
+fn received_cell(r: Option<&RtpReceived>) -> Markup {
+    let Some(r) = r else {
+        return html! { span.muted { "–" } };
+    };
+    let mut title = format!("{} packets received, {} lost", r.packets, r.lost);
+    if let Some(c) = &r.codec {
+        title.push_str(&format!(", {c}"));
+    }
+    if r.srtp_rejected > 0 {
+        title.push_str(&format!(", {} failed SRTP checks", r.srtp_rejected));
+    }
+    html! {
+        span title=(title) {
+            (format!("{:.1}% lost · {:.1} ms jitter", r.loss() * 100.0, r.jitter_ms()))
         }
     }
 }

@@ -2,7 +2,7 @@
 //! answered, provisional and early media, forked and retransmitted 2xx), ACK, CANCEL and
 //! BYE, and the route set from Record-Route (loose and strict routers).
 
-use super::timers::TimerKey;
+use super::keys::TimerKey;
 use super::transaction::{ByePurpose, TxMethod, TxState, TIMEOUT_64T1, TIMER_D};
 use super::*;
 

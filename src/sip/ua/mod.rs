@@ -14,6 +14,7 @@ mod auth;
 mod dialog;
 mod droplog;
 mod inbound;
+mod keys;
 mod registrar;
 mod server;
 mod timers;
@@ -45,7 +46,7 @@ pub struct UserAgent {
     calls: HashMap<CallHandle, Call>,
     by_call_id: HashMap<String, CallHandle>,
     client_txs: HashMap<(String, TxMethod), ClientTx>,
-    server_txs: HashMap<timers::ServerKey, ServerTx>,
+    server_txs: HashMap<keys::ServerKey, ServerTx>,
     /// Deadlines of the transactions and ended calls above.
     timers: Timers,
     transmits: VecDeque<Transmit>,

@@ -3,7 +3,7 @@
 //! everything else is refused with the proper code. Retransmitted requests get the cached
 //! answer of their server transaction.
 
-use super::timers::TimerKey;
+use super::keys::TimerKey;
 use super::transaction::{AckWait, ServerTx, T1, TIMEOUT_64T1};
 use super::*;
 

@@ -7,22 +7,11 @@
 //! transaction and call on each event. An ended call waits for its open transactions by a
 //! count (`Call::open_txs`), not by a scan.
 
-use super::transaction::{ClientTx, ServerTx};
+use super::keys::{ClientKey, TimerKey};
+use super::transaction::ClientTx;
 use super::*;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-
-pub(super) type ClientKey = (String, TxMethod);
-/// Branch, sent-by and method of the request (RFC 3261 §17.2.3).
-pub(super) type ServerKey = (String, String, String);
-
-/// What a deadline belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum TimerKey {
-    Client(ClientKey),
-    Server(ServerKey),
-    Call(CallHandle),
-}
 
 /// Min-heap of deadlines; entries may be stale (see the module docs).
 #[derive(Debug, Default)]
@@ -39,24 +28,6 @@ impl Timers {
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.heap.len()
-    }
-}
-
-impl ClientTx {
-    fn next_deadline(&self) -> Option<Instant> {
-        [self.retransmit_at, self.timeout_at, self.remove_at]
-            .into_iter()
-            .flatten()
-            .min()
-    }
-}
-
-impl ServerTx {
-    fn next_deadline(&self) -> Instant {
-        match &self.awaiting_ack {
-            Some(w) => self.remove_at.min(w.retransmit_at).min(w.give_up_at),
-            None => self.remove_at,
-        }
     }
 }
 

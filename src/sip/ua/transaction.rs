@@ -5,7 +5,8 @@
 //! 2xx-until-ACK retransmission of a re-INVITE answer (§13.3.1.4). Sans-IO like the rest of
 //! the user agent: every deadline is an `Instant` handed in by the caller.
 
-use super::timers::{ClientKey, ServerKey, TimerKey};
+pub(super) use super::keys::TxMethod;
+use super::keys::{ClientKey, ServerKey, TimerKey};
 use super::*;
 
 /// RTT estimate (RFC 3261 §17.1.1.1).
@@ -20,15 +21,6 @@ pub(super) const TIMEOUT_64T1: Duration = Duration::from_secs(32);
 pub(super) const TIMER_D: Duration = Duration::from_secs(32);
 /// Timer K: absorb retransmitted non-INVITE finals.
 pub(super) const TIMER_K: Duration = T4;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) enum TxMethod {
-    Invite,
-    Bye,
-    Cancel,
-    Register,
-    Options,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum TxState {
@@ -99,6 +91,26 @@ pub(super) fn transport_for(
     dest: SocketAddr,
 ) -> Transport {
     tcp_peers.get(&dest).copied().unwrap_or(Transport::Udp)
+}
+
+impl ClientTx {
+    /// The earliest instant something is due for this transaction.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        [self.retransmit_at, self.timeout_at, self.remove_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+impl ServerTx {
+    /// The earliest instant something is due for this transaction.
+    pub(super) fn next_deadline(&self) -> Instant {
+        match &self.awaiting_ack {
+            Some(w) => self.remove_at.min(w.retransmit_at).min(w.give_up_at),
+            None => self.remove_at,
+        }
+    }
 }
 
 impl UserAgent {

@@ -5,6 +5,8 @@
 //! route's pattern (`/v1/verifications/{id}`), never the path itself.
 //! `docs/operations.md` lists every family: keep it in step.
 
+pub mod canary;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,7 +99,7 @@ pub struct Metrics {
     /// HTTP API latency by method, route pattern and status.
     pub http_requests: HistogramFamily<RouteLabel>,
     /// Canary runs, health and the answering side (`otpdial_canary_*`).
-    pub canary: crate::canary::metrics::CanaryMetrics,
+    pub canary: canary::CanaryMetrics,
     /// Rows removed by retention (`[database] retention`).
     pub retention_rows: Family<RetentionLabel, Counter>,
     /// Collectors registered after start-up ([`Self::register_collector`]).
