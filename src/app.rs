@@ -91,6 +91,22 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         );
     }
 
+    for (prefix, locale) in &settings.verification.locale_by_prefix {
+        if !locales.contains(locale) {
+            anyhow::bail!(
+                "config key `verification.locale_by_prefix.\"{prefix}\"`: no prompt pack {locale:?} (installed: {})",
+                locales.join(", ")
+            );
+        }
+    }
+    let without_cost = settings.trunks_without_cost();
+    if !without_cost.is_empty() {
+        tracing::info!(
+            trunks = %without_cost.join(", "),
+            "routing = \"quality\": these trunks have no cost_per_minute and count as cost 0"
+        );
+    }
+
     for (i, c) in settings.canaries.iter().enumerate() {
         if !c.locale.is_empty() && !locales.contains(&c.locale) {
             anyhow::bail!(

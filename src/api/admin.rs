@@ -15,6 +15,7 @@ mod canaries;
 mod chart;
 mod format;
 mod page;
+mod routing;
 mod session;
 
 pub use page::QaPhoneRow;
@@ -258,6 +259,18 @@ async fn dashboard(
         tracing::warn!("dashboard: cannot read the canaries");
         UNREADABLE
     });
+    let routing = async {
+        Ok::<_, ApiError>(routing::RoutingPanel {
+            routing: app.settings.dialer.routing.as_str(),
+            countries: crate::api::caller_ids::trunk_countries(app).await?,
+            caller_ids: crate::api::caller_ids::caller_id_views(app).await?,
+        })
+    }
+    .await
+    .map_err(|_| {
+        tracing::warn!("dashboard: cannot read the routing figures");
+        UNREADABLE
+    });
     let body = page::dashboard(&page::Dashboard {
         now_ms: now,
         viewer: &viewer,
@@ -271,6 +284,7 @@ async fn dashboard(
         latest,
         qa_phones: &qa,
         canaries,
+        routing,
     });
     html(StatusCode::OK, body)
 }

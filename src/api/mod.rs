@@ -4,6 +4,8 @@
 
 mod admin;
 mod auth;
+mod caller_ids;
+pub use caller_ids::{CallerIdList, CallerIdView, TrunkCountryView};
 mod canaries;
 pub use canaries::{CanaryList, CanaryRunView, CanaryView};
 mod error;
@@ -66,6 +68,7 @@ pub struct AppState {
         ops::calls,
         qa::phones,
         canaries::list,
+        caller_ids::list,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -107,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/calls", get(ops::calls))
         .route("/v1/qa/phones", get(qa::phones))
         .route("/v1/canaries", get(canaries::list))
+        .route("/v1/caller-ids", get(caller_ids::list))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
