@@ -11,6 +11,7 @@ mod baresip;
 mod callee;
 mod calls_sipp;
 mod canary;
+mod carrier;
 mod cli_config;
 mod demo_path;
 mod dialer_durable;
