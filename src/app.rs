@@ -91,6 +91,22 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         );
     }
 
+    for (prefix, locale) in &settings.verification.locale_by_prefix {
+        if !locales.contains(locale) {
+            anyhow::bail!(
+                "config key `verification.locale_by_prefix.\"{prefix}\"`: no prompt pack {locale:?} (installed: {})",
+                locales.join(", ")
+            );
+        }
+    }
+    let without_cost = settings.trunks_without_cost();
+    if !without_cost.is_empty() {
+        tracing::info!(
+            trunks = %without_cost.join(", "),
+            "routing = \"quality\": these trunks have no cost_per_minute and count as cost 0"
+        );
+    }
+
     for (i, c) in settings.canaries.iter().enumerate() {
         if !c.locale.is_empty() && !locales.contains(&c.locale) {
             anyhow::bail!(
@@ -227,7 +243,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         settings: settings.clone(),
         trunks: board.clone(),
         metrics,
-        qa: engine.qa_bindings(),
+        qa: qa_registrations(engine.qa_bindings()),
     };
     let listener = tokio::net::TcpListener::bind(settings.http.listen)
         .await
@@ -299,6 +315,30 @@ async fn housekeeping(store: Store, keep_wrong_checks: Duration, shutdown: Cance
             }
         }
     }
+}
+
+/// The API's read model of the QA registrar: the registrations that can be called now
+/// (not expired, their TCP/TLS connection still open), in the API's own terms.
+fn qa_registrations(bindings: crate::sip_io::QaBindingMap) -> api::QaRegistrations {
+    Arc::new(move || {
+        let now = std::time::Instant::now();
+        crate::sync::lock(&bindings)
+            .iter()
+            .filter(|(_, b)| b.expires_at > now && !b.flow_closed)
+            .map(|(user, b)| {
+                let registration = api::QaRegistration {
+                    contact: b.contact.clone(),
+                    source: format!(
+                        "{}:{}",
+                        b.transport.via_name().to_ascii_lowercase(),
+                        b.source
+                    ),
+                    expires_in: b.expires_at.duration_since(now),
+                };
+                (user.clone(), registration)
+            })
+            .collect()
+    })
 }
 
 /// Runs until `shutdown` resolves (Ctrl-C / SIGTERM for `serve`).

@@ -15,6 +15,7 @@ mod canaries;
 mod chart;
 mod format;
 mod page;
+mod routing;
 mod session;
 
 pub use page::QaPhoneRow;
@@ -59,14 +60,25 @@ pub(super) fn router<S>(app: AppState) -> Router<S> {
         })
 }
 
-/// The QA softphones and their registrations, for the dashboard.
-///
-/// Empty until the QA registrar (`[[qa.phones]]`, SPEC §6) exists; it fills
-/// this in from its registration table (number masked with
-/// [`crate::domain::PhoneNumber::masked`]). The page then lists them instead
-/// of "No QA phones configured".
-pub fn qa_phones(_app: &AppState) -> Vec<QaPhoneRow> {
-    Vec::new()
+/// The QA softphones of `[[qa.phones]]` and their registrations, for the dashboard
+/// (numbers masked).
+pub fn qa_phones(app: &AppState) -> Vec<QaPhoneRow> {
+    let registrations = (app.qa)();
+    app.settings
+        .qa
+        .phones
+        .iter()
+        .map(|p| {
+            let r = registrations.get(&p.username);
+            QaPhoneRow {
+                username: p.username.clone(),
+                number: crate::domain::PhoneNumber::from_trusted(p.number.clone()).masked(),
+                registered: r.is_some(),
+                contact: r.map(|r| r.contact.clone()),
+                expires_in: r.map(|r| r.expires_in.as_secs()),
+            }
+        })
+        .collect()
 }
 
 /// Headers every page carries: no caching, no framing, nothing loaded from
@@ -247,6 +259,18 @@ async fn dashboard(
         tracing::warn!("dashboard: cannot read the canaries");
         UNREADABLE
     });
+    let routing = async {
+        Ok::<_, ApiError>(routing::RoutingPanel {
+            routing: app.settings.dialer.routing.as_str(),
+            countries: crate::api::caller_ids::trunk_countries(app).await?,
+            caller_ids: crate::api::caller_ids::caller_id_views(app).await?,
+        })
+    }
+    .await
+    .map_err(|_| {
+        tracing::warn!("dashboard: cannot read the routing figures");
+        UNREADABLE
+    });
     let body = page::dashboard(&page::Dashboard {
         now_ms: now,
         viewer: &viewer,
@@ -260,6 +284,7 @@ async fn dashboard(
         latest,
         qa_phones: &qa,
         canaries,
+        routing,
     });
     html(StatusCode::OK, body)
 }

@@ -4,6 +4,8 @@
 
 mod admin;
 mod auth;
+mod caller_ids;
+pub use caller_ids::{CallerIdList, CallerIdView, TrunkCountryView};
 mod canaries;
 pub use canaries::{CanaryList, CanaryRunView, CanaryView};
 mod error;
@@ -17,6 +19,7 @@ mod verifications;
 pub use admin::{qa_phones, QaPhoneRow};
 pub use auth::{hash_token, new_token, ApiKey};
 pub use error::{ApiError, Problem};
+pub use qa::{QaRegistration, QaRegistrations};
 
 use std::sync::Arc;
 
@@ -43,8 +46,8 @@ pub struct AppState {
     /// The shared read model of trunk state (no handle on the call engine).
     pub trunks: Arc<TrunkBoard>,
     pub metrics: Arc<Metrics>,
-    /// Registered QA phones (written by the SIP driver).
-    pub qa: crate::sip_io::QaBindingMap,
+    /// The QA phones' live registrations (a read model over the SIP registrar).
+    pub qa: QaRegistrations,
 }
 
 #[derive(OpenApi)]
@@ -65,6 +68,7 @@ pub struct AppState {
         ops::calls,
         qa::phones,
         canaries::list,
+        caller_ids::list,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -106,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/calls", get(ops::calls))
         .route("/v1/qa/phones", get(qa::phones))
         .route("/v1/canaries", get(canaries::list))
+        .route("/v1/caller-ids", get(caller_ids::list))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -32,6 +32,11 @@ pub struct TrunkView {
     pub calls_total: u64,
     /// Answered calls / calls placed, 0..1 (0 before the first call).
     pub answer_rate: f64,
+    /// Per destination country over `[dialer] quality_window`, counted by every
+    /// instance (what `routing = "quality"` compares).
+    pub countries: Vec<super::TrunkCountryView>,
+    /// As configured; null when unset (counted as 0).
+    pub cost_per_minute: Option<f64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -48,6 +53,7 @@ pub struct TrunkList {
         (status = 200, body = TrunkList),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -56,11 +62,19 @@ pub(super) async fn trunks(
     caller: Caller,
 ) -> Result<Json<TrunkList>, ApiError> {
     caller.require(Scope::Admin)?;
+    let mut countries = super::caller_ids::trunk_countries(&state).await?;
     let trunks = state
         .trunks
         .snapshot()
         .into_iter()
         .map(|t| TrunkView {
+            countries: countries.remove(&t.name).unwrap_or_default(),
+            cost_per_minute: state
+                .settings
+                .trunks
+                .iter()
+                .find(|s| s.name == t.name)
+                .and_then(|s| s.cost_per_minute),
             registered: t.register.then_some(t.status.registered),
             reachable: t.status.reachable,
             last_error: t.status.last_error.clone(),

@@ -1,5 +1,11 @@
 //! QA phones (scope `admin`): the softphones of `[[qa.phones]]` and whether they are
-//! registered to the gateway's QA registrar now.
+//! registered to the gateway's QA registrar now. The registrations come through a read
+//! model ([`QaRegistrations`]) that `app.rs` builds over the SIP registrar's table, so
+//! the API names no SIP type.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::Json;
@@ -10,7 +16,21 @@ use super::error::{ApiError, Problem};
 use super::AppState;
 use crate::config::Scope;
 use crate::domain;
-use crate::sync::lock;
+
+/// A QA phone's registration that can be called now (not expired, its connection
+/// open), as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QaRegistration {
+    /// The Contact URI it registered.
+    pub contact: String,
+    /// Where its REGISTER came from and calls go: `udp:203.0.113.5:5062`.
+    pub source: String,
+    /// Until the registration runs out.
+    pub expires_in: Duration,
+}
+
+/// Reads the live registrations, by username.
+pub type QaRegistrations = Arc<dyn Fn() -> HashMap<String, QaRegistration> + Send + Sync>;
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(super) struct QaPhoneView {
@@ -50,38 +70,26 @@ pub(super) async fn phones(
     caller: Caller,
 ) -> Result<Json<QaPhoneList>, ApiError> {
     caller.require(Scope::Admin)?;
-    let now = std::time::Instant::now();
     let now_ms = domain::now_ms();
-    let bindings = lock(&state.qa).clone();
+    let registrations = (state.qa)();
     let phones = state
         .settings
         .qa
         .phones
         .iter()
         .map(|p| {
-            // A binding whose TCP/TLS connection closed cannot be called: not registered.
-            let b = bindings
-                .get(&p.username)
-                .filter(|b| b.expires_at > now && !b.flow_closed);
-            let left = b.map(|b| b.expires_at.duration_since(now));
+            let r = registrations.get(&p.username);
             QaPhoneView {
                 username: p.username.clone(),
                 number: p.number.clone(),
-                registered: b.is_some(),
-                contact: b.map(|b| b.contact.clone()),
-                source: b.map(|b| {
-                    let t = match b.transport {
-                        crate::sip::Transport::Udp => "udp",
-                        crate::sip::Transport::Tcp => "tcp",
-                        crate::sip::Transport::Tls => "tls",
-                    };
-                    format!("{t}:{}", b.source)
-                }),
-                expires: left.map(|d| {
-                    let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                registered: r.is_some(),
+                contact: r.map(|r| r.contact.clone()),
+                source: r.map(|r| r.source.clone()),
+                expires: r.map(|r| {
+                    let ms = i64::try_from(r.expires_in.as_millis()).unwrap_or(i64::MAX);
                     domain::format_ms(now_ms.saturating_add(ms))
                 }),
-                expires_in: left.map(|d| d.as_secs()),
+                expires_in: r.map(|r| r.expires_in.as_secs()),
             }
         })
         .collect();

@@ -223,6 +223,18 @@ impl CallEngine {
         slot: TrunkSlot,
         progress: mpsc::UnboundedSender<Progress>,
     ) -> AttemptOutcome {
+        self.place_from(call, slot, None, progress).await
+    }
+
+    /// [`Self::place`] showing `from` (a `[[caller_ids]]` number in the trunk's
+    /// `from` URI) instead of the trunk's `from`, when given.
+    pub async fn place_from(
+        &self,
+        call: PlaceCall<'_>,
+        slot: TrunkSlot,
+        from: Option<String>,
+        progress: mpsc::UnboundedSender<Progress>,
+    ) -> AttemptOutcome {
         let trunk = slot.trunk().clone();
         if self.prompts.get(call.locale).is_none() {
             return AttemptOutcome::failed(format!("no prompt pack for {}", call.locale), false);
@@ -248,7 +260,7 @@ impl CallEngine {
         let target = Target {
             destination,
             request_uri,
-            from_uri: trunk.from.clone(),
+            from_uri: from.unwrap_or_else(|| trunk.from.clone()),
             from_display: trunk.from_display.clone(),
             credentials: trunk.credentials(),
             extra_headers: caller_id_headers(&trunk),

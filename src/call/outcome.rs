@@ -147,6 +147,14 @@ pub(super) fn end_outcome(
             failover: false,
             received: None,
         },
+        EndReason::NotSent { reason } => AttemptOutcome {
+            // Another trunk has another proxy: worth trying.
+            failover: ours.is_none(),
+            ..unanswered(
+                CallStatus::Failed,
+                (Some(CallReason::NotSent), Some(reason)),
+            )
+        },
         EndReason::Rejected { status, reason } => {
             let (call_status, failover) = classify_final(status);
             let (call_status, failover, parts) = match (status, ours) {

@@ -12,11 +12,13 @@ use std::path::{Path, PathBuf};
 
 mod canary;
 mod load;
+mod routing;
 mod schema;
 mod validate;
 mod values;
 
 pub use canary::{CanaryEntry, CanarySettings};
+pub use routing::{longest_prefix, CallerIdPool, RoutingMode};
 pub use schema::*;
 pub use validate::MIN_RETENTION;
 pub use values::*;

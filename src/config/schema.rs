@@ -29,6 +29,8 @@ pub struct Settings {
     pub qa: QaSettings,
     pub canaries: Vec<super::CanaryEntry>,
     pub canary: super::CanarySettings,
+    /// Caller IDs by destination prefix (SPEC §7).
+    pub caller_ids: Vec<super::CallerIdPool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -253,6 +255,9 @@ pub struct VerificationSettings {
     pub mobile_only: bool,
     pub default_region: String,
     pub code_key_env: String,
+    /// The prompt pack by E.164 prefix of the number called (longest match), when
+    /// neither the request nor the registered number names one.
+    pub locale_by_prefix: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for VerificationSettings {
@@ -268,6 +273,7 @@ impl Default for VerificationSettings {
             mobile_only: false,
             default_region: "NL".into(),
             code_key_env: "OTPDIAL_CODE_KEY".into(),
+            locale_by_prefix: Default::default(),
         }
     }
 }
@@ -502,6 +508,14 @@ pub struct DialerSettings {
     /// Calls in progress on this instance over all trunks; 0 = the sum of
     /// the trunks' `max_concurrent_calls`.
     pub max_concurrent_calls: u32,
+    /// How the trunks that carry a number are ordered: `priority` or `quality`.
+    pub routing: super::RoutingMode,
+    /// The recent past whose answer rates `routing = "quality"` compares.
+    #[serde(with = "humantime_serde")]
+    pub quality_window: Duration,
+    /// With `routing = "quality"`: the share of calls that go to a trunk other than
+    /// the best, so that a trunk that recovered is noticed.
+    pub explore_share: f64,
 }
 
 impl Default for DialerSettings {
@@ -514,6 +528,9 @@ impl Default for DialerSettings {
             shutdown_grace: Duration::from_secs(30),
             lease: Duration::from_secs(20),
             max_concurrent_calls: 0,
+            routing: super::RoutingMode::Priority,
+            quality_window: Duration::from_secs(3600),
+            explore_share: 0.05,
         }
     }
 }
@@ -577,6 +594,10 @@ pub struct TrunkSettings {
     /// has no usable key; `required` fails the attempt without a usable key.
     #[serde(default)]
     pub srtp: SrtpMode,
+    /// Price of a minute on this trunk (any currency, the same for every trunk):
+    /// `routing = "quality"` breaks near-ties in answer rate by it; unset = 0.
+    #[serde(default)]
+    pub cost_per_minute: Option<f64>,
 }
 
 fn default_breaker_failures() -> u32 {

@@ -103,6 +103,7 @@ impl Settings {
         self.validate_qa(origin)?;
         self.validate_tls(origin)?;
         self.validate_canaries(origin)?;
+        self.validate_routing(origin)?;
         if self.media.realtime_priority > 99 {
             return Err(err(
                 "media.realtime_priority".into(),
@@ -314,7 +315,7 @@ impl Settings {
 }
 
 /// `+` and at least one digit: an E.164 prefix or country calling code.
-fn is_e164_prefix(p: &str) -> bool {
+pub(super) fn is_e164_prefix(p: &str) -> bool {
     p.strip_prefix('+')
         .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }

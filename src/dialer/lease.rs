@@ -63,6 +63,7 @@ impl Dialer {
                 .await
             {
                 Ok(_) => {
+                    self.routing_upkeep(now + self.lease_ms()).await;
                     self.recover_once().await;
                     every
                 }

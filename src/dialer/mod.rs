@@ -10,15 +10,21 @@
 //! or is dropped leaves a guard that hangs the call up (see `call`) and
 //! records a terminal status.
 
+mod callerid;
+mod country;
 #[cfg(feature = "test-hooks")]
 mod fault;
 mod lease;
+mod metrics;
 mod policy;
 mod round;
+pub mod routing;
 mod settle;
 
+pub use country::CALLER_ID_WINDOW;
 #[cfg(feature = "test-hooks")]
 pub use fault::Fault;
+pub use metrics::RoutingMetrics;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,6 +47,8 @@ use crate::verify::CodeKeys;
 /// Poll interval when nobody wakes the dialer (other instances' work,
 /// retries that become due).
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// The same with trunk slots shared through PostgreSQL.
+const SHARED_IDLE_POLL: Duration = Duration::from_millis(200);
 /// After `shutdown_grace`, how long hung-up calls get to say BYE and record
 /// their end before their tasks are dropped.
 const HANGUP_WAIT: Duration = Duration::from_secs(5);
@@ -73,6 +81,13 @@ pub struct Dialer {
     #[cfg(feature = "test-hooks")]
     fault: fault::FaultSlot,
     risk: Option<RiskHook>,
+    /// Exploration draws of `routing = "quality"`.
+    draws: routing::EvenDraws,
+    /// Calls placed per caller-ID pool (the rotation).
+    turns: Mutex<HashMap<String, u64>>,
+    /// The shared trunk slot rows exist (PostgreSQL).
+    slots_ready: tokio::sync::OnceCell<()>,
+    last_prune: Mutex<Option<std::time::Instant>>,
 }
 
 impl Dialer {
@@ -102,6 +117,20 @@ impl Dialer {
             #[cfg(feature = "test-hooks")]
             fault: Default::default(),
             risk,
+            draws: routing::EvenDraws::new(),
+            turns: Mutex::default(),
+            slots_ready: tokio::sync::OnceCell::new(),
+            last_prune: Mutex::default(),
+        }
+    }
+
+    /// How long to wait for work when nobody wakes the dialer. Shorter with shared
+    /// trunk slots: another instance freeing one does not wake this one.
+    fn idle_poll(&self) -> Duration {
+        if self.shared_slots() {
+            SHARED_IDLE_POLL
+        } else {
+            IDLE_POLL
         }
     }
 
@@ -138,7 +167,7 @@ impl Dialer {
     }
 
     async fn claim(&self) -> Result<Option<ClaimedCall>, StoreError> {
-        let mut prefixes = self.board.claimable_prefixes();
+        let mut prefixes = self.claimable_prefixes().await;
         if let Some(p) = prefixes.as_mut() {
             // A QA phone's number needs no trunk: claimable whenever the instance has a
             // slot (a full number is its own prefix).
@@ -196,7 +225,7 @@ impl Dialer {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = self.board.freed().notified() => {}
-                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = tokio::time::sleep(self.idle_poll()) => {}
                 _ = shutdown.cancelled() => break,
             }
         }

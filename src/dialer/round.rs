@@ -5,6 +5,7 @@
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::country::Seen;
 use super::policy::breaker_signal;
 use super::settle::Settle;
 use super::{Dialer, Outcome};
@@ -37,7 +38,8 @@ struct CallSecrets {
 
 /// Where one attempt goes.
 enum Route {
-    Trunk(crate::trunks::TrunkSlot),
+    /// With the From URI when a caller-ID pool gives one (else the trunk's `from`).
+    Trunk(crate::trunks::TrunkSlot, Option<String>),
     /// A registered QA phone (no trunk, no slot).
     Qa(crate::sip::QaBinding),
 }
@@ -172,6 +174,7 @@ impl Dialer {
                 .run_qa_round(claimed, &code, &qa.username, settle, &hangup)
                 .await;
         }
+        let routes = self.order_routes(&claimed.phone, routes).await;
         let mut last: Option<AttemptOutcome> = None;
         for trunk in &routes {
             if hangup.cause().is_some() {
@@ -182,6 +185,26 @@ impl Dialer {
             let Some(slot) = self.board.try_slot(trunk) else {
                 continue;
             };
+            let Some(settings) = self.trunk_settings(trunk).cloned() else {
+                continue;
+            };
+            // On PostgreSQL the trunk's channels are counted over every instance.
+            let _shared = if self.shared_slots() {
+                match self.take_shared_slot(&settings, call_id).await {
+                    Ok(Some(s)) => Some(s),
+                    Ok(None) => {
+                        tracing::debug!(trunk = %trunk, "every channel of the trunk is held by some instance");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(trunk = %trunk, error = %e, "cannot take a shared trunk slot");
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let caller = self.caller_id_for(&claimed.phone, &settings).await;
             let seq = self
                 .persist(|| {
                     self.store
@@ -189,16 +212,25 @@ impl Dialer {
                 })
                 .await?;
             settle.attempt = Some(seq);
-            tracing::info!(trunk = %trunk, attempt = seq, round = claimed.round, "dialing");
+            tracing::info!(
+                trunk = %trunk,
+                attempt = seq,
+                round = claimed.round,
+                caller_id = caller.as_ref().map_or("", |c| c.number.as_str()),
+                "dialing"
+            );
             let attempt_span = tracing::info_span!(
                 "attempt",
                 trunk = %trunk,
                 sip_call_id = tracing::field::Empty
             );
-            let outcome = self
-                .place_one(claimed, &code, trunk, Route::Trunk(slot), &hangup)
+            let from = caller.as_ref().map(|c| c.from.clone());
+            let (outcome, seen) = self
+                .place_one(claimed, &code, trunk, Route::Trunk(slot, from), &hangup)
                 .instrument(attempt_span)
                 .await?;
+            self.note_outcome(trunk, &claimed.phone, caller.as_ref(), &outcome, seen)
+                .await;
             self.board.record_outcome(trunk, breaker_signal(&outcome));
             self.metrics.call_attempt(trunk, outcome.status.as_str());
             tracing::info!(
@@ -291,6 +323,7 @@ impl Dialer {
                 self.place_one(claimed, code, &route, Route::Qa(b), hangup)
                     .instrument(span)
                     .await?
+                    .0
             }
             None => AttemptOutcome::failed(format!("QA phone {username} is not registered"), false),
         };
@@ -345,8 +378,9 @@ impl Dialer {
         trunk: &str,
         route: Route,
         hangup: &Hangup,
-    ) -> Result<AttemptOutcome, StoreError> {
+    ) -> Result<(AttemptOutcome, Seen), StoreError> {
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut seen = Seen::default();
         let call = PlaceCall {
             to: &claimed.phone,
             digits: code.code.digit_values(),
@@ -361,7 +395,7 @@ impl Dialer {
         };
         let place = async {
             match route {
-                Route::Trunk(slot) => self.engine.place(call, slot, tx).await,
+                Route::Trunk(slot, from) => self.engine.place_from(call, slot, from, tx).await,
                 Route::Qa(binding) => {
                     let ring = self.settings.qa.ring_timeout;
                     self.engine.place_qa(call, trunk, &binding, ring, tx).await
@@ -373,13 +407,14 @@ impl Dialer {
             tokio::select! {
                 biased;
                 Some(p) = rx.recv() => {
-                    #[cfg(feature = "test-hooks")]
                     let answered = p == Progress::Answered;
+                    seen.answered |= answered;
+                    seen.rang |= p == Progress::Ringing;
                     self.record_progress(&claimed.call_id, trunk, p).await;
                     #[cfg(feature = "test-hooks")]
                     if answered {
                         if let Some(end) = self.fire_injected_fault() {
-                            return end;
+                            return end.map(|o| (o, seen));
                         }
                     }
                 }
@@ -388,9 +423,11 @@ impl Dialer {
         };
         // Progress sent just before the end still counts.
         while let Ok(p) = rx.try_recv() {
+            seen.answered |= p == Progress::Answered;
+            seen.rang |= p == Progress::Ringing;
             self.record_progress(&claimed.call_id, trunk, p).await;
         }
-        Ok(outcome)
+        Ok((outcome, seen))
     }
 
     /// Progress is worth recording but not worth dropping a call for: if

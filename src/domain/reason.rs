@@ -26,11 +26,15 @@ pub enum CallReason {
     Canceled,
     /// The call's task ended without settling it (an error or a panic).
     InternalError,
+    /// The attempt failed on the gateway before anything was sent to the trunk (a
+    /// Request-URI that cannot be built, a trunk name that does not resolve): no SIP
+    /// status, the trunk never saw it.
+    NotSent,
 }
 
 impl CallReason {
     /// Every reason, in the order docs/api.md lists them.
-    pub const ALL: [CallReason; 9] = [
+    pub const ALL: [CallReason; 10] = [
         Self::Expired,
         Self::GatewayRestart,
         Self::Shutdown,
@@ -40,6 +44,7 @@ impl CallReason {
         Self::RiskDenied,
         Self::Canceled,
         Self::InternalError,
+        Self::NotSent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +58,7 @@ impl CallReason {
             Self::RiskDenied => "risk_denied",
             Self::Canceled => "canceled",
             Self::InternalError => "internal_error",
+            Self::NotSent => "not_sent",
         }
     }
 

@@ -102,6 +102,8 @@ pub struct Metrics {
     pub canary: canary::CanaryMetrics,
     /// Rows removed by retention (`[database] retention`).
     pub retention_rows: Family<RetentionLabel, Counter>,
+    /// Calling by country: routes, caller IDs (`otpdial_route_*`, `otpdial_caller_id_*`).
+    pub routing: crate::dialer::RoutingMetrics,
     /// Collectors registered after start-up ([`Self::register_collector`]).
     collectors: Mutex<Registry>,
 }
@@ -131,6 +133,7 @@ impl Metrics {
             http_requests: Family::new_with_constructor(request_seconds),
             canary: Default::default(),
             retention_rows: Family::default(),
+            routing: Default::default(),
             collectors: Mutex::new(Registry::with_prefix("otpdial")),
             registry: Registry::default(),
         };
@@ -201,6 +204,7 @@ impl Metrics {
             "Rows removed by retention ([database] retention, otpdial purge), by table and action (deleted, pseudonymised)",
             m.retention_rows.clone(),
         );
+        m.routing.register(&mut registry);
         Arc::new(Metrics { registry, ..m })
     }
 

@@ -232,6 +232,11 @@ fn start_line(line: &str) -> Result<String, ParseError> {
         "OPTIONS"
     };
     let uri = escape_user_semicolons(uri);
+    if bare_ipv6_host(&uri) {
+        // RFC 5118 §4.2: an IPv6 address must be in brackets; unbracketed, its colons
+        // would be read as a port.
+        return Err(ParseError::Invalid("Request-URI (IPv6 address without [])"));
+    }
     // We never use the Request-URI of a request we receive, so one rsip cannot read
     // (valid but unusual, RFC 4475 §3.1.1.2, or an unknown scheme, §3.3.2) is replaced
     // by a stand-in; `parse` notes an unsupported scheme so the UA can answer 416.
@@ -244,6 +249,64 @@ fn start_line(line: &str) -> Result<String, ParseError> {
 }
 
 const STAND_IN_URI: &str = "sip:request-uri.invalid";
+
+/// The host rsip parses in place of an IPv6 reference (see [`parse_uri`]).
+const V6_STAND_IN: &str = "ipv6-reference.invalid";
+
+/// Parses a SIP URI we send to or keep (Request-URI, Contact, Route, registrar).
+/// rsip 0.4 does not know IPv6 references (RFC 3261 §19.1.1 `sip:u@[2001:db8::1]:5060`):
+/// it splits host and port at the first colon. Such a host is parsed as a stand-in name
+/// and put back as the bracketed address (a `Domain`, which rsip prints as written), so
+/// the URI renders as `sip:u@[2001:db8::1]:5060` again.
+pub(crate) fn parse_uri(text: &str) -> Result<rsip::Uri, String> {
+    let Some((start, end)) = ipv6_reference(text) else {
+        return rsip::Uri::try_from(text).map_err(|e| e.to_string());
+    };
+    let inner = &text[start + 1..end - 1];
+    let ip: std::net::Ipv6Addr = inner
+        .parse()
+        .map_err(|_| format!("bad IPv6 reference [{inner}]"))?;
+    let stand_in = format!("{}{V6_STAND_IN}{}", &text[..start], &text[end..]);
+    let mut uri = rsip::Uri::try_from(stand_in.as_str()).map_err(|e| e.to_string())?;
+    uri.host_with_port.host = rsip::Host::Domain(format!("[{ip}]").into());
+    Ok(uri)
+}
+
+/// The byte range of the `[…]` host of a URI (brackets included): a `[` right after the
+/// scheme's colon or the userinfo's `@`, up to its `]`.
+fn ipv6_reference(text: &str) -> Option<(usize, usize)> {
+    let start = text.find('[')?;
+    let before = text[..start].chars().last()?;
+    if before != '@' && before != ':' {
+        return None;
+    }
+    if before == ':' && text[..start - 1].contains(['@', ';', '?']) {
+        return None;
+    }
+    let close = text[start..].find(']')?;
+    Some((start, start + close + 1))
+}
+
+/// `sip:2001:db8::10`: a sip(s) URI whose host has two or more colons and no brackets.
+fn bare_ipv6_host(uri: &str) -> bool {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+        return false;
+    }
+    let rest = rest.split([';', '?']).next().unwrap_or("");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    !host.starts_with('[') && host.matches(':').count() >= 2
+}
+
+/// The Request-URI of a request as sent, `;` in the user escaped as for rsip.
+fn request_uri_text(data: &[u8]) -> Option<String> {
+    let start = data.iter().position(|b| *b != b'\r' && *b != b'\n')?;
+    let line = data[start..].split(|b| *b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    Some(escape_user_semicolons(line.split(' ').nth(1)?))
+}
 
 /// Whether a request's Request-URI uses a scheme we handle (sip, sips, tel).
 fn supported_scheme(data: &[u8]) -> bool {
@@ -421,7 +484,15 @@ pub(crate) fn parse(data: &[u8]) -> Result<Message, ParseError> {
             }
             m.extension_method = extension.map(str::to_string);
             m.unsupported_uri_scheme = !supported_scheme(data);
-            m.request_uri = Some(req.uri.to_string());
+            let uri = req.uri.to_string();
+            // rsip could not read it (an IPv6 reference): ours can.
+            m.request_uri = Some(if uri == STAND_IN_URI {
+                request_uri_text(data)
+                    .and_then(|u| parse_uri(&u).ok())
+                    .map_or(uri, |u| u.to_string())
+            } else {
+                uri
+            });
             return Ok(m);
         }
         rsip::SipMessage::Response(resp) => {

@@ -25,6 +25,8 @@ mod corpus_tests;
 #[cfg(test)]
 mod inbound_tests;
 #[cfg(test)]
+mod ipv6_tests;
+#[cfg(test)]
 mod qa_tests;
 #[cfg(test)]
 mod tests;
@@ -366,6 +368,10 @@ pub enum EndReason {
     Canceled,
     /// 2xx without a usable SDP answer: we ACKed, then sent BYE.
     MediaFailed { error: sdp::SdpError },
+    /// Nothing was sent: the call failed on our side before its INVITE could leave
+    /// (a Request-URI we cannot build, a destination without an address). No SIP
+    /// status: the trunk never saw it.
+    NotSent { reason: String },
 }
 
 impl fmt::Display for EndReason {
@@ -377,6 +383,7 @@ impl fmt::Display for EndReason {
             EndReason::LocalHangup => f.write_str("local hangup"),
             EndReason::Canceled => f.write_str("canceled"),
             EndReason::MediaFailed { error } => write!(f, "media negotiation failed: {error}"),
+            EndReason::NotSent { reason } => write!(f, "not sent: {reason}"),
         }
     }
 }

@@ -76,6 +76,7 @@ mod phones;
 mod queue;
 mod reports;
 mod retention;
+mod routing;
 pub mod schema;
 mod verifications;
 
@@ -96,6 +97,7 @@ pub use phones::PhoneRow;
 pub use queue::{ClaimedCall, Recovered};
 pub use reports::{CallBucket, CallRecord};
 pub use retention::{OldAuditRow, PseudonymisedAudit, PurgedRows};
+pub use routing::{CallerIdRest, RouteOutcome, RouteTally, Tally};
 pub use verifications::{
     BudgetCheck, CheckSlot, LimitCheck, LimitColumn, NewVerification, StartGuards, StartOutcome,
     VerificationRow,

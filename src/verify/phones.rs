@@ -20,6 +20,12 @@ pub struct PhoneEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 64)]
     pub label: Option<String>,
+    /// Prompt pack this number hears when a verification names none (one of the
+    /// installed packs); unset = by the number's country (`locale_by_prefix`), else
+    /// `default_locale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 16, example = "nl")]
+    pub locale: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
@@ -71,10 +77,22 @@ impl Verifier {
                     ));
                 }
             }
+            if let Some(locale) = &p.locale {
+                if !self.locales.contains(locale) {
+                    return Err(invalid(
+                        "phones",
+                        format!(
+                            "phones[{i}].locale: no prompt pack {locale:?}; installed: {}",
+                            self.locales.join(", ")
+                        ),
+                    ));
+                }
+            }
             rows.push(PhoneRow {
                 number: n.as_str().to_string(),
                 primary: p.primary,
                 label: p.label.clone(),
+                locale: p.locale.clone(),
             });
         }
         self.store
@@ -101,6 +119,7 @@ impl Verifier {
                     number: r.number,
                     primary: r.primary,
                     label: r.label,
+                    locale: r.locale,
                 })
                 .collect(),
         })

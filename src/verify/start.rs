@@ -34,11 +34,12 @@ impl Verifier {
 
     /// Which number to call for this request (SPEC §3 rules on `user_id`
     /// and `to`).
+    /// With the number, the prompt pack its registration names, if any.
     async fn destination(
         &self,
         req: &StartRequest,
         actor: &str,
-    ) -> Result<PhoneNumber, VerifyError> {
+    ) -> Result<(PhoneNumber, Option<String>), VerifyError> {
         let allow_any = self.settings.verification.allow_unregistered_numbers;
         match (req.user_id.as_deref(), req.to.as_deref()) {
             (None, None) => Err(invalid("to", "give `to`, `user_id`, or both")),
@@ -48,7 +49,8 @@ impl Verifier {
                 match to {
                     Some(to) => {
                         let number = self.parse_number(to)?;
-                        if !allow_any && !phones.iter().any(|p| p.number == number.as_str()) {
+                        let registered = phones.iter().find(|p| p.number == number.as_str());
+                        if !allow_any && registered.is_none() {
                             self.metrics.refused("not_registered");
                             self.audit(
                                 actor,
@@ -60,12 +62,18 @@ impl Verifier {
                             .await;
                             return Err(invalid("to", "not one of this user's registered numbers"));
                         }
-                        Ok(number)
+                        let locale = registered.and_then(|p| p.locale.clone());
+                        Ok((number, locale))
                     }
                     None => phones
                         .iter()
                         .find(|p| p.primary)
-                        .map(|p| PhoneNumber::from_trusted(p.number.clone()))
+                        .map(|p| {
+                            (
+                                PhoneNumber::from_trusted(p.number.clone()),
+                                p.locale.clone(),
+                            )
+                        })
                         .ok_or_else(|| {
                             invalid("user_id", "this user has no registered primary number")
                         }),
@@ -73,7 +81,8 @@ impl Verifier {
             }
             (None, Some(to)) => {
                 let number = self.parse_number(to)?;
-                if !allow_any && !self.store.number_is_registered(number.as_str()).await? {
+                let registration = self.store.registration_of(number.as_str()).await?;
+                if !allow_any && registration.is_none() {
                     self.metrics.refused("not_registered");
                     self.audit(
                         actor,
@@ -85,7 +94,7 @@ impl Verifier {
                     .await;
                     return Err(invalid("to", "number is not registered for any user"));
                 }
-                Ok(number)
+                Ok((number, registration.flatten()))
             }
         }
     }
@@ -143,10 +152,19 @@ impl Verifier {
                 return Err(invalid("Idempotency-Key", "must be 1..255 characters"));
             }
         }
-        let number = self.destination(&req, api_key).await?;
+        let (number, registered_locale) = self.destination(&req, api_key).await?;
+        // SPEC §7: the request, then the registered number, then the country, then
+        // the default.
         let locale = req
             .locale
             .clone()
+            // A pack removed since the number was registered: by country instead.
+            .or(registered_locale.filter(|l| self.locales.contains(l)))
+            .or_else(|| {
+                self.settings
+                    .locale_by_country(number.as_str())
+                    .map(str::to_owned)
+            })
             .unwrap_or_else(|| vs.default_locale.clone());
         if !self.locales.contains(&locale) {
             return Err(invalid(

@@ -667,6 +667,7 @@ async fn openapi_matches_the_served_routes() {
         "GET /v1/calls",
         "GET /v1/qa/phones",
         "GET /v1/canaries",
+        "GET /v1/caller-ids",
     ]
     .into_iter()
     .map(String::from)
@@ -696,6 +697,31 @@ async fn openapi_matches_the_served_routes() {
             "CanaryRunView.{field}: {canaries}"
         );
     }
+    let schemas = &doc["components"]["schemas"];
+    for field in ["number", "pool", "calls", "answer_rate", "resting_until"] {
+        assert!(
+            schemas["CallerIdView"]["properties"][field].is_object(),
+            "CallerIdView.{field}: {}",
+            schemas["CallerIdView"]
+        );
+    }
+    for field in ["country", "calls", "answer_rate"] {
+        assert!(
+            schemas["TrunkCountryView"]["properties"][field].is_object(),
+            "TrunkCountryView.{field}: {}",
+            schemas["TrunkCountryView"]
+        );
+    }
+    assert!(
+        schemas["TrunkView"]["properties"]["countries"].is_object(),
+        "{}",
+        schemas["TrunkView"]
+    );
+    assert!(
+        schemas["PhoneEntry"]["properties"]["locale"].is_object(),
+        "{}",
+        schemas["PhoneEntry"]
+    );
     // Errors are documented as problem documents.
     let not_found = &doc["paths"]["/v1/verifications/{id}"]["get"]["responses"]["404"];
     assert!(

@@ -114,6 +114,26 @@ async fn baresip_registers_answers_and_the_code_it_heard_is_approved() {
     assert!((500..=600).contains(&left), "{view}");
     assert!(view["expires"].as_str().unwrap().ends_with('Z'));
 
+    // The dashboard lists the phone from the same registrations, number masked.
+    let page = t
+        .http
+        .get(t.url("/admin"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let qa = &page[page.find("id=\"qa-phones\"").expect("QA panel")..];
+    assert!(qa.contains("<td>qa-alice</td>"), "{qa}");
+    assert!(
+        qa.contains("registered</span>") && !qa.contains("not registered"),
+        "{qa}"
+    );
+    assert!(qa.contains("@127.0.0.44:"), "{qa}");
+    assert!(!qa.contains(NUMBER), "the number is masked: {qa}");
+
     // A verification to the phone's number rings baresip, not the trunk.
     let (status, _) = t
         .http

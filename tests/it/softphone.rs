@@ -349,7 +349,8 @@ fn playout_seconds(code: &str) -> f64 {
 /// Twinkle in console mode (`twinkle -c`, `QT_QPA_PLATFORM=offscreen`) with one profile
 /// `qa` that signals over TCP only (`sip_transport=tcp`), publishes no presence
 /// (`pres_publish_startup=no`) and answers by itself (`auto_answer -a on` typed at its
-/// prompt). It logs every SIP message it sends and receives, with the transport, to
+/// prompt; without a sound card only with `validate_audio_dev=no` in `twinkle.sys`,
+/// else it never answers: the call ends `no_answer`, 480). It logs every SIP message it sends and receives, with the transport, to
 /// `~/.twinkle/twinkle.log`. Killed on drop.
 struct Twinkle {
     child: Child,

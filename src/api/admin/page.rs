@@ -42,6 +42,8 @@ pub(super) struct Dashboard<'a> {
     pub qa_phones: &'a [QaPhoneRow],
     /// The canary panel (SPEC §7), or why it could not be read.
     pub canaries: Result<Vec<crate::api::canaries::CanaryView>, &'static str>,
+    /// Calling by country: answer rate per trunk × country, caller IDs (SPEC §7).
+    pub routing: Result<super::routing::RoutingPanel, &'static str>,
 }
 
 const STYLE: &str = r#"
@@ -339,11 +341,12 @@ pub(super) fn dashboard(d: &Dashboard<'_>) -> String {
             (or_error(&d.buckets, |b| super::chart::render(b, d.bucket_ms)))
         }
         section #calls { h2 { "Latest calls" } (or_error(&d.latest, |c| call_rows(c))) }
+        section #routing { h2 { "Routes and caller IDs" } (or_error(&d.routing, super::routing::render)) }
         section #canaries { h2 { "Canaries" } (or_error(&d.canaries, |c| super::canaries::render(c))) }
         section #qa-phones { h2 { "QA phones" } (qa_rows(d.qa_phones)) }
         p.muted {
             "Refreshes every 30 s. Numbers are masked; codes are never shown. Machine-readable: "
-            code { "/v1/trunks" } ", " code { "/v1/calls" } ", " code { "/v1/canaries" } ", "
+            code { "/v1/trunks" } ", " code { "/v1/calls" } ", " code { "/v1/canaries" } ", " code { "/v1/caller-ids" } ", "
             code { "/metrics" } "."
         }
     };

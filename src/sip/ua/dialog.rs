@@ -122,9 +122,8 @@ impl UserAgent {
                 debug!(uri = %call.request_uri, error = %e, "invalid request URI, call not placed");
                 self.events.push_back(Event::Ended {
                     call: handle,
-                    reason: EndReason::Rejected {
-                        status: 400,
-                        reason: format!("invalid request URI (not sent): {e}"),
+                    reason: EndReason::NotSent {
+                        reason: format!("invalid request URI {:?}: {e}", call.request_uri),
                     },
                 });
                 return handle;

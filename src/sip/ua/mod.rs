@@ -84,7 +84,7 @@ fn parse_sip_uri(text: &str) -> Result<rsip::Uri, String> {
     if !looks_sip {
         return Err("not a sip: URI".to_string());
     }
-    rsip::Uri::try_from(text).map_err(|e| e.to_string())
+    message::parse_uri(text)
 }
 
 /// Via, Route, Max-Forwards, From, To, Call-ID, CSeq, User-Agent of a request we send.
