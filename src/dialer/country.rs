@@ -260,7 +260,7 @@ impl Dialer {
                     self.metrics
                         .routing
                         .caller_id_rested
-                        .get_or_create(&super::metrics::PoolLabel {
+                        .get_or_create(&crate::metrics::routing::PoolLabel {
                             pool: pool_name.to_owned(),
                         })
                         .inc();
@@ -375,7 +375,7 @@ impl Dialer {
                     self.metrics
                         .routing
                         .route_answer_rate
-                        .get_or_create(&super::metrics::TrunkCountryLabel {
+                        .get_or_create(&crate::metrics::routing::TrunkCountryLabel {
                             trunk: t.trunk,
                             country: t.country,
                         })
@@ -411,7 +411,7 @@ fn note_metrics(
     caller: Option<&ShownCallerId>,
     answered: bool,
 ) {
-    let label = super::metrics::TrunkCountryLabel {
+    let label = crate::metrics::routing::TrunkCountryLabel {
         trunk: trunk.to_owned(),
         country: country.to_owned(),
     };
@@ -423,7 +423,7 @@ fn note_metrics(
         metrics
             .routing
             .caller_id_calls
-            .get_or_create(&super::metrics::CallerIdLabel {
+            .get_or_create(&crate::metrics::routing::CallerIdLabel {
                 pool: c.pool.clone(),
                 caller_id: c.number.clone(),
             })

@@ -15,7 +15,6 @@ mod country;
 #[cfg(feature = "test-hooks")]
 mod fault;
 mod lease;
-mod metrics;
 mod policy;
 mod round;
 pub mod routing;
@@ -24,7 +23,6 @@ mod settle;
 pub use country::CALLER_ID_WINDOW;
 #[cfg(feature = "test-hooks")]
 pub use fault::Fault;
-pub use metrics::RoutingMetrics;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -6,6 +6,7 @@
 //! `docs/operations.md` lists every family: keep it in step.
 
 pub mod canary;
+pub mod routing;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -103,7 +104,7 @@ pub struct Metrics {
     /// Rows removed by retention (`[database] retention`).
     pub retention_rows: Family<RetentionLabel, Counter>,
     /// Calling by country: routes, caller IDs (`otpdial_route_*`, `otpdial_caller_id_*`).
-    pub routing: crate::dialer::RoutingMetrics,
+    pub routing: routing::RoutingMetrics,
     /// Collectors registered after start-up ([`Self::register_collector`]).
     collectors: Mutex<Registry>,
 }
