@@ -459,3 +459,29 @@ pub async fn metrics_text(http: &reqwest::Client, url: &str) -> String {
         .await
         .expect("metrics text")
 }
+
+/// Waits until `path` holds at least `min` bytes and stopped growing (two polls 300 ms
+/// apart read the same length): a phone finishes writing its recording after the call.
+pub(crate) async fn settled_file(
+    path: &std::path::Path,
+    min: u64,
+    within: Duration,
+    log: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + within;
+    let mut last = 0;
+    loop {
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if len >= min && len == last {
+            return;
+        }
+        last = len;
+        assert!(
+            Instant::now() < deadline,
+            "{} has {len} bytes\n{}",
+            path.display(),
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

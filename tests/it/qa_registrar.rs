@@ -18,7 +18,9 @@ use otpdial::testphone::recognize::{readings, Recognizer};
 use serde_json::{json, Value};
 
 use crate::baresip::Baresip;
-use crate::helpers::{base_settings, free_udp_port, spawn_app, Db, TestApp, ADMIN_TOKEN};
+use crate::helpers::{
+    base_settings, free_udp_port, settled_file, spawn_app, Db, TestApp, ADMIN_TOKEN,
+};
 
 pub(crate) const NUMBER: &str = "+31612000001";
 pub(crate) const PASSWORD: &str = "alice-Secret-42";
@@ -169,7 +171,7 @@ async fn baresip_registers_answers_and_the_code_it_heard_is_approved() {
         assert!(Instant::now() < deadline, "no recording\n{}", phone.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settled_file(&wav, 8001, Duration::from_secs(10), || phone.log()).await;
     let heard = readings_in(&wav);
     println!(
         "baresip heard the code read {} times: {heard:?}",

@@ -15,7 +15,9 @@ use otpdial::app::DialerMode;
 use otpdial::domain::{CallStatus, VerificationStatus};
 use serde_json::{json, Value};
 
-use crate::helpers::{free_udp_port, metric_value, spawn_app, Db, TestApp, ADMIN_TOKEN};
+use crate::helpers::{
+    free_udp_port, metric_value, settled_file, spawn_app, Db, TestApp, ADMIN_TOKEN,
+};
 use crate::qa_registrar::{qa_settings, readings_in, NUMBER, PASSWORD};
 
 async fn phone_view(t: &TestApp) -> Value {
@@ -54,26 +56,6 @@ async fn own_number(t: &TestApp) {
         .unwrap()
         .status();
     assert_eq!(status, 200);
-}
-
-/// Waits until `path` holds at least `min` bytes and stopped growing.
-async fn settled_file(path: &Path, min: u64, within: Duration, log: impl Fn() -> String) {
-    let deadline = Instant::now() + within;
-    let mut last = 0;
-    loop {
-        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        if len >= min && len == last {
-            return;
-        }
-        last = len;
-        assert!(
-            Instant::now() < deadline,
-            "{} has {len} bytes\n{}",
-            path.display(),
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 // ---- Linphone --------------------------------------------------------------------
