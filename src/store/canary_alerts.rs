@@ -3,6 +3,7 @@
 
 use sqlx::Row;
 
+use super::delivery::Deliveries;
 use super::{Result, Store};
 
 /// One alert to deliver.
@@ -24,19 +25,15 @@ impl Store {
         lease_until: i64,
         limit: i64,
     ) -> Result<Vec<CanaryAlertJob>> {
-        let rows = sqlx::query(
-            "UPDATE canary_alerts SET lease_until = $2 WHERE id IN ( \
-                SELECT id FROM canary_alerts \
-                WHERE delivered_at IS NULL AND dead = 0 AND next_attempt_at <= $1 \
-                  AND (lease_until IS NULL OR lease_until < $1) \
-                ORDER BY created_at LIMIT $3) \
-             RETURNING id, canary, event, url, payload, attempts",
-        )
-        .bind(now)
-        .bind(lease_until)
-        .bind(limit)
-        .fetch_all(&self.writer)
-        .await?;
+        let rows = self
+            .claim_deliveries(
+                Deliveries::CanaryAlerts,
+                "id, canary, event, url, payload, attempts",
+                now,
+                lease_until,
+                limit,
+            )
+            .await?;
         let mut jobs: Vec<CanaryAlertJob> = rows
             .iter()
             .map(|r| {
@@ -56,16 +53,8 @@ impl Store {
     }
 
     pub async fn canary_alert_delivered(&self, id: &str, attempts: i64, now: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE canary_alerts SET delivered_at = $2, attempts = $3, lease_until = NULL, \
-             last_error = NULL WHERE id = $1",
-        )
-        .bind(id)
-        .bind(now)
-        .bind(attempts)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        self.delivery_done(Deliveries::CanaryAlerts, id, attempts, now)
+            .await
     }
 
     /// A failed try: again at `next_attempt_at`, or given up (`None`).
@@ -76,18 +65,13 @@ impl Store {
         next_attempt_at: Option<i64>,
         error: &str,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE canary_alerts SET attempts = $2, \
-             next_attempt_at = COALESCE($3, next_attempt_at), dead = $4, last_error = $5, \
-             lease_until = NULL WHERE id = $1",
+        self.delivery_failed(
+            Deliveries::CanaryAlerts,
+            id,
+            attempts,
+            next_attempt_at,
+            error,
         )
-        .bind(id)
-        .bind(attempts)
-        .bind(next_attempt_at)
-        .bind(i64::from(next_attempt_at.is_none()))
-        .bind(error)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        .await
     }
 }

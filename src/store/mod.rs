@@ -71,6 +71,7 @@ mod calls;
 mod canaries;
 mod canary_alerts;
 mod checks;
+mod delivery;
 mod outbox;
 mod phones;
 mod queue;

@@ -3,6 +3,7 @@
 
 use sqlx::Row;
 
+use super::delivery::Deliveries;
 use super::{Result, Store};
 
 #[derive(Debug, Clone)]
@@ -46,19 +47,15 @@ impl Store {
         lease_until: i64,
         limit: i64,
     ) -> Result<Vec<WebhookJob>> {
-        let rows = sqlx::query(
-            "UPDATE webhook_outbox SET lease_until = $2 WHERE id IN ( \
-                SELECT id FROM webhook_outbox \
-                WHERE delivered_at IS NULL AND dead = 0 AND next_attempt_at <= $1 \
-                  AND (lease_until IS NULL OR lease_until < $1) \
-                ORDER BY created_at LIMIT $3) \
-             RETURNING id, verification_id, url, event, payload, attempts",
-        )
-        .bind(now)
-        .bind(lease_until)
-        .bind(limit)
-        .fetch_all(&self.writer)
-        .await?;
+        let rows = self
+            .claim_deliveries(
+                Deliveries::Webhooks,
+                "id, verification_id, url, event, payload, attempts",
+                now,
+                lease_until,
+                limit,
+            )
+            .await?;
         let mut jobs: Vec<WebhookJob> = rows
             .iter()
             .map(|r| {
@@ -87,15 +84,8 @@ impl Store {
     }
 
     pub async fn webhook_delivered(&self, id: &str, attempts: i64, now: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE webhook_outbox SET delivered_at = $2, attempts = $3, lease_until = NULL, last_error = NULL WHERE id = $1",
-        )
-        .bind(id)
-        .bind(now)
-        .bind(attempts)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        self.delivery_done(Deliveries::Webhooks, id, attempts, now)
+            .await
     }
 
     /// Records a failed try: retry at `next_attempt_at`, or give up.
@@ -106,18 +96,8 @@ impl Store {
         next_attempt_at: Option<i64>,
         error: &str,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE webhook_outbox SET attempts = $2, next_attempt_at = COALESCE($3, next_attempt_at), \
-             dead = $4, last_error = $5, lease_until = NULL WHERE id = $1",
-        )
-        .bind(id)
-        .bind(attempts)
-        .bind(next_attempt_at)
-        .bind(i64::from(next_attempt_at.is_none()))
-        .bind(error)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        self.delivery_failed(Deliveries::Webhooks, id, attempts, next_attempt_at, error)
+            .await
     }
 
     /// (delivered, dead, pending) counts for one verification, for tests
