@@ -17,7 +17,7 @@ mod wav;
 
 pub use check::{check_phrase, PhraseCheck};
 pub use pack::PromptPack;
-pub use wav::decode_wav;
+pub use wav::{decode_wav, WavDefect};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,12 +44,12 @@ pub enum PromptError {
         message: String,
     },
     /// A WAV file is unreadable or in a format we do not take.
-    #[error("{}: {message}", path.display())]
+    #[error("{}: {defect}", path.display())]
     Wav {
         /// The WAV file.
         path: PathBuf,
         /// What is wrong with it.
-        message: String,
+        defect: wav::WavDefect,
     },
     /// The directory has no subdirectory with a pack.toml.
     #[error("{}: no prompt pack found (expected <locale>/pack.toml below it)", dir.display())]

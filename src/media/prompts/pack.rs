@@ -231,8 +231,8 @@ impl PromptPack {
         if cfg.language.trim().is_empty() {
             return Err(config_err("`language` must not be empty".to_owned()));
         }
-        let digit_pause = parse_pause("digit_pause", &cfg.digit_pause).map_err(config_err)?;
-        let group_pause = parse_pause("group_pause", &cfg.group_pause).map_err(config_err)?;
+        let digit_pause = parse_pause("digit_pause", &cfg.digit_pause, &toml_path)?;
+        let group_pause = parse_pause("group_pause", &cfg.group_pause, &toml_path)?;
         if cfg.files.digits.len() != 10 {
             return Err(config_err(format!(
                 "`files.digits` must name 10 files (0 to 9), found {}",
@@ -253,7 +253,7 @@ impl PromptPack {
             let Some(name) = name else {
                 return Err(config_err(format!("no file named for {p:?}")));
             };
-            check_file_name(name).map_err(config_err)?;
+            check_file_name(name, &toml_path)?;
             let path = origin.join(name);
             let bytes = read(name)?;
             let pcm = decode_wav(&path, &bytes)?;
@@ -273,7 +273,7 @@ impl PromptPack {
         };
         // An optional phrase: a missing file is fine unless pack.toml named it.
         let optional = |name: &str, required: bool| -> Result<Option<PhraseAudio>, PromptError> {
-            check_file_name(name).map_err(config_err)?;
+            check_file_name(name, &toml_path)?;
             let bytes = match read(name) {
                 Ok(bytes) => bytes,
                 Err(PromptError::Io { source, .. })
@@ -309,26 +309,35 @@ impl PromptPack {
     }
 }
 
-fn parse_pause(key: &str, text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text)
-        .map_err(|e| format!("`{key}` = {text:?} is not a duration ({e}); write e.g. \"400ms\""))?;
+/// A pause key of pack.toml (`toml_path` names the file in the error).
+fn parse_pause(key: &str, text: &str, toml_path: &Path) -> Result<Duration, PromptError> {
+    let config_err = |message: String| PromptError::Config {
+        path: toml_path.to_path_buf(),
+        message,
+    };
+    let d = humantime::parse_duration(text).map_err(|e| {
+        config_err(format!(
+            "`{key}` = {text:?} is not a duration ({e}); write e.g. \"400ms\""
+        ))
+    })?;
     if d > MAX_PAUSE {
-        return Err(format!(
+        return Err(config_err(format!(
             "`{key}` = {text:?} is longer than {}s",
             MAX_PAUSE.as_secs()
-        ));
+        )));
     }
     Ok(d)
 }
 
 /// Pack files live in the pack directory; a path would let pack.toml read anything.
-fn check_file_name(name: &str) -> Result<(), String> {
+fn check_file_name(name: &str, toml_path: &Path) -> Result<(), PromptError> {
     let ok = !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != "..";
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "file name {name:?} must be a plain file name in the pack directory"
-        ))
+        Err(PromptError::Config {
+            path: toml_path.to_path_buf(),
+            message: format!("file name {name:?} must be a plain file name in the pack directory"),
+        })
     }
 }

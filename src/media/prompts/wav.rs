@@ -7,6 +7,65 @@ use std::path::Path;
 use super::PromptError;
 use crate::media::{g711, G711, SAMPLE_RATE};
 
+/// What is wrong with a phrase's WAV file; [`PromptError::Wav`] names the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WavDefect {
+    /// hound could not read the RIFF/WAVE structure.
+    #[error("not a readable WAV file: {0}")]
+    Unreadable(String),
+    /// More than one channel.
+    #[error("has {0} channels; prompts must be mono (sox in.wav -c 1 out.wav)")]
+    NotMono(u16),
+    /// Float or non-16-bit integer samples.
+    #[error("has {bits}-bit {kind} samples; prompts must be 16-bit PCM or G.711 (sox in.wav -b 16 -e signed-integer out.wav)")]
+    SampleFormat {
+        /// Bits per sample.
+        bits: u16,
+        /// "integer" or "float".
+        kind: &'static str,
+    },
+    /// A rate outside 4 kHz to 384 kHz (0 included).
+    #[error("declares a sample rate of {0} Hz; prompts must be 4 kHz to 384 kHz")]
+    Rate(u32),
+    /// No samples at all.
+    #[error("has no samples")]
+    Empty,
+    /// Longer than [`MAX_PHRASE_SECONDS`].
+    #[error("is longer than {MAX_PHRASE_SECONDS} s; a prompt is one short phrase")]
+    TooLong,
+    /// The sample data ends early or is corrupt.
+    #[error("corrupt sample data: {0}")]
+    CorruptSamples(String),
+    /// A G.711 file whose fmt chunk is cut short.
+    #[error("G.711 WAV with a truncated fmt chunk")]
+    G711TruncatedFmt,
+    /// A G.711 file with more than one channel.
+    #[error("has {0} channels; prompts must be mono")]
+    G711NotMono(u16),
+    /// A G.711 file that is not 8 bits per sample, or at 0 Hz.
+    #[error("G.711 WAV with {bits} bits per sample at {rate} Hz; expected 8 bits")]
+    G711Format {
+        /// Bits per sample.
+        bits: u16,
+        /// Declared rate.
+        rate: u32,
+    },
+    /// A G.711 file without a data chunk.
+    #[error("G.711 WAV without a data chunk")]
+    G711NoData,
+    /// The resampler refused the input.
+    #[error("cannot resample from {rate} Hz: {message}")]
+    Resample {
+        /// The file's rate.
+        rate: u32,
+        /// rubato's error.
+        message: String,
+    },
+    /// Peak below -60 dBFS.
+    #[error("is silent (peak below -60 dBFS)")]
+    Silent,
+}
+
 /// Longest phrase accepted; keeps a wrong file (a whole song) from eating memory.
 const MAX_PHRASE_SECONDS: u32 = 60;
 
@@ -52,9 +111,9 @@ const TRIM_MARGIN: usize = 160;
 /// Accepts mono 16-bit integer PCM at any rate (resampled here, once, at load) and
 /// mono G.711 µ-law/A-law WAV (format tags 7/6, which hound does not read).
 pub fn decode_wav(path: &Path, bytes: &[u8]) -> Result<Vec<i16>, PromptError> {
-    let wav_err = |message: String| PromptError::Wav {
+    let wav_err = |defect: WavDefect| PromptError::Wav {
         path: path.to_path_buf(),
-        message,
+        defect,
     };
     let (pcm, rate) = match g711_wav(bytes) {
         Some(g) => {
@@ -64,32 +123,28 @@ pub fn decode_wav(path: &Path, bytes: &[u8]) -> Result<Vec<i16>, PromptError> {
         None => decode_pcm_wav(bytes).map_err(wav_err)?,
     };
     if !WAV_RATES.contains(&rate) {
-        return Err(wav_err(format!(
-            "declares a sample rate of {rate} Hz; prompts must be 4 kHz to 384 kHz"
-        )));
+        return Err(wav_err(WavDefect::Rate(rate)));
     }
     if pcm.is_empty() {
-        return Err(wav_err("has no samples".to_owned()));
+        return Err(wav_err(WavDefect::Empty));
     }
     if pcm.len() as u64 > u64::from(MAX_PHRASE_SECONDS) * u64::from(rate) {
-        return Err(wav_err(format!(
-            "is longer than {MAX_PHRASE_SECONDS} s; a prompt is one short phrase"
-        )));
+        return Err(wav_err(WavDefect::TooLong));
     }
     let pcm = if rate == SAMPLE_RATE {
         pcm
     } else {
-        resample(&pcm, rate).map_err(|e| wav_err(format!("cannot resample from {rate} Hz: {e}")))?
+        resample(&pcm, rate).map_err(wav_err)?
     };
     condition(&pcm).map_err(wav_err)
 }
 
 /// Trims leading and trailing silence (the script inserts its own pauses, so silence
 /// in a file would make those uneven) and brings the peak to -3 dBFS.
-fn condition(pcm: &[i16]) -> Result<Vec<i16>, String> {
+fn condition(pcm: &[i16]) -> Result<Vec<i16>, WavDefect> {
     let peak = pcm.iter().map(|&s| i32::from(s).abs()).max().unwrap_or(0);
     if peak < MIN_PEAK {
-        return Err("is silent (peak below -60 dBFS)".to_owned());
+        return Err(WavDefect::Silent);
     }
     let (first, end) = sound_span(pcm);
     let kept = &pcm[first.saturating_sub(TRIM_MARGIN)..(end + TRIM_MARGIN).min(pcm.len())];
@@ -129,39 +184,34 @@ fn sound_span(pcm: &[i16]) -> (usize, usize) {
 }
 
 /// Mono 16-bit integer PCM through hound: the samples and their rate.
-fn decode_pcm_wav(bytes: &[u8]) -> Result<(Vec<i16>, u32), String> {
+fn decode_pcm_wav(bytes: &[u8]) -> Result<(Vec<i16>, u32), WavDefect> {
     let reader = hound::WavReader::new(std::io::Cursor::new(bytes))
-        .map_err(|e| format!("not a readable WAV file: {e}"))?;
+        .map_err(|e| WavDefect::Unreadable(e.to_string()))?;
     let spec = reader.spec();
     if spec.channels != 1 {
-        return Err(format!(
-            "has {} channels; prompts must be mono (sox in.wav -c 1 out.wav)",
-            spec.channels
-        ));
+        return Err(WavDefect::NotMono(spec.channels));
     }
     if spec.sample_format != hound::SampleFormat::Int || spec.bits_per_sample != 16 {
         let kind = match spec.sample_format {
             hound::SampleFormat::Int => "integer",
             hound::SampleFormat::Float => "float",
         };
-        return Err(format!(
-            "has {}-bit {kind} samples; prompts must be 16-bit PCM or G.711 (sox in.wav -b 16 -e signed-integer out.wav)",
-            spec.bits_per_sample
-        ));
+        return Err(WavDefect::SampleFormat {
+            bits: spec.bits_per_sample,
+            kind,
+        });
     }
     if spec.sample_rate == 0 {
-        return Err("declares a sample rate of 0 Hz".to_owned());
+        return Err(WavDefect::Rate(0));
     }
     // Checked before reading the samples, so a huge file is refused cheaply.
     if u64::from(reader.duration()) > u64::from(MAX_PHRASE_SECONDS) * u64::from(spec.sample_rate) {
-        return Err(format!(
-            "is longer than {MAX_PHRASE_SECONDS} s; a prompt is one short phrase"
-        ));
+        return Err(WavDefect::TooLong);
     }
     let pcm = reader
         .into_samples::<i16>()
         .collect::<Result<Vec<i16>, _>>()
-        .map_err(|e| format!("corrupt sample data: {e}"))?;
+        .map_err(|e| WavDefect::CorruptSamples(e.to_string()))?;
     Ok((pcm, spec.sample_rate))
 }
 
@@ -175,7 +225,7 @@ struct G711Wav<'a> {
 /// Reads a RIFF/WAVE file whose format tag is A-law (6) or µ-law (7). `None` when the
 /// file is not such a file (then hound gets it, and gives the error if any); an error
 /// when it is one but unusable.
-fn g711_wav(bytes: &[u8]) -> Option<Result<G711Wav<'_>, String>> {
+fn g711_wav(bytes: &[u8]) -> Option<Result<G711Wav<'_>, WavDefect>> {
     let u16_at = |b: &[u8], i: usize| b.get(i..i + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
     let u32_at = |b: &[u8], i: usize| {
         b.get(i..i + 4)
@@ -199,21 +249,17 @@ fn g711_wav(bytes: &[u8]) -> Option<Result<G711Wav<'_>, String>> {
             let (Some(channels), Some(rate), Some(bits)) =
                 (u16_at(body, 2), u32_at(body, 4), u16_at(body, 14))
             else {
-                return Some(Err("G.711 WAV with a truncated fmt chunk".to_owned()));
+                return Some(Err(WavDefect::G711TruncatedFmt));
             };
             format = Some((codec, channels, rate, bits));
         } else if id == b"data" {
             // data before fmt: not a file we understand; let hound report it.
             let (codec, channels, rate, bits) = format?;
             if channels != 1 {
-                return Some(Err(format!(
-                    "has {channels} channels; prompts must be mono"
-                )));
+                return Some(Err(WavDefect::G711NotMono(channels)));
             }
             if bits != 8 || rate == 0 {
-                return Some(Err(format!(
-                    "G.711 WAV with {bits} bits per sample at {rate} Hz; expected 8 bits"
-                )));
+                return Some(Err(WavDefect::G711Format { bits, rate }));
             }
             return Some(Ok(G711Wav {
                 codec,
@@ -224,14 +270,18 @@ fn g711_wav(bytes: &[u8]) -> Option<Result<G711Wav<'_>, String>> {
         // Chunks are padded to an even length.
         pos = body_end.saturating_add(body_end % 2);
     }
-    format.map(|_| Err("G.711 WAV without a data chunk".to_owned()))
+    format.map(|_| Err(WavDefect::G711NoData))
 }
 
 /// Converts a phrase to 8 kHz (FFT resampler, anti-aliased), once at load.
-fn resample(pcm: &[i16], rate: u32) -> Result<Vec<i16>, String> {
+fn resample(pcm: &[i16], rate: u32) -> Result<Vec<i16>, WavDefect> {
     use rubato::audioadapter_buffers::direct::InterleavedSlice;
     use rubato::{Fft, FixedSync, Resampler};
 
+    let failed = |e: &dyn std::fmt::Display| WavDefect::Resample {
+        rate,
+        message: e.to_string(),
+    };
     let input: Vec<f32> = pcm.iter().map(|&s| f32::from(s) / 32768.0).collect();
     let mut resampler = Fft::<f32>::new(
         rate as usize,
@@ -240,11 +290,11 @@ fn resample(pcm: &[i16], rate: u32) -> Result<Vec<i16>, String> {
         1,
         FixedSync::Both,
     )
-    .map_err(|e| e.to_string())?;
-    let adapter = InterleavedSlice::new(&input, 1, input.len()).map_err(|e| e.to_string())?;
+    .map_err(|e| failed(&e))?;
+    let adapter = InterleavedSlice::new(&input, 1, input.len()).map_err(|e| failed(&e))?;
     let out = resampler
         .process_all(&adapter, input.len(), None)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(&e))?;
     Ok(out
         .take_data()
         .into_iter()
