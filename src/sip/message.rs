@@ -46,9 +46,46 @@ pub(crate) enum ParseError {
     },
 }
 
+/// Why a TCP/TLS byte stream cannot be cut into SIP messages (the connection is dropped).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// No blank line within the first 64 KiB.
+    #[error("header block too long")]
+    HeadTooLong,
+    /// The header block is not UTF-8.
+    #[error("header block is not UTF-8")]
+    NotUtf8,
+    /// A Content-Length that is not a number (the value as sent).
+    #[error("bad Content-Length {0:?}")]
+    BadContentLength(String),
+    /// Two Content-Length headers that disagree.
+    #[error("conflicting Content-Length")]
+    ConflictingContentLength,
+    /// No Content-Length, which streams require.
+    #[error("no Content-Length on a stream transport")]
+    NoContentLength,
+    /// A body above 1 MiB.
+    #[error("Content-Length too large")]
+    ContentLengthTooLarge,
+}
+
+/// Why a SIP URI we send to or keep could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UriError {
+    /// Not `sip:`/`sips:`, or with blanks or angle brackets.
+    #[error("not a sip: URI")]
+    NotSip,
+    /// A `[...]` host that is not an IPv6 address.
+    #[error("bad IPv6 reference [{0}]")]
+    BadIpv6(String),
+    /// rsip's own complaint.
+    #[error("{0}")]
+    Rsip(String),
+}
+
 /// Stream framing: is a complete message in `buf`? Checked before parsing, as a TCP read
 /// may hold half a message or several (see [`crate::sip::frame_stream`]).
-pub(crate) fn frame(buf: &[u8]) -> Result<Option<(usize, usize)>, String> {
+pub(crate) fn frame(buf: &[u8]) -> Result<Option<(usize, usize)>, FrameError> {
     /// A header block longer than this is an attack or garbage, not SIP.
     const MAX_HEAD: usize = 64 * 1024;
     let skip = buf
@@ -58,11 +95,11 @@ pub(crate) fn frame(buf: &[u8]) -> Result<Option<(usize, usize)>, String> {
     let rest = &buf[skip..];
     let Some(end) = find(rest, b"\r\n\r\n") else {
         if rest.len() > MAX_HEAD {
-            return Err("header block too long".into());
+            return Err(FrameError::HeadTooLong);
         }
         return Ok(None);
     };
-    let head = std::str::from_utf8(&rest[..end]).map_err(|_| "header block is not UTF-8")?;
+    let head = std::str::from_utf8(&rest[..end]).map_err(|_| FrameError::NotUtf8)?;
     let mut length = None;
     for line in head.split("\r\n").skip(1) {
         let Some((name, value)) = line.split_once(':') else {
@@ -73,17 +110,17 @@ pub(crate) fn frame(buf: &[u8]) -> Result<Option<(usize, usize)>, String> {
             let n: usize = value
                 .trim()
                 .parse()
-                .map_err(|_| format!("bad Content-Length {:?}", value.trim()))?;
+                .map_err(|_| FrameError::BadContentLength(value.trim().to_owned()))?;
             if length.is_some_and(|l| l != n) {
-                return Err("conflicting Content-Length".into());
+                return Err(FrameError::ConflictingContentLength);
             }
             length = Some(n);
         }
     }
     // Mandatory on streams: without it the message boundary is unknown.
-    let length = length.ok_or("no Content-Length on a stream transport")?;
+    let length = length.ok_or(FrameError::NoContentLength)?;
     if length > 1024 * 1024 {
-        return Err("Content-Length too large".into());
+        return Err(FrameError::ContentLengthTooLarge);
     }
     let total = end + 4 + length;
     Ok((rest.len() >= total).then_some((skip, total)))
@@ -258,16 +295,17 @@ const V6_STAND_IN: &str = "ipv6-reference.invalid";
 /// it splits host and port at the first colon. Such a host is parsed as a stand-in name
 /// and put back as the bracketed address (a `Domain`, which rsip prints as written), so
 /// the URI renders as `sip:u@[2001:db8::1]:5060` again.
-pub(crate) fn parse_uri(text: &str) -> Result<rsip::Uri, String> {
+pub(crate) fn parse_uri(text: &str) -> Result<rsip::Uri, UriError> {
+    let rsip_err = |e: rsip::Error| UriError::Rsip(e.to_string());
     let Some((start, end)) = ipv6_reference(text) else {
-        return rsip::Uri::try_from(text).map_err(|e| e.to_string());
+        return rsip::Uri::try_from(text).map_err(rsip_err);
     };
     let inner = &text[start + 1..end - 1];
     let ip: std::net::Ipv6Addr = inner
         .parse()
-        .map_err(|_| format!("bad IPv6 reference [{inner}]"))?;
+        .map_err(|_| UriError::BadIpv6(inner.to_owned()))?;
     let stand_in = format!("{}{V6_STAND_IN}{}", &text[..start], &text[end..]);
-    let mut uri = rsip::Uri::try_from(stand_in.as_str()).map_err(|e| e.to_string())?;
+    let mut uri = rsip::Uri::try_from(stand_in.as_str()).map_err(rsip_err)?;
     uri.host_with_port.host = rsip::Host::Domain(format!("[{ip}]").into());
     Ok(uri)
 }

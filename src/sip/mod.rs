@@ -34,12 +34,19 @@ mod tests;
 use std::fmt;
 use std::net::SocketAddr;
 
+pub use message::{FrameError, UriError};
 pub use ua::UserAgent;
+
+/// Why a datagram is not a usable SIP message ([`parse_message`]); the text names the
+/// defect, never the message's content.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct InvalidMessage(message::ParseError);
 
 /// Parses a datagram the way the user agent does, for fuzzing and tests: `Ok` when it is
 /// a usable SIP message. Never panics.
-pub fn parse_message(data: &[u8]) -> Result<(), String> {
-    message::parse(data).map(|_| ()).map_err(|e| e.to_string())
+pub fn parse_message(data: &[u8]) -> Result<(), InvalidMessage> {
+    message::parse(data).map(|_| ()).map_err(InvalidMessage)
 }
 
 /// Static configuration of the user agent.
@@ -208,7 +215,7 @@ pub struct Transmit {
 /// Content-Length frames messages on streams). `Ok(None)`: need more bytes;
 /// `Ok(Some((skip, len)))`: skip `skip` keep-alive CRLFs, then `len` bytes are one
 /// message; `Err`: the stream cannot be framed (drop the connection).
-pub fn frame_stream(buf: &[u8]) -> Result<Option<(usize, usize)>, String> {
+pub fn frame_stream(buf: &[u8]) -> Result<Option<(usize, usize)>, FrameError> {
     message::frame(buf)
 }
 

@@ -78,11 +78,11 @@ fn new_branch() -> String {
 }
 
 /// rsip accepts almost any text as a URI; insist on a SIP scheme and no blanks first.
-fn parse_sip_uri(text: &str) -> Result<rsip::Uri, String> {
+fn parse_sip_uri(text: &str) -> Result<rsip::Uri, message::UriError> {
     let looks_sip = (text.starts_with("sip:") || text.starts_with("sips:"))
         && !text.contains(|c: char| c.is_whitespace() || c == '<' || c == '>');
     if !looks_sip {
-        return Err("not a sip: URI".to_string());
+        return Err(message::UriError::NotSip);
     }
     message::parse_uri(text)
 }
