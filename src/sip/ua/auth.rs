@@ -11,6 +11,42 @@ use std::collections::HashMap;
 /// How many challenged requests one call or probe may resend before giving up.
 pub(super) const MAX_AUTH_TRIES: u32 = 4;
 
+/// Why a challenged request is not resent; the text goes after the method in logs and
+/// call reasons.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AuthGiveUp {
+    /// Challenged, but the trunk has no username/password.
+    #[error("{status} challenge but no credentials configured")]
+    NoCredentials {
+        /// 401 or 407.
+        status: u16,
+    },
+    /// [`MAX_AUTH_TRIES`] answered challenges already.
+    #[error("{status} again after {tries} authenticated tries")]
+    TooManyTries {
+        /// 401 or 407.
+        status: u16,
+        /// Challenges answered so far.
+        tries: u32,
+    },
+    /// No challenge we can answer (algorithm, qop, syntax).
+    #[error("{status} with an unusable challenge: {error}")]
+    Unusable {
+        /// 401 or 407.
+        status: u16,
+        /// What is wrong with the challenges.
+        error: String,
+    },
+    /// The same realm challenged again without `stale=true`: wrong credentials.
+    #[error("{status}: credentials refused for realm {realm:?}")]
+    Refused {
+        /// 401 or 407.
+        status: u16,
+        /// The realm.
+        realm: String,
+    },
+}
+
 /// Digest state of one call or trunk: the challenges answered so far (one per realm,
 /// WWW and Proxy kept apart) and a nonce count per nonce.
 #[derive(Debug, Default)]
@@ -32,15 +68,15 @@ impl AuthSession {
     /// Takes in the challenges of a 401/407. Ok = resend with [`Self::headers`]; Err =
     /// give up, with the reason. A challenge for a realm we already answered means the
     /// credentials were refused, unless it says `stale=true` (only the nonce expired).
-    pub(super) fn on_challenge(&mut self, status: u16, msg: &Message) -> Result<(), String> {
+    pub(super) fn on_challenge(&mut self, status: u16, msg: &Message) -> Result<(), AuthGiveUp> {
         if self.credentials.is_none() {
-            return Err(format!("{status} challenge but no credentials configured"));
+            return Err(AuthGiveUp::NoCredentials { status });
         }
         if self.tries >= MAX_AUTH_TRIES {
-            return Err(format!(
-                "{status} again after {} authenticated tries",
-                self.tries
-            ));
+            return Err(AuthGiveUp::TooManyTries {
+                status,
+                tries: self.tries,
+            });
         }
         let proxy = status == 407;
         let offered = msg
@@ -48,8 +84,10 @@ impl AuthSession {
             .iter()
             .filter(|(p, _)| *p == proxy)
             .map(|(_, v)| v.as_str());
-        let challenge = Challenge::pick(offered)
-            .map_err(|e| format!("{status} with an unusable challenge: {e}"))?;
+        let challenge = Challenge::pick(offered).map_err(|e| AuthGiveUp::Unusable {
+            status,
+            error: e.to_string(),
+        })?;
         match self
             .challenges
             .iter_mut()
@@ -57,10 +95,10 @@ impl AuthSession {
         {
             Some(slot) if challenge.stale => slot.1 = challenge,
             Some(_) => {
-                return Err(format!(
-                    "{status}: credentials refused for realm {:?}",
-                    challenge.realm
-                ))
+                return Err(AuthGiveUp::Refused {
+                    status,
+                    realm: challenge.realm,
+                })
             }
             None => self.challenges.push((proxy, challenge)),
         }
@@ -132,7 +170,8 @@ mod tests {
         let err = a
             .on_challenge(401, &challenged(401, "WWW-Authenticate", "n1", ""))
             .unwrap_err();
-        assert!(err.contains("no credentials"), "{err}");
+        assert_eq!(err, AuthGiveUp::NoCredentials { status: 401 });
+        assert!(err.to_string().contains("no credentials"), "{err}");
         assert!(a.headers(Method::Invite, "sip:x", b"").is_empty());
         assert!(!a.answered());
     }
@@ -182,7 +221,10 @@ mod tests {
         let err = a
             .on_challenge(401, &challenged(401, "WWW-Authenticate", "n3", ""))
             .unwrap_err();
-        assert!(err.contains("refused"), "{err}");
+        assert!(
+            matches!(err, AuthGiveUp::Refused { status: 401, .. }),
+            "{err}"
+        );
     }
 
     #[test]
