@@ -80,21 +80,55 @@ fn internal_v4(ip: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
+/// Why a callback URL is refused; the text is for a 422 or a log line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlRefused {
+    /// Not a URL at all.
+    #[error("not a valid URL: {0}")]
+    Invalid(String),
+    /// http while `webhooks.allow_http` is off.
+    #[error("must be https (http needs webhooks.allow_http = true on the gateway)")]
+    PlainHttp,
+    /// Neither http nor https.
+    #[error("scheme {0:?} is not allowed; use https")]
+    Scheme(String),
+    /// No host part.
+    #[error("has no host")]
+    NoHost,
+    /// The name does not resolve.
+    #[error("host {host} does not resolve: {error}")]
+    Unresolved {
+        /// The host name.
+        host: String,
+        /// The resolver's error.
+        error: String,
+    },
+    /// The name resolved to nothing.
+    #[error("host has no address")]
+    NoAddress,
+    /// An address in a loopback, private, link-local or similar range.
+    #[error("resolves to {ip}, a {kind} address (allowed only with webhooks.allow_private_targets = true)")]
+    Internal {
+        /// The address.
+        ip: IpAddr,
+        /// Which kind of internal range.
+        kind: &'static str,
+    },
+}
+
 /// Checks a callback URL: its form and scheme, and every address its host
-/// resolves to. The error says what is wrong, for a 422 or a log line.
-pub async fn check_url(url: &str, policy: TargetPolicy) -> Result<(), String> {
-    let parsed: reqwest::Url = url.parse().map_err(|e| format!("not a valid URL: {e}"))?;
+/// resolves to.
+pub async fn check_url(url: &str, policy: TargetPolicy) -> Result<(), UrlRefused> {
+    let parsed: reqwest::Url = url
+        .parse()
+        .map_err(|e: url::ParseError| UrlRefused::Invalid(e.to_string()))?;
     match parsed.scheme() {
         "https" => {}
         "http" if policy.allow_http => {}
-        "http" => {
-            return Err(
-                "must be https (http needs webhooks.allow_http = true on the gateway)".into(),
-            )
-        }
-        other => return Err(format!("scheme {other:?} is not allowed; use https")),
+        "http" => return Err(UrlRefused::PlainHttp),
+        other => return Err(UrlRefused::Scheme(other.to_owned())),
     }
-    let host = parsed.host().ok_or_else(|| "has no host".to_string())?;
+    let host = parsed.host().ok_or(UrlRefused::NoHost)?;
     if policy.allow_private {
         return Ok(());
     }
@@ -104,18 +138,19 @@ pub async fn check_url(url: &str, policy: TargetPolicy) -> Result<(), String> {
         url::Host::Ipv6(ip) => vec![IpAddr::V6(ip)],
         url::Host::Domain(name) => tokio::net::lookup_host((name, port))
             .await
-            .map_err(|e| format!("host {name} does not resolve: {e}"))?
+            .map_err(|e| UrlRefused::Unresolved {
+                host: name.to_owned(),
+                error: e.to_string(),
+            })?
             .map(|a| a.ip())
             .collect(),
     };
     if addrs.is_empty() {
-        return Err("host has no address".into());
+        return Err(UrlRefused::NoAddress);
     }
     for ip in addrs {
-        if let Some(why) = internal_address(ip) {
-            return Err(format!(
-                "resolves to {ip}, a {why} address (allowed only with webhooks.allow_private_targets = true)"
-            ));
+        if let Some(kind) = internal_address(ip) {
+            return Err(UrlRefused::Internal { ip, kind });
         }
     }
     Ok(())

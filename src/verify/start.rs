@@ -200,7 +200,7 @@ impl Verifier {
             }
             crate::egress::check_url(url, self.settings.webhooks.targets())
                 .await
-                .map_err(|why| invalid("callback_url", why))?;
+                .map_err(|why| invalid("callback_url", why.to_string()))?;
             if self.settings.webhooks.secret.is_none() {
                 return Err(invalid(
                     "callback_url",
