@@ -34,35 +34,76 @@ pub(super) struct TlsPeer {
 }
 
 /// The certificates in a PEM file (for a trunk's `tls_ca`).
-pub fn parse_ca_pem(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+pub fn parse_ca_pem(
+    pem: &[u8],
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::pem::Error> {
     use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("bad PEM: {e}"))
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()
+}
+
+/// Why no TLS client could be made for a trunk (each names the file or name at fault).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum TlsSetupError {
+    /// The `tls_ca` file cannot be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    CaUnreadable {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The `tls_ca` file is not PEM, or a certificate in it is unusable.
+    #[error("{}: bad PEM: {message}", path.display())]
+    CaInvalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What rustls said.
+        message: String,
+    },
+    /// rustls refused its own defaults (a build without a usable provider).
+    #[error("TLS client setup: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The proxy host is not a valid TLS server name.
+    #[error("{name:?} is not a valid TLS server name: {message}")]
+    ServerName {
+        /// The name.
+        name: String,
+        /// Why.
+        message: String,
+    },
 }
 
 /// A TLS client for `target`: its CA file's roots, else the public web PKI roots.
-pub(super) fn tls_peer(target: &TlsTarget) -> Result<TlsPeer, String> {
+pub(super) fn tls_peer(target: &TlsTarget) -> Result<TlsPeer, TlsSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     match &target.ca_file {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            for cert in parse_ca_pem(&pem)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            let invalid = |message: String| TlsSetupError::CaInvalid {
+                path: path.clone(),
+                message,
+            };
+            let pem = std::fs::read(path).map_err(|source| TlsSetupError::CaUnreadable {
+                path: path.clone(),
+                source,
+            })?;
+            for cert in parse_ca_pem(&pem).map_err(|e| invalid(e.to_string()))? {
+                roots.add(cert).map_err(|e| invalid(e.to_string()))?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let server_name = rustls::pki_types::ServerName::try_from(target.server_name.clone())
-        .map_err(|e| format!("{:?}: {e}", target.server_name))?;
+    let server_name =
+        rustls::pki_types::ServerName::try_from(target.server_name.clone()).map_err(|e| {
+            TlsSetupError::ServerName {
+                name: target.server_name.clone(),
+                message: e.to_string(),
+            }
+        })?;
     Ok(TlsPeer {
         server_name,
         config: Arc::new(config),
