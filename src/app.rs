@@ -33,6 +33,9 @@ pub struct RunningApp {
     pub dialer: Arc<Dialer>,
     pub verifier: Verifier,
     pub trunks: Arc<TrunkBoard>,
+    /// Cancelled first on stop: no new calls, `/readyz` answers 503 while calls drain.
+    drain: CancellationToken,
+    /// Cancelled once the calls are drained: HTTP and the background tasks end.
     shutdown: CancellationToken,
     http: JoinHandle<()>,
     dialer_task: Option<JoinHandle<()>>,
@@ -175,6 +178,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         metrics.clone(),
         crate::risk::RiskHook::from_settings(&settings.risk)?,
     ));
+    let drain = CancellationToken::new();
     let shutdown = CancellationToken::new();
     let mut background = Vec::new();
     background.push(tokio::spawn(housekeeping(
@@ -213,7 +217,8 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
             metrics: metrics.clone(),
             instance: dialer.instance().to_string(),
         },
-        &shutdown,
+        // Canary runs are calls: none start once draining begins.
+        &drain,
     )?);
     match crate::retention::RetentionPolicy::from_settings(&settings.database) {
         Some(policy) => background.push(tokio::spawn(crate::retention::run(
@@ -232,7 +237,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         dialer.clone().maintain_leases(shutdown.clone()),
     ));
     let dialer_task = match mode {
-        DialerMode::Background => Some(tokio::spawn(dialer.clone().run(shutdown.clone()))),
+        DialerMode::Background => Some(tokio::spawn(dialer.clone().run(drain.clone()))),
         DialerMode::Manual => None,
     };
 
@@ -244,6 +249,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         trunks: board.clone(),
         metrics,
         qa: qa_registrations(engine.qa_bindings()),
+        draining: drain.clone(),
     };
     let listener = tokio::net::TcpListener::bind(settings.http.listen)
         .await
@@ -267,6 +273,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         dialer,
         verifier,
         trunks: board,
+        drain,
         shutdown,
         http,
         dialer_task,
@@ -280,12 +287,17 @@ impl RunningApp {
         format!("http://{}", self.http_addr)
     }
 
-    /// Graceful stop: no new requests or claims, calls in progress finish.
+    /// Graceful stop in two steps. Draining: no new calls are claimed, calls in
+    /// progress finish (up to `[dialer] shutdown_grace`), while the API keeps answering
+    /// (`/readyz` 503 `draining`, so a load balancer moves traffic away) and this
+    /// instance keeps renewing its calls' leases, so no other instance takes them over.
+    /// Then HTTP and the background tasks stop.
     pub async fn stop(self) {
-        self.shutdown.cancel();
+        self.drain.cancel();
         if let Some(t) = self.dialer_task {
             let _ = t.await;
         }
+        self.shutdown.cancel();
         let _ = self.http.await;
         for task in self.background {
             let _ = task.await;

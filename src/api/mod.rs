@@ -48,6 +48,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The QA phones' live registrations (a read model over the SIP registrar).
     pub qa: QaRegistrations,
+    /// Cancelled when the instance starts shutting down: `/readyz` then answers 503
+    /// while calls in progress drain and the rest of the API still answers.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 #[derive(OpenApi)]
@@ -136,6 +139,11 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<(StatusCode, &'static str), ApiError> {
+    if state.draining.is_cancelled() {
+        return Err(ApiError::unavailable(
+            "draining: shutting down, calls in progress are finishing",
+        ));
+    }
     if let Err(e) = state.store.ping().await {
         tracing::warn!(error = %e, "readiness: database unreachable");
         return Err(ApiError::unavailable("database unreachable"));

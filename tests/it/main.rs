@@ -22,6 +22,7 @@ mod faults_net;
 mod faults_old_db;
 mod faults_retention;
 mod faults_rtp_record;
+mod faults_upgrade;
 mod fuzz_corpus;
 mod helpers;
 mod logs;
