@@ -14,6 +14,7 @@ pub mod collectors;
 pub mod config;
 pub mod demo;
 pub mod dialer;
+pub mod dns;
 pub mod domain;
 pub mod egress;
 pub mod media;

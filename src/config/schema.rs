@@ -103,9 +103,28 @@ pub struct SipSettings {
     pub ban_time: Duration,
     /// Requests per source (trunks excepted) and window, e.g. `50/1s`.
     pub request_limit: RateLimit,
+    /// DNS servers (`"IP:port"`) that resolve trunk names (RFC 3263: NAPTR, SRV,
+    /// A/AAAA); empty = the system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<String>,
 }
 
 impl SipSettings {
+    /// `dns_servers` as addresses; the error names the entry (`sip.dns_servers[1]`).
+    pub fn dns_server_addrs(&self) -> Result<Vec<SocketAddr>, (String, String)> {
+        self.dns_servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.trim().parse::<SocketAddr>().map_err(|_| {
+                    (
+                        format!("sip.dns_servers[{i}]"),
+                        format!("{s:?} is not IP:port, such as \"127.0.0.1:53\" or \"[::1]:53\""),
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// The User-Agent/Server value in effect (`server_header`, else the deprecated
     /// `user_agent`, else none).
     pub fn server_header_value(&self) -> String {
@@ -221,6 +240,7 @@ impl Default for SipSettings {
                 count: 50,
                 per: Duration::from_secs(1),
             },
+            dns_servers: Vec::new(),
         }
     }
 }

@@ -104,6 +104,9 @@ impl Settings {
         self.validate_tls(origin)?;
         self.validate_canaries(origin)?;
         self.validate_routing(origin)?;
+        if let Err((key, message)) = self.sip.dns_server_addrs() {
+            return Err(err(key, message));
+        }
         if self.media.realtime_priority > 99 {
             return Err(err(
                 "media.realtime_priority".into(),
@@ -365,6 +368,22 @@ mod tests {
     }
 
     #[test]
+    fn dns_servers_must_be_ip_and_port() {
+        let s = Settings::from_toml("[sip]\ndns_servers = [\"127.0.0.1:5353\", \"[::1]:53\"]\n")
+            .unwrap();
+        assert_eq!(s.sip.dns_server_addrs().unwrap().len(), 2);
+        assert!(Settings::default().sip.dns_servers.is_empty());
+        for bad in ["127.0.0.1", "dns.example:53", "1.2.3.4:99999"] {
+            let e = Settings::from_toml(&format!(
+                "[sip]\ndns_servers = [\"127.0.0.1:53\", \"{bad}\"]\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("sip.dns_servers[1]") && e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
     fn media_realtime_priority_is_checked() {
         let s = Settings::from_toml("[media]\nrealtime_priority = 50\n").unwrap();
         assert_eq!(s.media.realtime_priority, 50);
@@ -386,7 +405,7 @@ mod tests {
     fn tls_trunks_default_to_5061_and_check_their_ca_file() {
         let t: SipTarget = "sip:sip.example.com;transport=tls".parse().unwrap();
         assert_eq!((t.port, t.transport), (5061, Transport::Tls));
-        assert_eq!(t.to_string(), "sip:sip.example.com:5061;transport=tls");
+        assert_eq!(t.to_string(), "sip:sip.example.com;transport=tls");
         let base = "[[trunks]]\nname = \"t\"\nfrom = \"sip:+31508200000@x\"\n";
         let err = Settings::from_toml(&format!(
             "{base}proxy = \"sip:x.example;transport=tls\"\ntls_ca = \"/nonexistent.pem\""

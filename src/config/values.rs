@@ -261,9 +261,45 @@ pub struct SipTarget {
     pub host: String,
     pub port: u16,
     pub transport: Transport,
+    /// The URI named the port: no SRV/NAPTR look-up (RFC 3263 §4.2).
+    pub explicit_port: bool,
+    /// The URI had a `transport=` parameter: no NAPTR, SRV for that transport only.
+    pub explicit_transport: bool,
 }
 
 impl SipTarget {
+    /// The port a URI without one means for `transport` (RFC 3261 §19.1.2).
+    pub fn default_port(transport: Transport) -> u16 {
+        match transport {
+            Transport::Tls => 5061,
+            Transport::Udp | Transport::Tcp => 5060,
+        }
+    }
+
+    /// Whether the host is an IP literal (no DNS at all).
+    pub fn is_ip_literal(&self) -> bool {
+        self.host.parse::<std::net::IpAddr>().is_ok()
+    }
+
+    /// `host`, bracketed when it is an IPv6 literal.
+    pub fn host_for_uri(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        }
+    }
+
+    /// `host[:port]` as written: the port only when it was given (or set), so a URI
+    /// without one keeps meaning RFC 3263 resolution.
+    pub fn uri_host_port(&self) -> String {
+        if self.explicit_port || self.port != Self::default_port(self.transport) {
+            self.host_port()
+        } else {
+            self.host_for_uri()
+        }
+    }
+
     pub fn host_port(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
@@ -280,7 +316,11 @@ impl fmt::Display for SipTarget {
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
         };
-        write!(f, "sip:{};transport={t}", self.host_port())
+        write!(f, "sip:{}", self.uri_host_port())?;
+        if self.explicit_transport || self.transport != Transport::Udp {
+            write!(f, ";transport={t}")?;
+        }
+        Ok(())
     }
 }
 
@@ -294,7 +334,11 @@ impl FromStr for SipTarget {
         let mut parts = rest.split(';');
         let hostport = parts.next().unwrap_or_default();
         let mut transport = Transport::Udp;
+        let mut explicit_transport = false;
         for p in parts {
+            if p.starts_with("transport=") {
+                explicit_transport = true;
+            }
             match p.split_once('=') {
                 Some(("transport", "udp" | "UDP")) => transport = Transport::Udp,
                 Some(("transport", "tcp" | "TCP")) => transport = Transport::Tcp,
@@ -331,19 +375,21 @@ impl FromStr for SipTarget {
         {
             return Err(format!("{s:?}: bad host {host:?}"));
         }
+        let explicit_port = port.is_some();
         let port = match port {
             Some(p) => p
                 .parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
                 .ok_or_else(|| format!("{s:?}: bad port {p:?}"))?,
-            None if transport == Transport::Tls => 5061,
-            None => 5060,
+            None => Self::default_port(transport),
         };
         Ok(SipTarget {
             host,
+            explicit_port,
             port,
             transport,
+            explicit_transport,
         })
     }
 }
@@ -414,6 +460,24 @@ mod tests {
         assert!("http://x".parse::<SipTarget>().is_err());
         assert!("sip:host:99999".parse::<SipTarget>().is_err());
         assert!("sip:ho st".parse::<SipTarget>().is_err());
+    }
+
+    #[test]
+    fn sip_target_remembers_what_was_written() {
+        let t: SipTarget = "sip:sip.provider.example".parse().unwrap();
+        assert_eq!(
+            (t.port, t.explicit_port, t.explicit_transport),
+            (5060, false, false)
+        );
+        assert!(!t.is_ip_literal());
+        assert_eq!(t.to_string(), "sip:sip.provider.example");
+        let t: SipTarget = "sip:sip.provider.example;transport=tcp".parse().unwrap();
+        assert_eq!((t.explicit_port, t.explicit_transport), (false, true));
+        assert_eq!(t.to_string(), "sip:sip.provider.example;transport=tcp");
+        let t: SipTarget = "sip:[::1]:5070".parse().unwrap();
+        assert!(t.explicit_port && t.is_ip_literal());
+        assert_eq!(t.to_string(), "sip:[::1]:5070");
+        assert_eq!(t.to_string().parse::<SipTarget>().unwrap(), t);
     }
 
     #[test]
