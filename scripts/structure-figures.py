@@ -26,9 +26,13 @@ def production_text(text):
     lines = text.split("\n")
     i = 0
     while i < len(lines):
-        if lines[i].strip() == "#[cfg(test)]" and i + 1 < len(lines) and re.match(r"\s*mod \w+ \{", lines[i + 1]):
+        # Attributes (`#[allow(...)]`) may stand between #[cfg(test)] and the module.
+        k = i + 1
+        while k < len(lines) and lines[k].strip().startswith("#["):
+            k += 1
+        if lines[i].strip() == "#[cfg(test)]" and k < len(lines) and re.match(r"\s*mod \w+ \{", lines[k]):
             depth = 0
-            j = i + 1
+            j = k
             while j < len(lines):
                 depth += lines[j].count("{") - lines[j].count("}")
                 j += 1
