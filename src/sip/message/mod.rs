@@ -13,6 +13,17 @@ use rsip::headers::{ToTypedHeader, UntypedHeader};
 use rsip::Header;
 use std::net::{IpAddr, SocketAddr};
 
+mod frame;
+mod normalize;
+mod uri;
+
+pub(crate) use frame::frame;
+pub use frame::FrameError;
+pub(crate) use normalize::normalize;
+use normalize::{escape_user_semicolons, rsip_knows, STAND_IN_URI};
+pub(crate) use uri::parse_uri;
+pub use uri::UriError;
+
 /// Why an incoming datagram could not be used.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ParseError {
@@ -46,298 +57,6 @@ pub(crate) enum ParseError {
     },
 }
 
-/// Why a TCP/TLS byte stream cannot be cut into SIP messages (the connection is dropped).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
-    /// No blank line within the first 64 KiB.
-    #[error("header block too long")]
-    HeadTooLong,
-    /// The header block is not UTF-8.
-    #[error("header block is not UTF-8")]
-    NotUtf8,
-    /// A Content-Length that is not a number (the value as sent).
-    #[error("bad Content-Length {0:?}")]
-    BadContentLength(String),
-    /// Two Content-Length headers that disagree.
-    #[error("conflicting Content-Length")]
-    ConflictingContentLength,
-    /// No Content-Length, which streams require.
-    #[error("no Content-Length on a stream transport")]
-    NoContentLength,
-    /// A body above 1 MiB.
-    #[error("Content-Length too large")]
-    ContentLengthTooLarge,
-}
-
-/// Why a SIP URI we send to or keep could not be parsed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UriError {
-    /// Not `sip:`/`sips:`, or with blanks or angle brackets.
-    #[error("not a sip: URI")]
-    NotSip,
-    /// A `[...]` host that is not an IPv6 address.
-    #[error("bad IPv6 reference [{0}]")]
-    BadIpv6(String),
-    /// rsip's own complaint.
-    #[error("{0}")]
-    Rsip(String),
-}
-
-/// Stream framing: is a complete message in `buf`? Checked before parsing, as a TCP read
-/// may hold half a message or several (see [`crate::sip::frame_stream`]).
-pub(crate) fn frame(buf: &[u8]) -> Result<Option<(usize, usize)>, FrameError> {
-    /// A header block longer than this is an attack or garbage, not SIP.
-    const MAX_HEAD: usize = 64 * 1024;
-    let skip = buf
-        .iter()
-        .take_while(|b| **b == b'\r' || **b == b'\n')
-        .count();
-    let rest = &buf[skip..];
-    let Some(end) = find(rest, b"\r\n\r\n") else {
-        if rest.len() > MAX_HEAD {
-            return Err(FrameError::HeadTooLong);
-        }
-        return Ok(None);
-    };
-    let head = std::str::from_utf8(&rest[..end]).map_err(|_| FrameError::NotUtf8)?;
-    let mut length = None;
-    for line in head.split("\r\n").skip(1) {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let name = name.trim();
-        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
-            let n: usize = value
-                .trim()
-                .parse()
-                .map_err(|_| FrameError::BadContentLength(value.trim().to_owned()))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(FrameError::ConflictingContentLength);
-            }
-            length = Some(n);
-        }
-    }
-    // Mandatory on streams: without it the message boundary is unknown.
-    let length = length.ok_or(FrameError::NoContentLength)?;
-    if length > 1024 * 1024 {
-        return Err(FrameError::ContentLengthTooLarge);
-    }
-    let total = end + 4 + length;
-    Ok((rest.len() >= total).then_some((skip, total)))
-}
-
-/// Compact forms from the IANA SIP header registry (RFC 3261 §7.3.3 and later RFCs).
-fn expand_compact(name: &str) -> Option<&'static str> {
-    if name.len() != 1 {
-        return None;
-    }
-    Some(match name.as_bytes()[0].to_ascii_lowercase() {
-        b'a' => "Accept-Contact",
-        b'b' => "Referred-By",
-        b'c' => "Content-Type",
-        b'd' => "Request-Disposition",
-        b'e' => "Content-Encoding",
-        b'f' => "From",
-        b'i' => "Call-ID",
-        b'j' => "Reject-Contact",
-        b'k' => "Supported",
-        b'l' => "Content-Length",
-        b'm' => "Contact",
-        b'n' => "Identity-Info",
-        b'o' => "Event",
-        b'r' => "Refer-To",
-        b's' => "Subject",
-        b't' => "To",
-        b'u' => "Allow-Events",
-        b'v' => "Via",
-        b'x' => "Session-Expires",
-        b'y' => "Identity",
-        _ => return None,
-    })
-}
-
-/// Rewrites a datagram into the form rsip parses: CRLF line ends, one line per header,
-/// long header names, no space before the colon, body cut to Content-Length.
-pub(crate) fn normalize(data: &[u8]) -> Result<Vec<u8>, ParseError> {
-    // RFC 5626 keep-alives and stray CRLFs before a message are legal on UDP.
-    let start = data
-        .iter()
-        .position(|b| *b != b'\r' && *b != b'\n')
-        .ok_or(ParseError::KeepAlive)?;
-    let data = &data[start..];
-    let (head, body) = split_head_body(data).ok_or(ParseError::NoHeaderEnd)?;
-    let head = std::str::from_utf8(head).map_err(|_| ParseError::NotUtf8)?;
-
-    let mut lines: Vec<String> = Vec::new();
-    for (number, raw) in head.split('\n').enumerate() {
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        if line.is_empty() {
-            continue;
-        }
-        if lines.is_empty() {
-            lines.push(start_line(line)?);
-            continue;
-        }
-        if line.starts_with(' ') || line.starts_with('\t') {
-            // Folded continuation (RFC 3261 §7.3.1): equivalent to a single space.
-            if lines.len() > 1 {
-                if let Some(prev) = lines.last_mut() {
-                    prev.push(' ');
-                    prev.push_str(line.trim());
-                    continue;
-                }
-            }
-            return Err(ParseError::BadHeaderLine(number + 1));
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(ParseError::BadHeaderLine(number + 1));
-        };
-        let name = name.trim();
-        let name = expand_compact(name).unwrap_or(name);
-        lines.push(format!("{}: {}", name, value.trim()));
-    }
-
-    let mut body = body;
-    let lengths: Vec<&str> = lines
-        .iter()
-        .skip(1)
-        .filter_map(|l| header_value_of(l, "Content-Length"))
-        .collect();
-    if lengths.len() > 1 {
-        // RFC 4475 §3.3.9: with two lengths nobody knows where the body ends.
-        return Err(ParseError::BadContentLength);
-    }
-    if let Some(len) = lengths.first() {
-        let want: usize = len.parse().map_err(|_| ParseError::BadContentLength)?;
-        if body.len() < want {
-            return Err(ParseError::Truncated {
-                have: body.len(),
-                want,
-            });
-        }
-        body = &body[..want];
-    }
-
-    let mut out = Vec::with_capacity(data.len() + 32);
-    for l in &lines {
-        out.extend_from_slice(l.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    Ok(out)
-}
-
-/// Methods rsip has a variant for; others are extension methods (RFC 3261 §25.1
-/// `extension-method = token`), which rsip cannot represent.
-fn rsip_knows(method: &str) -> bool {
-    method.parse::<rsip::Method>().is_ok()
-}
-
-/// Checks the start line and rewrites it into what rsip parses:
-/// - requests: `Method SP Request-URI SP SIP/2.0`, exactly one space apart, nothing after
-///   (RFC 4475 §3.1.2.9/3.1.2.10), the URI not in `<>` and without headers (§3.1.2.7,
-///   §3.1.2.11); an extension method becomes `OPTIONS` here and is restored by [`parse`];
-///   a `;` in the user part is escaped (rsip rejects it, RFC 3261 allows it, §3.1.1.9);
-/// - responses: an empty reason phrase (§3.1.1.13) gets a placeholder rsip accepts.
-fn start_line(line: &str) -> Result<String, ParseError> {
-    if let Some(rest) = line.strip_prefix("SIP/") {
-        let mut parts = line.splitn(3, ' ');
-        let (version, code) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let reason = parts.next().unwrap_or("").trim();
-        if rest.is_empty() || code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(ParseError::BadStartLine);
-        }
-        let reason = if reason.is_empty() { "-" } else { reason };
-        return Ok(format!("{version} {code} {reason}"));
-    }
-    let parts: Vec<&str> = line.split(' ').collect();
-    let [method, uri, version] = parts[..] else {
-        return Err(ParseError::BadStartLine);
-    };
-    if !grammar::is_token(method) || version != "SIP/2.0" || uri.is_empty() {
-        return Err(ParseError::BadStartLine);
-    }
-    // Headers (`?`) are not allowed in a Request-URI; a `?` in the user part is.
-    let host_part = uri.rsplit_once('@').map_or(uri, |(_, h)| h);
-    if uri.starts_with('<') || host_part.contains('?') {
-        return Err(ParseError::Invalid("Request-URI"));
-    }
-    let method = if rsip_knows(method) {
-        method
-    } else {
-        "OPTIONS"
-    };
-    let uri = escape_user_semicolons(uri);
-    if bare_ipv6_host(&uri) {
-        // RFC 5118 §4.2: an IPv6 address must be in brackets; unbracketed, its colons
-        // would be read as a port.
-        return Err(ParseError::Invalid("Request-URI (IPv6 address without [])"));
-    }
-    // We never use the Request-URI of a request we receive, so one rsip cannot read
-    // (valid but unusual, RFC 4475 §3.1.1.2, or an unknown scheme, §3.3.2) is replaced
-    // by a stand-in; `parse` notes an unsupported scheme so the UA can answer 416.
-    let uri = if rsip::Uri::try_from(uri.as_str()).is_ok() {
-        uri
-    } else {
-        STAND_IN_URI.to_string()
-    };
-    Ok(format!("{method} {uri} {version}"))
-}
-
-const STAND_IN_URI: &str = "sip:request-uri.invalid";
-
-/// The host rsip parses in place of an IPv6 reference (see [`parse_uri`]).
-const V6_STAND_IN: &str = "ipv6-reference.invalid";
-
-/// Parses a SIP URI we send to or keep (Request-URI, Contact, Route, registrar).
-/// rsip 0.4 does not know IPv6 references (RFC 3261 §19.1.1 `sip:u@[2001:db8::1]:5060`):
-/// it splits host and port at the first colon. Such a host is parsed as a stand-in name
-/// and put back as the bracketed address (a `Domain`, which rsip prints as written), so
-/// the URI renders as `sip:u@[2001:db8::1]:5060` again.
-pub(crate) fn parse_uri(text: &str) -> Result<rsip::Uri, UriError> {
-    let rsip_err = |e: rsip::Error| UriError::Rsip(e.to_string());
-    let Some((start, end)) = ipv6_reference(text) else {
-        return rsip::Uri::try_from(text).map_err(rsip_err);
-    };
-    let inner = &text[start + 1..end - 1];
-    let ip: std::net::Ipv6Addr = inner
-        .parse()
-        .map_err(|_| UriError::BadIpv6(inner.to_owned()))?;
-    let stand_in = format!("{}{V6_STAND_IN}{}", &text[..start], &text[end..]);
-    let mut uri = rsip::Uri::try_from(stand_in.as_str()).map_err(rsip_err)?;
-    uri.host_with_port.host = rsip::Host::Domain(format!("[{ip}]").into());
-    Ok(uri)
-}
-
-/// The byte range of the `[…]` host of a URI (brackets included): a `[` right after the
-/// scheme's colon or the userinfo's `@`, up to its `]`.
-fn ipv6_reference(text: &str) -> Option<(usize, usize)> {
-    let start = text.find('[')?;
-    let before = text[..start].chars().last()?;
-    if before != '@' && before != ':' {
-        return None;
-    }
-    if before == ':' && text[..start - 1].contains(['@', ';', '?']) {
-        return None;
-    }
-    let close = text[start..].find(']')?;
-    Some((start, start + close + 1))
-}
-
-/// `sip:2001:db8::10`: a sip(s) URI whose host has two or more colons and no brackets.
-fn bare_ipv6_host(uri: &str) -> bool {
-    let Some((scheme, rest)) = uri.split_once(':') else {
-        return false;
-    };
-    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
-        return false;
-    }
-    let rest = rest.split([';', '?']).next().unwrap_or("");
-    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    !host.starts_with('[') && host.matches(':').count() >= 2
-}
-
 /// The Request-URI of a request as sent, `;` in the user escaped as for rsip.
 fn request_uri_text(data: &[u8]) -> Option<String> {
     let start = data.iter().position(|b| *b != b'\r' && *b != b'\n')?;
@@ -359,21 +78,6 @@ fn supported_scheme(data: &[u8]) -> bool {
     matches!(scheme.as_str(), "sip" | "sips" | "tel")
 }
 
-/// `sip:user;par=x@host` -> `sip:user%3Bpar=x@host`: same user for us, parseable by rsip.
-fn escape_user_semicolons(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once(':') else {
-        return uri.to_string();
-    };
-    match rest.rsplit_once('@') {
-        Some((user, host))
-            if user.contains(';') && scheme.to_ascii_lowercase().starts_with("sip") =>
-        {
-            format!("{scheme}:{}@{host}", user.replace(';', "%3B"))
-        }
-        _ => uri.to_string(),
-    }
-}
-
 /// The method token of a request's start line as sent (extension methods included).
 fn request_method_text(data: &[u8]) -> Option<String> {
     let start = data.iter().position(|b| *b != b'\r' && *b != b'\n')?;
@@ -388,18 +92,6 @@ fn request_method_text(data: &[u8]) -> Option<String> {
 fn header_value_of<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let (n, v) = line.split_once(':')?;
     n.eq_ignore_ascii_case(name).then(|| v.trim())
-}
-
-/// Splits at the first empty line (CRLF CRLF, or LF LF from sloppy senders). The empty
-/// line is mandatory (RFC 3261 §7): without it the datagram is a truncated message.
-fn split_head_body(data: &[u8]) -> Option<(&[u8], &[u8])> {
-    let crlf = find(data, b"\r\n\r\n").map(|i| (i, 4));
-    let lf = find(data, b"\n\n").map(|i| (i, 2));
-    let cut = match (crlf, lf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    };
-    cut.map(|(i, n)| (&data[..i], &data[i + n..]))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -814,5 +506,4 @@ pub(crate) fn response_route(top_via: &str, from: SocketAddr) -> (SocketAddr, St
 }
 
 #[cfg(test)]
-#[path = "message_tests.rs"]
 mod tests;
