@@ -208,16 +208,30 @@ impl UserAgent {
         self.policy.add_trunk(ip);
     }
 
+    /// The next datagram to send, oldest first. Queued by every `handle_*` call and by
+    /// the commands (`call`, `hangup`, `answer`, ...); the driver sends until `None`
+    /// after each of them.
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
+    /// The next event for the application (call progress, answers, ends, trunk status),
+    /// oldest first; queued by the same calls as [`Self::poll_transmit`].
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
     /// The earliest instant at which [`Self::handle_timeout`] has work to do (a peek at
     /// the deadline heap, plus the trunks' and the QA registrar's own few deadlines).
+    /// It changes after any call that takes `now`: `handle_datagram` and
+    /// `handle_stream_message` (a response stops or starts a transaction's timers),
+    /// `handle_connection_closed` (what ran on that flow ends),
+    /// `handle_timeout` (a retransmission moves its timer on, an expiry removes it) and
+    /// the commands (`call`, `hangup`, `answer`, `reject`, `add_trunk`, which start
+    /// timers). The driver reads it again after each of them; reading it is cheap.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let trunks = self.trunks.iter().filter_map(|t| t.next_deadline());
         let registrar = self.registrar.as_ref().and_then(|r| r.next_deadline());
