@@ -2,6 +2,8 @@
 //! RTP pacer, call engine, dialer and HTTP API. `start` is what `serve`,
 //! `demo` and the integration tests all call.
 
+mod sip_settings;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -405,8 +407,8 @@ pub(crate) async fn sip_endpoint(
     };
     let options = crate::sip_io::SipOptions {
         server_header: settings.sip.server_header_value(),
-        policy: settings.sip.policy(),
-        registrar: settings.qa.registrar(),
+        policy: sip_settings::policy(&settings.sip),
+        registrar: sip_settings::registrar(&settings.qa),
         inbound: crate::canary::inbound_config(settings),
     };
     let sip = SipEndpoint::bind(settings.sip.listen, advertised, options)

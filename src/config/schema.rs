@@ -133,20 +133,6 @@ impl SipSettings {
             .or_else(|| self.user_agent.clone())
             .unwrap_or_default()
     }
-
-    /// The listener policy these settings describe.
-    pub fn policy(&self) -> crate::sip::policy::PolicyConfig {
-        crate::sip::policy::PolicyConfig {
-            unknown_sources: match self.unknown_sources {
-                UnknownSourcesSetting::Drop => crate::sip::policy::UnknownSources::Drop,
-                UnknownSourcesSetting::Forbid => crate::sip::policy::UnknownSources::Forbid,
-            },
-            ban_after_failures: self.ban_after_failures,
-            ban_time: self.ban_time,
-            request_limit: self.request_limit.count,
-            request_window: self.request_limit.per,
-        }
-    }
 }
 
 /// `[qa]`: the registrar softphones register to, so that QA can make the gateway ring
@@ -179,30 +165,6 @@ impl Default for QaSettings {
 }
 
 impl QaSettings {
-    /// The registrar the SIP user agent runs; None without phones.
-    pub fn registrar(&self) -> Option<crate::sip::RegistrarConfig> {
-        if self.phones.is_empty() {
-            return None;
-        }
-        Some(crate::sip::RegistrarConfig {
-            realm: self.realm.clone(),
-            accounts: self
-                .phones
-                .iter()
-                .map(|p| crate::sip::QaAccount {
-                    username: p.username.clone(),
-                    password: p
-                        .password
-                        .as_ref()
-                        .map(|s| s.expose_secret().to_string())
-                        .unwrap_or_default(),
-                })
-                .collect(),
-            min_expires: self.min_expires,
-            max_expires: self.max_expires,
-        })
-    }
-
     /// The QA phone that answers for `number` (E.164), if any.
     pub fn phone_for(&self, number: &str) -> Option<&QaPhoneSettings> {
         self.phones.iter().find(|p| p.number == number)
@@ -700,9 +662,12 @@ mod tests {
             "",
             "no product name by default"
         );
-        let p = s.sip.policy();
         assert_eq!(
-            (p.ban_after_failures, p.ban_time, p.request_limit),
+            (
+                s.sip.ban_after_failures,
+                s.sip.ban_time,
+                s.sip.request_limit.count
+            ),
             (10, Duration::from_secs(600), 50)
         );
         let s = Settings::from_toml(
@@ -710,7 +675,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.sip.unknown_sources, UnknownSourcesSetting::Forbid);
-        assert_eq!(s.sip.policy().ban_time, Duration::from_secs(3600));
+        assert_eq!(s.sip.ban_time, Duration::from_secs(3600));
         assert_eq!(s.sip.server_header_value(), "pbx", "deprecated alias");
         let s = Settings::from_toml(
             "[sip]\nunknown_sources = 403\nserver_header = \"\"\nuser_agent = \"pbx\"",

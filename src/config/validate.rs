@@ -29,7 +29,7 @@ impl Settings {
             }
             let pem = std::fs::read(&t.tls_ca)
                 .map_err(|e| invalid(format!("cannot read {:?}: {e}", t.tls_ca)))?;
-            if crate::sip_io::parse_ca_pem(&pem).map_or(true, |roots| roots.is_empty()) {
+            if !holds_pem_certificates(&pem) {
                 return Err(invalid(format!("{:?} holds no PEM certificate", t.tls_ca)));
             }
         }
@@ -321,6 +321,15 @@ impl Settings {
 pub(super) fn is_e164_prefix(p: &str) -> bool {
     p.strip_prefix('+')
         .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether `pem` parses as PEM and holds at least one certificate (a trunk's `tls_ca`);
+/// the same reading the TLS client makes of it later.
+fn holds_pem_certificates(pem: &[u8]) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .is_ok_and(|certs| !certs.is_empty())
 }
 
 #[cfg(test)]
