@@ -34,7 +34,7 @@ pub(super) struct TlsPeer {
 }
 
 /// The certificates in a PEM file (for a trunk's `tls_ca`).
-pub fn parse_ca_pem(
+pub(super) fn parse_ca_pem(
     pem: &[u8],
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::pem::Error> {
     use rustls::pki_types::pem::PemObject;

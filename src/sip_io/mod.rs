@@ -13,7 +13,6 @@ mod driver;
 mod inbound;
 mod stats;
 
-pub use conn::parse_ca_pem;
 pub use inbound::IncomingCall;
 pub use stats::SipStats;
 
