@@ -7,6 +7,7 @@ mod keys;
 mod phone;
 mod reason;
 mod rtp;
+pub mod sdes;
 
 pub use code::{OtpCode, OtpCodeError};
 pub use keys::Keys;

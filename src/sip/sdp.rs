@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use base64::Engine as _;
 
-use crate::media::srtp::{MasterKey, Suite};
+use crate::domain::sdes::{MasterKey, Suite};
 
 /// G.711 variants we can send (prompts are pre-encoded in both).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
