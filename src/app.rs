@@ -43,7 +43,13 @@ pub struct RunningApp {
     dialer_task: Option<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     engine: Arc<CallEngine>,
+    /// The SIP endpoint the engine uses, for the trunks' unregistration at shutdown.
+    sip: SipEndpoint,
 }
+
+/// How long a graceful stop waits for the registrars to answer REGISTER `Expires: 0`
+/// (digest challenge included); what is left unanswered expires on its own.
+const UNREGISTER_WITHIN: Duration = Duration::from_secs(2);
 
 /// Whether `start` also runs the dialer loop. Tests that drive the dialer
 /// step by step (`Dialer::claim_and_run_one`) turn it off.
@@ -125,6 +131,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
     let metrics = Metrics::new();
     let (sip, external_ip) = sip_endpoint(&settings, settings.trunks.first()).await?;
     let sip_addr = sip.local_addr();
+    let registrations = sip.clone();
     let pacer = Pacer::start_with(PacerOptions {
         realtime_priority: settings.media.realtime_priority,
         ..PacerOptions::default()
@@ -281,6 +288,7 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         dialer_task,
         background,
         engine,
+        sip: registrations,
     })
 }
 
@@ -293,7 +301,8 @@ impl RunningApp {
     /// progress finish (up to `[dialer] shutdown_grace`), while the API keeps answering
     /// (`/readyz` 503 `draining`, so a load balancer moves traffic away) and this
     /// instance keeps renewing its calls' leases, so no other instance takes them over.
-    /// Then HTTP and the background tasks stop.
+    /// Then HTTP and the background tasks stop, and the trunks unregister (bounded by
+    /// [`UNREGISTER_WITHIN`]).
     pub async fn stop(self) {
         self.drain.cancel();
         if let Some(t) = self.dialer_task {
@@ -303,6 +312,9 @@ impl RunningApp {
         let _ = self.http.await;
         for task in self.background {
             let _ = task.await;
+        }
+        if !self.sip.unregister_trunks(UNREGISTER_WITHIN).await {
+            tracing::warn!(within = ?UNREGISTER_WITHIN, "not every trunk was unregistered in time");
         }
         self.engine.shutdown().await;
         self.store.close().await;

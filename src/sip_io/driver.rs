@@ -55,6 +55,8 @@ pub(super) async fn drive(
         by_id: HashMap::new(),
     };
     let mut buf = vec![0u8; RECV_BUFFER];
+    // Who waits for the unregistrations at shutdown.
+    let mut unregistered: Option<tokio::sync::oneshot::Sender<()>> = None;
     loop {
         let deadline = ua.poll_timeout();
         let timer = async {
@@ -93,7 +95,16 @@ pub(super) async fn drive(
                 Err(e) => debug!(error = %e, "SIP socket receive error"),
             },
             command = commands.recv() => match command {
-                None | Some(Command::Shutdown) => break,
+                None | Some(Command::Shutdown) => {
+                    for name in ua.unregistering() {
+                        warn!(trunk = %name, "trunk {name}: not unregistered: no answer before shutdown; the registrar keeps the binding until it expires");
+                    }
+                    break;
+                }
+                Some(Command::Unregister { done }) => {
+                    ua.unregister_trunks(Instant::now());
+                    unregistered = Some(done);
+                }
                 Some(Command::Invite { call, events, reply }) => {
                     let handle = ua.invite(Instant::now(), call);
                     routes.insert(handle, events);
@@ -212,6 +223,11 @@ pub(super) async fn drive(
             }
         }
         stats.store(&ua.policy_counters());
+        if unregistered.is_some() && ua.unregistering().is_empty() {
+            if let Some(done) = unregistered.take() {
+                let _ = done.send(());
+            }
+        }
     }
     conn_tasks.abort_all();
     debug!("SIP driver stopped");

@@ -78,6 +78,11 @@ pub(crate) enum Command {
         config: TrunkConfig,
         probes: mpsc::UnboundedSender<ProbeResult>,
     },
+    /// REGISTER `Expires: 0` for every registered trunk; `done` is sent once none is
+    /// waiting for its answer any more.
+    Unregister {
+        done: oneshot::Sender<()>,
+    },
     Shutdown,
 }
 
@@ -192,6 +197,7 @@ impl std::fmt::Debug for Command {
             Command::Answer { call, .. } => write!(f, "Answer({call})"),
             Command::Reject { call, status } => write!(f, "Reject({call}, {status})"),
             Command::AddTrunk { config, .. } => write!(f, "AddTrunk({})", config.name),
+            Command::Unregister { .. } => f.write_str("Unregister"),
             Command::Shutdown => f.write_str("Shutdown"),
         }
     }
@@ -324,6 +330,23 @@ impl SipEndpoint {
     /// The last known status of a trunk added with [`Self::add_trunk`].
     pub fn trunk_status(&self, name: &str) -> Option<TrunkStatus> {
         lock(&self.inner.trunks).get(name).cloned()
+    }
+
+    /// Graceful shutdown of the registrations: every trunk holding one sends REGISTER
+    /// `Expires: 0` (see [`UserAgent::unregister_trunks`]); waits until all are
+    /// answered or `within` passes. Each outcome is logged per trunk. True when none is
+    /// left unanswered. Trunks schedule nothing after this (no refresh, no OPTIONS).
+    pub async fn unregister_trunks(&self, within: std::time::Duration) -> bool {
+        let (done, finished) = oneshot::channel();
+        if self
+            .inner
+            .commands
+            .send(Command::Unregister { done })
+            .is_err()
+        {
+            return false;
+        }
+        matches!(tokio::time::timeout(within, finished).await, Ok(Ok(())))
     }
 
     /// Stops the driver task and waits for it. Calls in progress get no further events

@@ -33,6 +33,7 @@ mod media_srtp;
 mod metrics;
 mod procs;
 mod qa_registrar;
+mod registration;
 mod relay;
 mod risk_hook;
 mod routing;

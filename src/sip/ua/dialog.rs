@@ -182,6 +182,10 @@ impl UserAgent {
     /// Sends the INVITE of a call with its current branch and CSeq, answering any stored
     /// challenges (the first INVITE has none; a challenged one is resent with new ones).
     pub(super) fn send_invite(&mut self, now: Instant, handle: CallHandle) {
+        let Some(dest) = self.calls.get(&handle).map(|c| c.destination) else {
+            return;
+        };
+        let contact_host = self.contact_host_towards(dest).to_string();
         let Some(c) = self.calls.get_mut(&handle) else {
             return;
         };
@@ -197,7 +201,7 @@ impl UserAgent {
             transaction::transport_for(&self.tcp_peers, c.destination),
         );
         let transport = transaction::transport_for(&self.tcp_peers, c.destination);
-        headers.push(self.ident.contact("otpdial", transport));
+        headers.push(h::Contact::new(contact_value("otpdial", &contact_host, transport)).into());
         headers.push(h::Allow::new(server::ALLOW).into());
         headers.extend(c.extra_headers.iter().cloned());
         let uri = c.request_uri.to_string();

@@ -3,7 +3,8 @@
 //! - [`dialog`]: the call we place and its dialog (INVITE, ACK, CANCEL, BYE, routes);
 //! - [`auth`]: digest answers to 401/407 challenges;
 //! - [`server`]: requests the far end sends us (OPTIONS, BYE, INFO, re-INVITE);
-//! - [`trunk`]: per-trunk REGISTER and OPTIONS keepalive.
+//! - [`trunk`]: per-trunk REGISTER and OPTIONS keepalive, unregistration at shutdown and
+//!   the public address learned from the registrar (`received`/`rport`).
 //!
 //! This file holds the [`UserAgent`] itself (its queues, `handle_*` and `poll_*`), what
 //! our messages say about us ([`Ident`]: Via, the one Contact builder, User-Agent/Server)
@@ -132,15 +133,23 @@ impl Ident {
     /// Our Contact header: `<sip:user@host:port>`, with `;transport=tcp` when the peer
     /// reaches us over TCP (RFC 3261 §8.1.1.8: the Contact must be reachable as written,
     /// and a UDP default would send the far end's requests to a port that may not listen).
-    /// The one place a Contact is built: INVITE, re-INVITE answer, REGISTER and OPTIONS.
+    /// Every Contact is built by [`contact_value`]: INVITE, re-INVITE answer, REGISTER
+    /// and OPTIONS (INVITE, REGISTER and OPTIONS towards a trunk with the address its
+    /// registrar saw, when it learned one).
     fn contact(&self, user: &str, transport: Transport) -> Header {
-        let params = match transport {
-            Transport::Udp => "",
-            Transport::Tcp => ";transport=tcp",
-            Transport::Tls => ";transport=tls",
-        };
-        h::Contact::new(format!("<sip:{user}@{}{params}>", self.host_port)).into()
+        h::Contact::new(contact_value(user, &self.host_port, transport)).into()
     }
+}
+
+/// `<sip:user@host:port>` with `;transport=` when not UDP: the Contact value for
+/// `host_port` (ours, or the public address a trunk's registrar saw us at).
+fn contact_value(user: &str, host_port: &str, transport: Transport) -> String {
+    let params = match transport {
+        Transport::Udp => "",
+        Transport::Tcp => ";transport=tcp",
+        Transport::Tls => ";transport=tls",
+    };
+    format!("<sip:{user}@{host_port}{params}>")
 }
 
 impl UserAgent {

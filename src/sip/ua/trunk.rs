@@ -2,10 +2,18 @@
 //! retry with backoff) and OPTIONS keepalive (a trunk that stops answering is marked
 //! unreachable). Part of the sans-IO user agent: same clock-in/datagrams-out rules, and
 //! it uses the user agent's client non-INVITE transactions (Timers E, F, K).
+//!
+//! Registration hygiene (`trunk_hygiene.rs`): at shutdown
+//! [`UserAgent::unregister_trunks`] removes our binding (REGISTER `Expires: 0`); and the
+//! public address a registrar saw us at (RFC 3581 `received`/`rport` on its answer's Via)
+//! becomes the trunk's Contact.
 
 use super::transaction::ByePurpose;
 use super::*;
 use crate::sip::{ProbeKind, ProbeResult, TrunkConfig, TrunkStatus};
+
+#[path = "trunk_hygiene.rs"]
+mod hygiene;
 
 /// First retry after a failed registration; doubles per failure up to `MAX_BACKOFF`.
 const BASE_BACKOFF: Duration = Duration::from_secs(10);
@@ -35,10 +43,23 @@ pub(super) struct TrunkState {
     opt_pending: bool,
     opt_due: Option<Instant>,
     status: TrunkStatus,
+    /// host:port the registrar saw our REGISTER come from, when it differs from ours:
+    /// the Contact towards this trunk from then on (UDP trunks only).
+    public: Option<String>,
+    /// A Contact host:port we registered before learning `public`: the next REGISTER
+    /// removes it (`;expires=0`) while it adds the new one.
+    stale_contact: Option<String>,
+    /// Shutting down: nothing more is scheduled for this trunk.
+    stopped: bool,
+    /// A REGISTER `Expires: 0` is out and unanswered.
+    unregistering: bool,
 }
 
 impl TrunkState {
     pub(super) fn next_deadline(&self) -> Option<Instant> {
+        if self.stopped {
+            return None;
+        }
         let reg = self.reg_due.filter(|_| !self.reg_pending);
         let opt = self.opt_due.filter(|_| !self.opt_pending);
         let exp = self.expires_at.filter(|_| self.status.registered);
@@ -94,6 +115,10 @@ impl UserAgent {
             opt_pending: false,
             opt_due: (usable && wants_options).then_some(now),
             status,
+            public: None,
+            stale_contact: None,
+            stopped: false,
+            unregistering: false,
             cfg,
         });
         self.trunk_timers(now);
@@ -107,6 +132,9 @@ impl UserAgent {
     pub(super) fn trunk_timers(&mut self, now: Instant) {
         for i in 0..self.trunks.len() {
             let t = &mut self.trunks[i];
+            if t.stopped {
+                continue;
+            }
             if t.status.registered && t.expires_at.is_some_and(|e| e <= now) {
                 t.status.registered = false;
                 t.status.last_error =
@@ -146,8 +174,16 @@ impl UserAgent {
         t.reg_pending = true;
         let from = format!("<{}>;tag={}", t.cfg.aor, t.reg_from_tag);
         let to = format!("<{}>", t.cfg.aor);
-        let expires = h::Expires::new(t.expires_wanted.to_string()).into();
-        self.send_trunk_request(now, i, Method::Register, &from, &to, expires);
+        let wanted = if t.unregistering { 0 } else { t.expires_wanted };
+        let mut extra = Vec::new();
+        if let Some(old) = t.stale_contact.as_deref() {
+            // RFC 3261 §10.2.1.1: a Contact's own expires wins over the Expires header.
+            let transport = transaction::transport_for(&self.tcp_peers, t.cfg.destination);
+            let old = contact_value(Self::aor_user(&t.cfg.aor), old, transport);
+            extra.push(h::Contact::new(format!("{old};expires=0")).into());
+        }
+        extra.push(h::Expires::new(wanted.to_string()).into());
+        self.send_trunk_request(now, i, Method::Register, &from, &to, extra);
     }
 
     fn send_options(&mut self, now: Instant, i: usize) {
@@ -160,7 +196,7 @@ impl UserAgent {
         let from = format!("<{}>;tag={}", t.cfg.aor, random_token());
         let to = format!("<{}>", t.cfg.registrar_uri);
         let accept = h::Accept::new("application/sdp").into();
-        self.send_trunk_request(now, i, Method::Options, &from, &to, accept);
+        self.send_trunk_request(now, i, Method::Options, &from, &to, vec![accept]);
     }
 
     /// Sends the REGISTER or OPTIONS of trunk `i` with the Call-ID, CSeq and credentials
@@ -172,7 +208,7 @@ impl UserAgent {
         method: Method,
         from: &str,
         to: &str,
-        extra: Header,
+        extra: Vec<Header>,
     ) {
         let t = &mut self.trunks[i];
         let Some(registrar) = t.registrar.clone() else {
@@ -205,8 +241,10 @@ impl UserAgent {
             transaction::transport_for(&self.tcp_peers, t.cfg.destination),
         );
         let transport = transaction::transport_for(&self.tcp_peers, t.cfg.destination);
-        headers.push(self.ident.contact(Self::aor_user(&t.cfg.aor), transport));
-        headers.push(extra);
+        let host = t.public.as_deref().unwrap_or(&self.ident.host_port);
+        let contact = contact_value(Self::aor_user(&t.cfg.aor), host, transport);
+        headers.push(h::Contact::new(contact).into());
+        headers.extend(extra);
         headers.extend(auth.headers(method, &registrar.to_string(), b""));
         let request = render::render_request(method, &registrar, headers, b"");
         let (dest, id) = (t.cfg.destination, t.id);
@@ -238,6 +276,10 @@ impl UserAgent {
         rtt: Option<Duration>,
         error: String,
     ) {
+        if self.trunks[i].unregistering {
+            self.unregister_done(i, Some(&error));
+            return;
+        }
         let t = &mut self.trunks[i];
         t.reg_pending = false;
         t.status.registered = false;
@@ -301,8 +343,21 @@ impl UserAgent {
         rtt: Duration,
         msg: &Message,
     ) {
-        let host_port = self.ident.host_port.clone();
         let t = &mut self.trunks[i];
+        if msg.cseq != t.reg_cseq {
+            // The answer to a REGISTER since replaced (a refresh overtaken by the
+            // unregistration at shutdown): the registrar orders them by CSeq too.
+            debug!(trunk = %t.cfg.name, cseq = msg.cseq, "answer to an earlier REGISTER ignored");
+            return;
+        }
+        if t.unregistering {
+            self.on_unregister_response(now, i, status, reason, msg);
+            return;
+        }
+        let host_port = t
+            .public
+            .clone()
+            .unwrap_or_else(|| self.ident.host_port.clone());
         match status {
             401 | 407 => match t.reg_auth.on_challenge(status, msg) {
                 Ok(()) => self.send_register(now, i),
@@ -351,6 +406,8 @@ impl UserAgent {
                 }
                 t.reg_pending = false;
                 t.reg_failures = 0;
+                // The REGISTER that removed an old Contact went through.
+                t.stale_contact = None;
                 t.status.registered = true;
                 t.status.reachable = Some(true);
                 t.status.last_error = None;
@@ -370,6 +427,7 @@ impl UserAgent {
                     error: None,
                 };
                 self.report(i, result);
+                self.learn_address(now, i, msg);
             }
             _ => self.register_failed(
                 now,
@@ -462,3 +520,7 @@ impl UserAgent {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "trunk_tests.rs"]
+mod tests;
