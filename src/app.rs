@@ -83,49 +83,20 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
 
     let keys = CodeKeys::load(&settings, &store).await?;
 
-    let prompts = match &settings.prompts.dir {
-        Some(dir) => PromptLibrary::load_dir(dir)
-            .with_context(|| format!("cannot load prompt packs from {}", dir.display()))?,
-        None => PromptLibrary::builtin(),
-    };
+    let prompts = load_prompts(&settings)?;
     let locales = prompts.locales();
     let bind_locales: Vec<String> = prompts
         .packs()
         .filter(|p| p.has_bind())
         .map(|p| p.locale().to_owned())
         .collect();
-    if !locales.contains(&settings.verification.default_locale) {
-        anyhow::bail!(
-            "config key `verification.default_locale`: no prompt pack {:?} (installed: {})",
-            settings.verification.default_locale,
-            locales.join(", ")
-        );
-    }
-
-    for (prefix, locale) in &settings.verification.locale_by_prefix {
-        if !locales.contains(locale) {
-            anyhow::bail!(
-                "config key `verification.locale_by_prefix.\"{prefix}\"`: no prompt pack {locale:?} (installed: {})",
-                locales.join(", ")
-            );
-        }
-    }
+    check_locales(&settings, &locales)?;
     let without_cost = settings.trunks_without_cost();
     if !without_cost.is_empty() {
         tracing::info!(
             trunks = %without_cost.join(", "),
             "routing = \"quality\": these trunks have no cost_per_minute and count as cost 0"
         );
-    }
-
-    for (i, c) in settings.canaries.iter().enumerate() {
-        if !c.locale.is_empty() && !locales.contains(&c.locale) {
-            anyhow::bail!(
-                "config key `canaries[{i}].locale`: no prompt pack {:?} (installed: {})",
-                c.locale,
-                locales.join(", ")
-            );
-        }
     }
 
     let metrics = Metrics::new();
@@ -290,6 +261,46 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
         engine,
         sip: registrations,
     })
+}
+
+/// The prompt packs `[prompts] dir` holds, or the built-in ones.
+pub fn load_prompts(settings: &Settings) -> anyhow::Result<PromptLibrary> {
+    Ok(match &settings.prompts.dir {
+        Some(dir) => PromptLibrary::load_dir(dir)
+            .with_context(|| format!("cannot load prompt packs from {}", dir.display()))?,
+        None => PromptLibrary::builtin(),
+    })
+}
+
+/// Every locale the settings name has a prompt pack among `locales`: `default_locale`,
+/// each `locale_by_prefix` value and each canary's `locale`. `serve` and `config check`
+/// refuse the same settings with the same message, naming the key.
+pub fn check_locales(settings: &Settings, locales: &[String]) -> anyhow::Result<()> {
+    if !locales.contains(&settings.verification.default_locale) {
+        anyhow::bail!(
+            "config key `verification.default_locale`: no prompt pack {:?} (installed: {})",
+            settings.verification.default_locale,
+            locales.join(", ")
+        );
+    }
+    for (prefix, locale) in &settings.verification.locale_by_prefix {
+        if !locales.contains(locale) {
+            anyhow::bail!(
+                "config key `verification.locale_by_prefix.\"{prefix}\"`: no prompt pack {locale:?} (installed: {})",
+                locales.join(", ")
+            );
+        }
+    }
+    for (i, c) in settings.canaries.iter().enumerate() {
+        if !c.locale.is_empty() && !locales.contains(&c.locale) {
+            anyhow::bail!(
+                "config key `canaries[{i}].locale`: no prompt pack {:?} (installed: {})",
+                c.locale,
+                locales.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 impl RunningApp {

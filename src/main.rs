@@ -156,6 +156,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             // Secrets print as `***`, URLs without their passwords (config::schema).
             let settings = Settings::load(Some(&file))?;
+            // The prompt packs the settings name must exist, as `serve` demands.
+            let prompts = otpdial::app::load_prompts(&settings)?;
+            otpdial::app::check_locales(&settings, &prompts.locales())?;
             println!(
                 "# {} is valid; effective settings (secrets masked):",
                 file.display()

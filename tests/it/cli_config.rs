@@ -125,3 +125,64 @@ fn every_subcommand_help_has_an_example() {
         );
     }
 }
+
+/// A `[verification] locale_by_prefix` value naming a pack that is not installed:
+/// `config check` refuses it with the message `serve` refuses it with, naming the key.
+#[test]
+fn config_check_refuses_a_locale_by_prefix_without_a_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("otpdial.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[sip]\nlisten = \"127.0.0.1:0\"\n\
+             [database]\nurl = \"sqlite://{}\"\n\
+             [verification]\nlocale_by_prefix = {{ \"+31\" = \"nl\", \"+49\" = \"de\" }}\n",
+            dir.path().join("otpdial.db").display()
+        ),
+    )
+    .unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_otpdial"))
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&check.stderr).into_owned();
+    assert!(
+        !check.status.success(),
+        "accepted:\n{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let want = "config key `verification.locale_by_prefix.\"+49\"`: no prompt pack \"de\"";
+    assert!(stderr.contains(want), "{stderr}");
+
+    // `serve` on the same file: the same line, and it does not start.
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_otpdial"))
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = serve.kill();
+            panic!("serve started with a locale_by_prefix pack that does not exist");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = serve.wait_with_output().unwrap();
+    assert!(!status.success());
+    let served = String::from_utf8_lossy(&out.stderr);
+    let line = |text: &str| {
+        text.lines()
+            .find(|l| l.contains(want))
+            .map(|l| l[l.find("config key").unwrap()..].to_owned())
+    };
+    assert_eq!(line(&stderr), line(&served), "{served}");
+}
