@@ -153,8 +153,118 @@ impl Verifier {
             }
         }
         let (number, registered_locale) = self.destination(&req, api_key).await?;
-        // SPEC §7: the request, then the registered number, then the country, then
-        // the default.
+        let locale = self.choose_locale(&req, &number, registered_locale)?;
+        let code = match req.code.as_deref() {
+            Some(c) => OtpCode::parse(c).map_err(|e| invalid("code", e.to_string()))?,
+            None => {
+                OtpCode::generate(vs.code_length).map_err(|e| invalid("code", e.to_string()))?
+            }
+        };
+        self.check_callback(req.callback_url.as_deref()).await?;
+        self.screen(&number, api_key).await?;
+
+        let id = domain::new_verification_id();
+        let call_id = domain::new_call_id();
+        let now = domain::now_ms();
+        let ttl_ms = i64::try_from(vs.ttl.as_millis()).unwrap_or(i64::MAX);
+        let code_hash = self.keys.hash(&id, code.expose());
+        let bind = req.bind_digits.then(|| Keys::random(2));
+        let sealed = self.keys.seal(&id, &code, bind)?;
+        drop(code);
+
+        let guards = self.guards(&req, &number, api_key, now);
+        let outcome = self
+            .store
+            .start_verification(
+                &NewVerification {
+                    id: &id,
+                    user_id: req.user_id.as_deref(),
+                    phone: number.as_str(),
+                    locale: &locale,
+                    code_hash: &code_hash,
+                    attempts_left: i64::from(vs.max_check_attempts),
+                    expires_at: now.saturating_add(ttl_ms),
+                    callback_url: req.callback_url.as_deref(),
+                    api_key,
+                    idempotency_key,
+                    call_id: &call_id,
+                    code_sealed: &sealed,
+                    now,
+                },
+                &guards,
+            )
+            .await?;
+        match outcome {
+            StartOutcome::New { superseded } => {
+                self.metrics.verifications_started.inc();
+                if !superseded.is_empty() {
+                    self.cancel_wake.notify_waiters();
+                }
+                let view = VerificationView {
+                    id,
+                    status: VerificationStatus::Pending,
+                    to: number.masked(),
+                    locale,
+                    expires_at: domain::format_ms(now.saturating_add(ttl_ms)),
+                    attempts_left: i64::from(vs.max_check_attempts),
+                    call: queued_call(),
+                    bind_digits: bind.map(|k| k.to_text()),
+                };
+                self.dialer_wake.notify_one();
+                Ok(view)
+            }
+            StartOutcome::Existing(first) => self.replayed(&first, req.bind_digits).await,
+            StartOutcome::Limited {
+                limit,
+                retry_after_ms,
+            } => Err(self
+                .rate_limited(api_key, &number, limit, retry_after_ms)
+                .await),
+            StartOutcome::BudgetExhausted => Err(self
+                .refuse(
+                    api_key,
+                    &number,
+                    "daily_budget",
+                    format!("today's call budget for {} is spent", number.country_code()),
+                )
+                .await),
+        }
+    }
+
+    /// A start refused by one of the limits: counted, audited, and answered with the
+    /// time until the window lets one more through.
+    async fn rate_limited(
+        &self,
+        api_key: &str,
+        number: &PhoneNumber,
+        limit: &'static str,
+        retry_after_ms: i64,
+    ) -> VerifyError {
+        self.metrics.limited(limit);
+        self.audit(
+            api_key,
+            "verification.start",
+            Some(&number.masked()),
+            "rate_limited",
+            Some(limit),
+        )
+        .await;
+        VerifyError::RateLimited {
+            limit,
+            retry_after_secs: u64::try_from((retry_after_ms + 999) / 1000).unwrap_or(1),
+        }
+    }
+
+    /// The prompt pack of a new verification (SPEC §7): the request's, then the
+    /// registered number's, then the country's, then `default_locale`; refused when no
+    /// pack is installed for it, or when `bind_digits` is asked of a pack without
+    /// bind.wav.
+    fn choose_locale(
+        &self,
+        req: &StartRequest,
+        number: &PhoneNumber,
+        registered_locale: Option<String>,
+    ) -> Result<String, VerifyError> {
         let locale = req
             .locale
             .clone()
@@ -165,7 +275,7 @@ impl Verifier {
                     .locale_by_country(number.as_str())
                     .map(str::to_owned)
             })
-            .unwrap_or_else(|| vs.default_locale.clone());
+            .unwrap_or_else(|| self.settings.verification.default_locale.clone());
         if !self.locales.contains(&locale) {
             return Err(invalid(
                 "locale",
@@ -188,40 +298,42 @@ impl Verifier {
                 ),
             ));
         }
-        let code = match req.code.as_deref() {
-            Some(c) => OtpCode::parse(c).map_err(|e| invalid("code", e.to_string()))?,
-            None => {
-                OtpCode::generate(vs.code_length).map_err(|e| invalid("code", e.to_string()))?
-            }
+        Ok(locale)
+    }
+
+    /// A `callback_url` must be short, allowed by `[webhooks]` (scheme, target) and
+    /// signable (the secret is set).
+    async fn check_callback(&self, url: Option<&str>) -> Result<(), VerifyError> {
+        let Some(url) = url else {
+            return Ok(());
         };
-        if let Some(url) = req.callback_url.as_deref() {
-            if url.len() > 2048 {
-                return Err(invalid("callback_url", "must be at most 2048 characters"));
-            }
-            crate::egress::check_url(url, self.settings.webhooks.targets())
-                .await
-                .map_err(|why| invalid("callback_url", why.to_string()))?;
-            if self.settings.webhooks.secret.is_none() {
-                return Err(invalid(
-                    "callback_url",
-                    format!(
-                        "webhooks are off on this gateway: the signing secret (env {}) is not set",
-                        self.settings.webhooks.secret_env
-                    ),
-                ));
-            }
+        if url.len() > 2048 {
+            return Err(invalid("callback_url", "must be at most 2048 characters"));
         }
-        self.screen(&number, api_key).await?;
+        crate::egress::check_url(url, self.settings.webhooks.targets())
+            .await
+            .map_err(|why| invalid("callback_url", why.to_string()))?;
+        if self.settings.webhooks.secret.is_none() {
+            return Err(invalid(
+                "callback_url",
+                format!(
+                    "webhooks are off on this gateway: the signing secret (env {}) is not set",
+                    self.settings.webhooks.secret_env
+                ),
+            ));
+        }
+        Ok(())
+    }
 
-        let id = domain::new_verification_id();
-        let call_id = domain::new_call_id();
-        let now = domain::now_ms();
-        let ttl_ms = i64::try_from(vs.ttl.as_millis()).unwrap_or(i64::MAX);
-        let code_hash = self.keys.hash(&id, code.expose());
-        let bind = req.bind_digits.then(|| Keys::random(2));
-        let sealed = self.keys.seal(&id, &code, bind)?;
-        drop(code);
-
+    /// The limits and the daily budget the store checks in the start's transaction
+    /// (QA numbers are exempt from the per-number, per-user and budget ones).
+    fn guards<'a>(
+        &self,
+        req: &'a StartRequest,
+        number: &'a PhoneNumber,
+        api_key: &'a str,
+        now: i64,
+    ) -> StartGuards<'a> {
         let limits = &self.settings.limits;
         let window = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let applies = super::guard::StartLimits::for_number(&self.settings.qa, number.as_str());
@@ -259,105 +371,47 @@ impl Verifier {
         if budget > 0 && applies.budget {
             guards.budget = Some(BudgetCheck {
                 day: domain::format_ms(now).chars().take(10).collect(),
-                country: country.clone(),
+                country,
                 max: i64::try_from(budget).unwrap_or(i64::MAX),
             });
         }
+        guards
+    }
 
-        let outcome = self
-            .store
-            .start_verification(
-                &NewVerification {
-                    id: &id,
-                    user_id: req.user_id.as_deref(),
-                    phone: number.as_str(),
-                    locale: &locale,
-                    code_hash: &code_hash,
-                    attempts_left: i64::from(vs.max_check_attempts),
-                    expires_at: now.saturating_add(ttl_ms),
-                    callback_url: req.callback_url.as_deref(),
-                    api_key,
-                    idempotency_key,
-                    call_id: &call_id,
-                    code_sealed: &sealed,
-                    now,
-                },
-                &guards,
-            )
-            .await?;
-        match outcome {
-            StartOutcome::New { superseded } => {
-                self.metrics.verifications_started.inc();
-                if !superseded.is_empty() {
-                    self.cancel_wake.notify_waiters();
-                }
-                // Everything in the answer is known: no read-back. It shows
-                // the call as queued, as it was when committed.
-                let view = VerificationView {
-                    id,
-                    status: VerificationStatus::Pending,
-                    to: number.masked(),
-                    locale,
-                    expires_at: domain::format_ms(now.saturating_add(ttl_ms)),
-                    attempts_left: i64::from(vs.max_check_attempts),
-                    call: CallView {
-                        status: CallStatus::Queued,
-                        sip_code: None,
-                        trunk: None,
-                        answered_at: None,
-                        ended_at: None,
-                        times_played: 0,
-                        reason: None,
-                        attempts: Vec::new(),
-                    },
-                    bind_digits: bind.map(|k| k.to_text()),
-                };
-                self.dialer_wake.notify_one();
-                Ok(view)
-            }
-            StartOutcome::Existing(first) => {
-                let mut view = self.view(&first).await?;
-                if req.bind_digits {
-                    // The replay of a start answers as the start did: with the same
-                    // digits, while the call still holds them.
-                    view.bind_digits = match self.store.sealed_code_of(&first).await? {
-                        Some(sealed) => self
-                            .keys
-                            .open(&first, &sealed)
-                            .ok()
-                            .and_then(|(_, bind)| bind)
-                            .map(|k| k.to_text()),
-                        None => None,
-                    };
-                }
-                Ok(view)
-            }
-            StartOutcome::Limited {
-                limit,
-                retry_after_ms,
-            } => {
-                self.metrics.limited(limit);
-                self.audit(
-                    api_key,
-                    "verification.start",
-                    Some(&number.masked()),
-                    "rate_limited",
-                    Some(limit),
-                )
-                .await;
-                Err(VerifyError::RateLimited {
-                    limit,
-                    retry_after_secs: u64::try_from((retry_after_ms + 999) / 1000).unwrap_or(1),
-                })
-            }
-            StartOutcome::BudgetExhausted => Err(self
-                .refuse(
-                    api_key,
-                    &number,
-                    "daily_budget",
-                    format!("today's call budget for {country} is spent"),
-                )
-                .await),
+    /// The answer to a replayed start (same Idempotency-Key): the verification as it is
+    /// now, with the same bind digits while the call still holds them.
+    async fn replayed(
+        &self,
+        first: &str,
+        bind_digits: bool,
+    ) -> Result<VerificationView, VerifyError> {
+        let mut view = self.view(first).await?;
+        if bind_digits {
+            view.bind_digits = match self.store.sealed_code_of(first).await? {
+                Some(sealed) => self
+                    .keys
+                    .open(first, &sealed)
+                    .ok()
+                    .and_then(|(_, bind)| bind)
+                    .map(|k| k.to_text()),
+                None => None,
+            };
         }
+        Ok(view)
+    }
+}
+
+/// The call of a verification just committed: queued, nothing known yet. Everything in
+/// the start's answer is known without a read-back.
+fn queued_call() -> CallView {
+    CallView {
+        status: CallStatus::Queued,
+        sip_code: None,
+        trunk: None,
+        answered_at: None,
+        ended_at: None,
+        times_played: 0,
+        reason: None,
+        attempts: Vec::new(),
     }
 }
