@@ -136,178 +136,26 @@ impl Store {
     ) -> Result<StartOutcome> {
         let mut tx = self.write_tx().await?;
         if self.backend == Backend::Postgres {
-            let mut keys: Vec<i64> = guards
-                .limits
-                .iter()
-                .filter(|l| l.exact)
-                .map(|l| lock_key(l.column.name(), l.value))
-                .collect();
-            keys.sort_unstable();
-            keys.dedup();
-            if !keys.is_empty() {
-                // One round trip; the select list is evaluated left to
-                // right, so the locks are taken in key order (no deadlock).
-                let sql = format!(
-                    "SELECT {}",
-                    (1..=keys.len())
-                        .map(|i| format!("pg_advisory_xact_lock(${i})"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                let mut q = sqlx::query(&sql);
-                for k in keys {
-                    q = q.bind(k);
-                }
-                q.execute(&mut *tx).await?;
-            }
+            lock_exact_limits(&mut tx, guards).await?;
         }
         if let Some(key) = v.idempotency_key {
-            let row = sqlx::query(
-                "SELECT id FROM verifications WHERE api_key = $1 AND idempotency_key = $2",
-            )
-            .bind(v.api_key)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = row {
+            if let Some(first) = started_with_key(&mut tx, v.api_key, key).await? {
                 tx.rollback().await?;
-                return Ok(StartOutcome::Existing(row.try_get(0)?));
+                return Ok(StartOutcome::Existing(first));
             }
         }
-        if !guards.limits.is_empty() {
-            // All windows counted in one round trip: per limit, the count
-            // and the oldest start inside its window.
-            let parts: Vec<String> = guards
-                .limits
-                .iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    let (a, b) = (2 * i + 1, 2 * i + 2);
-                    let col = l.column.name();
-                    format!(
-                        "(SELECT COUNT(*) FROM verifications WHERE {col} = ${a} AND created_at > ${b}), \
-                         (SELECT MIN(created_at) FROM verifications WHERE {col} = ${a} AND created_at > ${b})"
-                    )
-                })
-                .collect();
-            let sql = format!("SELECT {}", parts.join(", "));
-            let mut q = sqlx::query(&sql);
-            for l in &guards.limits {
-                q = q.bind(l.value).bind(v.now - l.window_ms);
-            }
-            let row = q.fetch_one(&mut *tx).await?;
-            for (i, limit) in guards.limits.iter().enumerate() {
-                let count: i64 = row.try_get(2 * i)?;
-                if count >= limit.max {
-                    let oldest: Option<i64> = row.try_get(2 * i + 1)?;
-                    tx.rollback().await?;
-                    let retry_after_ms =
-                        oldest.map_or(limit.window_ms, |o| o + limit.window_ms - v.now);
-                    return Ok(StartOutcome::Limited {
-                        limit: limit.name,
-                        retry_after_ms: retry_after_ms.max(1000),
-                    });
-                }
-            }
+        if let Some(limited) = over_a_limit(&mut tx, guards, v.now).await? {
+            tx.rollback().await?;
+            return Ok(limited);
         }
         if let Some(b) = &guards.budget {
-            let row = sqlx::query(
-                "SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM daily_budget \
-                 WHERE day = $1 AND country = $2",
-            )
-            .bind(&b.day)
-            .bind(&b.country)
-            .fetch_one(&mut *tx)
-            .await?;
-            let used: i64 = row.try_get(0)?;
-            if used >= b.max {
+            if !spend_budget(&mut tx, b).await? {
                 tx.rollback().await?;
                 return Ok(StartOutcome::BudgetExhausted);
             }
-            sqlx::query(
-                "INSERT INTO daily_budget (day, country, shard, count) VALUES ($1, $2, $3, 1) \
-                 ON CONFLICT (day, country, shard) DO UPDATE SET count = daily_budget.count + 1",
-            )
-            .bind(&b.day)
-            .bind(&b.country)
-            .bind(i64::from(rand::random::<u8>() % BUDGET_SHARDS))
-            .execute(&mut *tx)
-            .await?;
         }
-        let mut superseded = Vec::new();
-        let pending = match v.user_id {
-            Some(user) => {
-                sqlx::query(
-                    "SELECT id FROM verifications WHERE status = 'pending' AND phone = $1 \
-                     UNION SELECT id FROM verifications WHERE status = 'pending' AND user_id = $2",
-                )
-                .bind(v.phone)
-                .bind(user)
-                .fetch_all(&mut *tx)
-                .await?
-            }
-            None => {
-                sqlx::query("SELECT id FROM verifications WHERE status = 'pending' AND phone = $1")
-                    .bind(v.phone)
-                    .fetch_all(&mut *tx)
-                    .await?
-            }
-        };
-        for row in pending {
-            let id: String = row.try_get(0)?;
-            cancel_in_tx(&mut tx, &id, v.now).await?;
-            superseded.push(id);
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO verifications (id, user_id, phone, locale, code_hash, status, attempts_left, \
-             expires_at, created_at, updated_at, callback_url, api_key, idempotency_key) \
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $8, $9, $10, $11) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(v.id)
-        .bind(v.user_id)
-        .bind(v.phone)
-        .bind(v.locale)
-        .bind(v.code_hash)
-        .bind(v.attempts_left)
-        .bind(v.expires_at)
-        .bind(v.now)
-        .bind(v.callback_url)
-        .bind(v.api_key)
-        .bind(v.idempotency_key)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Err(StoreError::Corrupt(
-                "verification insert conflicted with an existing row".into(),
-            ));
-        }
-        sqlx::query(
-            "INSERT INTO calls (id, verification_id, status, code_sealed, next_attempt_at, created_at, updated_at) \
-             VALUES ($1, $2, 'queued', $3, $4, $4, $4)",
-        )
-        .bind(v.call_id)
-        .bind(v.id)
-        .bind(v.code_sealed)
-        .bind(v.now)
-        .execute(&mut *tx)
-        .await?;
-        insert_event(&mut tx, v.call_id, CallStatus::Queued, v.now).await?;
-        // The audit record commits with the verification: one write, and
-        // never a verification without its record.
-        audit_in_tx(
-            &mut tx,
-            AuditEntry {
-                actor: v.api_key,
-                action: "verification.start",
-                target: Some(v.id),
-                outcome: "created",
-                detail: None,
-            },
-            v.now,
-        )
-        .await?;
+        let superseded = supersede_pending(&mut tx, v).await?;
+        insert_verification(&mut tx, v).await?;
         tx.commit().await?;
         Ok(StartOutcome::New { superseded })
     }
@@ -406,6 +254,218 @@ fn lock_key(kind: &str, value: &str) -> i64 {
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&digest[..8]);
     i64::from_be_bytes(bytes)
+}
+
+/// PostgreSQL: takes the advisory locks of the exact limits (per number, per user) for
+/// the transaction, so two starts for one number count each other. SQLite's writer lock
+/// already serialises them.
+async fn lock_exact_limits(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    guards: &StartGuards<'_>,
+) -> Result<()> {
+    let mut keys: Vec<i64> = guards
+        .limits
+        .iter()
+        .filter(|l| l.exact)
+        .map(|l| lock_key(l.column.name(), l.value))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    // One round trip; the select list is evaluated left to right, so the locks are
+    // taken in key order (no deadlock).
+    let sql = format!(
+        "SELECT {}",
+        (1..=keys.len())
+            .map(|i| format!("pg_advisory_xact_lock(${i})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for k in keys {
+        q = q.bind(k);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// The verification an earlier start with this API key and Idempotency-Key created.
+async fn started_with_key(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    api_key: &str,
+    key: &str,
+) -> Result<Option<String>> {
+    let row =
+        sqlx::query("SELECT id FROM verifications WHERE api_key = $1 AND idempotency_key = $2")
+            .bind(api_key)
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(match row {
+        Some(row) => Some(row.try_get(0)?),
+        None => None,
+    })
+}
+
+/// The first limit this start would break, as the outcome to answer; None when every
+/// window has room. All windows are counted in one round trip: per limit, the count
+/// and the oldest start inside its window.
+async fn over_a_limit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    guards: &StartGuards<'_>,
+    now: i64,
+) -> Result<Option<StartOutcome>> {
+    if guards.limits.is_empty() {
+        return Ok(None);
+    }
+    let parts: Vec<String> = guards
+        .limits
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let (a, b) = (2 * i + 1, 2 * i + 2);
+            let col = l.column.name();
+            format!(
+                "(SELECT COUNT(*) FROM verifications WHERE {col} = ${a} AND created_at > ${b}), \
+                 (SELECT MIN(created_at) FROM verifications WHERE {col} = ${a} AND created_at > ${b})"
+            )
+        })
+        .collect();
+    let sql = format!("SELECT {}", parts.join(", "));
+    let mut q = sqlx::query(&sql);
+    for l in &guards.limits {
+        q = q.bind(l.value).bind(now - l.window_ms);
+    }
+    let row = q.fetch_one(&mut **tx).await?;
+    for (i, limit) in guards.limits.iter().enumerate() {
+        let count: i64 = row.try_get(2 * i)?;
+        if count >= limit.max {
+            let oldest: Option<i64> = row.try_get(2 * i + 1)?;
+            let retry_after_ms = oldest.map_or(limit.window_ms, |o| o + limit.window_ms - now);
+            return Ok(Some(StartOutcome::Limited {
+                limit: limit.name,
+                retry_after_ms: retry_after_ms.max(1000),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Takes one call from the country's daily budget; false when it is spent. The count
+/// is spread over shards so concurrent starts do not all update one row.
+async fn spend_budget(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &BudgetCheck) -> Result<bool> {
+    let row = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM daily_budget \
+         WHERE day = $1 AND country = $2",
+    )
+    .bind(&b.day)
+    .bind(&b.country)
+    .fetch_one(&mut **tx)
+    .await?;
+    let used: i64 = row.try_get(0)?;
+    if used >= b.max {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO daily_budget (day, country, shard, count) VALUES ($1, $2, $3, 1) \
+         ON CONFLICT (day, country, shard) DO UPDATE SET count = daily_budget.count + 1",
+    )
+    .bind(&b.day)
+    .bind(&b.country)
+    .bind(i64::from(rand::random::<u8>() % BUDGET_SHARDS))
+    .execute(&mut **tx)
+    .await?;
+    Ok(true)
+}
+
+/// Cancels the pending verifications of the same number (and of the same user): a new
+/// start replaces them. Their ids, for the dialer to hang up their calls.
+async fn supersede_pending(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    v: &NewVerification<'_>,
+) -> Result<Vec<String>> {
+    let pending = match v.user_id {
+        Some(user) => {
+            sqlx::query(
+                "SELECT id FROM verifications WHERE status = 'pending' AND phone = $1 \
+                 UNION SELECT id FROM verifications WHERE status = 'pending' AND user_id = $2",
+            )
+            .bind(v.phone)
+            .bind(user)
+            .fetch_all(&mut **tx)
+            .await?
+        }
+        None => {
+            sqlx::query("SELECT id FROM verifications WHERE status = 'pending' AND phone = $1")
+                .bind(v.phone)
+                .fetch_all(&mut **tx)
+                .await?
+        }
+    };
+    let mut superseded = Vec::with_capacity(pending.len());
+    for row in pending {
+        let id: String = row.try_get(0)?;
+        cancel_in_tx(tx, &id, v.now).await?;
+        superseded.push(id);
+    }
+    Ok(superseded)
+}
+
+/// The verification row, its queued call with the sealed code, the call's first event
+/// and the audit record: one write, never a verification without its record.
+async fn insert_verification(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    v: &NewVerification<'_>,
+) -> Result<()> {
+    let inserted = sqlx::query(
+        "INSERT INTO verifications (id, user_id, phone, locale, code_hash, status, attempts_left, \
+         expires_at, created_at, updated_at, callback_url, api_key, idempotency_key) \
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $8, $9, $10, $11) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(v.id)
+    .bind(v.user_id)
+    .bind(v.phone)
+    .bind(v.locale)
+    .bind(v.code_hash)
+    .bind(v.attempts_left)
+    .bind(v.expires_at)
+    .bind(v.now)
+    .bind(v.callback_url)
+    .bind(v.api_key)
+    .bind(v.idempotency_key)
+    .execute(&mut **tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(StoreError::Corrupt(
+            "verification insert conflicted with an existing row".into(),
+        ));
+    }
+    sqlx::query(
+        "INSERT INTO calls (id, verification_id, status, code_sealed, next_attempt_at, created_at, updated_at) \
+         VALUES ($1, $2, 'queued', $3, $4, $4, $4)",
+    )
+    .bind(v.call_id)
+    .bind(v.id)
+    .bind(v.code_sealed)
+    .bind(v.now)
+    .execute(&mut **tx)
+    .await?;
+    insert_event(tx, v.call_id, CallStatus::Queued, v.now).await?;
+    audit_in_tx(
+        tx,
+        AuditEntry {
+            actor: v.api_key,
+            action: "verification.start",
+            target: Some(v.id),
+            outcome: "created",
+            detail: None,
+        },
+        v.now,
+    )
+    .await
 }
 
 /// Cancels a pending verification and, if still queued, its call.
