@@ -23,6 +23,16 @@ struct Inflight<'a> {
     verification_id: &'a str,
 }
 
+/// What one trunk of a round came to.
+enum TrunkTry {
+    /// No free channel on it (or its settings vanished): not tried.
+    Skipped,
+    /// Tried; the outcome allows the next trunk (the attempt is recorded as ended).
+    FailedOver(AttemptOutcome),
+    /// Tried and the round is over: its settled outcome.
+    Ended(Outcome),
+}
+
 impl Drop for Inflight<'_> {
     fn drop(&mut self) {
         lock(&self.dialer.inflight).remove(self.verification_id);
@@ -127,37 +137,10 @@ impl Dialer {
         claimed: &ClaimedCall,
         settle: &mut Settle,
     ) -> Result<Outcome, StoreError> {
-        let call_id = claimed.call_id.as_str();
         let (code, routes) = match self.ready_to_place(claimed) {
             Ok(ready) => ready,
-            Err(outcome) => {
-                let status = outcome.status;
-                self.persist(|| {
-                    self.store.advance_call(
-                        call_id,
-                        status,
-                        domain::now_ms(),
-                        CallUpdate {
-                            reason: outcome.reason,
-                            fail_verification: status != CallStatus::Canceled,
-                            ..CallUpdate::default()
-                        },
-                    )
-                })
-                .await?;
-                self.metrics.call_finished(status.as_str());
-                tracing::info!(
-                    status = status.as_str(),
-                    reason = outcome.attempt_reason().unwrap_or(""),
-                    "call not placed"
-                );
-                return Ok(Outcome::Finished {
-                    call_id: call_id.to_string(),
-                    status,
-                });
-            }
+            Err(outcome) => return self.not_placed(claimed, outcome).await,
         };
-
         if let Some(denied) = self.risk_check(claimed).await {
             return self.end_round(claimed, None, &denied).await;
         }
@@ -180,87 +163,14 @@ impl Dialer {
             if hangup.cause().is_some() {
                 break;
             }
-            // A full trunk is no failover target; the claim made sure the
-            // first trunk with room for this number is among the routes.
-            let Some(slot) = self.board.try_slot(trunk) else {
-                continue;
-            };
-            let Some(settings) = self.trunk_settings(trunk).cloned() else {
-                continue;
-            };
-            // On PostgreSQL the trunk's channels are counted over every instance.
-            let _shared = if self.shared_slots() {
-                match self.take_shared_slot(&settings, call_id).await {
-                    Ok(Some(s)) => Some(s),
-                    Ok(None) => {
-                        tracing::debug!(trunk = %trunk, "every channel of the trunk is held by some instance");
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(trunk = %trunk, error = %e, "cannot take a shared trunk slot");
-                        continue;
-                    }
-                }
-            } else {
-                None
-            };
-            let caller = self.caller_id_for(&claimed.phone, &settings).await;
-            let seq = self
-                .persist(|| {
-                    self.store
-                        .start_attempt(call_id, &claimed.phone, trunk, domain::now_ms())
-                })
-                .await?;
-            settle.attempt = Some(seq);
-            tracing::info!(
-                trunk = %trunk,
-                attempt = seq,
-                round = claimed.round,
-                caller_id = caller.as_ref().map_or("", |c| c.number.as_str()),
-                "dialing"
-            );
-            let attempt_span = tracing::info_span!(
-                "attempt",
-                trunk = %trunk,
-                sip_call_id = tracing::field::Empty
-            );
-            let from = caller.as_ref().map(|c| c.from.clone());
-            let (outcome, seen) = self
-                .place_one(claimed, &code, trunk, Route::Trunk(slot, from), &hangup)
-                .instrument(attempt_span)
-                .await?;
-            self.note_outcome(trunk, &claimed.phone, caller.as_ref(), &outcome, seen)
-                .await;
-            self.board.record_outcome(trunk, breaker_signal(&outcome));
-            self.metrics.call_attempt(trunk, outcome.status.as_str());
-            tracing::info!(
-                trunk = %trunk,
-                status = outcome.status.as_str(),
-                sip_code = outcome.sip_code,
-                reason = outcome.attempt_reason().unwrap_or(""),
-                "attempt ended"
-            );
-            if outcome.failover && hangup.cause().is_none() {
-                self.persist(|| {
-                    self.store.end_attempt(
-                        call_id,
-                        seq,
-                        outcome.status,
-                        outcome.sip_code.map(i64::from),
-                        outcome.attempt_reason(),
-                        outcome.received.as_ref(),
-                        domain::now_ms(),
-                        AfterAttempt::Continue,
-                    )
-                })
-                .await?;
-                settle.attempt = None;
-                last = Some(outcome);
-                continue;
+            match self
+                .try_trunk(claimed, &code, trunk, settle, &hangup)
+                .await?
+            {
+                TrunkTry::Skipped => {}
+                TrunkTry::FailedOver(outcome) => last = Some(outcome),
+                TrunkTry::Ended(outcome) => return Ok(outcome),
             }
-            let result = self.end_round(claimed, Some(seq), &outcome).await;
-            settle.attempt = None;
-            return result;
         }
         match last {
             Some(outcome) => self.end_round(claimed, None, &outcome).await,
@@ -274,12 +184,140 @@ impl Dialer {
             None => {
                 // No route had a slot after all (a trunk filled up between
                 // the claim and now): back to the queue, round not counted.
-                self.persist(|| self.store.unclaim(call_id, domain::now_ms()))
+                self.persist(|| self.store.unclaim(&claimed.call_id, domain::now_ms()))
                     .await?;
                 tracing::debug!("no trunk slot for the claimed call; queued again");
                 Ok(Outcome::Idle)
             }
         }
+    }
+
+    /// A claimed call that is not placed at all (its verification ended, or its code
+    /// cannot be opened): the call ends with that reason.
+    async fn not_placed(
+        &self,
+        claimed: &ClaimedCall,
+        outcome: AttemptOutcome,
+    ) -> Result<Outcome, StoreError> {
+        let call_id = claimed.call_id.as_str();
+        let status = outcome.status;
+        self.persist(|| {
+            self.store.advance_call(
+                call_id,
+                status,
+                domain::now_ms(),
+                CallUpdate {
+                    reason: outcome.reason,
+                    fail_verification: status != CallStatus::Canceled,
+                    ..CallUpdate::default()
+                },
+            )
+        })
+        .await?;
+        self.metrics.call_finished(status.as_str());
+        tracing::info!(
+            status = status.as_str(),
+            reason = outcome.attempt_reason().unwrap_or(""),
+            "call not placed"
+        );
+        Ok(Outcome::Finished {
+            call_id: call_id.to_string(),
+            status,
+        })
+    }
+
+    /// One attempt on `trunk`: skipped when it has no free channel (here or, on
+    /// PostgreSQL, across the instances), else placed, recorded and judged; an outcome
+    /// that allows failover ends the attempt and lets the round try the next trunk.
+    async fn try_trunk(
+        &self,
+        claimed: &ClaimedCall,
+        code: &CallSecrets,
+        trunk: &str,
+        settle: &mut Settle,
+        hangup: &Hangup,
+    ) -> Result<TrunkTry, StoreError> {
+        let call_id = claimed.call_id.as_str();
+        // A full trunk is no failover target; the claim made sure the first trunk with
+        // room for this number is among the routes.
+        let Some(slot) = self.board.try_slot(trunk) else {
+            return Ok(TrunkTry::Skipped);
+        };
+        let Some(settings) = self.trunk_settings(trunk).cloned() else {
+            return Ok(TrunkTry::Skipped);
+        };
+        // On PostgreSQL the trunk's channels are counted over every instance.
+        let _shared = if self.shared_slots() {
+            match self.take_shared_slot(&settings, call_id).await {
+                Ok(Some(s)) => Some(s),
+                Ok(None) => {
+                    tracing::debug!(trunk = %trunk, "every channel of the trunk is held by some instance");
+                    return Ok(TrunkTry::Skipped);
+                }
+                Err(e) => {
+                    tracing::warn!(trunk = %trunk, error = %e, "cannot take a shared trunk slot");
+                    return Ok(TrunkTry::Skipped);
+                }
+            }
+        } else {
+            None
+        };
+        let caller = self.caller_id_for(&claimed.phone, &settings).await;
+        let seq = self
+            .persist(|| {
+                self.store
+                    .start_attempt(call_id, &claimed.phone, trunk, domain::now_ms())
+            })
+            .await?;
+        settle.attempt = Some(seq);
+        tracing::info!(
+            trunk = %trunk,
+            attempt = seq,
+            round = claimed.round,
+            caller_id = caller.as_ref().map_or("", |c| c.number.as_str()),
+            "dialing"
+        );
+        let attempt_span = tracing::info_span!(
+            "attempt",
+            trunk = %trunk,
+            sip_call_id = tracing::field::Empty
+        );
+        let from = caller.as_ref().map(|c| c.from.clone());
+        let (outcome, seen) = self
+            .place_one(claimed, code, trunk, Route::Trunk(slot, from), hangup)
+            .instrument(attempt_span)
+            .await?;
+        self.note_outcome(trunk, &claimed.phone, caller.as_ref(), &outcome, seen)
+            .await;
+        self.board.record_outcome(trunk, breaker_signal(&outcome));
+        self.metrics.call_attempt(trunk, outcome.status.as_str());
+        tracing::info!(
+            trunk = %trunk,
+            status = outcome.status.as_str(),
+            sip_code = outcome.sip_code,
+            reason = outcome.attempt_reason().unwrap_or(""),
+            "attempt ended"
+        );
+        if outcome.failover && hangup.cause().is_none() {
+            self.persist(|| {
+                self.store.end_attempt(
+                    call_id,
+                    seq,
+                    outcome.status,
+                    outcome.sip_code.map(i64::from),
+                    outcome.attempt_reason(),
+                    outcome.received.as_ref(),
+                    domain::now_ms(),
+                    AfterAttempt::Continue,
+                )
+            })
+            .await?;
+            settle.attempt = None;
+            return Ok(TrunkTry::FailedOver(outcome));
+        }
+        let result = self.end_round(claimed, Some(seq), &outcome).await;
+        settle.attempt = None;
+        result.map(TrunkTry::Ended)
     }
 
     /// The one attempt of a round to a QA phone (SPEC §6 `[[qa.phones]]`): its
