@@ -39,23 +39,14 @@ impl Verifier {
         let evaluable = known
             .as_ref()
             .is_some_and(|v| v.status == VerificationStatus::Pending);
-        if let (
-            true,
-            guard::Gate::Wait {
+        if evaluable {
+            if let guard::Gate::Wait {
                 retry_after_ms,
                 locked,
-            },
-        ) = (evaluable, checks.gate(wrong_so_far, now))
-        {
-            let outcome = if locked { "locked_out" } else { "backoff" };
-            self.metrics.checked(outcome);
-            self.audit(actor, "verification.check", Some(id), outcome, None)
-                .await;
-            let secs = u64::try_from((retry_after_ms + 999) / 1000).unwrap_or(1);
-            return Err(VerifyError::RateLimited {
-                limit: "wrong_checks_per_user",
-                retry_after_secs: secs,
-            });
+            } = checks.gate(wrong_so_far, now)
+            {
+                return Err(self.held_back(id, actor, retry_after_ms, locked).await);
+            }
         }
         let slot = self.store.reserve_check(id, now).await?;
         let CheckSlot::Reserved {
@@ -64,28 +55,7 @@ impl Verifier {
         } = slot
         else {
             let _ = self.keys.matches(id, candidate.as_bytes(), "");
-            self.metrics.checked("closed");
-            let Some(v) = known else {
-                // Guessing ids is worth knowing about; the count and the
-                // audit write keep this answer as slow as a wrong code's.
-                self.store.record_wrong_check(&subject, now).await?;
-                self.audit(actor, "verification.check", Some(id), "unknown_id", None)
-                    .await;
-                let _ = self.store.verification_status(id).await?;
-                return Ok(CheckResult {
-                    id: id.to_string(),
-                    status: VerificationStatus::Failed,
-                    valid: false,
-                    attempts_left: 0,
-                });
-            };
-            let status = self.current_status(&v, now).await?;
-            return Ok(CheckResult {
-                id: id.to_string(),
-                status,
-                valid: false,
-                attempts_left: v.attempts_left,
-            });
+            return self.closed(id, actor, known, &subject, now).await;
         };
         // A malformed candidate is simply wrong, and is hashed all the same.
         let well_formed = OtpCode::parse(candidate).is_ok();
@@ -108,8 +78,75 @@ impl Verifier {
                 attempts_left,
             });
         }
+        self.wrong(id, actor, &subject, attempts_left, now).await
+    }
+
+    /// A check held back by the wrong-check limit (backoff, or locked out): counted,
+    /// audited, answered with the time to wait.
+    async fn held_back(
+        &self,
+        id: &str,
+        actor: &str,
+        retry_after_ms: i64,
+        locked: bool,
+    ) -> VerifyError {
+        let outcome = if locked { "locked_out" } else { "backoff" };
+        self.metrics.checked(outcome);
+        self.audit(actor, "verification.check", Some(id), outcome, None)
+            .await;
+        VerifyError::RateLimited {
+            limit: "wrong_checks_per_user",
+            retry_after_secs: u64::try_from((retry_after_ms + 999) / 1000).unwrap_or(1),
+        }
+    }
+
+    /// A check on a verification that takes none (ended, or unknown): not valid, with
+    /// its status. The candidate was hashed all the same by the caller.
+    async fn closed(
+        &self,
+        id: &str,
+        actor: &str,
+        known: Option<crate::store::VerificationRow>,
+        subject: &str,
+        now: i64,
+    ) -> Result<CheckResult, VerifyError> {
+        self.metrics.checked("closed");
+        let Some(v) = known else {
+            // Guessing ids is worth knowing about; the count and the
+            // audit write keep this answer as slow as a wrong code's.
+            self.store.record_wrong_check(subject, now).await?;
+            self.audit(actor, "verification.check", Some(id), "unknown_id", None)
+                .await;
+            let _ = self.store.verification_status(id).await?;
+            return Ok(CheckResult {
+                id: id.to_string(),
+                status: VerificationStatus::Failed,
+                valid: false,
+                attempts_left: 0,
+            });
+        };
+        let status = self.current_status(&v, now).await?;
+        Ok(CheckResult {
+            id: id.to_string(),
+            status,
+            valid: false,
+            attempts_left: v.attempts_left,
+        })
+    }
+
+    /// A wrong code: counted against the subject, audited, and the verification failed
+    /// when it has no attempt left. The status is read back, as a concurrent check may
+    /// have approved or failed it.
+    async fn wrong(
+        &self,
+        id: &str,
+        actor: &str,
+        subject: &str,
+        attempts_left: i64,
+        now: i64,
+    ) -> Result<CheckResult, VerifyError> {
         self.metrics.checked("wrong");
-        self.store.record_wrong_check(&subject, now).await?;
+        self.store.record_wrong_check(subject, now).await?;
         self.audit(actor, "verification.check", Some(id), "wrong", None)
             .await;
         if attempts_left == 0 {
@@ -117,7 +154,6 @@ impl Verifier {
                 .finish_verification(id, VerificationStatus::Failed, now)
                 .await?;
         }
-        // Read back: a concurrent check may have approved or failed it.
         let status = self
             .store
             .verification_status(id)
