@@ -310,6 +310,55 @@ pub fn parse_answer(body: &str, offer: &MediaOffer) -> Result<MediaAnswer, SdpEr
     if body.trim().is_empty() {
         return Err(SdpError::Empty);
     }
+    let scanned = scan(body)?;
+    let a = scanned.audio.ok_or(SdpError::NoAudio)?;
+    if a.port == 0 {
+        return Err(SdpError::StreamRejected);
+    }
+    let secure_profile = a.proto == "RTP/SAVP" || a.proto == "RTP/SAVPF";
+    let plain_profile = a.proto == "RTP/AVP" || a.proto == "RTP/AVPF";
+    if !(plain_profile || secure_profile && offer.srtp.is_some()) {
+        return Err(SdpError::UnsupportedTransport(a.proto));
+    }
+    let srtp = answer_srtp(&a, offer, secure_profile)?;
+    if offer.srtp.as_ref().is_some_and(|o| o.required) && !secure_profile {
+        return Err(SdpError::SrtpUnavailable(
+            "the answer's profile is not RTP/SAVP",
+        ));
+    }
+    let address = a
+        .conn
+        .or(scanned.session_conn)
+        .flatten()
+        .ok_or(SdpError::NoConnection)?;
+    let codec = common_codec(&a, offer)?;
+    let telephone_event_pt = a.payloads.iter().copied().find(|pt| {
+        a.rtpmap
+            .get(pt)
+            .is_some_and(|(n, _)| n.eq_ignore_ascii_case("telephone-event"))
+    });
+    Ok(MediaAnswer {
+        address,
+        port: a.port,
+        codec,
+        telephone_event_pt,
+        ptime_ms: a.ptime.or(scanned.session_ptime),
+        srtp,
+    })
+}
+
+/// What an answer's lines say about the session and its first audio stream.
+struct Scanned {
+    /// The session-level c= (None inside: an address we cannot use).
+    session_conn: Option<Option<IpAddr>>,
+    /// The session-level a=ptime.
+    session_ptime: Option<u32>,
+    /// The first audio m= section.
+    audio: Option<AudioSection>,
+}
+
+/// Reads the lines of an answer up to the end of its first audio m= section.
+fn scan(body: &str) -> Result<Scanned, SdpError> {
     let mut session_conn: Option<Option<IpAddr>> = None;
     let mut session_ptime: Option<u32> = None;
     // State of the first audio m= section, once seen.
@@ -380,16 +429,22 @@ pub fn parse_answer(body: &str, offer: &MediaOffer) -> Result<MediaAnswer, SdpEr
         }
     }
 
-    let a = audio.ok_or(SdpError::NoAudio)?;
-    if a.port == 0 {
-        return Err(SdpError::StreamRejected);
-    }
-    let secure_profile = a.proto == "RTP/SAVP" || a.proto == "RTP/SAVPF";
-    let plain_profile = a.proto == "RTP/AVP" || a.proto == "RTP/AVPF";
-    if !(plain_profile || secure_profile && offer.srtp.is_some()) {
-        return Err(SdpError::UnsupportedTransport(a.proto));
-    }
-    let srtp = match &offer.srtp {
+    Ok(Scanned {
+        session_conn,
+        session_ptime,
+        audio,
+    })
+}
+
+/// The SRTP keys of the answer when we offered SDES: the first `a=crypto` that fits
+/// our offer. None when we offered none, or when it was optional and the far end
+/// answered plain RTP.
+fn answer_srtp(
+    a: &AudioSection,
+    offer: &MediaOffer,
+    secure_profile: bool,
+) -> Result<Option<SdesAnswer>, SdpError> {
+    Ok(match &offer.srtp {
         None => None,
         Some(sdes) => {
             // The first line that fits our offer (RFC 4568 answers carry one).
@@ -409,19 +464,13 @@ pub fn parse_answer(body: &str, offer: &MediaOffer) -> Result<MediaAnswer, SdpEr
                 Err(_) => None,
             }
         }
-    };
-    if offer.srtp.as_ref().is_some_and(|o| o.required) && !secure_profile {
-        return Err(SdpError::SrtpUnavailable(
-            "the answer's profile is not RTP/SAVP",
-        ));
-    }
-    let address = a
-        .conn
-        .or(session_conn)
-        .flatten()
-        .ok_or(SdpError::NoConnection)?;
-    let codec = a
-        .payloads
+    })
+}
+
+/// The first codec of the answer's payload list that we offered (static payload types
+/// 0 and 8 without an rtpmap count).
+fn common_codec(a: &AudioSection, offer: &MediaOffer) -> Result<AudioCodec, SdpError> {
+    a.payloads
         .iter()
         .filter_map(|pt| match a.rtpmap.get(pt) {
             Some((name, clock)) => AudioCodec::from_encoding(name, Some(*clock)),
@@ -432,20 +481,7 @@ pub fn parse_answer(body: &str, offer: &MediaOffer) -> Result<MediaAnswer, SdpEr
             },
         })
         .find(|c| offer.codecs.contains(c))
-        .ok_or(SdpError::NoCommonCodec)?;
-    let telephone_event_pt = a.payloads.iter().copied().find(|pt| {
-        a.rtpmap
-            .get(pt)
-            .is_some_and(|(n, _)| n.eq_ignore_ascii_case("telephone-event"))
-    });
-    Ok(MediaAnswer {
-        address,
-        port: a.port,
-        codec,
-        telephone_event_pt,
-        ptime_ms: a.ptime.or(session_ptime),
-        srtp,
-    })
+        .ok_or(SdpError::NoCommonCodec)
 }
 
 struct AudioSection {
