@@ -155,6 +155,13 @@ impl TrunkSlot {
         &self.trunk.settings
     }
 
+    /// A call is placed on this slot (`calls_total`). Not counted when the slot is
+    /// taken: a round may give it back unused (on PostgreSQL, when every channel of the
+    /// trunk is held by some instance), and that is no call.
+    pub fn dialing(&self) {
+        self.trunk.total.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The call was answered (for the answer rate).
     pub fn answered(&self) {
         self.trunk.answered.fetch_add(1, Ordering::Relaxed);
@@ -300,7 +307,6 @@ impl TrunkBoard {
         let t = self.get(trunk)?;
         let permit = t.permits.clone().try_acquire_owned().ok()?;
         t.active.fetch_add(1, Ordering::Relaxed);
-        t.total.fetch_add(1, Ordering::Relaxed);
         Some(TrunkSlot {
             trunk: t.clone(),
             freed: self.freed.clone(),
@@ -426,6 +432,19 @@ breaker_failures = 1
         ))
         .expect("trunk settings");
         s.trunks[0].clone()
+    }
+
+    #[test]
+    fn a_slot_given_back_unused_is_no_call() {
+        let board = TrunkBoard::new(&[trunk("a", &[], 10, 2)], Default::default(), 0);
+        drop(board.try_slot("a").expect("slot"));
+        assert_eq!(board.snapshot()[0].calls_total, 0, "taken and given back");
+        let slot = board.try_slot("a").expect("slot");
+        slot.dialing();
+        slot.answered();
+        drop(slot);
+        let t = &board.snapshot()[0];
+        assert_eq!((t.calls_total, t.calls_answered), (1, 1));
     }
 
     #[test]
