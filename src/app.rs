@@ -116,17 +116,21 @@ pub async fn start(settings: Settings, mode: DialerMode) -> anyhow::Result<Runni
             settings.sip.rtp_ports,
             external_ip,
         )
-        .with_metrics(metrics.clone()),
+        .with_metrics(metrics.clone())
+        .with_resolver(crate::dns::SipResolver::from_settings(&settings.sip)),
     );
     engine
         .start_trunks(&settings.trunks)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
-    let board = Arc::new(TrunkBoard::new(
-        &settings.trunks,
-        engine.trunk_status_map(),
-        settings.dialer.max_concurrent_calls,
-    ));
+    let board = Arc::new(
+        TrunkBoard::new(
+            &settings.trunks,
+            engine.trunk_status_map(),
+            settings.dialer.max_concurrent_calls,
+        )
+        .with_dns(engine.dns_status_map()),
+    );
 
     let wake = Arc::new(Notify::new());
     let cancel_wake = Arc::new(Notify::new());
@@ -411,18 +415,7 @@ pub(crate) async fn sip_endpoint(
         Some(external.to_string())
     } else if settings.sip.listen.ip().is_unspecified() {
         match route_to {
-            Some(t) => {
-                let dest = crate::call::resolve(&t.proxy)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("trunk {}: {e}", t.name))?;
-                let ip = crate::call::route_source(dest).with_context(|| {
-                    format!(
-                        "cannot find the local address that routes to trunk {}",
-                        t.name
-                    )
-                })?;
-                Some(ip.to_string())
-            }
+            Some(t) => Some(advertised_towards(settings, t).await?.to_string()),
             None => None,
         }
     } else {
@@ -438,6 +431,34 @@ pub(crate) async fn sip_endpoint(
         .await
         .with_context(|| format!("cannot bind SIP on {}", settings.sip.listen))?;
     Ok((sip, external_ip))
+}
+
+/// The local address that routes to trunk `first`'s proxy, or when its name does not
+/// resolve, to the first other trunk's that does.
+async fn advertised_towards(settings: &Settings, first: &TrunkSettings) -> anyhow::Result<IpAddr> {
+    let resolver = crate::dns::SipResolver::from_settings(&settings.sip);
+    let others = settings.trunks.iter().filter(|t| t.name != first.name);
+    let mut first_error = None;
+    for t in std::iter::once(first).chain(others) {
+        let target = match resolver.resolve(&t.proxy).await {
+            Ok(r) => r.targets[0].addr,
+            Err(e) => {
+                tracing::warn!(trunk = %t.name, error = %e, "trunk proxy does not resolve");
+                first_error.get_or_insert_with(|| format!("trunk {}: {e}", t.name));
+                continue;
+            }
+        };
+        return crate::call::route_source(target).with_context(|| {
+            format!(
+                "cannot find the local address that routes to trunk {}",
+                t.name
+            )
+        });
+    }
+    anyhow::bail!(
+        "sip.listen is a wildcard address and no trunk proxy resolves to tell which local address to advertise ({}); set sip.external_address",
+        first_error.unwrap_or_default()
+    )
 }
 
 async fn resolve_ip(host: &str) -> anyhow::Result<IpAddr> {

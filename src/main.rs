@@ -93,11 +93,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             init_tracing("warn");
             let settings = Settings::load(config.as_deref())?;
-            let results = otpdial::ops::trunk_check(&settings, name.as_deref()).await?;
-            for (name, r) in &results {
-                println!("{name}: {}", otpdial::ops::describe_probe(r));
+            let results = otpdial::ops::trunk_check_targets(&settings, name.as_deref()).await?;
+            for check in &results {
+                print!("{}", check.render());
             }
-            Ok(if results.iter().all(|(_, r)| r.ok) {
+            Ok(if results.iter().all(|c| c.probe.ok) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::call::{trunk_config, AttemptOutcome, CallEngine, Hangup, PlaceCall, Progress};
 use crate::config::{Settings, TrunkSettings};
+use crate::dns::{DnsError, Resolution, SipResolver};
 use crate::domain::OtpCode;
 use crate::media::{Pacer, PromptLibrary};
 use crate::sip::{ProbeKind, ProbeResult};
@@ -153,11 +154,13 @@ pub async fn call(settings: &Settings, req: CallRequest) -> anyhow::Result<CallR
             .to_string()
     };
     let (sip, external_ip) = crate::app::sip_endpoint(settings, Some(trunk)).await?;
+    let resolver = SipResolver::from_settings(&settings.sip);
     let registration = if trunk.register {
-        let cfg = trunk_config(trunk, true)
+        let targets = resolver
+            .resolve(&trunk.proxy)
             .await
-            .map_err(anyhow::Error::msg)?;
-        let mut rx = sip.add_trunk(cfg)?;
+            .with_context(|| format!("trunk {}", trunk.name))?;
+        let mut rx = sip.add_trunk(trunk_config(trunk, &targets.targets[0], true))?;
         tokio::time::timeout(PROBE_WAIT, rx.recv())
             .await
             .ok()
@@ -172,7 +175,8 @@ pub async fn call(settings: &Settings, req: CallRequest) -> anyhow::Result<CallR
         Arc::new(prompts),
         settings.sip.rtp_ports,
         external_ip,
-    );
+    )
+    .with_resolver(resolver);
     let board = TrunkBoard::new(std::slice::from_ref(trunk), engine.trunk_status_map(), 1);
     let slot = board
         .try_slot(&trunk.name)
@@ -211,12 +215,66 @@ pub async fn call(settings: &Settings, req: CallRequest) -> anyhow::Result<CallR
     })
 }
 
+/// One trunk's `otpdial trunk check`: where its proxy resolves (RFC 3263) and how the
+/// REGISTER or OPTIONS to the first target went.
+#[derive(Debug, Clone)]
+pub struct TrunkCheck {
+    pub name: String,
+    pub targets: Result<Resolution, DnsError>,
+    pub probe: ProbeResult,
+}
+
+impl TrunkCheck {
+    /// The targets in order, one line each (none for an IP address), then the probe.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        match &self.targets {
+            Ok(r) if r.ttl.is_none() => {}
+            Ok(r) => {
+                for (i, t) in r.targets.iter().enumerate() {
+                    let _ = writeln!(s, "{}: target {}: {t}", self.name, i + 1);
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(s, "{}: {e}", self.name);
+            }
+        }
+        let _ = writeln!(s, "{}: {}", self.name, describe_probe(&self.probe));
+        s
+    }
+}
+
 /// `otpdial trunk check`: REGISTER for `register = true` trunks, else OPTIONS, all in
 /// parallel; one result per trunk, in config order.
 pub async fn trunk_check(
     settings: &Settings,
     name: Option<&str>,
 ) -> anyhow::Result<Vec<(String, ProbeResult)>> {
+    Ok(trunk_check_targets(settings, name)
+        .await?
+        .into_iter()
+        .map(|c| (c.name, c.probe))
+        .collect())
+}
+
+fn no_probe(kind: ProbeKind, error: String) -> ProbeResult {
+    ProbeResult {
+        kind,
+        status: None,
+        rtt: None,
+        authenticated: false,
+        ok: false,
+        expires: None,
+        error: Some(error),
+    }
+}
+
+/// [`trunk_check`] with each trunk's resolved targets. A trunk whose proxy does not
+/// resolve gets a failed probe that names the DNS error.
+pub async fn trunk_check_targets(
+    settings: &Settings,
+    name: Option<&str>,
+) -> anyhow::Result<Vec<TrunkCheck>> {
     let trunks: Vec<&TrunkSettings> = settings
         .trunks
         .iter()
@@ -229,27 +287,37 @@ pub async fn trunk_check(
         }
     }
     let (sip, _) = crate::app::sip_endpoint(settings, trunks.first().copied()).await?;
+    let resolver = SipResolver::from_settings(&settings.sip);
     let mut waits = Vec::new();
     for t in &trunks {
-        let cfg = trunk_config(t, true).await.map_err(anyhow::Error::msg)?;
-        waits.push((t.name.clone(), sip.add_trunk(cfg)?));
+        let targets = resolver.resolve(&t.proxy).await;
+        let rx = match &targets {
+            Ok(r) => Some(sip.add_trunk(trunk_config(t, &r.targets[0], true))?),
+            Err(_) => None,
+        };
+        waits.push((t, targets, rx));
     }
     let mut out = Vec::new();
-    for (name, mut rx) in waits {
-        let result = tokio::time::timeout(PROBE_WAIT, rx.recv())
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(ProbeResult {
-                kind: ProbeKind::Options,
-                status: None,
-                rtt: None,
-                authenticated: false,
-                ok: false,
-                expires: None,
-                error: Some("no result (SIP endpoint stopped?)".into()),
-            });
-        out.push((name, result));
+    for (t, targets, rx) in waits {
+        let kind = if t.register {
+            ProbeKind::Register
+        } else {
+            ProbeKind::Options
+        };
+        let probe = match (&targets, rx) {
+            (Err(e), _) => no_probe(kind, format!("not sent: {e}")),
+            (Ok(_), Some(mut rx)) => tokio::time::timeout(PROBE_WAIT, rx.recv())
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| no_probe(kind, "no result (SIP endpoint stopped?)".into())),
+            (Ok(_), None) => no_probe(kind, "not sent".into()),
+        };
+        out.push(TrunkCheck {
+            name: t.name.clone(),
+            targets,
+            probe,
+        });
     }
     sip.shutdown().await;
     Ok(out)

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::TrunkSettings;
+use crate::dns::{DnsStatus, DnsStatusMap};
 use crate::sip::TrunkStatus;
 use crate::sync::lock;
 
@@ -112,6 +113,9 @@ pub struct TrunkSnapshot {
     pub max_concurrent_calls: u32,
     pub calls_total: u64,
     pub calls_answered: u64,
+    /// The proxy's latest RFC 3263 resolution (targets in order, or the DNS error);
+    /// `None` before the first.
+    pub dns: Option<DnsStatus>,
 }
 
 impl TrunkSnapshot {
@@ -140,6 +144,8 @@ pub struct TrunkBoard {
     overall: Arc<Semaphore>,
     overall_capacity: u32,
     freed: Arc<Notify>,
+    /// Each trunk's latest resolution, written by the call engine.
+    dns: DnsStatusMap,
 }
 
 /// A call slot on one trunk; dropping it frees the slot.
@@ -215,7 +221,15 @@ impl TrunkBoard {
             overall: Arc::new(Semaphore::new(overall_capacity as usize)),
             overall_capacity,
             freed: Arc::new(Notify::new()),
+            dns: DnsStatusMap::default(),
         }
+    }
+
+    /// Shows the resolutions the call engine keeps in `dns` (see
+    /// [`crate::call::CallEngine::dns_status_map`]).
+    pub fn with_dns(mut self, dns: DnsStatusMap) -> TrunkBoard {
+        self.dns = dns;
+        self
     }
 
     pub fn settings(&self) -> impl Iterator<Item = &TrunkSettings> {
@@ -247,6 +261,7 @@ impl TrunkBoard {
             max_concurrent_calls: t.settings.max_concurrent_calls,
             calls_total: t.total.load(Ordering::Relaxed),
             calls_answered: t.answered.load(Ordering::Relaxed),
+            dns: lock(&self.dns).get(&t.settings.name).cloned(),
         }
     }
 

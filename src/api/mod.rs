@@ -11,7 +11,7 @@ pub use canaries::{CanaryList, CanaryRunView, CanaryView};
 mod error;
 mod latency;
 mod ops;
-pub use ops::{CallList, CallRecordView, TrunkList, TrunkView};
+pub use ops::{CallList, CallRecordView, TrunkList, TrunkTargetView, TrunkView};
 mod phones;
 mod qa;
 mod verifications;

@@ -37,6 +37,23 @@ pub struct TrunkView {
     pub countries: Vec<super::TrunkCountryView>,
     /// As configured; null when unset (counted as 0).
     pub cost_per_minute: Option<f64>,
+    /// Where the proxy resolved the last time (RFC 3263: NAPTR, SRV, A/AAAA), in the
+    /// order calls try them; empty before the first resolution or when it failed.
+    pub targets: Vec<TrunkTargetView>,
+    /// Why the proxy's name did not resolve the last time; null when it did.
+    pub dns_error: Option<String>,
+}
+
+/// One resolved target of a trunk's proxy.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TrunkTargetView {
+    /// `IP:port`.
+    pub address: String,
+    /// `udp`, `tcp` or `tls`.
+    pub transport: String,
+    /// The record it came from, e.g. `SRV _sip._udp.carrier.example 10 60 5060
+    /// sip1.carrier.example (A)`.
+    pub record: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -84,6 +101,22 @@ pub(super) async fn trunks(
             max_concurrent_calls: t.max_concurrent_calls,
             calls_total: t.calls_total,
             answer_rate: t.answer_rate(),
+            targets: match &t.dns {
+                Some(Ok(r)) => r
+                    .targets
+                    .iter()
+                    .map(|d| TrunkTargetView {
+                        address: d.addr.to_string(),
+                        transport: d.transport_name().to_string(),
+                        record: d.record.clone(),
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            },
+            dns_error: match &t.dns {
+                Some(Err(e)) => Some(e.to_string()),
+                _ => None,
+            },
             name: t.name,
         })
         .collect();

@@ -19,13 +19,16 @@ use crate::sip_io::CallEvent;
 use crate::trunks::TrunkSlot;
 
 impl CallEngine {
-    /// One attempt to `target`; `slot` (a trunk's) hears about the answer.
+    /// One attempt to `target`; `slot` (a trunk's) hears about the answer. `alerted`
+    /// is set when the far end sent a provisional response beyond 100 (it then has the
+    /// call: no other target of the trunk may get it).
     pub(super) async fn place_to(
         &self,
-        call: PlaceCall<'_>,
+        call: &PlaceCall<'_>,
         target: Target,
         slot: Option<&TrunkSlot>,
         progress: mpsc::UnboundedSender<Progress>,
+        alerted: &mut bool,
     ) -> AttemptOutcome {
         let Some(pack) = self.prompts.get(call.locale) else {
             return AttemptOutcome::failed(format!("no prompt pack for {}", call.locale), false);
@@ -83,7 +86,7 @@ impl CallEngine {
             pin_flow: target.pin_flow,
         };
         let invite_sent = std::time::Instant::now();
-        let mut alerted = false;
+        *alerted = false;
         let mut session = match self.sip.invite(outgoing).await {
             Ok(s) => s,
             Err(e) => return AttemptOutcome::failed(format!("SIP: {e}"), true),
@@ -125,8 +128,8 @@ impl CallEngine {
                                     .reset(tokio::time::Instant::now() + target.ring_timeout);
                             }
                             if (180..200).contains(&status) {
-                                if !alerted {
-                                    alerted = true;
+                                if !*alerted {
+                                    *alerted = true;
                                     if let Some(m) = &self.metrics {
                                         m.call_alerting(&target.name, invite_sent.elapsed());
                                     }

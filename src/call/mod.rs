@@ -6,10 +6,11 @@
 mod attempt;
 mod outcome;
 mod route;
+mod trunk_dns;
 
 pub use outcome::{classify_final, AttemptOutcome, HangupCause};
+pub(crate) use route::route_source;
 pub use route::trunk_config;
-pub(crate) use route::{resolve, route_source};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU32;
@@ -19,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CodecName, PortRange, SrtpMode, TrunkSettings};
+use crate::dns::{DnsStatusMap, DnsTarget, SipResolver};
 use crate::media::{CallScript, Keys, Pacer, PromptLibrary, PromptPack};
 use crate::metrics::Metrics;
 use crate::sip::sdp::AudioCodec;
@@ -94,6 +96,7 @@ impl KeyGate {
 }
 
 /// What to say to whom.
+#[derive(Clone)]
 pub struct PlaceCall<'a> {
     /// E.164 number (`+31612345678`) or a full `sip:` URI.
     pub to: &'a str,
@@ -115,6 +118,12 @@ pub struct CallEngine {
     external_ip: Option<IpAddr>,
     /// Setup-time and post-dial-delay histograms, when the gateway exports metrics.
     metrics: Option<Arc<Metrics>>,
+    /// Resolves trunk proxies (RFC 3263) per call; its cache honours the TTLs.
+    resolver: SipResolver,
+    /// Each trunk's latest resolution (for `/v1/trunks`).
+    dns: DnsStatusMap,
+    /// Stops the tasks that follow the trunks' DNS for registration and OPTIONS.
+    dns_followers: CancellationToken,
 }
 
 impl CallEngine {
@@ -135,7 +144,22 @@ impl CallEngine {
             },
             external_ip,
             metrics: None,
+            resolver: SipResolver::system(),
+            dns: DnsStatusMap::default(),
+            dns_followers: CancellationToken::new(),
         }
+    }
+
+    /// Resolves trunk names with `resolver` (`[sip] dns_servers`) instead of the
+    /// system's.
+    pub fn with_resolver(mut self, resolver: SipResolver) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// Each trunk's latest DNS resolution, by trunk name (the trunk board shows it).
+    pub fn dns_status_map(&self) -> DnsStatusMap {
+        self.dns.clone()
     }
 
     /// Records each attempt's setup time and post-dial delay in `metrics`.
@@ -187,20 +211,8 @@ impl CallEngine {
     }
 
     pub async fn shutdown(&self) {
+        self.dns_followers.cancel();
         self.sip.shutdown().await;
-    }
-
-    /// Starts registration (`register = true`) and OPTIONS keepalive for each trunk.
-    /// Call once after start-up; the state is then kept by the SIP driver.
-    pub async fn start_trunks(&self, trunks: &[TrunkSettings]) -> Result<(), String> {
-        for t in trunks {
-            let cfg = trunk_config(t, false).await?;
-            // Outcomes are read through `trunk_status`; nobody waits on the channel.
-            self.sip
-                .add_trunk(cfg)
-                .map_err(|e| format!("trunk {}: {e}", t.name))?;
-        }
-        Ok(())
     }
 
     /// The map the SIP driver keeps trunk registration/keepalive status in
@@ -239,11 +251,45 @@ impl CallEngine {
         if self.prompts.get(call.locale).is_none() {
             return AttemptOutcome::failed(format!("no prompt pack for {}", call.locale), false);
         }
-        let proxy = &trunk.proxy;
-        let destination = match resolve(proxy).await {
-            Ok(a) => a,
-            Err(e) => return AttemptOutcome::failed(e, true),
+        let targets = match self.resolve_trunk(&trunk).await {
+            Ok(r) => r.targets,
+            // Another trunk has another proxy: worth trying, like an unreachable one.
+            Err(e) => return AttemptOutcome::not_sent(format!("trunk {}: {e}", trunk.name)),
         };
+        let from_uri = from.unwrap_or_else(|| trunk.from.clone());
+        let mut last: Option<AttemptOutcome> = None;
+        for (i, dns) in targets.iter().enumerate() {
+            if let Some(previous) = &last {
+                tracing::warn!(
+                    trunk = %trunk.name,
+                    failed = %targets[i - 1],
+                    next = %dns,
+                    why = previous.attempt_reason().unwrap_or("failed"),
+                    "trunk target failed, trying the trunk's next target"
+                );
+            }
+            let target = self.trunk_target(&trunk, dns, call.to, from_uri.clone());
+            let mut alerted = false;
+            let outcome = self
+                .place_to(&call, target, Some(&slot), progress.clone(), &mut alerted)
+                .await;
+            if alerted || !outcome::next_target(&outcome) {
+                return outcome;
+            }
+            last = Some(outcome);
+        }
+        // Every target failed the way that moves on: the dialer tries the next trunk.
+        last.unwrap_or_else(|| AttemptOutcome::not_sent(format!("trunk {}: no target", trunk.name)))
+    }
+
+    /// The attempt to one of a trunk's resolved targets.
+    fn trunk_target(
+        &self,
+        trunk: &TrunkSettings,
+        dns: &DnsTarget,
+        to: &str,
+        from_uri: String,
+    ) -> Target {
         let codecs = trunk
             .codecs
             .iter()
@@ -252,26 +298,25 @@ impl CallEngine {
                 CodecName::Pcmu => AudioCodec::Pcmu,
             })
             .collect();
-        let request_uri = if call.to.starts_with("sip:") {
-            call.to.to_string()
+        let request_uri = if to.starts_with("sip:") {
+            to.to_string()
         } else {
-            format!("sip:{}@{}", call.to, proxy.host_port())
+            format!("sip:{to}@{}", trunk.proxy.uri_host_port())
         };
-        let target = Target {
-            destination,
+        Target {
+            destination: dns.addr,
             request_uri,
-            from_uri: from.unwrap_or_else(|| trunk.from.clone()),
+            from_uri,
             from_display: trunk.from_display.clone(),
             credentials: trunk.credentials(),
-            extra_headers: caller_id_headers(&trunk),
-            transport: sip_transport(proxy.transport),
+            extra_headers: caller_id_headers(trunk),
+            transport: sip_transport(dns.transport),
             codecs,
             ring_timeout: trunk.ring_timeout,
             name: trunk.name.clone(),
             srtp: trunk.srtp,
             pin_flow: false,
-        };
-        self.place_to(call, target, Some(&slot), progress).await
+        }
     }
 
     /// Places one attempt to a registered QA phone instead of a trunk: the INVITE goes
@@ -301,7 +346,8 @@ impl CallEngine {
             srtp: SrtpMode::Off,
             pin_flow: true,
         };
-        self.place_to(call, target, None, progress).await
+        self.place_to(&call, target, None, progress, &mut false)
+            .await
     }
 
     /// The registered QA phones by username (see [`crate::sip_io::QaBindingMap`]).

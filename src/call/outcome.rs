@@ -37,6 +37,15 @@ impl AttemptOutcome {
         }
     }
 
+    /// Failed on the gateway before anything reached the trunk (its name does not
+    /// resolve, no target left): no SIP status; worth the next trunk.
+    pub fn not_sent(detail: impl Into<String>) -> Self {
+        Self {
+            reason: Some(CallReason::NotSent),
+            ..Self::failed(detail, true)
+        }
+    }
+
     /// Failed, for `reason`; never worth another trunk.
     pub fn because(reason: CallReason) -> Self {
         Self {
@@ -218,6 +227,15 @@ fn answered_end(
     }
 }
 
+/// Whether an attempt that ended this way goes on to the same trunk's next DNS
+/// target (RFC 3263 §4.3): nothing answered (Timer B, a transport failure, nothing
+/// sent) or 503 Service Unavailable, and only when it would fail over anyway (not
+/// canceled or hung up by us). Any other answer is the trunk's own, and the caller
+/// also stops once the far end alerted (a provisional beyond 100).
+pub(super) fn next_target(o: &AttemptOutcome) -> bool {
+    o.failover && o.times_played == 0 && matches!(o.sip_code, None | Some(503))
+}
+
 /// Final non-2xx response -> call status, and whether to try the next trunk.
 pub fn classify_final(status: u16) -> (CallStatus, bool) {
     match status {
@@ -299,6 +317,57 @@ mod tests {
         assert_eq!((o.status, o.failover), (CallStatus::Failed, false));
         let o = end_outcome(EndReason::LocalHangup, true, 2, s);
         assert_eq!(o.status, CallStatus::Completed);
+    }
+
+    #[test]
+    fn only_silence_transport_failures_and_503_move_to_the_next_target() {
+        let rejected = |status: u16| {
+            end_outcome(
+                EndReason::Rejected {
+                    status,
+                    reason: "x".into(),
+                },
+                false,
+                0,
+                None,
+            )
+        };
+        assert!(next_target(&end_outcome(
+            EndReason::Timeout,
+            false,
+            0,
+            None
+        )));
+        assert!(next_target(&rejected(503)));
+        let not_sent = EndReason::NotSent {
+            reason: "no route".into(),
+        };
+        assert!(next_target(&end_outcome(not_sent, false, 0, None)));
+        assert!(next_target(&AttemptOutcome::not_sent("DNS: x")));
+        // Answers of the trunk's own go to the next trunk, or nowhere.
+        for status in [408, 500, 502, 504, 604, 486, 404, 480, 603] {
+            assert!(!next_target(&rejected(status)), "{status}");
+        }
+        // Ours: a cancel or a ring timeout never tries another target.
+        let canceled = Some(HangupCause::Canceled);
+        assert!(!next_target(&end_outcome(
+            EndReason::Timeout,
+            false,
+            0,
+            canceled
+        )));
+        assert!(!next_target(&end_outcome(
+            EndReason::Canceled,
+            false,
+            0,
+            None
+        )));
+        assert!(!next_target(&end_outcome(
+            EndReason::LocalHangup,
+            true,
+            2,
+            None
+        )));
     }
 
     #[test]

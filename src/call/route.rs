@@ -4,7 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::config::{PortRange, SipTarget, SrtpMode, TrunkSettings};
+use crate::config::{PortRange, SrtpMode, TrunkSettings};
+use crate::dns::DnsTarget;
 use crate::sip::sdp::AudioCodec;
 use crate::sip::TrunkConfig;
 
@@ -55,15 +56,6 @@ pub(super) struct Target {
     pub(super) pin_flow: bool,
 }
 
-/// The first address of a trunk proxy.
-pub(crate) async fn resolve(target: &SipTarget) -> Result<SocketAddr, String> {
-    tokio::net::lookup_host(target.host_port())
-        .await
-        .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
-        .next()
-        .ok_or_else(|| format!("{} has no address", target.host))
-}
-
 /// The local IP the kernel would use to reach `dest` (connecting a UDP
 /// socket only selects the route; nothing is sent).
 pub(crate) fn route_source(dest: SocketAddr) -> std::io::Result<IpAddr> {
@@ -77,33 +69,31 @@ pub(crate) fn route_source(dest: SocketAddr) -> std::io::Result<IpAddr> {
     Ok(probe.local_addr()?.ip())
 }
 
-/// What the SIP user agent needs to register with / probe a trunk. Resolves the proxy.
-pub async fn trunk_config(t: &TrunkSettings, one_shot: bool) -> Result<TrunkConfig, String> {
+/// What the SIP user agent needs to register with / probe a trunk whose proxy
+/// resolved to `target` (the first of its RFC 3263 targets).
+pub fn trunk_config(t: &TrunkSettings, target: &DnsTarget, one_shot: bool) -> TrunkConfig {
     let proxy = &t.proxy;
-    let destination = resolve(proxy)
-        .await
-        .map_err(|e| format!("trunk {}: {e}", t.name))?;
     let aor = match &t.username {
-        Some(user) => format!("sip:{user}@{}", proxy.host),
+        Some(user) => format!("sip:{user}@{}", proxy.host_for_uri()),
         None => t.from.clone(),
     };
     let every = t.options_interval;
-    Ok(TrunkConfig {
+    TrunkConfig {
         name: t.name.clone(),
-        destination,
-        registrar_uri: format!("sip:{}", proxy.host_port()),
+        destination: target.addr,
+        registrar_uri: format!("sip:{}", proxy.uri_host_port()),
         aor,
         credentials: t.credentials(),
         register: t.register,
         register_expires: t.register_expires,
         options_interval: (!every.is_zero()).then_some(every),
         one_shot,
-        transport: sip_transport(proxy.transport),
-        tls: (proxy.transport == crate::config::Transport::Tls).then(|| crate::sip::TlsTarget {
+        transport: sip_transport(target.transport),
+        tls: (target.transport == crate::config::Transport::Tls).then(|| crate::sip::TlsTarget {
             server_name: proxy.host.clone(),
             ca_file: (!t.tls_ca.is_empty()).then(|| std::path::PathBuf::from(&t.tls_ca)),
         }),
-    })
+    }
 }
 
 pub(super) fn sip_transport(t: crate::config::Transport) -> crate::sip::Transport {

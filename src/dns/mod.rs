@@ -63,6 +63,13 @@ pub struct Resolution {
     pub ttl: Option<Duration>,
 }
 
+/// Each trunk's latest resolution, by trunk name (written per call and by the
+/// registration follower, read by the trunk board).
+pub type DnsStatusMap = Arc<std::sync::Mutex<std::collections::HashMap<String, DnsStatus>>>;
+
+/// A trunk's latest resolution: its targets in order, or why there are none.
+pub type DnsStatus = Result<Resolution, DnsError>;
+
 /// Why a trunk host gave no target.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DnsError {
@@ -140,6 +147,17 @@ impl SipResolver {
     /// The system's resolver (no `dns_servers`).
     pub fn system() -> SipResolver {
         Self::new(&[])
+    }
+
+    /// The resolver `[sip] dns_servers` names (checked at load; an entry that is not
+    /// IP:port makes every name fail with the key in the error).
+    pub fn from_settings(sip: &crate::config::SipSettings) -> SipResolver {
+        match sip.dns_server_addrs() {
+            Ok(servers) => Self::new(&servers),
+            Err((key, message)) => SipResolver {
+                inner: Err(format!("config key `{key}`: {message}")),
+            },
+        }
     }
 
     /// RFC 3263 §4: the targets for `target`, in the order to try them.

@@ -132,6 +132,13 @@ pub(super) async fn drive(
                     }
                     trunks.by_id.insert(id, (name, probes));
                 }
+                Some(Command::SetTrunkDestination { name, destination, transport }) => {
+                    let old = ua.set_trunk_destination(Instant::now(), &name, destination, transport);
+                    // The same certificate checks for the new address.
+                    if let Some(peer) = old.and_then(|o| tls_peers.get(&o).cloned()) {
+                        tls_peers.insert(destination, peer);
+                    }
+                }
             },
             () = timer => ua.handle_timeout(Instant::now()),
         }

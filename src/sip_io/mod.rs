@@ -83,6 +83,12 @@ pub(crate) enum Command {
     Unregister {
         done: oneshot::Sender<()>,
     },
+    /// A trunk's proxy resolved to a new first target.
+    SetTrunkDestination {
+        name: String,
+        destination: SocketAddr,
+        transport: crate::sip::Transport,
+    },
     Shutdown,
 }
 
@@ -198,6 +204,9 @@ impl std::fmt::Debug for Command {
             Command::Reject { call, status } => write!(f, "Reject({call}, {status})"),
             Command::AddTrunk { config, .. } => write!(f, "AddTrunk({})", config.name),
             Command::Unregister { .. } => f.write_str("Unregister"),
+            Command::SetTrunkDestination {
+                name, destination, ..
+            } => write!(f, "SetTrunkDestination({name} -> {destination})"),
             Command::Shutdown => f.write_str("Shutdown"),
         }
     }
@@ -319,6 +328,24 @@ impl SipEndpoint {
             .send(Command::AddTrunk { config, probes: tx })
             .map_err(|_| SipIoError::Closed)?;
         Ok(rx)
+    }
+
+    /// Sends a trunk's later REGISTER/OPTIONS to `destination` (its proxy name now
+    /// resolves there; RFC 3263).
+    pub fn set_trunk_destination(
+        &self,
+        name: &str,
+        destination: SocketAddr,
+        transport: crate::sip::Transport,
+    ) -> Result<(), SipIoError> {
+        self.inner
+            .commands
+            .send(Command::SetTrunkDestination {
+                name: name.to_string(),
+                destination,
+                transport,
+            })
+            .map_err(|_| SipIoError::Closed)
     }
 
     /// The map the driver writes each trunk's registration/keepalive status

@@ -16,6 +16,7 @@ mod cli_config;
 mod demo_path;
 mod dialer_durable;
 mod dialer_faults;
+mod dns;
 mod docker_configs;
 mod faults_disk;
 mod faults_net;

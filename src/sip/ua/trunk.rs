@@ -125,6 +125,30 @@ impl UserAgent {
         id
     }
 
+    /// The trunk's proxy now resolves elsewhere (RFC 3263 re-resolution): later
+    /// REGISTER and OPTIONS go to `destination` over `transport`, and a registering
+    /// trunk registers there at once. Returns the previous destination.
+    pub fn set_trunk_destination(
+        &mut self,
+        now: Instant,
+        name: &str,
+        destination: SocketAddr,
+        transport: Transport,
+    ) -> Option<SocketAddr> {
+        let t = self.trunks.iter_mut().find(|t| t.cfg.name == name)?;
+        let old = std::mem::replace(&mut t.cfg.destination, destination);
+        t.cfg.transport = transport;
+        if t.cfg.register && t.registrar.is_some() && !t.reg_pending {
+            t.reg_due = Some(now);
+        }
+        self.policy.add_trunk(destination.ip());
+        if transport.is_reliable() {
+            self.tcp_peers.insert(destination, transport);
+        }
+        self.trunk_timers(now);
+        Some(old)
+    }
+
     pub fn trunk_status(&self, id: TrunkId) -> Option<TrunkStatus> {
         self.trunks.get(id.0).map(|t| t.status.clone())
     }
