@@ -44,6 +44,7 @@ command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 # The QA softphones of tests/it/softphone.rs: Linphone's console client and Twinkle.
 command -v linphonec >/dev/null 2>&1 || need+=(linphone-cli)
 command -v twinkle >/dev/null 2>&1 || need+=(twinkle)
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || need+=(kamailio-tls-modules)
 command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 [ -n "$(pg_bin)" ] || need+=(postgresql)

@@ -159,6 +159,7 @@ pub async fn call(settings: &Settings, req: CallRequest) -> anyhow::Result<CallR
         let targets = resolver
             .resolve(&trunk.proxy)
             .await
+            .and_then(|r| r.reachable_from(&trunk.proxy.host, sip.local_addr().ip()))
             .with_context(|| format!("trunk {}", trunk.name))?;
         let mut rx = sip.add_trunk(trunk_config(trunk, &targets.targets[0], true))?;
         tokio::time::timeout(PROBE_WAIT, rx.recv())
@@ -290,7 +291,11 @@ pub async fn trunk_check_targets(
     let resolver = SipResolver::from_settings(&settings.sip);
     let mut waits = Vec::new();
     for t in &trunks {
-        let targets = resolver.resolve(&t.proxy).await;
+        let listen = sip.local_addr().ip();
+        let targets = resolver
+            .resolve(&t.proxy)
+            .await
+            .and_then(|r| r.reachable_from(&t.proxy.host, listen));
         let rx = match &targets {
             Ok(r) => Some(sip.add_trunk(trunk_config(t, &r.targets[0], true))?),
             Err(_) => None,

@@ -3,6 +3,7 @@
 //! that re-resolves when the records expire and moves the SIP driver to the new first
 //! target, so a carrier's DNS change needs no restart.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,7 @@ impl CallEngine {
     /// The trunk's targets in the order to try them; the result is also kept for
     /// `/v1/trunks`.
     pub(super) async fn resolve_trunk(&self, t: &TrunkSettings) -> Result<Resolution, DnsError> {
-        resolve_and_record(&self.resolver, &self.dns, t).await
+        resolve_and_record(&self.resolver, &self.dns, t, self.sip.local_addr().ip()).await
     }
 
     /// Starts registration (`register = true`) and OPTIONS keepalive for each trunk.
@@ -65,12 +66,18 @@ impl CallEngine {
     }
 }
 
+/// Resolves `t`'s proxy, keeps the targets our listener (`listen`) can reach, and
+/// records the result for `/v1/trunks`.
 async fn resolve_and_record(
     resolver: &SipResolver,
     dns: &DnsStatusMap,
     t: &TrunkSettings,
+    listen: IpAddr,
 ) -> Result<Resolution, DnsError> {
-    let result = resolver.resolve(&t.proxy).await;
+    let result = resolver
+        .resolve(&t.proxy)
+        .await
+        .and_then(|r| r.reachable_from(&t.proxy.host, listen));
     lock(dns).insert(t.name.clone(), result.clone());
     result
 }
@@ -104,7 +111,8 @@ async fn follow(f: Follower, mut current: Option<DnsTarget>, stop: CancellationT
             () = stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
-        let result = resolve_and_record(&f.resolver, &f.dns, &f.trunk).await;
+        let listen = f.sip.local_addr().ip();
+        let result = resolve_and_record(&f.resolver, &f.dns, &f.trunk, listen).await;
         wait = next_wait(&result);
         let Ok(r) = result else { continue };
         let first = &r.targets[0];

@@ -79,6 +79,31 @@ pub enum DnsError {
     Lookup { name: String, error: String },
     #[error("DNS: no resolver ({0})")]
     NoResolver(String),
+    #[error("{name} resolves only to {found}, which sip.listen {listen} cannot reach")]
+    Unreachable {
+        name: String,
+        found: String,
+        listen: IpAddr,
+    },
+}
+
+impl Resolution {
+    /// Keeps the targets a SIP socket bound to `listen` can send to (an IPv4 listener
+    /// skips IPv6 addresses and the other way round); none left is an error naming
+    /// what was found.
+    pub fn reachable_from(mut self, name: &str, listen: IpAddr) -> Result<Resolution, DnsError> {
+        let found: Vec<String> = self.targets.iter().map(|t| t.addr.to_string()).collect();
+        self.targets
+            .retain(|t| select::reachable_from(listen, t.addr.ip()));
+        if self.targets.is_empty() {
+            return Err(DnsError::Unreachable {
+                name: name.to_string(),
+                found: found.join(", "),
+                listen,
+            });
+        }
+        Ok(self)
+    }
 }
 
 /// The resolver trunk names go through: `[sip] dns_servers`, or the system's.

@@ -152,6 +152,15 @@ fn weighted_order(group: &[SrvRecord], pick: &mut impl FnMut(u32) -> u32) -> Vec
     out
 }
 
+/// Whether a SIP socket bound to `listen` can send to `ip`: an IPv4 listener reaches
+/// IPv4 addresses, an IPv6 one IPv6 addresses, and `[::]` both.
+pub fn reachable_from(listen: IpAddr, ip: IpAddr) -> bool {
+    match listen {
+        IpAddr::V6(v6) if v6.is_unspecified() => true,
+        _ => listen.is_ipv4() == ip.is_ipv4(),
+    }
+}
+
 /// Addresses of one name in a stable order: IPv4 first, then IPv6, each in the
 /// order the DNS gave them (A and AAAA answers arrive in either order).
 pub fn stable_addresses(mut ips: Vec<IpAddr>) -> Vec<IpAddr> {

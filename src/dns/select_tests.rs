@@ -194,3 +194,15 @@ fn addresses_keep_a_stable_dual_stack_order() {
         .collect();
     assert_eq!(got, ["127.0.0.2", "127.0.0.1", "::1", "2001:db8::1"]);
 }
+
+#[test]
+fn a_listener_reaches_its_own_family_and_the_v6_wildcard_both() {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert!(reachable_from(ip("127.0.0.1"), ip("192.0.2.1")));
+    assert!(reachable_from(ip("0.0.0.0"), ip("192.0.2.1")));
+    assert!(!reachable_from(ip("0.0.0.0"), ip("::1")));
+    assert!(!reachable_from(ip("::1"), ip("127.0.0.1")));
+    assert!(reachable_from(ip("::1"), ip("2001:db8::1")));
+    assert!(reachable_from(ip("::"), ip("127.0.0.1")));
+    assert!(reachable_from(ip("::"), ip("::1")));
+}
