@@ -267,6 +267,9 @@ impl CallEngine {
                     why = previous.attempt_reason().unwrap_or("failed"),
                     "trunk target failed, trying the trunk's next target"
                 );
+                if let Some(m) = &self.metrics {
+                    m.target_failover(&trunk.name);
+                }
             }
             let target = self.trunk_target(&trunk, dns, call.to, from_uri.clone());
             let mut alerted = false;

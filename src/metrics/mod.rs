@@ -92,6 +92,8 @@ pub struct Metrics {
     pub active_calls: Family<TrunkLabel, Gauge>,
     /// 1 while a trunk's circuit breaker holds it down.
     pub trunk_down: Family<TrunkLabel, Gauge>,
+    /// Calls that moved to a trunk's next DNS target (RFC 3263: no response or 503).
+    pub target_failovers: Family<TrunkLabel, Counter>,
     pub calls_recovered: Family<ResultLabel, Counter>,
     /// INVITE sent to 200 OK, per trunk.
     pub call_setup: HistogramFamily<TrunkLabel>,
@@ -128,6 +130,7 @@ impl Metrics {
             webhook_deliveries: Family::default(),
             active_calls: Family::default(),
             trunk_down: Family::default(),
+            target_failovers: Family::default(),
             calls_recovered: Family::default(),
             call_setup: Family::new_with_constructor(call_seconds),
             post_dial_delay: Family::new_with_constructor(call_seconds),
@@ -178,6 +181,11 @@ impl Metrics {
             "trunk_down",
             "1 while the trunk's circuit breaker marks it down",
             m.trunk_down.clone(),
+        );
+        registry.register(
+            "trunk_target_failovers",
+            "Calls that moved on to the trunk's next DNS target (no response or 503 from one of its hosts)",
+            m.target_failovers.clone(),
         );
         registry.register(
             "calls_recovered",
@@ -277,6 +285,16 @@ impl Metrics {
             &self.calls_finished,
             StatusLabel {
                 status: status.into(),
+            },
+        );
+    }
+
+    /// A call left one of `trunk`'s DNS targets for the next.
+    pub fn target_failover(&self, trunk: &str) {
+        bump(
+            &self.target_failovers,
+            TrunkLabel {
+                trunk: trunk.into(),
             },
         );
     }

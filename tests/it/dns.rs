@@ -14,7 +14,9 @@ use otpdial::domain::CallStatus;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{base_settings, receive_rtp, spawn_app, Db, Sipp, TestApp, ADMIN_TOKEN};
+use crate::helpers::{
+    base_settings, metric_value, receive_rtp, spawn_app, Db, Sipp, TestApp, ADMIN_TOKEN,
+};
 use crate::procs::{fast_prompts_dir, free_sip_port};
 
 /// dnsmasq answering for `*.test` from the records it was started with (TTL 1 s),
@@ -229,6 +231,14 @@ async fn srv_failover_stays_within_the_trunk_and_follows_a_dns_change() {
         other.recv_from(&mut buf).is_err(),
         "the backup trunk received nothing"
     );
+    let metrics = t.metrics_text().await;
+    let sample = r#"otpdial_trunk_target_failovers_total{trunk="carrier"}"#;
+    println!("(a) {sample} {}", metric_value(&metrics, sample));
+    assert_eq!(
+        metric_value(&metrics, sample),
+        1,
+        "one move to the next host"
+    );
     let view = trunk_view(&t, "carrier").await;
     println!("(a) /v1/trunks carrier: {view}");
     assert_eq!(
@@ -381,5 +391,46 @@ async fn a_name_that_does_not_resolve_fails_over_to_the_next_trunk() {
         "{view}"
     );
     assert_eq!(view["targets"], json!([]));
+    t.app.stop().await;
+}
+
+/// Registration and OPTIONS follow the DNS too: the trunk's OPTIONS go to the host its
+/// SRV record names, and after the record changes (TTL 1 s) to the new host, without
+/// a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_keepalive_follows_a_dns_change() {
+    let (old_port, new_port) = (free_sip_port(), free_sip_port());
+    let records = vec![
+        srv("_sip._udp.keep.test", "a.keep.test", old_port, 10, 0),
+        host("a.keep.test", "127.0.0.2"),
+    ];
+    let mut dns = Dnsmasq::start(free_sip_port(), &records).await;
+    // Each answers one OPTIONS with 200 and exits (its scenario then passed).
+    let old_host = Sipp::spawn_uas("uas_503_options_ok.xml", &[], &[], old_port, "127.0.0.2");
+    let mut settings = base_settings(5060);
+    settings.sip.dns_servers = vec![dns.addr().to_string()];
+    settings.trunks = vec![trunk("carrier", "sip:keep.test", 10)];
+    settings.trunks[0].options_interval = Duration::from_secs(5);
+    let t = spawn_app(settings, Db::Sqlite, DialerMode::Background).await;
+    old_host
+        .finish(Duration::from_secs(15))
+        .await
+        .expect("the first OPTIONS went to the SRV record's host");
+
+    dns.stop();
+    let records = vec![
+        srv("_sip._udp.keep.test", "b.keep.test", new_port, 10, 0),
+        host("b.keep.test", "127.0.0.3"),
+    ];
+    let dns = Dnsmasq::start(dns.port, &records).await;
+    let new_host = Sipp::spawn_uas("uas_503_options_ok.xml", &[], &[], new_port, "127.0.0.3");
+    new_host
+        .finish(Duration::from_secs(20))
+        .await
+        .expect("a later OPTIONS went to the new host");
+    let view = trunk_view(&t, "carrier").await;
+    println!("(e) /v1/trunks carrier: {view}");
+    assert_eq!(addresses(&view), [format!("127.0.0.3:{new_port}")]);
+    drop(dns);
     t.app.stop().await;
 }
