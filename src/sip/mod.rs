@@ -30,6 +30,8 @@ mod ipv6_tests;
 mod qa_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trunk_move_tests;
 
 use std::fmt;
 use std::net::SocketAddr;
