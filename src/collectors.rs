@@ -1,7 +1,8 @@
 //! The figures other parts keep, read when `/metrics` is scraped: the RTP pacer's
-//! packet counters, the SIP listener policy's and QA registrar's counters, and the
-//! trunk board. Each is a Prometheus collector that `app.rs` registers with
-//! [`Metrics::register_collector`], so `metrics.rs` names none of these parts.
+//! packet counters, the SIP listener policy's and QA registrar's counters and the SIP
+//! retransmission counts, and the trunk board. Each is a Prometheus collector that
+//! `app.rs` registers with [`Metrics::register_collector`], so `metrics.rs` names none
+//! of these parts.
 
 use std::sync::Arc;
 
@@ -14,6 +15,12 @@ use crate::media::PacerStats;
 use crate::metrics::{Metrics, ReasonLabel, ResultLabel, TrunkLabel};
 use crate::sip_io::SipStats;
 use crate::trunks::{BreakerState, TrunkBoard};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodKindLabel {
+    method: &'static str,
+    kind: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TrunkStateLabel {
@@ -126,6 +133,41 @@ fn encode_sip(sip: &SipStats, encoder: &mut DescriptorEncoder<'_>) -> Result<(),
         None,
         bound.metric_type(),
     )?)?;
+    encode_retransmissions(sip, encoder)
+}
+
+/// `otpdial_sip_retransmissions_sent_total{method,kind}` and
+/// `otpdial_sip_retransmissions_received_total{method,kind}` (kind: the repeated
+/// message was a `request` or a `response`), every combination, zeros included.
+fn encode_retransmissions(
+    sip: &SipStats,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    use crate::sip::Retransmissions;
+    let counts = sip.retransmissions();
+    for (name, help, table) in [
+        (
+            "sip_retransmissions_sent",
+            "SIP retransmissions we sent (Timer A/E resends, 2xx until ACK, answers and ACKs repeated for a retransmitted message), by method and kind",
+            &counts.sent,
+        ),
+        (
+            "sip_retransmissions_received",
+            "Retransmitted SIP requests and responses we received and absorbed, by method and kind",
+            &counts.received,
+        ),
+    ] {
+        let mut family = encoder.encode_descriptor(
+            name,
+            help,
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (method, kind, n) in Retransmissions::labelled(table) {
+            let label = MethodKindLabel { method, kind };
+            ConstCounter::new(n).encode(family.encode_family(&label)?)?;
+        }
+    }
     Ok(())
 }
 

@@ -37,7 +37,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 pub use message::{FrameError, UriError};
-pub use ua::UserAgent;
+pub use ua::{Retransmissions, UserAgent};
 
 /// Why a datagram is not a usable SIP message ([`parse_message`]); the text names the
 /// defect, never the message's content.

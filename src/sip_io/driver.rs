@@ -55,6 +55,7 @@ pub(super) async fn drive(
         by_id: HashMap::new(),
     };
     let mut buf = vec![0u8; RECV_BUFFER];
+    let mut retransmits = crate::sip::Retransmissions::default();
     // Who waits for the unregistrations at shutdown.
     let mut unregistered: Option<tokio::sync::oneshot::Sender<()>> = None;
     loop {
@@ -230,6 +231,7 @@ pub(super) async fn drive(
             }
         }
         stats.store(&ua.policy_counters());
+        stats.store_retransmits(ua.retransmissions(), &mut retransmits);
         if unregistered.is_some() && ua.unregistering().is_empty() {
             if let Some(done) = unregistered.take() {
                 let _ = done.send(());

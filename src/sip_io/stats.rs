@@ -1,7 +1,10 @@
 //! Counters the SIP driver copies out of the user agent, read by `/metrics`.
 
 use crate::sip::policy::{DropReason, PolicyCounters};
+use crate::sip::Retransmissions;
+use crate::sync::lock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Counters of the listener policy, copied from the user agent by the driver after
 /// each step; read by `/metrics`.
@@ -17,6 +20,8 @@ pub struct SipStats {
     pub(super) qa_removed: AtomicU64,
     pub(super) qa_auth_failed: AtomicU64,
     pub(super) qa_bound: AtomicU64,
+    /// The user agent's retransmission counts, copied when they change.
+    retransmits: Mutex<Retransmissions>,
 }
 
 impl SipStats {
@@ -26,6 +31,20 @@ impl SipStats {
         }
         self.bans.store(c.bans, Ordering::Relaxed);
         self.banned_now.store(c.banned_now, Ordering::Relaxed);
+    }
+
+    /// Copies the user agent's retransmission counts, when they changed since `last`
+    /// (which is updated).
+    pub(super) fn store_retransmits(&self, now: Retransmissions, last: &mut Retransmissions) {
+        if now != *last {
+            *last = now;
+            *lock(&self.retransmits) = now;
+        }
+    }
+
+    /// Retransmissions sent and received so far, by method and kind.
+    pub fn retransmissions(&self) -> Retransmissions {
+        *lock(&self.retransmits)
     }
 
     /// Dropped (or 403-refused) messages so far, by reason label.

@@ -47,6 +47,8 @@ struct Observed {
     heard: Vec<String>,
     received: ReceivedView,
     took: Duration,
+    /// The gateway's `otpdial_sip_retransmissions_{sent,received}_total`, all series.
+    retransmissions: (u64, u64),
 }
 
 fn phone(srtp: bool) -> Baresip {
@@ -141,7 +143,24 @@ async fn run(s: Scenario) -> Observed {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let report = relay.report();
+    let (retransmissions, report) = retransmissions_counted(&t, &relay).await;
+    println!(
+        "[{}] gateway counted {retransmissions:?} retransmissions (sent, received)",
+        s.name
+    );
+    // Every retransmission the gateway sent is counted (the relay sees each datagram,
+    // before any loss), and it absorbed no more than the peer repeated.
+    assert_eq!(
+        retransmissions.0,
+        u64::from(report.gateway_retransmissions),
+        "[{}] {report:?}",
+        s.name
+    );
+    assert!(
+        retransmissions.1 <= u64::from(report.peer_retransmissions),
+        "[{}] {retransmissions:?} {report:?}",
+        s.name
+    );
     println!(
         "[{}] call {:?} after {took:?}; heard {heard:?}; relay {report:?}; attempts {:?}",
         s.name, done.call.status, done.call.attempts
@@ -183,6 +202,33 @@ async fn run(s: Scenario) -> Observed {
         heard,
         received,
         took,
+        retransmissions,
+    }
+}
+
+/// Sum of every series of a counter family in a `/metrics` text.
+fn metric_sum(text: &str, family: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(family))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// The gateway's retransmission counters (sent, received) and the relay's report,
+/// read until the gateway's sent count is what the relay saw it send (a late one, a
+/// BYE's, may still be on its way) or 10 s pass.
+async fn retransmissions_counted(t: &TestApp, relay: &Relay) -> ((u64, u64), RelayReport) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = t.metrics_text().await;
+        let sent = metric_sum(&text, "otpdial_sip_retransmissions_sent_total{");
+        let received = metric_sum(&text, "otpdial_sip_retransmissions_received_total{");
+        let report = relay.report();
+        if sent == u64::from(report.gateway_retransmissions) || Instant::now() > deadline {
+            return ((sent, received), report);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -238,6 +284,11 @@ async fn loss_15_percent_both_ways() {
         o.relay.gateway_retransmissions >= 1,
         "the gateway retransmitted: {:?}",
         o.relay
+    );
+    assert!(
+        o.retransmissions.0 >= 1,
+        "and counted it: {:?}",
+        o.retransmissions
     );
     assert!(
         o.received.loss > 0.05 && o.received.loss < 0.30,

@@ -459,9 +459,13 @@ impl UserAgent {
                     self.end_call(now, handle, end);
                 }
                 TxState::Completed => {
+                    // A retransmitted non-2xx final: our ACK got lost; the same again.
+                    self.retransmits
+                        .count_received(Method::Invite, Repeated::Response);
                     if let Some(ack) = tx.ack.clone() {
                         let dest = tx.destination;
                         self.transmit(dest, ack);
+                        self.retransmits.count_sent(Method::Ack, Repeated::Request);
                     }
                 }
                 TxState::Accepted => {}
@@ -499,13 +503,19 @@ impl UserAgent {
         };
         if c.dialog.as_ref().is_some_and(|d| d.remote_tag == to_tag) {
             // Retransmitted 2xx: our ACK got lost (RFC 3261 §13.2.2.4).
+            self.retransmits
+                .count_received(Method::Invite, Repeated::Response);
             if let Some((dest, ack)) = c.ack.clone() {
                 self.transmit(dest, ack);
+                self.retransmits.count_sent(Method::Ack, Repeated::Request);
             }
             return;
         }
         if let Some((_, dest, ack)) = c.forks.iter().find(|f| f.0 == to_tag).cloned() {
+            self.retransmits
+                .count_received(Method::Invite, Repeated::Response);
             self.transmit(dest, ack);
+            self.retransmits.count_sent(Method::Ack, Repeated::Request);
             return;
         }
         let target = msg

@@ -461,11 +461,16 @@ impl UserAgent {
         self.transmit(reply_to, response);
     }
 
+    /// A retransmitted INVITE: absorbed, the last response again.
     fn resend_inbound(&mut self, call: CallHandle) {
         if let Some(c) = self.inbound.calls.get(&call) {
+            self.retransmits
+                .count_received(Method::Invite, Repeated::Request);
             if !c.last_response.is_empty() {
                 let (to, payload) = (c.reply_to, c.last_response.clone());
                 self.transmit(to, payload);
+                self.retransmits
+                    .count_sent(Method::Invite, Repeated::Response);
             }
         }
     }
@@ -612,6 +617,8 @@ impl UserAgent {
             c.resend = Some((at + next, next));
             let (to, payload) = (c.reply_to, c.last_response.clone());
             self.transmit(to, payload);
+            self.retransmits
+                .count_sent(Method::Invite, Repeated::Response);
         }
     }
 }

@@ -17,6 +17,7 @@ mod droplog;
 mod inbound;
 mod keys;
 mod registrar;
+mod retransmits;
 mod server;
 mod timers;
 mod transaction;
@@ -30,6 +31,8 @@ use super::{
 };
 use auth::AuthSession;
 use dialog::{Call, NO_CALL};
+use retransmits::Repeated;
+pub use retransmits::Retransmissions;
 use rsip::headers::UntypedHeader;
 use rsip::{headers as h, Header, Method};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -67,6 +70,8 @@ pub struct UserAgent {
     inbound: inbound::Inbound,
     /// When malformed messages were last logged, per source.
     drop_log: droplog::DropLog,
+    /// Retransmissions sent and received so far.
+    retransmits: Retransmissions,
 }
 
 fn random_token() -> String {
@@ -183,6 +188,7 @@ impl UserAgent {
             registrar: config.registrar.map(registrar::Registrar::new),
             inbound: inbound::Inbound::default(),
             drop_log: droplog::DropLog::default(),
+            retransmits: Retransmissions::default(),
         }
     }
 
@@ -208,6 +214,12 @@ impl UserAgent {
     /// What the listener policy dropped (or refused) so far, by reason, and its bans.
     pub fn policy_counters(&self) -> PolicyCounters {
         *self.policy.counters()
+    }
+
+    /// Retransmissions sent and received so far, by method and kind (see
+    /// [`Retransmissions`]).
+    pub fn retransmissions(&self) -> Retransmissions {
+        self.retransmits
     }
 
     /// Accepts requests from `ip` as from a trunk (never limited or banned), e.g. the

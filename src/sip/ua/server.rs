@@ -103,6 +103,8 @@ impl UserAgent {
         }
         if let Some(stx) = key.as_ref().and_then(|k| self.server_txs.get(k)) {
             // Retransmitted request: same answer again (server transaction).
+            self.retransmits.count_received(method, Repeated::Request);
+            self.retransmits.count_sent(method, Repeated::Response);
             let t = Transmit {
                 destination: stx.destination,
                 transport: self.transport_to(stx.destination),
@@ -405,6 +407,12 @@ mod tests {
         let (_, again) = answer(&mut ua, &req);
         assert_eq!(first.to, again.to, "same To tag: same transaction");
         assert_eq!(ua.server_txs.len(), 1);
+        let counted = ua.retransmissions();
+        assert_eq!(
+            (counted.received[2], counted.sent[2]),
+            ([1, 0], [0, 1]),
+            "BYE"
+        );
     }
 
     fn feed(ua: &mut UserAgent, from: &str, text: &str) -> Vec<(Message, String)> {

@@ -188,6 +188,7 @@ impl UserAgent {
             };
             // Scheduled from the previous deadline, so a late wake-up does not drift.
             tx.retransmit_at = Some(at + tx.interval);
+            self.retransmits.count_sent(tx.method, Repeated::Request);
             let t = Transmit {
                 destination: tx.destination,
                 transport: transport_for(&self.tcp_peers, tx.destination),
@@ -213,6 +214,8 @@ impl UserAgent {
             } else if w.retransmit_at <= now {
                 w.interval = (w.interval * 2).min(T2);
                 w.retransmit_at += w.interval;
+                self.retransmits
+                    .count_sent(Method::Invite, Repeated::Response);
                 let t = Transmit {
                     destination: stx.destination,
                     transport: Transport::Udp,
@@ -293,6 +296,8 @@ impl UserAgent {
             return;
         }
         if tx.state == TxState::Completed {
+            // A retransmitted final: absorbed (Timer K keeps the transaction for it).
+            self.retransmits.count_received(key.1, Repeated::Response);
             return;
         }
         tx.state = TxState::Completed;
