@@ -11,6 +11,7 @@
 //! cargo bench --bench gateway -- --n 2000 --count 8      # + syscalls and context switches per packet (perf stat, 8 s at the plateau)
 //! cargo bench --bench gateway -- --otpdial /tmp/otpdial-before  # another build of otpdial (A/B)
 //! cargo bench --bench gateway -- --database-url postgres://postgres@127.0.0.1/bench  # PostgreSQL (a fresh, empty database)
+//! cargo bench --bench gateway -- --soak 30m --n 500      # soak: N calls up for 30 min, a row a minute (benches/common/soak.rs)
 //! ```
 //!
 //! Needs `sipp` and `taskset` (what `./scripts/test.sh` installs) and two CPUs. Cargo
@@ -57,6 +58,8 @@ use otpdial::media::{CallScript, PromptLibrary};
 
 mod common;
 use common::{children_cpu_ns, free_port, pct, start_receiver, Received};
+#[path = "common/soak.rs"]
+mod soak;
 
 const TOKEN: &str = "bench-gateway-token";
 /// Jiffies per second of /proc/PID/stat (USER_HZ, 100 on Linux).
@@ -80,6 +83,8 @@ struct Args {
     count_secs: f64,
     /// Another `otpdial` binary to run instead of the one cargo built (A/B).
     otpdial: Option<PathBuf>,
+    /// `--soak 30m`: the soak instead of the sweep (the first `--n`, default 500).
+    soak: Option<Duration>,
 }
 
 fn parse_args() -> Args {
@@ -93,6 +98,7 @@ fn parse_args() -> Args {
         database_url: None,
         count_secs: 0.0,
         otpdial: None,
+        soak: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -118,6 +124,16 @@ fn parse_args() -> Args {
             "--database-url" => args.database_url = Some(val()),
             "--count" => args.count_secs = val().parse().unwrap_or(0.0),
             "--otpdial" => args.otpdial = Some(PathBuf::from(val())),
+            "--soak" => {
+                let v = val();
+                match humantime::parse_duration(&v) {
+                    Ok(d) => args.soak = Some(d),
+                    Err(e) => {
+                        eprintln!("--soak {v:?}: {e} (e.g. --soak 30m)");
+                        std::process::exit(2);
+                    }
+                }
+            }
             _ => {} // `cargo bench` passes --bench; ignore what is not ours
         }
     }
@@ -690,6 +706,36 @@ fn wait_quiet(packets: &std::sync::atomic::AtomicU64, limit: Instant) -> (Instan
     }
 }
 
+/// `otpdial serve --config CFG` on core 0, its log in `dir/gateway.log`.
+fn start_gateway(bin: &Path, dir: &Path, cfg: &Path) -> Child {
+    let log = std::fs::File::create(dir.join("gateway.log")).expect("log file");
+    Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(bin)
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("otpdial serve")
+}
+
+/// Polls `/readyz` for up to 30 s; whether it answered 200.
+async fn wait_ready(base: &str) -> bool {
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 fn run_gateway(bin: &Path, n: usize, plan: &Plan, args: &Args, seq0: usize) -> Figures {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut f = Figures {
@@ -714,37 +760,14 @@ fn run_gateway(bin: &Path, n: usize, plan: &Plan, args: &Args, seq0: usize) -> F
         args.fifo,
         &args.database_url,
     );
-    let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
-    let gateway = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(bin)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("otpdial serve");
+    let gateway = start_gateway(bin, dir.path(), &cfg);
     let pid = gateway.id();
     let base = format!("http://127.0.0.1:{http_port}");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let ready = rt.block_on(async {
-        let http = reqwest::Client::new();
-        for _ in 0..300 {
-            if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-                if r.status().is_success() {
-                    return true;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
-    });
-    if !ready {
+    if !rt.block_on(wait_ready(&base)) {
         eprintln!(
             "otpdial serve did not become ready; log:\n{}",
             std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
@@ -1019,6 +1042,10 @@ fn main() {
     };
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     pin_self_to_core_1();
+    if let Some(duration) = args.soak {
+        soak::run(&bin, &args, duration);
+        return;
+    }
     let (code, repeat, frames) = choose_script(args.secs);
     let plan = Plan {
         code,

@@ -13,7 +13,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
@@ -40,12 +40,20 @@ pub(crate) struct Received {
     pub(crate) streams: Vec<StreamSeen>,
 }
 
+/// A window of spacing deviations (ns) and the packets lost so far, handed from the
+/// receiver thread to [`Receiver::take_window`].
+type Handover = Arc<Mutex<Option<(Vec<u32>, u64)>>>;
+
 /// A running receiver: where to send, how many packets so far, and how to stop it.
 pub(crate) struct Receiver {
     pub(crate) addr: SocketAddr,
     /// Packets received so far (read while it runs, to see when the calls are over).
     pub(crate) packets: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// Set to ask the receiver thread for the spacing deviations since the last window.
+    take: Arc<AtomicBool>,
+    /// Where the receiver thread hands a window over: (deviations, packets lost so far).
+    window: Handover,
     thread: std::thread::JoinHandle<Received>,
     /// Bound on the odd port above `addr` so that RTCP sent there is dropped quietly
     /// (no ICMP port unreachable back to the sender); never read.
@@ -58,10 +66,37 @@ impl Receiver {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("receiver thread")
     }
+
+    /// The |spacing - 20 ms| values (ns) measured since the previous window (or the
+    /// start), which [`Receiver::finish`] then no longer returns, and the packets lost
+    /// so far. For runs too long to keep every value (the soak). Waits up to a second
+    /// for the receiver thread to hand them over (it checks after every packet and
+    /// every 100 ms read timeout); empty if it did not.
+    pub(crate) fn take_window(&self) -> (Vec<u32>, u64) {
+        self.take.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            if let Some(w) = self.window.lock().expect("window").take() {
+                return w;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (Vec::new(), 0)
+    }
+}
+
+/// The receiver thread's links to its [`Receiver`]: when to stop, the packet count, and
+/// the window hand-over.
+struct Shared {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    take: Arc<AtomicBool>,
+    window: Handover,
 }
 
 /// Receives until `stop` is set and the socket has been quiet for 300 ms.
-fn receive(sock: UdpSocket, expected: usize, stop: &AtomicBool, count: &AtomicU64) -> Received {
+fn receive(sock: UdpSocket, expected: usize, shared: &Shared) -> Received {
+    let (stop, count) = (&*shared.stop, &*shared.count);
     // One entry per packet, touched now so that its growth does not count as the
     // sender's memory.
     let mut deviations: Vec<u32> = vec![1; expected];
@@ -75,6 +110,10 @@ fn receive(sock: UdpSocket, expected: usize, stop: &AtomicBool, count: &AtomicU6
     let fd = sock.as_raw_fd();
     let mut quiet_since: Option<Instant> = None;
     loop {
+        if shared.take.swap(false, Ordering::Relaxed) {
+            let handed = (std::mem::take(&mut deviations), lost);
+            *shared.window.lock().expect("window") = Some(handed);
+        }
         let mut iov = [IoSliceMut::new(&mut buf)];
         let r = recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty());
         let msg = match r {
@@ -152,19 +191,28 @@ pub(crate) fn start_receiver(expected: usize) -> Receiver {
     rx.set_read_timeout(Some(Duration::from_millis(100)))
         .expect("timeout");
     let addr = rx.local_addr().expect("addr");
-    let stop = Arc::new(AtomicBool::new(false));
-    let packets = Arc::new(AtomicU64::new(0));
-    let thread = {
-        let (stop, packets) = (Arc::clone(&stop), Arc::clone(&packets));
-        std::thread::Builder::new()
-            .name("bench-rx".into())
-            .spawn(move || receive(rx, expected, &stop, &packets))
-            .expect("receiver thread")
+    let shared = Shared {
+        stop: Arc::new(AtomicBool::new(false)),
+        count: Arc::new(AtomicU64::new(0)),
+        take: Arc::new(AtomicBool::new(false)),
+        window: Arc::new(Mutex::new(None)),
     };
+    let (stop, packets, take, window) = (
+        Arc::clone(&shared.stop),
+        Arc::clone(&shared.count),
+        Arc::clone(&shared.take),
+        Arc::clone(&shared.window),
+    );
+    let thread = std::thread::Builder::new()
+        .name("bench-rx".into())
+        .spawn(move || receive(rx, expected, &shared))
+        .expect("receiver thread");
     Receiver {
         addr,
         packets,
         stop,
+        take,
+        window,
         thread,
         _rtcp_sink: rtcp_sink,
     }
