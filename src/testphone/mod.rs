@@ -80,13 +80,10 @@ pub struct HeardCall {
 }
 
 impl HeardCall {
-    /// The code, if it was read at least once and every reading agrees.
+    /// The code, if it was read at least once and the readings agree: a digit missed in
+    /// one reading (lost packets) may be heard in another ([`recognize::code_of`]).
     pub fn code(&self) -> Option<&str> {
-        let first = self.readings.first()?;
-        self.readings
-            .iter()
-            .all(|r| r == first)
-            .then_some(first.as_str())
+        recognize::code_of(&self.readings)
     }
 }
 
