@@ -185,7 +185,7 @@ impl UserAgent {
         let Some(dest) = self.calls.get(&handle).map(|c| c.destination) else {
             return;
         };
-        let contact_host = self.contact_host_towards(dest).to_string();
+        let contact = self.contact_towards(dest);
         let Some(c) = self.calls.get_mut(&handle) else {
             return;
         };
@@ -200,8 +200,7 @@ impl UserAgent {
             Method::Invite,
             transaction::transport_for(&self.tcp_peers, c.destination),
         );
-        let transport = transaction::transport_for(&self.tcp_peers, c.destination);
-        headers.push(h::Contact::new(contact_value("otpdial", &contact_host, transport)).into());
+        headers.push(contact);
         headers.push(h::Allow::new(server::ALLOW).into());
         headers.extend(c.extra_headers.iter().cloned());
         let uri = c.request_uri.to_string();

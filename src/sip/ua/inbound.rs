@@ -287,9 +287,8 @@ impl UserAgent {
             Some(c) if c.stage == Stage::Offered && !c.ended => c.reply_to,
             _ => return,
         };
-        let transport = self.transport_to(reply_to);
         let headers = vec![
-            self.ident.contact("otpdial", transport),
+            self.contact_towards(reply_to),
             h::Allow::new(server::ALLOW).into(),
             h::ContentType::new("application/sdp").into(),
         ];
@@ -542,7 +541,7 @@ impl UserAgent {
             }
             Method::Options => 200,
             Method::Invite | Method::Update => {
-                extra.push(self.ident.contact("otpdial", self.transport_to(from)));
+                extra.push(self.contact_towards(from));
                 if method == Method::Invite || !msg.body.is_empty() {
                     extra.push(h::ContentType::new("application/sdp").into());
                     body = self

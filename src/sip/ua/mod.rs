@@ -134,20 +134,11 @@ struct Ident {
     server_header: String,
 }
 
-impl Ident {
-    /// Our Contact header: `<sip:user@host:port>`, with `;transport=tcp` when the peer
-    /// reaches us over TCP (RFC 3261 §8.1.1.8: the Contact must be reachable as written,
-    /// and a UDP default would send the far end's requests to a port that may not listen).
-    /// Every Contact is built by [`contact_value`]: INVITE, re-INVITE answer, REGISTER
-    /// and OPTIONS (INVITE, REGISTER and OPTIONS towards a trunk with the address its
-    /// registrar saw, when it learned one).
-    fn contact(&self, user: &str, transport: Transport) -> Header {
-        h::Contact::new(contact_value(user, &self.host_port, transport)).into()
-    }
-}
-
-/// `<sip:user@host:port>` with `;transport=` when not UDP: the Contact value for
-/// `host_port` (ours, or the public address a trunk's registrar saw us at).
+/// Our Contact value: `<sip:user@host:port>`, with `;transport=tcp` when the peer
+/// reaches us over TCP (RFC 3261 §8.1.1.8: the Contact must be reachable as written,
+/// and a UDP default would send the far end's requests to a port that may not listen).
+/// `host_port` is ours, or towards a trunk the address its registrar saw us at
+/// (`UserAgent::contact_towards`). Every Contact we send is built here.
 fn contact_value(user: &str, host_port: &str, transport: Transport) -> String {
     let params = match transport {
         Transport::Udp => "",
@@ -388,29 +379,19 @@ impl UserAgent {
 mod tests {
     use super::*;
 
-    fn ident(host_port: &str) -> Ident {
-        Ident {
-            host_port: host_port.into(),
-            server_header: String::new(),
-        }
-    }
-
     #[test]
     fn contact_names_the_transport_when_not_udp() {
-        let id = ident("192.0.2.1:5060");
         assert_eq!(
-            id.contact("otpdial", Transport::Udp).to_string(),
-            "Contact: <sip:otpdial@192.0.2.1:5060>"
+            contact_value("otpdial", "192.0.2.1:5060", Transport::Udp),
+            "<sip:otpdial@192.0.2.1:5060>"
         );
         assert_eq!(
-            id.contact("3150", Transport::Tcp).to_string(),
-            "Contact: <sip:3150@192.0.2.1:5060;transport=tcp>"
+            contact_value("3150", "192.0.2.1:5060", Transport::Tcp),
+            "<sip:3150@192.0.2.1:5060;transport=tcp>"
         );
         assert_eq!(
-            ident("[2001:db8::1]:5080")
-                .contact("otpdial", Transport::Tcp)
-                .to_string(),
-            "Contact: <sip:otpdial@[2001:db8::1]:5080;transport=tcp>"
+            contact_value("otpdial", "[2001:db8::1]:5080", Transport::Tcp),
+            "<sip:otpdial@[2001:db8::1]:5080;transport=tcp>"
         );
     }
 }

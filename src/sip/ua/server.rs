@@ -170,7 +170,7 @@ impl UserAgent {
             (Method::Invite | Method::Update, Some(hd)) => {
                 // Session refresh or re-offer: keep our media as it is, answer with the
                 // same SDP (RFC 3264 §8: unchanged version is allowed).
-                extra.push(self.ident.contact("otpdial", self.transport_to(from)));
+                extra.push(self.contact_towards(from));
                 let offer = self
                     .calls
                     .get(&hd)

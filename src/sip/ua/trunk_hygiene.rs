@@ -17,6 +17,14 @@ impl UserAgent {
             .unwrap_or(&self.ident.host_port)
     }
 
+    /// Our Contact header for a message to `peer` (INVITE, and the answers to an inbound
+    /// INVITE or a re-INVITE): the address a trunk there learned from its registrar,
+    /// with `;transport=` when `peer` is reached over TCP/TLS.
+    pub(in crate::sip::ua) fn contact_towards(&self, peer: SocketAddr) -> Header {
+        let host = self.contact_host_towards(peer);
+        h::Contact::new(contact_value("otpdial", host, self.transport_to(peer))).into()
+    }
+
     /// RFC 3581: the registrar's answer says where our REGISTER came from. When that is
     /// not the Contact we registered (a NAT between us), the Contact towards this trunk
     /// becomes that address and we register again at once. The old binding is removed in

@@ -312,3 +312,47 @@ fn unregister_skips_unregistered_trunks_and_gives_up_on_silence() {
     assert!(!st.registered);
     assert!(st.last_error.unwrap().contains("Expires: 0"));
 }
+
+#[test]
+fn a_re_invite_from_the_trunk_is_answered_with_the_public_contact() {
+    let via = ";received=203.0.113.7;rport=40000";
+    let (mut far, _) = Far::registered(false, via);
+    far.advance(Duration::ZERO);
+    let again = far.only_sent();
+    far.answer(&again, "200 OK", via, "");
+    far.invite_contact();
+    // The INVITE went out; fetch it back from the call to answer it.
+    let call = *far.ua.calls.keys().next().unwrap();
+    let (call_id, from) = {
+        let c = &far.ua.calls[&call];
+        (c.call_id.clone(), c.from_header.clone())
+    };
+    let branch = far.ua.calls[&call].invite_branch.clone();
+    let sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
+               m=audio 30000 RTP/AVP 8\r\n";
+    let to = format!("<sip:+31612345678@{REGISTRAR}>;tag=callee");
+    let ok = format!(
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {LOCAL};branch={branch};rport\r\nFrom: {from}\r\n\
+         To: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:callee@{REGISTRAR}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    far.ua
+        .handle_datagram(far.now, REGISTRAR.parse().unwrap(), ok.as_bytes());
+    assert_eq!(far.only_sent().msg.cseq_method, Method::Ack);
+    let reinvite = format!(
+        "INVITE sip:otpdial@{PUBLIC} SIP/2.0\r\nVia: SIP/2.0/UDP {REGISTRAR};branch=z9hG4bKre\r\n\
+         From: {to}\r\nTo: {from}\r\nCall-ID: {call_id}\r\nCSeq: 7 INVITE\r\n\
+         Contact: <sip:callee@{REGISTRAR}>\r\nMax-Forwards: 70\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    far.ua
+        .handle_datagram(far.now, REGISTRAR.parse().unwrap(), reinvite.as_bytes());
+    let answer = far.only_sent();
+    assert!(answer.text.starts_with("SIP/2.0 200"), "{}", answer.text);
+    assert_eq!(
+        answer.headers("Contact"),
+        vec![format!("<sip:otpdial@{PUBLIC}>")]
+    );
+}
