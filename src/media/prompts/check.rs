@@ -58,81 +58,12 @@ pub struct PhraseCheck {
 /// energy lies mostly below the 300 Hz the line cuts.
 pub fn check_phrase(p: Phrase, pcm: &[i16]) -> PhraseCheck {
     let duration = Duration::from_micros(pcm.len() as u64 * 1_000_000 / u64::from(SAMPLE_RATE));
+    let levels = Levels::of(pcm);
     let mut problems = Vec::new();
-    let db = |power: f64| (10.0 * (power.max(1e-3) / (32768.0f64 * 32768.0)).log10()) as f32;
-    let windows: Vec<f32> = pcm
-        .chunks(CHECK_WINDOW)
-        .map(|w| {
-            let power =
-                w.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / w.len() as f64;
-            db(power)
-        })
-        .collect();
-    let peak = pcm.iter().map(|&s| i32::from(s).abs()).max().unwrap_or(0);
-    let peak_db = db(f64::from(peak) * f64::from(peak));
-    let silent = |w: f32| w < peak_db - CHECK_SILENCE_DB;
-    let speech: Vec<f64> = pcm
-        .chunks(CHECK_WINDOW)
-        .zip(&windows)
-        .filter(|(_, &w)| !silent(w))
-        .map(|(c, _)| c.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / c.len() as f64)
-        .collect();
-    let active_dbfs = if speech.is_empty() {
-        -120.0
-    } else {
-        db(speech.iter().sum::<f64>() / speech.len() as f64)
-    };
+    levels.edge_problems(&mut problems);
+    levels.level_problems(pcm, &mut problems);
 
-    // Onset and tail: the first / last 10 ms should be (near) silence.
-    if let (Some(&first), Some(&last)) = (windows.first(), windows.last()) {
-        if windows.len() > 2 && first > active_dbfs - CHECK_EDGE_DB {
-            problems.push(format!(
-                "clipped onset: starts mid-sound ({:.0} dB below the speech level in its first 10 ms; a cut consonant or a click)",
-                active_dbfs - first
-            ));
-        }
-        if windows.len() > 2 && last > active_dbfs - CHECK_EDGE_DB {
-            problems.push(format!(
-                "clipped tail: ends mid-sound ({:.0} dB below the speech level in its last 10 ms)",
-                active_dbfs - last
-            ));
-        }
-    }
-
-    // Level. The loader brings every peak to -3 dBFS, so this is the crest factor: a
-    // phrase with one loud click and quiet speech ends up quiet.
-    if active_dbfs < -30.0 {
-        problems.push(format!(
-            "quiet: speech at {active_dbfs:.1} dBFS (aim for -22 to -14; a click or breath may set the peak)"
-        ));
-    } else if active_dbfs > -10.0 {
-        problems.push(format!(
-            "too hot: speech at {active_dbfs:.1} dBFS (aim for -22 to -14; compressed or clipped?)"
-        ));
-    }
-    let flat_tops = pcm
-        .windows(4)
-        .filter(|w| w.iter().all(|&s| i32::from(s).abs() == peak) && peak > 0)
-        .count();
-    if flat_tops >= 2 {
-        problems.push(
-            "clipping: flat-topped peaks (record or synthesise with more headroom)".to_owned(),
-        );
-    }
-
-    // Silence inside: the longest run of silent windows between the first and last sound.
-    let first_sound = windows.iter().position(|&w| !silent(w));
-    let last_sound = windows.iter().rposition(|&w| !silent(w));
-    let mut longest = 0usize;
-    if let (Some(a), Some(b)) = (first_sound, last_sound) {
-        let mut run = 0usize;
-        for &w in &windows[a..=b] {
-            run = if silent(w) { run + 1 } else { 0 };
-            longest = longest.max(run);
-        }
-    }
-    let longest_gap =
-        Duration::from_millis((longest * CHECK_WINDOW) as u64 * 1000 / u64::from(SAMPLE_RATE));
+    let longest_gap = levels.longest_gap();
     let max_gap = if p.digit().is_some() {
         Duration::from_millis(150)
     } else {
@@ -145,21 +76,7 @@ pub fn check_phrase(p: Phrase, pcm: &[i16]) -> PhraseCheck {
             max_gap.as_millis()
         ));
     }
-
-    // Duration for the kind of phrase.
-    let (lo, hi) = match p {
-        Phrase::Digit(_) | Phrase::FinalDigit(_) => (200, 900),
-        Phrase::Intro => (800, 3500),
-        Phrase::Repeat | Phrase::Outro => (300, 2000),
-        Phrase::PressKey => (1000, 5000),
-        Phrase::Bind => (1500, 6000),
-    };
-    let d = duration.as_millis();
-    if d < lo {
-        problems.push(format!("short: {d} ms (under {lo} ms is hard to catch)"));
-    } else if d > hi {
-        problems.push(format!("long: {d} ms (over {hi} ms for this phrase)"));
-    }
+    problems.extend(duration_problem(p, duration));
 
     // Energy below 300 Hz: second-order high-pass (RBJ biquad, Q 0.707) at 300 Hz.
     let below_300hz = low_share(pcm);
@@ -172,10 +89,144 @@ pub fn check_phrase(p: Phrase, pcm: &[i16]) -> PhraseCheck {
 
     PhraseCheck {
         duration,
-        active_dbfs,
+        active_dbfs: levels.active_dbfs,
         longest_gap,
         below_300hz,
         problems,
+    }
+}
+
+/// dBFS of a mean power (of 16-bit samples).
+fn db(power: f64) -> f32 {
+    (10.0 * (power.max(1e-3) / (32768.0f64 * 32768.0)).log10()) as f32
+}
+
+/// Mean power of a run of samples.
+fn power(samples: &[i16]) -> f64 {
+    samples
+        .iter()
+        .map(|&s| f64::from(s) * f64::from(s))
+        .sum::<f64>()
+        / samples.len() as f64
+}
+
+/// The loudness of a phrase, 10 ms window by window.
+struct Levels {
+    /// Each window's level, dBFS.
+    windows: Vec<f32>,
+    /// The largest sample's magnitude.
+    peak: i32,
+    /// The peak, dBFS.
+    peak_db: f32,
+    /// The mean level of the windows that are not silent.
+    active_dbfs: f32,
+}
+
+impl Levels {
+    fn of(pcm: &[i16]) -> Levels {
+        let windows: Vec<f32> = pcm.chunks(CHECK_WINDOW).map(|w| db(power(w))).collect();
+        let peak = pcm.iter().map(|&s| i32::from(s).abs()).max().unwrap_or(0);
+        let peak_db = db(f64::from(peak) * f64::from(peak));
+        let speech: Vec<f64> = pcm
+            .chunks(CHECK_WINDOW)
+            .zip(&windows)
+            .filter(|(_, &w)| w >= peak_db - CHECK_SILENCE_DB)
+            .map(|(c, _)| power(c))
+            .collect();
+        let active_dbfs = if speech.is_empty() {
+            -120.0
+        } else {
+            db(speech.iter().sum::<f64>() / speech.len() as f64)
+        };
+        Levels {
+            windows,
+            peak,
+            peak_db,
+            active_dbfs,
+        }
+    }
+
+    fn silent(&self, w: f32) -> bool {
+        w < self.peak_db - CHECK_SILENCE_DB
+    }
+
+    /// Onset and tail: the first / last 10 ms should be (near) silence.
+    fn edge_problems(&self, problems: &mut Vec<String>) {
+        let (Some(&first), Some(&last)) = (self.windows.first(), self.windows.last()) else {
+            return;
+        };
+        let active = self.active_dbfs;
+        if self.windows.len() > 2 && first > active - CHECK_EDGE_DB {
+            problems.push(format!(
+                "clipped onset: starts mid-sound ({:.0} dB below the speech level in its first 10 ms; a cut consonant or a click)",
+                active - first
+            ));
+        }
+        if self.windows.len() > 2 && last > active - CHECK_EDGE_DB {
+            problems.push(format!(
+                "clipped tail: ends mid-sound ({:.0} dB below the speech level in its last 10 ms)",
+                active - last
+            ));
+        }
+    }
+
+    /// Level. The loader brings every peak to -3 dBFS, so this is the crest factor: a
+    /// phrase with one loud click and quiet speech ends up quiet. And clipping.
+    fn level_problems(&self, pcm: &[i16], problems: &mut Vec<String>) {
+        let active_dbfs = self.active_dbfs;
+        if active_dbfs < -30.0 {
+            problems.push(format!(
+                "quiet: speech at {active_dbfs:.1} dBFS (aim for -22 to -14; a click or breath may set the peak)"
+            ));
+        } else if active_dbfs > -10.0 {
+            problems.push(format!(
+                "too hot: speech at {active_dbfs:.1} dBFS (aim for -22 to -14; compressed or clipped?)"
+            ));
+        }
+        let peak = self.peak;
+        let flat_tops = pcm
+            .windows(4)
+            .filter(|w| w.iter().all(|&s| i32::from(s).abs() == peak) && peak > 0)
+            .count();
+        if flat_tops >= 2 {
+            problems.push(
+                "clipping: flat-topped peaks (record or synthesise with more headroom)".to_owned(),
+            );
+        }
+    }
+
+    /// The longest run of silent windows between the first and the last sound.
+    fn longest_gap(&self) -> Duration {
+        let first_sound = self.windows.iter().position(|&w| !self.silent(w));
+        let last_sound = self.windows.iter().rposition(|&w| !self.silent(w));
+        let mut longest = 0usize;
+        if let (Some(a), Some(b)) = (first_sound, last_sound) {
+            let mut run = 0usize;
+            for &w in &self.windows[a..=b] {
+                run = if self.silent(w) { run + 1 } else { 0 };
+                longest = longest.max(run);
+            }
+        }
+        Duration::from_millis((longest * CHECK_WINDOW) as u64 * 1000 / u64::from(SAMPLE_RATE))
+    }
+}
+
+/// A phrase too short to catch or too long for its kind.
+fn duration_problem(p: Phrase, duration: Duration) -> Option<String> {
+    let (lo, hi) = match p {
+        Phrase::Digit(_) | Phrase::FinalDigit(_) => (200, 900),
+        Phrase::Intro => (800, 3500),
+        Phrase::Repeat | Phrase::Outro => (300, 2000),
+        Phrase::PressKey => (1000, 5000),
+        Phrase::Bind => (1500, 6000),
+    };
+    let d = duration.as_millis();
+    if d < lo {
+        Some(format!("short: {d} ms (under {lo} ms is hard to catch)"))
+    } else if d > hi {
+        Some(format!("long: {d} ms (over {hi} ms for this phrase)"))
+    } else {
+        None
     }
 }
 
