@@ -195,6 +195,71 @@ impl Grid {
     }
 }
 
+/// Reads every socket epoll reported ready (token: slot + 1, shifted, low bit RTCP);
+/// a socket whose read budget ran out goes to `unread` for the next round. Returns
+/// the SRTP packets refused.
+fn read_ready(
+    table: &mut Table,
+    ready: &[Token],
+    now: Instant,
+    rx_buf: &mut [u8],
+    unread: &mut Vec<Token>,
+) -> u64 {
+    let mut rejected = 0;
+    for &token in ready {
+        let Some(slot) = (token.0 >> 1).checked_sub(1) else {
+            continue;
+        };
+        let Some(entry) = table.get_mut(slot as u32) else {
+            continue;
+        };
+        let via = if token.0 & 1 == 0 {
+            Via::Rtp
+        } else {
+            Via::Rtcp
+        };
+        if entry.read(via, now, rx_buf, &mut rejected) {
+            unread.push(token);
+        }
+    }
+    rejected
+}
+
+/// Sends everything due by `now` (plus [`SEND_AHEAD`]) as one batch, then counts what
+/// the kernel refused and puts each served stream back on the schedule (or finishes
+/// it). Returns (sent, late) after the refusals.
+fn send_all_due(
+    table: &mut Table,
+    sender: &mut Sender,
+    now: Instant,
+    buf: &mut [u8; SEND_BUF_LEN],
+    failures: &mut Vec<Tag>,
+    served: &mut Vec<u32>,
+    active: &AtomicUsize,
+) -> (u64, u64) {
+    let (mut sent, mut late) = (0u64, 0u64);
+    while let Some(slot) = table.pop_due(now + SEND_AHEAD) {
+        if let Some(entry) = table.get_mut(slot) {
+            let (s, l) = entry.send_due(now, buf, sender, slot, failures);
+            sent += s;
+            late += l;
+        }
+        served.push(slot);
+    }
+    // One submission for the wake-up (with io_uring). Until it is flushed no stream
+    // leaves the table (their sockets are in the batch): streams that are over are
+    // finished below, after their failed sends are counted.
+    sender.flush(failures);
+    let (failed, failed_late) = apply_failures(table, failures);
+    for slot in served.drain(..) {
+        table.reschedule(slot, active);
+    }
+    (
+        sent.saturating_sub(failed),
+        late.saturating_sub(failed_late),
+    )
+}
+
 /// Sleeps until `deadline` or, when it is far enough off to be worth it, an event on
 /// `poll`. epoll only takes whole milliseconds (mio rounds up), which would make every
 /// wake-up up to 1 ms late; so a wait of less than 2 ms is a precise sleep followed by
@@ -377,24 +442,7 @@ pub(super) fn run(
         ready.clear();
         ready.extend(events.iter().map(|e| e.token()).filter(|t| *t != WAKER));
         ready.append(&mut unread);
-        let mut rejected = 0;
-        for &token in &ready {
-            let Some(slot) = (token.0 >> 1).checked_sub(1) else {
-                continue;
-            };
-            let slot = slot as u32;
-            let Some(entry) = table.get_mut(slot) else {
-                continue;
-            };
-            let via = if token.0 & 1 == 0 {
-                Via::Rtp
-            } else {
-                Via::Rtcp
-            };
-            if entry.read(via, now, &mut rx_buf, &mut rejected) {
-                unread.push(token);
-            }
-        }
+        let rejected = read_ready(&mut table, &ready, now, &mut rx_buf, &mut unread);
         if rejected > 0 {
             stats.srtp_rejected.fetch_add(rejected, Ordering::Relaxed);
         }
@@ -407,25 +455,15 @@ pub(super) fn run(
         // catches up in a burst of at most MAX_LAG: its packets keep their ideal
         // timestamps, and the far end's jitter buffer absorbs a short burst better
         // than it would absorb gaps.
-        let (mut sent, mut late) = (0u64, 0u64);
-        while let Some(slot) = table.pop_due(now + SEND_AHEAD) {
-            if let Some(entry) = table.get_mut(slot) {
-                let (s, l) = entry.send_due(now, &mut buf, &mut sender, slot, &mut failures);
-                sent += s;
-                late += l;
-            }
-            served.push(slot);
-        }
-        // One submission for the wake-up (with io_uring). Until it is flushed no
-        // stream leaves the table (their sockets are in the batch): streams that are
-        // over are finished below, after their failed sends are counted.
-        sender.flush(&mut failures);
-        let (failed, failed_late) = apply_failures(&mut table, &mut failures);
-        sent = sent.saturating_sub(failed);
-        late = late.saturating_sub(failed_late);
-        for slot in served.drain(..) {
-            table.reschedule(slot, active);
-        }
+        let (sent, late) = send_all_due(
+            &mut table,
+            &mut sender,
+            now,
+            &mut buf,
+            &mut failures,
+            &mut served,
+            active,
+        );
         if sent > 0 {
             stats.sent.fetch_add(sent, Ordering::Relaxed);
             stats.late.fetch_add(late, Ordering::Relaxed);
