@@ -17,6 +17,8 @@ use super::transaction::{ByePurpose, TxMethod, T1, T2, TIMEOUT_64T1};
 use super::*;
 use crate::sip::{InboundConfig, IncomingInvite};
 
+mod timers;
+
 /// How long the application has to answer or refuse an inbound INVITE.
 pub(super) const ANSWER_WAIT: Duration = Duration::from_secs(16);
 
@@ -220,39 +222,18 @@ impl UserAgent {
         let handle = CallHandle(self.next_handle);
         self.next_handle += 1;
         let local_tag = random_token();
-        let target = msg
-            .contact_uri
-            .as_deref()
-            .and_then(|u| parse_sip_uri(u).ok())
-            .or_else(|| {
-                msg.request_uri
-                    .as_deref()
-                    .and_then(|u| parse_sip_uri(u).ok())
-            });
-        let Some(target) = target else {
+        let Some(peer) = caller_peer(msg, from, remote_tag.clone()) else {
             return false;
         };
-        let route_set = msg.record_route.clone();
-        let destination = match route_set.first() {
-            Some(first) => uri_destination(message::addr_uri(first)),
-            None => msg.contact_uri.as_deref().and_then(uri_destination),
-        }
-        .unwrap_or(from);
         let call = InboundCall {
             invite: msg.clone(),
             invite_branch: branch,
             local_header: format!("{};tag={local_tag}", msg.to),
             local_tag,
-            remote_tag: remote_tag.clone(),
+            remote_tag,
             reply_to,
             top_via,
-            peer: Peer {
-                to_header: msg.from.clone(),
-                remote_tag,
-                target,
-                route_set,
-                destination,
-            },
+            peer,
             next_cseq: 1,
             stage: Stage::Offered,
             last_response: Vec::new(),
@@ -561,65 +542,35 @@ impl UserAgent {
         let response = self.build_response(msg, top, status, extra, &body);
         self.transmit(to, response);
     }
+}
 
-    /// The earliest deadline of any inbound call.
-    pub(super) fn inbound_deadline(&self) -> Option<Instant> {
-        self.inbound
-            .calls
-            .values()
-            .filter_map(InboundCall::next_deadline)
-            .min()
+/// The far end of an inbound call's dialog as its INVITE describes it (RFC 3261
+/// §12.1.1): its Contact (else the Request-URI) as the remote target, the Record-Route
+/// set, and where in-dialog requests go (the first route, else the Contact, else the
+/// INVITE's source). None when no usable target URI is given.
+fn caller_peer(msg: &Message, from: SocketAddr, remote_tag: String) -> Option<Peer> {
+    let target = msg
+        .contact_uri
+        .as_deref()
+        .and_then(|u| parse_sip_uri(u).ok())
+        .or_else(|| {
+            msg.request_uri
+                .as_deref()
+                .and_then(|u| parse_sip_uri(u).ok())
+        })?;
+    let route_set = msg.record_route.clone();
+    let destination = match route_set.first() {
+        Some(first) => uri_destination(message::addr_uri(first)),
+        None => msg.contact_uri.as_deref().and_then(uri_destination),
     }
-
-    /// Runs the inbound calls' due deadlines.
-    pub(super) fn inbound_timers(&mut self, now: Instant) {
-        let due: Vec<CallHandle> = self
-            .inbound
-            .calls
-            .iter()
-            .filter(|(_, c)| c.next_deadline().is_some_and(|t| t <= now))
-            .map(|(h, _)| *h)
-            .collect();
-        for call in due {
-            self.inbound_timer(now, call);
-        }
-    }
-
-    fn inbound_timer(&mut self, now: Instant, call: CallHandle) {
-        let Some(c) = self.inbound.calls.get_mut(&call) else {
-            return;
-        };
-        if c.remove_at.is_some_and(|t| t <= now) && c.resend.is_none() {
-            self.inbound.calls.remove(&call);
-            return;
-        }
-        if c.give_up_at.is_some_and(|t| t <= now) {
-            c.give_up_at = None;
-            c.resend = None;
-            match c.stage {
-                Stage::Offered => {
-                    debug!(call = %call, "inbound call not answered in time");
-                    self.refuse(now, call, 480);
-                    self.end_inbound(now, call, EndReason::Timeout);
-                }
-                Stage::Answered { acked: false } => {
-                    // §13.3.1.4: no ACK for 64*T1, the session ends with a BYE.
-                    debug!(call = %call, "no ACK for our 200: hanging up");
-                    self.send_inbound_bye(now, call);
-                }
-                Stage::Answered { acked: true } | Stage::Refused { .. } => {}
-            }
-            return;
-        }
-        if let Some((at, interval)) = c.resend.filter(|(at, _)| *at <= now) {
-            let next = (interval * 2).min(T2);
-            c.resend = Some((at + next, next));
-            let (to, payload) = (c.reply_to, c.last_response.clone());
-            self.transmit(to, payload);
-            self.retransmits
-                .count_sent(Method::Invite, Repeated::Response);
-        }
-    }
+    .unwrap_or(from);
+    Some(Peer {
+        to_header: msg.from.clone(),
+        remote_tag,
+        target,
+        route_set,
+        destination,
+    })
 }
 
 #[cfg(test)]
