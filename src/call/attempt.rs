@@ -36,8 +36,9 @@ pub(super) enum Action {
     Play {
         /// The negotiated media.
         media: MediaAnswer,
-        /// SRTP with the far end's key and ours for the tag it chose.
-        srtp: Option<SrtpSession>,
+        /// SRTP with the far end's key and ours for the tag it chose (boxed: the
+        /// session's key schedules are large beside the other actions).
+        srtp: Option<Box<SrtpSession>>,
     },
     /// A key that came by SIP INFO: same effect as one in the media.
     Key(char),
@@ -141,7 +142,7 @@ impl Attempt {
         let srtp = match (&self.our_keys, &media.srtp) {
             (Some(mine), Some(theirs)) => mine
                 .key(theirs.tag)
-                .map(|k| SrtpSession::new(theirs.suite, k, &theirs.key)),
+                .map(|k| Box::new(SrtpSession::new(theirs.suite, k, &theirs.key))),
             _ => None,
         };
         if srtp.is_none() && self.our_keys.as_ref().is_some_and(|o| o.required) {
@@ -267,6 +268,15 @@ impl CallEngine {
         // Every log line of the attempt from here on names the SIP call.
         tracing::Span::current().record("sip_call_id", session.call_id.as_str());
 
+        let ctx = Context {
+            engine: self,
+            call,
+            pack: &pack,
+            slot,
+            progress,
+            name: &name,
+            invite_sent,
+        };
         let mut attempt = Attempt::new(prepared.our_keys, qa_phone, call.gate.wrong_key());
         let mut media = Media {
             socket: Some(prepared.rtp_socket),
@@ -307,34 +317,12 @@ impl CallEngine {
                 }
             };
             for action in actions {
-                match action {
-                    Action::StartRingTimer => ring_timeout
+                if let Action::StartRingTimer = action {
+                    ring_timeout
                         .as_mut()
-                        .reset(tokio::time::Instant::now() + ring_after),
-                    Action::Alerting => {
-                        *alerted = true;
-                        if let Some(m) = &self.metrics {
-                            m.call_alerting(&name, invite_sent.elapsed());
-                        }
-                    }
-                    Action::Progress(p) => {
-                        let _ = progress.send(p);
-                    }
-                    Action::Answered => {
-                        if let Some(slot) = slot {
-                            slot.answered();
-                        }
-                        if let Some(m) = &self.metrics {
-                            m.call_answered(&name, invite_sent.elapsed());
-                        }
-                    }
-                    Action::Play {
-                        media: answer,
-                        srtp,
-                    } => {
-                        self.play(call, &pack, &mut media, answer, srtp);
-                    }
-                    other => media.apply(other, &session),
+                        .reset(tokio::time::Instant::now() + ring_after);
+                } else {
+                    ctx.carry_out(action, &mut media, &session, alerted);
                 }
             }
         }
@@ -396,7 +384,7 @@ impl CallEngine {
         pack: &std::sync::Arc<crate::media::PromptPack>,
         media: &mut Media,
         answer: MediaAnswer,
-        srtp: Option<SrtpSession>,
+        srtp: Option<Box<SrtpSession>>,
     ) {
         tracing::debug!(
             srtp = srtp.as_ref().map(|s| s.suite().name()),
@@ -419,8 +407,59 @@ impl CallEngine {
             telephone_event_pt: answer.telephone_event_pt,
             pack: pack.clone(),
             script,
-            srtp,
+            srtp: srtp.map(|s| *s),
         }));
+    }
+}
+
+/// What carrying out an attempt's actions needs besides its media and SIP session.
+struct Context<'a, 'c> {
+    engine: &'a CallEngine,
+    call: &'a PlaceCall<'c>,
+    pack: &'a std::sync::Arc<crate::media::PromptPack>,
+    slot: Option<&'a TrunkSlot>,
+    progress: mpsc::UnboundedSender<Progress>,
+    /// The trunk's name (`qa:<user>` for a QA phone), for the metrics.
+    name: &'a str,
+    invite_sent: std::time::Instant,
+}
+
+impl Context<'_, '_> {
+    /// Does what `action` says (the ring timer excepted: the driver owns it).
+    fn carry_out(
+        &self,
+        action: Action,
+        media: &mut Media,
+        session: &CallSession,
+        alerted: &mut bool,
+    ) {
+        let metrics = self.engine.metrics.as_ref();
+        match action {
+            Action::Alerting => {
+                *alerted = true;
+                if let Some(m) = metrics {
+                    m.call_alerting(self.name, self.invite_sent.elapsed());
+                }
+            }
+            Action::Progress(p) => {
+                let _ = self.progress.send(p);
+            }
+            Action::Answered => {
+                if let Some(slot) = self.slot {
+                    slot.answered();
+                }
+                if let Some(m) = metrics {
+                    m.call_answered(self.name, self.invite_sent.elapsed());
+                }
+            }
+            Action::Play {
+                media: answer,
+                srtp,
+            } => {
+                self.engine.play(self.call, self.pack, media, answer, srtp);
+            }
+            other => media.apply(other, session),
+        }
     }
 }
 
