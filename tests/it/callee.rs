@@ -89,12 +89,23 @@ impl SippUas {
 
     /// [`SippUas::answer_many`] on a given port (e.g. where a black hole was).
     pub async fn answer_many_on(port: u16, ring: Duration) -> SippUas {
+        Self::answering_on("uas_answer_many.xml", port, ring).await
+    }
+
+    /// An answering `scenario` (its variables `rtp_port` and `ring_ms`, like
+    /// `uas_answer_many.xml`) on a free port, RTP into a [`BlackHole`] it owns, OPTIONS
+    /// answered 200 (`-aa`).
+    pub async fn answering(scenario: &str, ring: Duration) -> SippUas {
+        Self::answering_on(scenario, free_udp_port(), ring).await
+    }
+
+    async fn answering_on(scenario: &str, port: u16, ring: Duration) -> SippUas {
         let rtp = BlackHole::bind();
         let vars = [
             ("rtp_port", rtp.port().to_string()),
             ("ring_ms", ring.as_millis().to_string()),
         ];
-        let mut uas = Self::start("uas_answer_many.xml", &vars, &["-aa"], port).await;
+        let mut uas = Self::start(scenario, &vars, &["-aa"], port).await;
         uas.rtp = Some(rtp);
         uas
     }

@@ -17,7 +17,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::{
-    base_settings, fresh_database, metric_value, spawn_app_on, Db, Sipp, TestApp, ADMIN_TOKEN,
+    admin_page, base_settings, fresh_database, metric_value, spawn_app_on, Db, Sipp, TestApp,
+    ADMIN_TOKEN,
 };
 use crate::procs::free_sip_port;
 use crate::sip_kamailio::{Kamailio, AUTH_USER, PASSWORD};
@@ -226,16 +227,7 @@ async fn canary_results_through_kamailio() {
         2
     );
 
-    let page = t
-        .http
-        .get(t.url("/admin"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = admin_page(&t.http, t.url("/admin"), ADMIN_TOKEN).await;
     assert!(
         page.contains("<section id=\"canaries\"><h2>Canaries</h2>"),
         "{page}"

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use crate::helpers::admin_page;
 use crate::procs::{free_sip_port, free_tcp_port};
 
 const VERIFY_TOKEN: &str = "demo-verify-token";
@@ -580,15 +581,7 @@ async fn demo_trunk_phone_and_gateway_run_outside_containers() {
         "{metrics}"
     );
     assert!(metrics.contains("otpdial_call_setup_seconds_count{trunk=\"demo-trunk\"} 1"));
-    let page = http
-        .get(format!("{base}/admin"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = admin_page(&http, format!("{base}/admin"), ADMIN_TOKEN).await;
     assert!(
         page.contains(">registered<") && page.contains(">completed<"),
         "{page}"

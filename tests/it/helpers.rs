@@ -485,3 +485,16 @@ pub(crate) async fn settled_file(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// The operator dashboard at `url` (`.../admin`) as the holder of the admin `token`
+/// sees it: its HTML, after asserting it answered 200.
+pub async fn admin_page(http: &reqwest::Client, url: String, token: &str) -> String {
+    let resp = http
+        .get(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(resp.status(), StatusCode::OK, "GET {url}");
+    resp.text().await.expect("dashboard body")
+}

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::baresip::Baresip;
 use crate::helpers::{
-    base_settings, free_udp_port, settled_file, spawn_app, Db, TestApp, ADMIN_TOKEN,
+    admin_page, base_settings, free_udp_port, settled_file, spawn_app, Db, TestApp, ADMIN_TOKEN,
 };
 
 pub(crate) const NUMBER: &str = "+31612000001";
@@ -117,16 +117,7 @@ async fn baresip_registers_answers_and_the_code_it_heard_is_approved() {
     assert!(view["expires"].as_str().unwrap().ends_with('Z'));
 
     // The dashboard lists the phone from the same registrations, number masked.
-    let page = t
-        .http
-        .get(t.url("/admin"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = admin_page(&t.http, t.url("/admin"), ADMIN_TOKEN).await;
     let qa = &page[page.find("id=\"qa-phones\"").expect("QA panel")..];
     assert!(qa.contains("<td>qa-alice</td>"), "{qa}");
     assert!(

@@ -21,8 +21,8 @@ use otpdial::testphone::{AnswerMode, TestPhone, TestPhoneConfig};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::callee::{BlackHole, SippUas};
-use crate::helpers::{free_udp_port, metric_value, metrics_text, Db, ADMIN_TOKEN, TOKEN};
+use crate::callee::SippUas;
+use crate::helpers::{admin_page, metric_value, metrics_text, Db, ADMIN_TOKEN, TOKEN};
 use crate::procs::{nl_mobile, ServeConfig, ServeProc};
 
 /// Starts a verification and returns the pack the phone heard (by the recogniser) and
@@ -230,17 +230,7 @@ async fn call_one_by_one(gw: &ServeProc, numbers: &[String]) -> Vec<CallStatus> 
 /// the trunk's `from`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_ids_rotate_within_each_country_pool() {
-    let rtp = BlackHole::bind();
-    let callee = SippUas::start(
-        "uas_answer_many.xml",
-        &[
-            ("rtp_port", rtp.port().to_string()),
-            ("ring_ms", "20".into()),
-        ],
-        &["-aa"],
-        free_udp_port(),
-    )
-    .await;
+    let callee = SippUas::answer_many(Duration::from_millis(20)).await;
     let cfg = ServeConfig::new()
         .trunk("carrier", callee.port(), "max_concurrent_calls = 50")
         .merge_toml(
@@ -324,17 +314,7 @@ numbers = ["+442071838750", "+442071838751", "+442071838752"]
 /// not shown again; the pool's other number carries the rest. Counted at the callee.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_id_nobody_answers_is_rested() {
-    let rtp = BlackHole::bind();
-    let callee = SippUas::start(
-        "uas_answer_unless_from.xml",
-        &[
-            ("rtp_port", rtp.port().to_string()),
-            ("ring_ms", "20".into()),
-        ],
-        &["-aa"],
-        free_udp_port(),
-    )
-    .await;
+    let callee = SippUas::answering("uas_answer_unless_from.xml", Duration::from_millis(20)).await;
     let cfg = ServeConfig::new()
         .trunk("carrier", callee.port(), "ring_timeout = \"2s\"")
         .merge_toml(
@@ -402,16 +382,7 @@ rest_time = "1h"
         "{metrics}"
     );
     assert!(gw.log().contains("caller ID rested"), "{}", gw.log());
-    let admin = gw
-        .http
-        .get(gw.url("/admin"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let admin = admin_page(&gw.http, gw.url("/admin"), ADMIN_TOKEN).await;
     assert!(
         admin.contains("+31508200009") && admin.contains("resting"),
         "/admin shows the rest"
@@ -497,17 +468,7 @@ async fn a_trunks_channels_hold_across_instances() {
 /// next 30 go to the better one. Its figures are in /v1/trunks and /metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quality_routing_prefers_the_trunk_that_answers() {
-    let rtp = BlackHole::bind();
-    let weak = SippUas::start(
-        "uas_answer_one_in_three.xml",
-        &[
-            ("rtp_port", rtp.port().to_string()),
-            ("ring_ms", "20".into()),
-        ],
-        &["-aa"],
-        free_udp_port(),
-    )
-    .await;
+    let weak = SippUas::answering("uas_answer_one_in_three.xml", Duration::from_millis(20)).await;
     let good = SippUas::answer_many(Duration::from_millis(20)).await;
     // The weak trunk comes first by priority and costs the same.
     let cfg = ServeConfig::new()
