@@ -95,11 +95,7 @@ impl Settings {
     }
 
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let err = |key: String, message: String| ConfigError::Invalid {
-            origin: origin.to_string(),
-            key,
-            message,
-        };
+        let err = invalid_in(origin);
         self.validate_qa(origin)?;
         self.validate_tls(origin)?;
         self.validate_canaries(origin)?;
@@ -116,6 +112,17 @@ impl Settings {
                 ),
             ));
         }
+        self.validate_verification(origin)?;
+        self.validate_database(origin)?;
+        self.validate_access(origin)?;
+        self.validate_dialer(origin)?;
+        self.validate_trunks(origin)?;
+        Ok(())
+    }
+
+    /// The `[verification]` keys.
+    fn validate_verification(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = invalid_in(origin);
         let v = &self.verification;
         if !(4..=10).contains(&v.code_length) {
             return Err(err(
@@ -150,6 +157,12 @@ impl Settings {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The `[database]` keys.
+    fn validate_database(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = invalid_in(origin);
         if !self.database.url.starts_with("sqlite:")
             && !self.database.url.starts_with("postgres:")
             && !self.database.url.starts_with("postgresql:")
@@ -172,6 +185,12 @@ impl Settings {
                 "must not be shorter than database.retention".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// API keys, the toll-fraud screens and the risk hook.
+    fn validate_access(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = invalid_in(origin);
         for (i, k) in self.api.keys.iter().enumerate() {
             let hex = k.hash.strip_prefix("sha256:").unwrap_or("");
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -217,6 +236,12 @@ impl Settings {
                 "must be between 1ms and 30s".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// The `[dialer]` keys.
+    fn validate_dialer(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = invalid_in(origin);
         let d = &self.dialer;
         if !(1..=10).contains(&d.max_attempts) {
             return Err(err(
@@ -236,6 +261,12 @@ impl Settings {
                 "must be at most 1h".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Every `[[trunks]]` entry: breaker, names, prefixes, headers.
+    fn validate_trunks(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = invalid_in(origin);
         let mut names = std::collections::HashSet::new();
         for (i, t) in self.trunks.iter().enumerate() {
             if t.breaker_failures == 0 {
@@ -321,6 +352,15 @@ impl Settings {
 pub(super) fn is_e164_prefix(p: &str) -> bool {
     p.strip_prefix('+')
         .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Makes the [`ConfigError::Invalid`] of one config file, naming the key.
+fn invalid_in(origin: &str) -> impl Fn(String, String) -> ConfigError + '_ {
+    move |key, message| ConfigError::Invalid {
+        origin: origin.to_string(),
+        key,
+        message,
+    }
 }
 
 /// Whether `pem` parses as PEM and holds at least one certificate (a trunk's `tls_ca`);
