@@ -103,28 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Migrate { config } => {
-            init_tracing("info");
-            let settings = Settings::load(config.as_deref())?;
-            let store = otpdial::store::Store::connect(
-                &settings.database.url,
-                1,
-                std::time::Duration::from_secs(10),
-            )
-            .await?;
-            let change = store.migrate().await.with_context(|| {
-                format!(
-                    "database {}",
-                    otpdial::config::masked_url(&settings.database.url)
-                )
-            })?;
-            println!(
-                "migrations applied to {}: {}",
-                otpdial::config::masked_url(&settings.database.url),
-                change.describe()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Migrate { config } => migrate(config).await,
         Command::Purge { older_than, config } => {
             init_tracing("warn");
             let settings = Settings::load(config.as_deref())?;
@@ -134,63 +113,97 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Apikey {
             command: ApikeyCommand::New { name, scope },
-        } => {
-            let token = otpdial::api::new_token()?;
-            let scopes: Vec<&str> = scope
-                .iter()
-                .map(|s| match s {
-                    ScopeArg::Verify => "\"verify\"",
-                    ScopeArg::Admin => "\"admin\"",
-                })
-                .collect();
-            println!("token (shown once, give it to the client): {token}");
-            println!();
-            println!("[[api.keys]]");
-            println!("name = {name:?}");
-            println!("hash = \"{}\"", otpdial::api::hash_token(&token));
-            println!("scopes = [{}]", scopes.join(", "));
-            Ok(ExitCode::SUCCESS)
-        }
+        } => apikey_new(name, scope),
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => {
-            // Secrets print as `***`, URLs without their passwords (config::schema).
-            let settings = Settings::load(Some(&file))?;
-            // The prompt packs the settings name must exist, as `serve` demands.
-            let prompts = otpdial::app::load_prompts(&settings)?;
-            otpdial::app::check_locales(&settings, &prompts.locales())?;
-            println!(
-                "# {} is valid; effective settings (secrets masked):",
-                file.display()
-            );
-            print!("{}", toml::to_string(&settings)?);
-            Ok(ExitCode::SUCCESS)
-        }
+        } => config_check(file),
         Command::Prompts {
             command: PromptsCommand::Check { dir },
-        } => {
-            let lib = match &dir {
-                Some(dir) => otpdial::media::PromptLibrary::load_dir(dir)?,
-                None => otpdial::media::PromptLibrary::builtin_checked()?,
-            };
-            print!("{}", lib.report());
-            let origin = dir.map_or("built-in packs".to_owned(), |d| d.display().to_string());
-            let problems = lib.problems();
-            if problems.is_empty() {
-                println!("{origin}: {} pack(s) OK", lib.locales().len());
-                return Ok(ExitCode::SUCCESS);
-            }
-            for problem in &problems {
-                eprintln!("otpdial: {problem}");
-            }
-            eprintln!(
-                "otpdial: {origin}: {} problem(s) in {} pack(s); see docs/prompts.md",
-                problems.len(),
-                lib.locales().len()
-            );
-            Ok(ExitCode::FAILURE)
-        }
+        } => prompts_check(dir),
     }
+}
+
+/// `otpdial migrate`: brings the database to the current schema.
+async fn migrate(config: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
+    init_tracing("info");
+    let settings = Settings::load(config.as_deref())?;
+    let store = otpdial::store::Store::connect(
+        &settings.database.url,
+        1,
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
+    let change = store.migrate().await.with_context(|| {
+        format!(
+            "database {}",
+            otpdial::config::masked_url(&settings.database.url)
+        )
+    })?;
+    println!(
+        "migrations applied to {}: {}",
+        otpdial::config::masked_url(&settings.database.url),
+        change.describe()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `otpdial apikey new`: a token to give the client, and the `[[api.keys]]` entry
+/// holding its hash.
+fn apikey_new(name: String, scope: Vec<ScopeArg>) -> anyhow::Result<ExitCode> {
+    let token = otpdial::api::new_token()?;
+    let scopes: Vec<&str> = scope
+        .iter()
+        .map(|s| match s {
+            ScopeArg::Verify => "\"verify\"",
+            ScopeArg::Admin => "\"admin\"",
+        })
+        .collect();
+    println!("token (shown once, give it to the client): {token}");
+    println!();
+    println!("[[api.keys]]");
+    println!("name = {name:?}");
+    println!("hash = \"{}\"", otpdial::api::hash_token(&token));
+    println!("scopes = [{}]", scopes.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `otpdial config check`: the file is valid; the effective settings, secrets masked.
+fn config_check(file: std::path::PathBuf) -> anyhow::Result<ExitCode> {
+    // Secrets print as `***`, URLs without their passwords (config::schema).
+    let settings = Settings::load(Some(&file))?;
+    // The prompt packs the settings name must exist, as `serve` demands.
+    let prompts = otpdial::app::load_prompts(&settings)?;
+    otpdial::app::check_locales(&settings, &prompts.locales())?;
+    println!(
+        "# {} is valid; effective settings (secrets masked):",
+        file.display()
+    );
+    print!("{}", toml::to_string(&settings)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `otpdial prompts check`: every phrase of the packs, and their problems.
+fn prompts_check(dir: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
+    let lib = match &dir {
+        Some(dir) => otpdial::media::PromptLibrary::load_dir(dir)?,
+        None => otpdial::media::PromptLibrary::builtin_checked()?,
+    };
+    print!("{}", lib.report());
+    let origin = dir.map_or("built-in packs".to_owned(), |d| d.display().to_string());
+    let problems = lib.problems();
+    if problems.is_empty() {
+        println!("{origin}: {} pack(s) OK", lib.locales().len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    for problem in &problems {
+        eprintln!("otpdial: {problem}");
+    }
+    eprintln!(
+        "otpdial: {origin}: {} problem(s) in {} pack(s); see docs/prompts.md",
+        problems.len(),
+        lib.locales().len()
+    );
+    Ok(ExitCode::FAILURE)
 }
 
 async fn shutdown_signal() {
