@@ -231,6 +231,7 @@ impl Attempt {
 /// What an attempt needs once the INVITE is ready to go.
 struct Prepared {
     outgoing: OutgoingCall,
+    tls: Option<crate::sip::TlsTarget>,
     rtp_socket: UdpSocket,
     our_keys: Option<SdesOffer>,
 }
@@ -261,7 +262,7 @@ impl CallEngine {
         };
         let invite_sent = std::time::Instant::now();
         *alerted = false;
-        let mut session = match self.sip.invite(prepared.outgoing).await {
+        let mut session = match self.sip.invite_with(prepared.outgoing, prepared.tls).await {
             Ok(s) => s,
             Err(e) => return AttemptOutcome::failed(format!("SIP: {e}"), true),
         };
@@ -352,6 +353,7 @@ impl CallEngine {
             })?),
         };
         let our_keys = srtp.clone();
+        let tls = target.tls;
         let outgoing = OutgoingCall {
             request_uri: target.request_uri,
             destination,
@@ -372,6 +374,7 @@ impl CallEngine {
         };
         Ok(Prepared {
             outgoing,
+            tls,
             rtp_socket,
             our_keys,
         })

@@ -319,6 +319,7 @@ impl CallEngine {
             name: trunk.name.clone(),
             srtp: trunk.srtp,
             pin_flow: false,
+            tls: route::trunk_tls(trunk, dns.transport),
         }
     }
 
@@ -348,6 +349,7 @@ impl CallEngine {
             // QA phones are on the operator's own network; plain RTP as before.
             srtp: SrtpMode::Off,
             pin_flow: true,
+            tls: None,
         };
         self.place_to(&call, target, None, progress, &mut false)
             .await

@@ -54,6 +54,9 @@ pub(super) struct Target {
     pub(super) srtp: SrtpMode,
     /// A QA phone: every request of the call goes over the flow its REGISTER came on.
     pub(super) pin_flow: bool,
+    /// TLS: the name the certificate must carry (the trunk's domain, RFC 3263 §4.1,
+    /// whatever SRV target the call goes to) and the roots.
+    pub(super) tls: Option<crate::sip::TlsTarget>,
 }
 
 /// The local IP the kernel would use to reach `dest` (connecting a UDP
@@ -89,11 +92,20 @@ pub fn trunk_config(t: &TrunkSettings, target: &DnsTarget, one_shot: bool) -> Tr
         options_interval: (!every.is_zero()).then_some(every),
         one_shot,
         transport: sip_transport(target.transport),
-        tls: (target.transport == crate::config::Transport::Tls).then(|| crate::sip::TlsTarget {
-            server_name: proxy.host.clone(),
-            ca_file: (!t.tls_ca.is_empty()).then(|| std::path::PathBuf::from(&t.tls_ca)),
-        }),
+        tls: trunk_tls(t, target.transport),
     }
+}
+
+/// A trunk's TLS settings when `transport` (of a resolved target) is TLS: the
+/// certificate must name the trunk's domain, not the SRV target's host.
+pub(super) fn trunk_tls(
+    t: &TrunkSettings,
+    transport: crate::config::Transport,
+) -> Option<crate::sip::TlsTarget> {
+    (transport == crate::config::Transport::Tls).then(|| crate::sip::TlsTarget {
+        server_name: t.proxy.host.clone(),
+        ca_file: (!t.tls_ca.is_empty()).then(|| std::path::PathBuf::from(&t.tls_ca)),
+    })
 }
 
 pub(super) fn sip_transport(t: crate::config::Transport) -> crate::sip::Transport {

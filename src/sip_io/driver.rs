@@ -106,7 +106,13 @@ pub(super) async fn drive(
                     ua.unregister_trunks(Instant::now());
                     unregistered = Some(done);
                 }
-                Some(Command::Invite { call, events, reply }) => {
+                Some(Command::Invite {
+                    call,
+                    tls,
+                    events,
+                    reply,
+                }) => {
+                    set_up_tls(&mut tls_peers, &call, tls.as_ref());
                     let handle = ua.invite(Instant::now(), call);
                     routes.insert(handle, events);
                     let call_id = ua.call_id(handle).unwrap_or_default().to_string();
@@ -271,5 +277,25 @@ fn route_event(routes: &mut HashMap<CallHandle, mpsc::UnboundedSender<CallEvent>
     if let Some(tx) = routes.get(&call) {
         // A dropped receiver just means nobody listens any more.
         let _ = tx.send(call_event);
+    }
+}
+
+/// A TLS call to an address with no TLS client yet (a trunk's SRV target other than
+/// the one it registers with) gets one from the trunk's settings.
+fn set_up_tls(
+    tls_peers: &mut HashMap<SocketAddr, TlsPeer>,
+    call: &crate::sip::OutgoingCall,
+    tls: Option<&crate::sip::TlsTarget>,
+) {
+    let (Some(target), Transport::Tls) = (tls, call.transport) else {
+        return;
+    };
+    if let std::collections::hash_map::Entry::Vacant(slot) = tls_peers.entry(call.destination) {
+        match tls_peer(target) {
+            Ok(p) => {
+                slot.insert(p);
+            }
+            Err(e) => warn!(destination = %call.destination, error = %e, "TLS settings unusable"),
+        }
     }
 }

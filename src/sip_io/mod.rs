@@ -60,6 +60,9 @@ pub enum SipIoError {
 pub(crate) enum Command {
     Invite {
         call: OutgoingCall,
+        /// For a TLS call: how to reach `call.destination` when no TLS client is set up
+        /// for that address yet (another SRV target of the trunk).
+        tls: Option<crate::sip::TlsTarget>,
         events: mpsc::UnboundedSender<CallEvent>,
         reply: oneshot::Sender<(CallHandle, String)>,
     },
@@ -294,12 +297,23 @@ impl SipEndpoint {
 
     /// Places a call; its progress arrives on [`CallSession::events`].
     pub async fn invite(&self, call: OutgoingCall) -> Result<CallSession, SipIoError> {
+        self.invite_with(call, None).await
+    }
+
+    /// [`Self::invite`] with the TLS settings for a TLS call's destination (a trunk's
+    /// SRV target other than the one it registers with has none yet).
+    pub async fn invite_with(
+        &self,
+        call: OutgoingCall,
+        tls: Option<crate::sip::TlsTarget>,
+    ) -> Result<CallSession, SipIoError> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (reply_tx, reply_rx) = oneshot::channel();
         self.inner
             .commands
             .send(Command::Invite {
                 call,
+                tls,
                 events: events_tx,
                 reply: reply_tx,
             })
