@@ -1,8 +1,5 @@
 //! Received RTP, kept by timestamp so that loss and reordering put each payload where
-//! it belongs in time, then decoded to 8 kHz PCM. A lost packet is a gap at the right
-//! time, never a shift of what follows; it is concealed the way a phone would play it:
-//! the frame before it once more, fading out over the 20 ms, then silence for any
-//! further frame of the gap (no click, no invented speech).
+//! it belongs in time (gaps become silence), then decoded to 8 kHz PCM.
 
 use std::collections::BTreeMap;
 
@@ -60,14 +57,12 @@ impl RtpCapture {
         }
     }
 
-    /// The audio: payloads at their timestamp positions, gaps concealed ([`conceal`]).
+    /// The audio: payloads at their timestamp positions, silence in the gaps.
     pub fn into_pcm(self) -> Vec<i16> {
         let Some(first) = self.payloads.keys().next().copied() else {
             return Vec::new();
         };
         let mut pcm: Vec<i16> = Vec::new();
-        // End of the audio placed so far and the frame that ended there.
-        let mut last: Option<(usize, usize)> = None;
         for (offset, payload) in &self.payloads {
             let Ok(pos) = usize::try_from(offset - first) else {
                 continue;
@@ -79,23 +74,9 @@ impl RtpCapture {
             if pcm.len() < end {
                 pcm.resize(end, 0);
             }
-            if let Some((prev_start, prev_end)) = last.filter(|&(_, e)| e < pos) {
-                conceal(&mut pcm, prev_start..prev_end, pos);
-            }
             g711::decode_into(self.codec, payload, &mut pcm[pos..end]);
-            last = Some((pos, end));
         }
         pcm
-    }
-}
-
-/// Fills the gap from the end of `prev` (a frame already in `pcm`) up to `gap_end`:
-/// `prev` once more, fading linearly to nothing, then silence (already zero).
-pub fn conceal(pcm: &mut [i16], prev: std::ops::Range<usize>, gap_end: usize) {
-    let len = prev.len().min(gap_end.saturating_sub(prev.end));
-    for i in 0..len {
-        let fade = (len - i) as f32 / (len + 1) as f32;
-        pcm[prev.end + i] = (f32::from(pcm[prev.start + i]) * fade) as i16;
     }
 }
 
@@ -129,49 +110,7 @@ mod tests {
         assert_eq!(pcm.len(), 640);
         assert!((pcm[0] - 1000).abs() < 64);
         assert!((pcm[160] - 2000).abs() < 64);
-        // The lost packet 2 is frame 1 again, fading: louder at its start than its end.
-        assert!(pcm[320] > 1900 && pcm[320] <= pcm[160], "{}", pcm[320]);
-        assert!(pcm[479] > 0 && pcm[479] < 50, "{}", pcm[479]);
+        assert_eq!(pcm[320], 0);
         assert!((pcm[480] - 4000).abs() < 128);
-    }
-
-    /// Frame i carries the constant 100 (i + 1); a fixed drop pattern (frames 2, 5, 6
-    /// and 7 lost) leaves every received frame at its own time, and each gap starts
-    /// with the frame before it fading out, silence after.
-    #[test]
-    fn lost_packets_are_gaps_at_their_time_concealed() {
-        let h = RtpStreamHeader {
-            ssrc: 9,
-            initial_seq: 100,
-            initial_timestamp: 8000,
-            payload_type: 8,
-        };
-        let lost = [2u64, 5, 6, 7];
-        let mut cap = RtpCapture::new(G711::Alaw, 8);
-        let mut buf = [0; PACKET_LEN];
-        for i in (0..10u64).filter(|i| !lost.contains(i)) {
-            let frame = [g711::encode_sample(G711::Alaw, 100 * (i as i16 + 1)); 160];
-            let n = h.write(i, false, &frame, &mut buf);
-            cap.push(&buf[..n]);
-        }
-        let pcm = cap.into_pcm();
-        assert_eq!(pcm.len(), 1600, "ten frames of time");
-        let level = |i: usize| f32::from(pcm[i * 160 + 80]);
-        for i in (0..10).filter(|i| !lost.contains(&(*i as u64))) {
-            let want = 100.0 * (i as f32 + 1.0);
-            assert!(
-                (level(i) - want).abs() < want * 0.07,
-                "frame {i}: {}",
-                level(i)
-            );
-        }
-        // Frame 2 conceals frame 1 (200), frame 5 frame 4 (500): halfway, half level.
-        assert!((level(2) - 100.0).abs() < 15.0, "{}", level(2));
-        assert!((level(5) - 250.0).abs() < 25.0, "{}", level(5));
-        assert!(pcm[320] > pcm[479] && pcm[800] > pcm[959]);
-        assert!(
-            pcm[960..1280].iter().all(|&s| s == 0),
-            "frames 6, 7: silence"
-        );
     }
 }

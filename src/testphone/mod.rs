@@ -80,10 +80,13 @@ pub struct HeardCall {
 }
 
 impl HeardCall {
-    /// The code, if it was read at least once and the readings agree: a digit missed in
-    /// one reading (lost packets) may be heard in another ([`recognize::code_of`]).
+    /// The code, if it was read at least once and every reading agrees.
     pub fn code(&self) -> Option<&str> {
-        recognize::code_of(&self.readings)
+        let first = self.readings.first()?;
+        self.readings
+            .iter()
+            .all(|r| r == first)
+            .then_some(first.as_str())
     }
 }
 
