@@ -82,15 +82,7 @@ impl Store {
         .bind(since)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Tally {
-                    key: r.try_get(0)?,
-                    calls: r.try_get(1)?,
-                    answered: r.try_get(2)?,
-                })
-            })
-            .collect()
+        rows.iter().map(tally_of).collect()
     }
 
     /// Every trunk × country since `since` (for `/v1/trunks`, metrics, `/admin`).
@@ -130,15 +122,7 @@ impl Store {
         .bind(since)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Tally {
-                    key: r.try_get(0)?,
-                    calls: r.try_get(1)?,
-                    answered: r.try_get(2)?,
-                })
-            })
-            .collect()
+        rows.iter().map(tally_of).collect()
     }
 
     /// Rests `r.number` until `r.resting_until` (replacing an earlier rest).
@@ -290,4 +274,13 @@ impl Store {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
     }
+}
+
+/// A `(key, calls, answered)` row of the tally queries.
+fn tally_of(r: &sqlx::any::AnyRow) -> Result<Tally> {
+    Ok(Tally {
+        key: r.try_get(0)?,
+        calls: r.try_get(1)?,
+        answered: r.try_get(2)?,
+    })
 }
