@@ -161,9 +161,10 @@ impl TrunkSlot {
         &self.trunk.settings
     }
 
-    /// A call is placed on this slot (`calls_total`). Not counted when the slot is
-    /// taken: a round may give it back unused (on PostgreSQL, when every channel of the
-    /// trunk is held by some instance), and that is no call.
+    /// A call is placed on this slot (`calls_total`; the call engine says so when it
+    /// places one). Not counted when the slot is taken: a round may give it back unused
+    /// (on PostgreSQL, when every channel of the trunk is held by some instance), and
+    /// that is no call.
     pub fn dialing(&self) {
         self.trunk.total.fetch_add(1, Ordering::Relaxed);
     }

@@ -247,6 +247,9 @@ impl CallEngine {
         from: Option<String>,
         progress: mpsc::UnboundedSender<Progress>,
     ) -> AttemptOutcome {
+        // Every call placed on a trunk slot counts, whoever places it (a slot taken and
+        // given back unused does not).
+        slot.dialing();
         let trunk = slot.trunk().clone();
         if self.prompts.get(call.locale).is_none() {
             return AttemptOutcome::failed(format!("no prompt pack for {}", call.locale), false);

@@ -325,7 +325,6 @@ impl CanaryRunner {
                 ));
                 continue;
             };
-            slot.dialing();
             placed.attempt_at = domain::now_ms();
             placed.ringing_at = None;
             placed.answered_at = None;

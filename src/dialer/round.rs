@@ -262,7 +262,6 @@ impl Dialer {
         } else {
             None
         };
-        slot.dialing();
         let caller = self.caller_id_for(&claimed.phone, &settings).await;
         let seq = self
             .persist(|| {
